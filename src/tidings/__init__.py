@@ -1,0 +1,49 @@
+"""tidings: a framework and runtime for event-driven services."""
+
+from tidings.domain.aggregate import Aggregate
+from tidings.domain.envelope import Envelope, RecordedEvent, Stored
+from tidings.domain.events import Event, EventRegistry
+from tidings.domain.integrity import IntegrityReport
+from tidings.errors import (
+    AggregateNotFound,
+    BackendUnavailable,
+    ConcurrencyError,
+    ConfigurationError,
+    IntegrityError,
+    InvalidTopic,
+    MalformedEvent,
+    PayloadTooLarge,
+    RegistrationError,
+    TidingsError,
+    UnknownEventType,
+)
+from tidings.ports import ANY, NO_STREAM, EventStore
+from tidings.runtime.app import App
+from tidings.runtime.projection import Projection, View
+
+__all__ = [
+    "ANY",
+    "NO_STREAM",
+    "Aggregate",
+    "AggregateNotFound",
+    "App",
+    "BackendUnavailable",
+    "ConcurrencyError",
+    "ConfigurationError",
+    "Envelope",
+    "Event",
+    "EventRegistry",
+    "EventStore",
+    "IntegrityError",
+    "IntegrityReport",
+    "InvalidTopic",
+    "MalformedEvent",
+    "PayloadTooLarge",
+    "Projection",
+    "RecordedEvent",
+    "RegistrationError",
+    "Stored",
+    "TidingsError",
+    "UnknownEventType",
+    "View",
+]

@@ -1,0 +1,1 @@
+"""Adapters: one per engine, chosen by URL scheme in ``tidings.adapters.registry``."""

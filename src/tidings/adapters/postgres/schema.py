@@ -1,0 +1,128 @@
+"""The PostgreSQL schema and statements. The same tables as SQLite, in PostgreSQL's dialect."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# Advisory lock keys (arbitrary constants, "tidings" in ASCII plus a suffix).
+SCHEMA_LOCK: Final = 0x7469_6469_6E67_7301
+APPEND_LOCK: Final = 0x7469_6469_6E67_7302
+
+CREATE: Final = (
+    """CREATE TABLE IF NOT EXISTS tidings_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS tidings_events (
+        position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        id TEXT NOT NULL UNIQUE,
+        stream TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        topic TEXT NOT NULL,
+        type TEXT NOT NULL,
+        time_us BIGINT NOT NULL,
+        partition INTEGER NOT NULL,
+        envelope BYTEA NOT NULL,
+        hash BYTEA NOT NULL,
+        UNIQUE (stream, version)
+    )""",
+    """CREATE TABLE IF NOT EXISTS tidings_streams (
+        stream TEXT PRIMARY KEY,
+        version BIGINT NOT NULL,
+        hash BYTEA NOT NULL,
+        first_us BIGINT NOT NULL,
+        last_us BIGINT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS tidings_snapshots (
+        stream TEXT NOT NULL,
+        version BIGINT NOT NULL,
+        schema TEXT NOT NULL,
+        time_us BIGINT NOT NULL,
+        state BYTEA NOT NULL,
+        PRIMARY KEY (stream, version)
+    )""",
+    """CREATE TABLE IF NOT EXISTS tidings_checkpoints (
+        name TEXT PRIMARY KEY,
+        position BIGINT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS tidings_documents (
+        collection TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BYTEA NOT NULL,
+        PRIMARY KEY (collection, key)
+    )""",
+)
+
+GET_META: Final = "SELECT value FROM tidings_meta WHERE key = %s"
+PUT_META: Final = "INSERT INTO tidings_meta (key, value) VALUES (%s, %s) ON CONFLICT DO NOTHING"
+
+# Concurrent transactions can commit in another order than the one in which they drew their
+# identity values: T1 draws position 10, T2 draws 11 and commits first, and a reader that has
+# seen 11 moves its checkpoint past 10 before T1 commits, skipping it for ever. Every append
+# therefore takes one transaction-scoped advisory lock before it draws positions and holds it
+# until its commit, so transactions that append commit in position order. PostgreSQL marks a
+# transaction committed (visible) before it releases its locks, so when the next appender gets
+# the lock, every lower position is already visible or rolled back. The cost is that appends
+# serialise, which batched appends amortise.
+LOCK_APPENDS: Final = f"SELECT pg_advisory_xact_lock({APPEND_LOCK})"
+
+HEAD: Final = "SELECT version, hash FROM tidings_streams WHERE stream = %s"
+EXISTING_IDS: Final = "SELECT id, position, stream, version, envelope FROM tidings_events WHERE id = ANY(%s)"
+INSERT_EVENTS: Final = (
+    "INSERT INTO tidings_events"
+    " (id, stream, version, topic, type, time_us, partition, envelope, hash)"
+    " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[],"
+    " %s::bigint[], %s::int[], %s::bytea[], %s::bytea[])"
+    " RETURNING version, position"
+)
+UPSERT_HEAD: Final = (
+    "INSERT INTO tidings_streams (stream, version, hash, first_us, last_us)"
+    " VALUES (%s, %s, %s, %s, %s)"
+    " ON CONFLICT (stream) DO UPDATE SET version = excluded.version, hash = excluded.hash,"
+    " last_us = excluded.last_us"
+)
+
+STREAM_COLUMNS: Final = "SELECT position, stream, version, envelope, hash FROM tidings_events"
+HASH_AT: Final = "SELECT hash FROM tidings_events WHERE stream = %s AND version = %s"
+LOG_BATCH: Final = (
+    "SELECT position, stream, version, envelope FROM tidings_events WHERE position > %s"
+    " ORDER BY position LIMIT %s"
+)
+LOG_BATCH_PREFIX: Final = (
+    "SELECT position, stream, version, envelope FROM tidings_events WHERE position > %s"
+    " AND left(topic, %s) = %s ORDER BY position LIMIT %s"
+)
+HEAD_POSITION: Final = "SELECT coalesce(max(position), 0) FROM tidings_events"
+LIST_STREAMS: Final = (
+    "SELECT stream, version, first_us, last_us FROM tidings_streams"
+    " WHERE left(stream, %s) = %s ORDER BY stream LIMIT %s"
+)
+
+PUT_SNAPSHOT: Final = (
+    "INSERT INTO tidings_snapshots (stream, version, schema, time_us, state)"
+    " VALUES (%s, %s, %s, %s, %s)"
+    " ON CONFLICT (stream, version) DO UPDATE SET schema = excluded.schema,"
+    " time_us = excluded.time_us, state = excluded.state"
+)
+GET_SNAPSHOT: Final = (
+    "SELECT stream, version, schema, time_us, state FROM tidings_snapshots"
+    " WHERE stream = %s AND version <= %s AND time_us <= %s ORDER BY version DESC LIMIT 1"
+)
+
+GET_DOCUMENT: Final = "SELECT value FROM tidings_documents WHERE collection = %s AND key = %s"
+PUT_DOCUMENT: Final = (
+    "INSERT INTO tidings_documents (collection, key, value) VALUES (%s, %s, %s)"
+    " ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value"
+)
+DELETE_DOCUMENT: Final = "DELETE FROM tidings_documents WHERE collection = %s AND key = %s"
+CLEAR_COLLECTION: Final = "DELETE FROM tidings_documents WHERE collection = %s"
+GET_CHECKPOINT: Final = "SELECT position FROM tidings_checkpoints WHERE name = %s"
+PUT_CHECKPOINT: Final = (
+    "INSERT INTO tidings_checkpoints (name, position) VALUES (%s, %s)"
+    " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
+)
+
+ALL_HEADS: Final = "SELECT stream, version, hash FROM tidings_streams ORDER BY stream"
+ALL_EVENTS_BY_STREAM: Final = (
+    "SELECT stream, version, position, envelope, hash FROM tidings_events ORDER BY stream, version"
+)

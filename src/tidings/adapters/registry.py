@@ -1,0 +1,37 @@
+"""The one place that picks an adapter by URL scheme; drivers are imported only when used."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from tidings.adapters.urls import redact_url
+from tidings.errors import ConfigurationError
+from tidings.ports import EventStore
+
+STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
+
+
+def open_store(url: str, *, create: bool = True) -> EventStore:
+    """An event store for ``url`` (not yet opened: ``await store.open()``).
+
+    ``create=False`` refuses to create an embedded store that does not exist yet (for tools that
+    only inspect one).
+    """
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        from tidings.adapters.sqlite import SqliteSettings, SqliteStore
+
+        return SqliteStore(SqliteSettings.from_url(url, create=create))
+    if scheme in ("postgresql", "postgres"):
+        try:
+            from tidings.adapters.postgres import PostgresSettings, PostgresStore
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"the PostgreSQL store needs its driver ({exc.name} is missing): "
+                "pip install 'tidings[postgres]'"
+            ) from None
+        return PostgresStore(PostgresSettings.from_url(url))
+    raise ConfigurationError(
+        f"unknown store URL scheme {scheme!r} in {redact_url(url)!r}; "
+        f"expected one of: {', '.join(s + '://' for s in STORE_SCHEMES)}"
+    )

@@ -1,0 +1,115 @@
+"""The SQLite schema and statements. The same tables as PostgreSQL, in SQLite's dialect."""
+
+from __future__ import annotations
+
+from typing import Final
+
+# AUTOINCREMENT keeps positions from ever being reused, even after the newest row is deleted.
+# The write connection takes the database lock with BEGIN IMMEDIATE before reading a stream's
+# head, so one writer at a time numbers positions and commits in position order: a reader never
+# sees a position before a lower one that is still to commit.
+CREATE: Final = (
+    """CREATE TABLE IF NOT EXISTS tidings_meta (
+        key TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS tidings_events (
+        position INTEGER PRIMARY KEY AUTOINCREMENT,
+        id TEXT NOT NULL UNIQUE,
+        stream TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        topic TEXT NOT NULL,
+        type TEXT NOT NULL,
+        time_us INTEGER NOT NULL,
+        partition INTEGER NOT NULL,
+        envelope BLOB NOT NULL,
+        hash BLOB NOT NULL,
+        UNIQUE (stream, version)
+    )""",
+    """CREATE TABLE IF NOT EXISTS tidings_streams (
+        stream TEXT PRIMARY KEY,
+        version INTEGER NOT NULL,
+        hash BLOB NOT NULL,
+        first_us INTEGER NOT NULL,
+        last_us INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS tidings_snapshots (
+        stream TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        schema TEXT NOT NULL,
+        time_us INTEGER NOT NULL,
+        state BLOB NOT NULL,
+        PRIMARY KEY (stream, version)
+    )""",
+    """CREATE TABLE IF NOT EXISTS tidings_checkpoints (
+        name TEXT PRIMARY KEY,
+        position INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS tidings_documents (
+        collection TEXT NOT NULL,
+        key TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (collection, key)
+    )""",
+)
+
+GET_META: Final = "SELECT value FROM tidings_meta WHERE key = ?"
+PUT_META: Final = "INSERT OR IGNORE INTO tidings_meta (key, value) VALUES (?, ?)"
+
+HEAD: Final = "SELECT version, hash FROM tidings_streams WHERE stream = ?"
+EXISTING_IDS: Final = (
+    "SELECT id, position, stream, version, envelope FROM tidings_events WHERE id IN ({marks})"
+)
+INSERT_EVENT: Final = (
+    "INSERT INTO tidings_events (id, stream, version, topic, type, time_us, partition, envelope, hash)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+UPSERT_HEAD: Final = (
+    "INSERT INTO tidings_streams (stream, version, hash, first_us, last_us) VALUES (?, ?, ?, ?, ?)"
+    " ON CONFLICT (stream) DO UPDATE SET version = excluded.version, hash = excluded.hash,"
+    " last_us = excluded.last_us"
+)
+
+POSITIONS_OF: Final = "SELECT position FROM tidings_events WHERE stream = ? AND version > ? ORDER BY version"
+STREAM_COLUMNS: Final = "SELECT position, stream, version, envelope, hash FROM tidings_events"
+HASH_AT: Final = "SELECT hash FROM tidings_events WHERE stream = ? AND version = ?"
+LOG_BATCH: Final = (
+    "SELECT position, stream, version, envelope FROM tidings_events WHERE position > ?"
+    " ORDER BY position LIMIT ?"
+)
+LOG_BATCH_PREFIX: Final = (
+    "SELECT position, stream, version, envelope FROM tidings_events WHERE position > ?"
+    " AND substr(topic, 1, ?) = ? ORDER BY position LIMIT ?"
+)
+HEAD_POSITION: Final = "SELECT coalesce(max(position), 0) FROM tidings_events"
+LIST_STREAMS: Final = (
+    "SELECT stream, version, first_us, last_us FROM tidings_streams"
+    " WHERE substr(stream, 1, ?) = ? ORDER BY stream LIMIT ?"
+)
+
+PUT_SNAPSHOT: Final = (
+    "INSERT OR REPLACE INTO tidings_snapshots (stream, version, schema, time_us, state)"
+    " VALUES (?, ?, ?, ?, ?)"
+)
+GET_SNAPSHOT: Final = (
+    "SELECT stream, version, schema, time_us, state FROM tidings_snapshots"
+    " WHERE stream = ? AND version <= ? AND time_us <= ? ORDER BY version DESC LIMIT 1"
+)
+
+GET_DOCUMENT: Final = "SELECT value FROM tidings_documents WHERE collection = ? AND key = ?"
+PUT_DOCUMENT: Final = (
+    "INSERT INTO tidings_documents (collection, key, value) VALUES (?, ?, ?)"
+    " ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value"
+)
+DELETE_DOCUMENT: Final = "DELETE FROM tidings_documents WHERE collection = ? AND key = ?"
+CLEAR_COLLECTION: Final = "DELETE FROM tidings_documents WHERE collection = ?"
+GET_CHECKPOINT: Final = "SELECT position FROM tidings_checkpoints WHERE name = ?"
+PUT_CHECKPOINT: Final = (
+    "INSERT INTO tidings_checkpoints (name, position) VALUES (?, ?)"
+    " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
+)
+
+ALL_HEADS: Final = "SELECT stream, version, hash FROM tidings_streams ORDER BY stream"
+ALL_EVENTS_BY_STREAM: Final = (
+    "SELECT stream, version, position, envelope, hash FROM tidings_events ORDER BY stream, version"
+)

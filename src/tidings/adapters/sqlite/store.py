@@ -1,0 +1,467 @@
+"""The event store on one SQLite file.
+
+sqlite3 calls block, so each store owns two connections, each driven by its own thread: a writer
+(every append and transaction, one at a time, serialised by the database lock) and a reader
+(stream and log reads, which WAL lets run beside a writer). The event loop never waits on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+from urllib.parse import parse_qs, urlsplit
+
+from tidings.adapters.sql.common import (
+    DEFAULT_PARTITIONS,
+    SCHEMA_VERSION,
+    Head,
+    StoreAudit,
+    StoredRow,
+    StreamQuery,
+    check_expected,
+    check_reaches_head,
+    checked_stream_rows,
+    from_micros,
+    lowest_version,
+    missing_version,
+    plan_rows,
+    record_from_row,
+    to_micros,
+    unique_by_id,
+    validate_stream_name,
+)
+from tidings.adapters.sqlite import schema
+from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent
+from tidings.domain.integrity import GENESIS, IntegrityProblem, IntegrityReport
+from tidings.domain.topics import compile_pattern
+from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError
+from tidings.ports import ANY, ExpectedVersion, Snapshot, StreamInfo
+
+T = TypeVar("T")
+_FAR_FUTURE_US = 2**62
+
+
+@dataclass(frozen=True, slots=True)
+class SqliteSettings:
+    """How to open the file. ``synchronous="FULL"`` survives power loss; ``"NORMAL"`` may lose the
+    newest commits on power loss (never on a process crash) and is faster."""
+
+    path: Path
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+    busy_timeout: float = 10.0
+    partitions: int = DEFAULT_PARTITIONS
+    create: bool = True
+    max_size: int = DEFAULT_MAX_SIZE
+
+    @classmethod
+    def from_url(cls, url: str, *, create: bool = True) -> SqliteSettings:
+        """``sqlite:///relative.db`` or ``sqlite:////absolute.db``, options as query parameters:
+        ``synchronous`` (FULL or NORMAL), ``busy_timeout`` (seconds), ``partitions``."""
+        parts = urlsplit(url)
+        if parts.scheme != "sqlite" or parts.netloc or not parts.path.lstrip("/"):
+            raise ConfigurationError(
+                f"not a SQLite URL: {url!r} (expected sqlite:///relative/path.db "
+                "or sqlite:////absolute/path.db)"
+            )
+        path = Path(parts.path[1:])
+        options = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+        unknown = set(options) - {"synchronous", "busy_timeout", "partitions"}
+        if unknown:
+            raise ConfigurationError(f"unknown SQLite URL option(s): {', '.join(sorted(unknown))}")
+        synchronous = options.get("synchronous", "FULL").upper()
+        if synchronous not in ("FULL", "NORMAL"):
+            raise ConfigurationError(f"synchronous must be FULL or NORMAL, got {synchronous!r}")
+        try:
+            busy_timeout = float(options.get("busy_timeout", "10"))
+            partitions = int(options.get("partitions", str(DEFAULT_PARTITIONS)))
+        except ValueError as exc:
+            raise ConfigurationError(f"bad SQLite URL option in {url!r}: {exc}") from None
+        if partitions < 1 or busy_timeout < 0:
+            raise ConfigurationError("partitions must be >= 1 and busy_timeout >= 0")
+        return cls(
+            path=path,
+            synchronous=synchronous,  # type: ignore[arg-type]
+            busy_timeout=busy_timeout,
+            partitions=partitions,
+            create=create,
+        )
+
+
+class SqliteStore:
+    """``EventStore`` on one SQLite file in WAL mode; several processes may share the file."""
+
+    def __init__(self, settings: SqliteSettings) -> None:
+        self.settings = settings
+        self.url = f"sqlite:///{settings.path}"
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="tidings-sqlite-write")
+        self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="tidings-sqlite-read")
+        self._write_lock = asyncio.Lock()
+        self._partitions = settings.partitions
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        if self._writer is not None:
+            return
+        self._writer = await self._on(self._write_thread, self._connect, True)
+        self._reader = await self._on(self._read_thread, self._connect, False)
+
+    async def close(self) -> None:
+        for connection, thread in (
+            (self._writer, self._write_thread),
+            (self._reader, self._read_thread),
+        ):
+            if connection is not None:
+                await self._on(thread, connection.close)
+        self._writer = self._reader = None
+        self._write_thread.shutdown(wait=False)
+        self._read_thread.shutdown(wait=False)
+
+    def _connect(self, writer: bool) -> sqlite3.Connection:
+        path = self.settings.path
+        if not path.exists():
+            if not self.settings.create:
+                raise BackendUnavailable(f"no tidings store at {self.url}: the file does not exist")
+            if writer:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                # Event data is the most valuable data a company has: owner-only from the start.
+                os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        connection = sqlite3.connect(
+            path, timeout=self.settings.busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        try:
+            connection.execute("PRAGMA journal_mode=WAL")
+            connection.execute(f"PRAGMA synchronous={self.settings.synchronous}")
+            connection.execute(f"PRAGMA busy_timeout={int(self.settings.busy_timeout * 1000)}")
+            connection.execute("PRAGMA foreign_keys=ON")
+            if writer:
+                self._create_schema(connection)
+            else:
+                self._partitions = self._read_partitions(connection)
+        except BaseException:
+            connection.close()
+            raise
+        return connection
+
+    def _create_schema(self, connection: sqlite3.Connection) -> None:
+        connection.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in schema.CREATE:
+                connection.execute(statement)
+            connection.execute(schema.PUT_META, ("schema_version", str(SCHEMA_VERSION)))
+            connection.execute(schema.PUT_META, ("partitions", str(self.settings.partitions)))
+            connection.execute("COMMIT")
+        except BaseException:
+            connection.execute("ROLLBACK")
+            raise
+
+    def _read_partitions(self, connection: sqlite3.Connection) -> int:
+        row = connection.execute(schema.GET_META, ("partitions",)).fetchone()
+        if row is None:
+            raise IntegrityError(f"{self.url} is not a tidings store (no partitions recorded)")
+        return int(row[0])
+
+    async def _on(self, thread: ThreadPoolExecutor, function: Callable[..., T], *args: Any) -> T:
+        loop = asyncio.get_running_loop()
+        try:
+            return await loop.run_in_executor(thread, function, *args)
+        except sqlite3.Error as exc:
+            raise self._translate(exc) from exc
+
+    def _translate(self, exc: sqlite3.Error) -> Exception:
+        text = str(exc)
+        if isinstance(exc, sqlite3.OperationalError) and ("locked" in text or "busy" in text):
+            return BackendUnavailable(
+                f"{self.url} stayed locked by another writer for over "
+                f"{self.settings.busy_timeout:g} s (busy_timeout): {text}"
+            )
+        if "malformed" in text or "not a database" in text or "disk image" in text:
+            return IntegrityError(f"{self.url} is damaged ({text}); run `tidings verify`")
+        if "unable to open" in text or "readonly" in text:
+            return BackendUnavailable(f"cannot open {self.url}: {text}")
+        return BackendUnavailable(f"SQLite error on {self.url}: {text}")
+
+    async def _write(self, function: Callable[..., T], *args: Any) -> T:
+        return await self._on(self._write_thread, function, self._require(self._writer), *args)
+
+    async def _read(self, function: Callable[..., T], *args: Any) -> T:
+        return await self._on(self._read_thread, function, self._require(self._reader), *args)
+
+    def _require(self, connection: sqlite3.Connection | None) -> sqlite3.Connection:
+        if connection is None:
+            raise BackendUnavailable(f"store {self.url} is not open (call open() first)")
+        return connection
+
+    # -- appending -------------------------------------------------------------------------
+
+    async def append(
+        self, stream: str, envelopes: Sequence[Envelope], *, expected_version: ExpectedVersion = ANY
+    ) -> list[RecordedEvent]:
+        validate_stream_name(stream)
+        async with self._write_lock:
+            return await self._write(
+                _in_transaction, _append, stream, envelopes, expected_version, self._partitions
+            )
+
+    # -- reading ---------------------------------------------------------------------------
+
+    async def read_stream(
+        self,
+        stream: str,
+        *,
+        from_version: int = 1,
+        to_version: int | None = None,
+        at: datetime | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> list[RecordedEvent]:
+        return await self._read(_read_stream, stream, from_version, to_version, at, backwards, limit)
+
+    async def read_log(
+        self,
+        *,
+        after: int = 0,
+        pattern: str | None = None,
+        batch_size: int = 1000,
+        limit: int | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        compiled = compile_pattern(pattern) if pattern else None
+        remaining = limit
+        while remaining is None or remaining > 0:
+            size = batch_size if remaining is None else min(batch_size, remaining)
+            rows = await self._read(_log_batch, after, compiled.prefix if compiled else "", size)
+            if not rows:
+                return
+            for position, stream, version, document in rows:
+                after = position
+                record = record_from_row(document, stream, version, position, self.settings.max_size)
+                if compiled is not None and not compiled.matches(record.envelope.topic):
+                    continue
+                yield record
+                if remaining is not None:
+                    remaining -= 1
+                    if remaining == 0:
+                        return
+            if len(rows) < size:
+                return
+
+    async def head_position(self) -> int:
+        return await self._read(lambda c: int(c.execute(schema.HEAD_POSITION).fetchone()[0]))
+
+    async def stream_version(self, stream: str) -> int:
+        head = await self._read(_head, stream)
+        return head.version if head else 0
+
+    async def list_streams(self, *, prefix: str = "", limit: int | None = None) -> list[StreamInfo]:
+        rows = await self._read(
+            lambda c: c.execute(schema.LIST_STREAMS, (len(prefix), prefix, limit or -1)).fetchall()
+        )
+        return [StreamInfo(s, v, from_micros(f), from_micros(last)) for s, v, f, last in rows]
+
+    # -- snapshots, documents, checkpoints -------------------------------------------------
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        row = (
+            snapshot.stream,
+            snapshot.version,
+            snapshot.schema,
+            to_micros(snapshot.time),
+            snapshot.state,
+        )
+        async with self._write_lock:
+            await self._write(_in_transaction, lambda c: c.execute(schema.PUT_SNAPSHOT, row))
+
+    async def load_snapshot(
+        self, stream: str, *, max_version: int | None = None, at: datetime | None = None
+    ) -> Snapshot | None:
+        args = (stream, max_version or _FAR_FUTURE_US, to_micros(at) if at else _FAR_FUTURE_US)
+        row = await self._read(lambda c: c.execute(schema.GET_SNAPSHOT, args).fetchone())
+        if row is None:
+            return None
+        return Snapshot(row[0], row[1], row[2], from_micros(row[3]), bytes(row[4]))
+
+    async def get_document(self, collection: str, key: str) -> bytes | None:
+        return await self._read(_get_document, collection, key)
+
+    async def get_checkpoint(self, name: str) -> int:
+        return await self._read(_get_checkpoint, name)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[SqliteTransaction]:
+        async with self._write_lock:
+            await self._write(_begin)
+            tx = SqliteTransaction(self)
+            try:
+                yield tx
+            except BaseException:
+                await asyncio.shield(self._write(_rollback))
+                raise
+            else:
+                await self._write(_commit)
+
+    # -- integrity -------------------------------------------------------------------------
+
+    async def verify(self) -> IntegrityReport:
+        return await self._read(_verify)
+
+
+class SqliteTransaction:
+    """A transaction on the write connection; the store's write lock is held while it is open."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self._store = store
+
+    async def append(
+        self, stream: str, envelopes: Sequence[Envelope], *, expected_version: ExpectedVersion = ANY
+    ) -> list[RecordedEvent]:
+        validate_stream_name(stream)
+        return await self._store._write(_append, stream, envelopes, expected_version, self._store._partitions)
+
+    async def get_document(self, collection: str, key: str) -> bytes | None:
+        return await self._store._write(_get_document, collection, key)
+
+    async def put_document(self, collection: str, key: str, value: bytes) -> None:
+        await self._store._write(lambda c: c.execute(schema.PUT_DOCUMENT, (collection, key, value)))
+
+    async def delete_document(self, collection: str, key: str) -> None:
+        await self._store._write(lambda c: c.execute(schema.DELETE_DOCUMENT, (collection, key)))
+
+    async def clear_collection(self, collection: str) -> None:
+        await self._store._write(lambda c: c.execute(schema.CLEAR_COLLECTION, (collection,)))
+
+    async def get_checkpoint(self, name: str) -> int:
+        return await self._store._write(_get_checkpoint, name)
+
+    async def set_checkpoint(self, name: str, position: int) -> None:
+        await self._store._write(lambda c: c.execute(schema.PUT_CHECKPOINT, (name, position)))
+
+
+# -- the blocking steps, run on the connection's own thread ----------------------------------
+
+
+def _begin(connection: sqlite3.Connection) -> None:
+    connection.execute("BEGIN IMMEDIATE")
+
+
+def _commit(connection: sqlite3.Connection) -> None:
+    connection.execute("COMMIT")
+
+
+def _rollback(connection: sqlite3.Connection) -> None:
+    if connection.in_transaction:
+        connection.execute("ROLLBACK")
+
+
+def _in_transaction(connection: sqlite3.Connection, step: Callable[..., T], *args: Any) -> T:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        result = step(connection, *args)
+        connection.execute("COMMIT")
+    except BaseException:
+        _rollback(connection)
+        raise
+    return result
+
+
+def _head(connection: sqlite3.Connection, stream: str) -> Head | None:
+    row = connection.execute(schema.HEAD, (stream,)).fetchone()
+    return Head(row[0], bytes(row[1])) if row else None
+
+
+def _append(
+    connection: sqlite3.Connection,
+    stream: str,
+    envelopes: Sequence[Envelope],
+    expected: ExpectedVersion,
+    partitions: int,
+) -> list[RecordedEvent]:
+    unique = unique_by_id(envelopes)
+    stored: dict[str, RecordedEvent] = {}
+    for start in range(0, len(unique), 500):  # stay below SQLite's bound-parameter limit
+        chunk = [e.id for e in unique[start : start + 500]]
+        query = schema.EXISTING_IDS.format(marks=",".join("?" * len(chunk)))
+        for event_id, position, s, version, document in connection.execute(query, chunk):
+            stored[event_id] = record_from_row(document, s, version, position)
+    fresh = [e for e in unique if e.id not in stored]
+    if not fresh:
+        return [stored[e.id] for e in unique]
+    head = _head(connection, stream)
+    check_expected(stream, expected, head.version if head else 0)
+    rows = plan_rows(stream, fresh, head, partitions)
+    connection.executemany(schema.INSERT_EVENT, rows)
+    last = rows[-1]
+    connection.execute(schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].time_us, last.time_us))
+    first_version = rows[0].version - 1
+    positions = [p for (p,) in connection.execute(schema.POSITIONS_OF, (stream, first_version))]
+    by_id = {
+        row.id: RecordedEvent(envelope=e, stream=stream, version=row.version, position=position)
+        for row, e, position in zip(rows, fresh, positions, strict=True)
+    }
+    by_id.update(stored)
+    return [by_id[e.id] for e in unique]
+
+
+def _read_stream(
+    connection: sqlite3.Connection,
+    stream: str,
+    from_version: int,
+    to_version: int | None,
+    at: datetime | None,
+    backwards: bool,
+    limit: int | None,
+) -> list[RecordedEvent]:
+    query = StreamQuery.build(
+        schema.STREAM_COLUMNS, "?", stream, from_version, to_version, at, backwards, limit
+    )
+    rows = [StoredRow(*row) for row in connection.execute(query.sql, query.args)]
+    if not rows:
+        return []
+    lowest = lowest_version(rows, backwards)
+    previous = GENESIS
+    if lowest > 1:
+        found = connection.execute(schema.HASH_AT, (stream, lowest - 1)).fetchone()
+        if found is None:
+            raise missing_version(stream, lowest - 1)
+        previous = bytes(found[0])
+    records = checked_stream_rows(stream, rows, previous, backwards)
+    if query.reaches_head:
+        check_reaches_head(stream, rows, _head(connection, stream))
+    return records
+
+
+def _log_batch(
+    connection: sqlite3.Connection, after: int, prefix: str, size: int
+) -> list[tuple[int, str, int, bytes]]:
+    if prefix:
+        return connection.execute(schema.LOG_BATCH_PREFIX, (after, len(prefix), prefix, size)).fetchall()
+    return connection.execute(schema.LOG_BATCH, (after, size)).fetchall()
+
+
+def _get_document(connection: sqlite3.Connection, collection: str, key: str) -> bytes | None:
+    row = connection.execute(schema.GET_DOCUMENT, (collection, key)).fetchone()
+    return bytes(row[0]) if row else None
+
+
+def _get_checkpoint(connection: sqlite3.Connection, name: str) -> int:
+    row = connection.execute(schema.GET_CHECKPOINT, (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def _verify(connection: sqlite3.Connection) -> IntegrityReport:
+    audit = StoreAudit({s: (v, bytes(h)) for s, v, h in connection.execute(schema.ALL_HEADS)})
+    for (message,) in connection.execute("PRAGMA quick_check"):
+        if message != "ok":
+            audit.problems.append(IntegrityProblem("", 0, 0, f"SQLite storage check: {message}"))
+    for row in connection.execute(schema.ALL_EVENTS_BY_STREAM):
+        audit.feed(*row)
+    return audit.report()

