@@ -5,6 +5,8 @@ driver's errors at their edge, so callers never need to import a driver to catch
 
     TidingsError
     ├── ConfigurationError        a setting or URL that cannot work (unknown scheme, missing extra)
+    ├── InvalidArgument           an argument that can never work (bad stream name, naive time);
+    │                             also a ValueError
     ├── BackendUnavailable        the engine cannot be reached (names the URL, never its password)
     ├── ConcurrencyError          expected_version did not match the stream's version
     ├── IntegrityError            stored data was cut short or altered behind tidings' back
@@ -25,6 +27,10 @@ class TidingsError(Exception):
 
 class ConfigurationError(TidingsError):
     """A setting, URL or installation that cannot work as given."""
+
+
+class InvalidArgument(TidingsError, ValueError):
+    """An argument that can never work, such as an empty stream name or a time without a zone."""
 
 
 class BackendUnavailable(TidingsError):

@@ -2,21 +2,15 @@
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit, urlunsplit
+import re
+
+# ``user:password@`` in the authority (also with several hosts), and ``password=`` in a query.
+_AUTHORITY_PASSWORD = re.compile(r"^([^:/?#]+://[^:/?#@]*):[^/?#]*@")
+_QUERY_PASSWORD = re.compile(r"([?&](?:password|sslpassword)=)[^&#]*", re.IGNORECASE)
 
 
 def redact_url(url: str) -> str:
-    """The URL with its password replaced by ``***``, safe to show in errors and logs."""
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return "<unparseable URL>"
-    if password is None:
-        return url
-    host = parts.hostname or ""
-    if ":" in host:  # an IPv6 literal keeps its brackets
-        host = f"[{host}]"
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{parts.username or ''}:***@{host}{port}"
-    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    """The URL with any password replaced by ``***``, safe to show in errors and logs."""
+    redacted = _AUTHORITY_PASSWORD.sub(r"\1:***@", url, count=1)
+    return _QUERY_PASSWORD.sub(r"\1***", redacted)
+

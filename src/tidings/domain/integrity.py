@@ -35,6 +35,8 @@ class IntegrityProblem(msgspec.Struct, frozen=True):
 
 
 class IntegrityReport(msgspec.Struct, frozen=True):
+    """What ``verify`` found: how much it checked and the first break of each damaged stream."""
+
     streams: int
     events: int
     problems: list[IntegrityProblem]
@@ -58,7 +60,7 @@ class StreamChecker:
         if self.problem is not None:
             return False
         if version != self.version + 1:
-            return self._fail(version, position, f"version {self.version + 1} is missing")
+            return self._fail(self.version + 1, position, f"version {self.version + 1} is missing")
         expected = chain_hash(self.previous, self.stream, version, document)
         if expected != bytes(stored_hash):
             return self._fail(version, position, "hash does not match its content and chain")

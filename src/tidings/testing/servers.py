@@ -20,7 +20,6 @@ import contextlib
 import importlib.util
 import os
 import pwd
-import re
 import secrets
 import shutil
 import signal
@@ -31,6 +30,8 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
+
+from tidings.adapters.urls import redact_url
 
 __all__ = ["ENV_VAR", "postgres_server", "redact_url"]
 
@@ -47,29 +48,6 @@ _INITDB_TIMEOUT = 120.0
 _PORT_ATTEMPTS = 5
 _LOG_TAIL_LINES = 40
 _IDENTITY_SETTING = "tidings.server_id"
-
-_QUERY_PASSWORD = re.compile(r"([?&]password=)[^&#]*", re.IGNORECASE)
-_KEYWORD_PASSWORD = re.compile(r"(\bpassword\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
-
-
-def redact_url(url: str) -> str:
-    """Return ``url`` with any password replaced by ``***``.
-
-    ``postgresql://u:secret@h/db`` becomes ``postgresql://u:***@h/db``; a ``password=`` query
-    parameter and a ``password=`` keyword in a key/value connection string are hidden too.
-    """
-    scheme, separator, rest = url.partition("://")
-    if not separator:
-        return _KEYWORD_PASSWORD.sub(r"\1***", url)
-    # Like libpq, the authority ends at the first "/", "?" or "#".
-    end = next((i for i, char in enumerate(rest) if char in "/?#"), len(rest))
-    authority, tail = rest[:end], rest[end:]
-    userinfo, at, hosts = authority.rpartition("@")
-    if at and ":" in userinfo:
-        user = userinfo.split(":", 1)[0]
-        authority = f"{user}:***@{hosts}"
-    tail = _QUERY_PASSWORD.sub(r"\1***", tail)
-    return f"{scheme}://{authority}{tail}"
 
 
 @contextlib.contextmanager
@@ -123,8 +101,9 @@ def _embedded_server() -> Iterator[str]:
         started = time.monotonic()
         runner.initdb(bin_dir / "initdb", data_dir, log_path)
         port = _start(stack, runner, bin_dir / "postgres", data_dir, log_path)
-        # Set up over our own Unix socket: whatever else listens on 127.0.0.1 is never touched.
-        with psycopg.connect(_socket_conninfo(root, port), autocommit=True) as conn:
+        # Set up over the Unix socket in our private directory, which can only be our server's;
+        # then make sure the TCP port leads to it as well before handing its URL out.
+        with psycopg.connect(_socket_conninfo(runner.socket_dir, port), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{_DATABASE}"')
         url = f"postgresql://{_SUPERUSER}@{_HOST}:{port}/{_DATABASE}"
         _check_identity(url, runner.server_id, log_path)
@@ -166,8 +145,9 @@ def _check_identity(url: str, server_id: str, log_path: Path) -> None:
         with psycopg.connect(url, connect_timeout=5) as conn:
             row = conn.execute("SELECT current_setting(%s, true)", [_IDENTITY_SETTING]).fetchone()
     except psycopg.Error as exc:
+        tail = _log_tail(log_path)
         raise RuntimeError(
-            f"PostgreSQL started but {url} cannot be used ({exc}); its log ends with:\n{_log_tail(log_path)}"
+            f"PostgreSQL started but {url} cannot be used ({exc}); its log ends with:\n{tail}"
         ) from None
     if row is None or row[0] != server_id:
         raise RuntimeError(f"{url} leads to another PostgreSQL server than the one just started")
@@ -260,7 +240,7 @@ class _Runner:
                 extra_groups=self._extra_groups,
             )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
-            raise RuntimeError(f"initdb failed ({exc}); its output:\n{_log_tail(log_path)}") from None
+            raise RuntimeError(f"initdb failed ({exc}):\n{_log_tail(log_path)}") from None
 
     def start_postgres(self, postgres: Path, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
         args = [

@@ -366,7 +366,7 @@ async def _append(
         stored[event_id] = record_from_row(document, s, version, position)
     fresh = [e for e in unique if e.id not in stored]
     if not fresh:
-        return [stored[e.id] for e in unique]
+        return [stored[e.id] for e in envelopes]
     head = await _head(connection, stream)
     check_expected(stream, expected, head.version if head else 0)
     rows = plan_rows(stream, fresh, head, partitions)
@@ -385,7 +385,7 @@ async def _append(
         for row, envelope in zip(rows, fresh, strict=True)
     }
     by_id.update(stored)
-    return [by_id[e.id] for e in unique]
+    return [by_id[e.id] for e in envelopes]
 
 
 async def _get_document(connection: psycopg.AsyncConnection[Any], collection: str, key: str) -> bytes | None:

@@ -26,7 +26,7 @@ from tidings.domain.integrity import (
     StreamChecker,
     chain_hash,
 )
-from tidings.errors import ConcurrencyError, IntegrityError, MalformedEvent
+from tidings.errors import ConcurrencyError, IntegrityError, InvalidArgument, MalformedEvent
 from tidings.ports import ANY, NO_STREAM, ExpectedVersion
 
 DEFAULT_PARTITIONS: Final = 8
@@ -36,7 +36,7 @@ _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
 def to_micros(moment: datetime) -> int:
     if moment.tzinfo is None:
-        raise ValueError(f"a time zone is required, got naive datetime {moment.isoformat()}")
+        raise InvalidArgument(f"a time zone is required, got naive datetime {moment.isoformat()}")
     return (moment - _EPOCH) // timedelta(microseconds=1)
 
 
@@ -73,7 +73,7 @@ def check_expected(stream: str, expected: ExpectedVersion, actual: int) -> None:
         return
     wanted = 0 if expected == NO_STREAM else expected
     if not isinstance(wanted, int) or isinstance(wanted, bool) or wanted < 0:
-        raise ValueError(f"expected_version must be a version >= 0, ANY or NO_STREAM, got {expected!r}")
+        raise InvalidArgument(f"expected_version must be a version >= 0, ANY or NO_STREAM, got {expected!r}")
     if wanted != actual:
         raise ConcurrencyError(stream, expected, actual)
 
@@ -115,9 +115,9 @@ def plan_rows(stream: str, envelopes: Sequence[Envelope], head: Head | None, par
 
 def validate_stream_name(stream: str) -> str:
     if not isinstance(stream, str) or not stream or len(stream) > 512:
-        raise ValueError(f"a stream name must be 1 to 512 characters, got {stream!r:.60}")
+        raise InvalidArgument(f"a stream name must be 1 to 512 characters, got {stream!r:.60}")
     if any(ord(c) < 32 for c in stream):
-        raise ValueError(f"stream name {stream!r} contains control characters")
+        raise InvalidArgument(f"stream name {stream!r} contains control characters")
     return stream
 
 

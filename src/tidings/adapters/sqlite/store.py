@@ -394,7 +394,7 @@ def _append(
             stored[event_id] = record_from_row(document, s, version, position)
     fresh = [e for e in unique if e.id not in stored]
     if not fresh:
-        return [stored[e.id] for e in unique]
+        return [stored[e.id] for e in envelopes]
     head = _head(connection, stream)
     check_expected(stream, expected, head.version if head else 0)
     rows = plan_rows(stream, fresh, head, partitions)
@@ -408,7 +408,7 @@ def _append(
         for row, e, position in zip(rows, fresh, positions, strict=True)
     }
     by_id.update(stored)
-    return [by_id[e.id] for e in unique]
+    return [by_id[e.id] for e in envelopes]
 
 
 def _read_stream(

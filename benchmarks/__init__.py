@@ -1,0 +1,1 @@
+"""Benchmarks of tidings against the raw drivers and the ``eventsourcing`` library."""

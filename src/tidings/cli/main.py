@@ -1,0 +1,205 @@
+"""The ``tidings`` command: look into an event store and check its integrity.
+
+Every command opens the store it is given with ``--store`` (or ``TIDINGS_STORE``) without ever
+creating one, and turns every tidings error into one red line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from datetime import datetime
+from importlib import metadata
+from typing import Annotated, Final
+
+import typer
+from rich.text import Text
+
+from tidings.cli.common import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    JsonOption,
+    LimitOption,
+    StoreOption,
+    note,
+    parse_time,
+    run_with_store,
+    stdout,
+)
+from tidings.cli.render import (
+    events_table,
+    log_line,
+    problems_table,
+    report_summary,
+    streams_table,
+    write_json_line,
+)
+from tidings.domain.envelope import RecordedEvent
+from tidings.errors import IntegrityError
+from tidings.ports import EventStore
+from tidings.runtime.app import DEFAULT_STORE
+
+FOLLOW_INTERVAL: Final = 0.2  # seconds between polls of ``tidings log --follow``
+
+app = typer.Typer(
+    name="tidings",
+    help="Inspect a tidings event store: streams, events, the global log, and its integrity.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # a local may hold a store URL with its password
+)
+
+
+def _package_version() -> str:
+    try:
+        return metadata.version("tidings")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        typer.echo(f"tidings {_package_version()}")
+        raise typer.Exit(EXIT_OK)
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Show the version and exit."),
+    ] = False,
+) -> None:
+    """Inspect a tidings event store: streams, events, the global log, and its integrity."""
+
+
+@app.command()
+def streams(
+    store: StoreOption = DEFAULT_STORE,
+    prefix: Annotated[
+        str, typer.Option("--prefix", metavar="P", help="Only streams whose name starts with P.")
+    ] = "",
+    limit: LimitOption = None,
+) -> None:
+    """List the streams with their version (event count) and first and last event times."""
+    infos = run_with_store(store, lambda es: es.list_streams(prefix=prefix, limit=limit))
+    if not infos:
+        note(f"no streams starting with {prefix!r}" if prefix else "no streams")
+        return
+    stdout().print(streams_table(infos))
+
+
+@app.command()
+def events(
+    stream: Annotated[str, typer.Argument(help="The stream to show.", show_default=False)],
+    store: StoreOption = DEFAULT_STORE,
+    at: Annotated[
+        datetime | None,
+        typer.Option(
+            "--at",
+            parser=parse_time,
+            metavar="TIME",
+            help="Time travel: the stream as it was at an ISO-8601 time (naive means UTC).",
+        ),
+    ] = None,
+    from_version: Annotated[
+        int, typer.Option("--from-version", min=1, metavar="N", help="Start at version N.")
+    ] = 1,
+    to_version: Annotated[
+        int | None, typer.Option("--to-version", min=1, metavar="N", help="End at version N.")
+    ] = None,
+    backwards: Annotated[bool, typer.Option("--backwards", help="Newest first.")] = False,
+    limit: LimitOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the events of one stream, checked against their hash chain as they are read."""
+
+    async def read(es: EventStore) -> list[RecordedEvent]:
+        return await es.read_stream(
+            stream,
+            from_version=from_version,
+            to_version=to_version,
+            at=at,
+            backwards=backwards,
+            limit=limit,
+        )
+
+    records = run_with_store(store, read)
+    if as_json:
+        for record in records:
+            write_json_line(record)
+        return
+    if not records:
+        note(f"no events in stream {stream!r}" + (f" at {at.isoformat()}" if at else ""))
+        return
+    stdout().print(events_table(records))
+
+
+@app.command()
+def log(
+    store: StoreOption = DEFAULT_STORE,
+    after: Annotated[
+        int, typer.Option("--after", min=0, metavar="POSITION", help="Start after this log position.")
+    ] = 0,
+    topic: Annotated[
+        str | None,
+        typer.Option(
+            "--topic", metavar="PATTERN", help="Only topics matching PATTERN ('*' one token, '>' the rest)."
+        ),
+    ] = None,
+    limit: LimitOption = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events until Ctrl-C.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Show the global log, every stream's events in the order they were stored."""
+    console = stdout()
+
+    def emit(record: RecordedEvent) -> None:
+        if as_json:
+            write_json_line(record)
+        else:
+            console.print(log_line(record), soft_wrap=True)
+
+    async def tail(es: EventStore) -> int:
+        position, remaining, shown = after, limit, 0
+        while True:
+            # Everything up to the head as it is now will have been scanned by the read below,
+            # matching the pattern or not; the next poll need not scan it again.
+            head = await es.head_position() if follow else 0
+            async for record in es.read_log(after=position, pattern=topic, limit=remaining):
+                emit(record)
+                position, shown = record.position, shown + 1
+                if remaining is not None:
+                    remaining -= 1
+            if not follow or remaining == 0:
+                return shown
+            position = max(position, head)
+            sys.stdout.flush()
+            await asyncio.sleep(FOLLOW_INTERVAL)
+
+    shown = run_with_store(store, tail, interrupt_code=EXIT_OK)
+    if not shown and not as_json:
+        note(f"no events matching {topic!r}" if topic else "no events")
+
+
+@app.command()
+def verify(store: StoreOption = DEFAULT_STORE) -> None:
+    """Check every stream's hash chain and the storage itself; exit 1 if anything is wrong."""
+    # Damage so bad that the store cannot even be read is a finding too, not a failure to check.
+    report = run_with_store(store, lambda es: es.verify(), exit_codes={IntegrityError: EXIT_PROBLEMS})
+    console = stdout()
+    console.print(report_summary(report))
+    if report.ok:
+        console.print(Text("ok", style="bold green"))
+        return
+    count = len(report.problems)
+    console.print(problems_table(report))
+    console.print(Text(f"{count} problem{'s' if count != 1 else ''} found", style="bold red"))
+    raise typer.Exit(EXIT_PROBLEMS)
+
+
+def main() -> None:
+    """The console script ``tidings``."""
+    app()

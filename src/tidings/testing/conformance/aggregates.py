@@ -1,0 +1,218 @@
+"""Aggregates, snapshots, time travel, projections and upcasting through the App."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from tidings.domain.aggregate import Aggregate
+from tidings.domain.envelope import Envelope, Stored
+from tidings.domain.events import Event
+from tidings.errors import AggregateNotFound, ConcurrencyError
+from tidings.ports import Snapshot
+from tidings.runtime.app import App
+from tidings.runtime.projection import Projection, View
+from tidings.testing.conformance.events import CartCheckedOut, ItemAdded, unique
+
+
+class Cart(Aggregate, category="conformance_cart", snapshot_every=50):
+    items: dict[str, int] = {}  # noqa: RUF012 - state default, copied per instance
+    checked_out: bool = False
+    total: int = 0
+
+    def __init__(self, id: str) -> None:  # noqa: A002
+        super().__init__(id)
+        self.applied = 0  # not state: counts events replayed, to see whether a snapshot was used
+
+    def add(self, sku: str, quantity: int = 1) -> None:
+        if self.checked_out:
+            raise ValueError("cart is checked out")
+        self.record(ItemAdded(cart_id=self.id, sku=sku, quantity=quantity))
+
+    def check_out(self) -> None:
+        self.record(CartCheckedOut(cart_id=self.id, total=sum(self.items.values())))
+
+    def apply(self, event: Event) -> None:
+        self.applied += 1
+        match event:
+            case ItemAdded(sku=sku, quantity=quantity):
+                self.items[sku] = self.items.get(sku, 0) + quantity
+            case CartCheckedOut(total=total):
+                self.checked_out, self.total = True, total
+
+
+@pytest_asyncio.fixture
+async def app(store_url: str) -> AsyncIterator[App]:
+    async with App("conformance", store=store_url) as opened:
+        yield opened
+
+
+async def test_save_and_load_an_aggregate(app: App) -> None:
+    cart = Cart(unique("c"))
+    cart.add("apple", 2)
+    cart.add("pear")
+    await app.save(cart)
+    assert cart.version == 2 and cart.pending == ()
+    loaded = await app.load(Cart, cart.id)
+    assert loaded.items == {"apple": 2, "pear": 1} and loaded.version == 2
+    assert Cart(unique("fresh")).items == {}  # state defaults are not shared between instances
+    with pytest.raises(AggregateNotFound, match="no events"):
+        await app.load(Cart, unique("nobody"))
+
+
+async def test_saving_a_stale_aggregate_is_a_concurrency_error(app: App) -> None:
+    cart = Cart(unique("c"))
+    cart.add("apple")
+    await app.save(cart)
+    first, second = await app.load(Cart, cart.id), await app.load(Cart, cart.id)
+    first.add("pear")
+    await app.save(first)
+    second.add("plum")
+    with pytest.raises(ConcurrencyError):
+        await app.save(second)
+    assert (await app.load(Cart, cart.id)).items == {"apple": 1, "pear": 1}
+
+
+async def test_time_travel_by_version_and_time(app: App) -> None:
+    cart = Cart(unique("c"))
+    cart.add("apple")
+    await app.save(cart)
+    records = await app.read_stream(cart.stream)
+    between = records[-1].envelope.time + timedelta(microseconds=1)
+    cart.add("pear")
+    cart.check_out()
+    await app.save(cart)
+    assert (await app.load(Cart, cart.id, version=1)).items == {"apple": 1}
+    past = await app.load(Cart, cart.id, at=between)
+    assert past.items == {"apple": 1} and not past.checked_out and past.version == 1
+    now = await app.load(Cart, cart.id)
+    assert now.checked_out and now.total == 2
+    with pytest.raises(AggregateNotFound):
+        await app.load(Cart, cart.id, at=datetime(2000, 1, 1, tzinfo=UTC))
+
+
+async def test_snapshots_are_taken_and_used(app: App) -> None:
+    cart = Cart(unique("c"))
+    for n in range(120):
+        cart.add(f"sku-{n % 7}")
+        if n % 40 == 39:
+            await app.save(cart)
+    # Saves at versions 40, 80 and 120 cross the 50 and 100 boundaries at 80 and 120:
+    # snapshots are taken at save time, of the version just saved.
+    loaded = await app.load(Cart, cart.id)
+    assert loaded.version == 120 and sum(loaded.items.values()) == 120
+    assert loaded.applied == 0, "should start from the snapshot at 120"
+    at_version = await app.load(Cart, cart.id, version=100)
+    assert at_version.version == 100 and sum(at_version.items.values()) == 100
+    assert at_version.applied == 20, "should start from the snapshot at 80"
+    before_any = await app.load(Cart, cart.id, version=75)
+    assert before_any.applied == 75 and sum(before_any.items.values()) == 75
+
+
+async def test_a_snapshot_of_another_schema_is_ignored(app: App) -> None:
+    cart = Cart(unique("c"))
+    for _ in range(3):
+        cart.add("apple")
+    await app.save(cart)
+    last = (await app.read_stream(cart.stream))[-1]
+    for schema, state in (("Cart/0/old", b'{"items":{"apple":999}}'), (Cart.snapshot_schema(), b"{broken")):
+        await app.store.save_snapshot(Snapshot(cart.stream, 3, schema, last.envelope.time, state))
+        loaded = await app.load(Cart, cart.id)
+        assert loaded.items == {"apple": 3} and loaded.applied == 3
+
+
+class CartTotals(Projection):
+    name = "conformance-cart-totals"
+    pattern = "conformance.>"
+
+    def __init__(self, fail_on: str | None = None) -> None:
+        self.fail_on = fail_on
+
+    async def handle(self, stored: Stored[Event], view: View) -> None:
+        event = stored.event
+        if isinstance(event, ItemAdded):
+            if event.sku == self.fail_on:
+                raise RuntimeError("projection handler failed")
+            count = await view.get(event.cart_id, int) or 0
+            await view.put(event.cart_id, count + event.quantity)
+        elif isinstance(event, CartCheckedOut):
+            await view.delete(event.cart_id)
+
+
+async def test_a_projection_catches_up_resumes_and_rebuilds(app: App) -> None:
+    carts = [Cart(unique("p")) for _ in range(3)]
+    for cart in carts:
+        cart.add("a", 2)
+        cart.add("b", 3)
+        await app.save(cart)
+    carts[2].check_out()
+    await app.save(carts[2])
+    projection = CartTotals()
+    assert await app.project(projection, batch_size=2) == 7
+    assert await app.project(projection) == 0
+    assert [await app.read_model(projection, c.id, int) for c in carts] == [5, 5, None]
+    carts[0].add("c")
+    await app.save(carts[0])
+    assert await app.project(projection) == 1
+    assert await app.read_model(projection, carts[0].id, int) == 6
+    assert await app.rebuild(projection) == 8
+    assert [await app.read_model(projection, c.id, int) for c in carts] == [6, 5, None]
+
+
+async def test_a_failing_projection_batch_commits_nothing(app: App) -> None:
+    cart = Cart(unique("p"))
+    cart.add("ok", 1)
+    cart.add("poison", 1)
+    await app.save(cart)
+    with pytest.raises(RuntimeError, match="projection handler failed"):
+        await app.project(CartTotals(fail_on="poison"), batch_size=10)
+    healthy = CartTotals()
+    assert await app.read_model(healthy, cart.id, int) is None
+    assert await app.project(healthy) == 2
+    assert await app.read_model(healthy, cart.id, int) == 2
+
+
+class Renamed(Event, topic="conformance.renamed", type="conformance.Renamed", version=3):
+    """v1 had ``name``; v2 split it into ``first``/``last``; v3 added ``title`` (no default)."""
+
+    first: str
+    last: str
+    title: str
+
+
+@Renamed.upcaster(from_version=1)
+def _split_name(data: dict[str, Any]) -> dict[str, Any]:
+    first, _, last = data.pop("name").partition(" ")
+    return {**data, "first": first, "last": last}
+
+
+@Renamed.upcaster(from_version=2)
+def _add_title(data: dict[str, Any]) -> dict[str, Any]:
+    return {**data, "title": "n/a"}
+
+
+async def test_a_stored_old_version_is_read_as_the_current_one(app: App) -> None:
+    stream = unique("person")
+    v1 = Envelope(
+        id=f"v1-{stream}",
+        source="old-service",
+        type="conformance.Renamed",
+        topic="conformance.renamed",
+        time=datetime.now(UTC),
+        data=b'{"name":"Ada Lovelace"}',
+        schemaversion=1,
+    )
+    await app.store.append(stream, [v1])
+    await app.append(stream, Renamed(first="Alan", last="Turing", title="Dr"))
+    events = [stored.event for stored in await app.read_stream(stream)]
+    assert events == [
+        Renamed(first="Ada", last="Lovelace", title="n/a"),
+        Renamed(first="Alan", last="Turing", title="Dr"),
+    ]
+    stored = await app.store.read_stream(stream)
+    assert stored[0].envelope.schemaversion == 1, "upcasting must not rewrite stored events"
+    assert stored[1].envelope.schemaversion == 3

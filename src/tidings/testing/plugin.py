@@ -1,0 +1,91 @@
+"""pytest fixtures: real engines for every backend, fresh per test.
+
+``backend`` is parametrised over every store engine (ids ``sqlite`` and ``postgres``); ``store_url``
+is a fresh, empty store of that engine for one test (a new file, or a new database on the session's
+PostgreSQL server), and ``store`` the same, opened. With ``CI`` set, a PostgreSQL that cannot be
+had is an error; elsewhere its tests are skipped with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import pytest_asyncio
+
+from tidings.adapters.registry import open_store
+from tidings.ports import EventStore
+from tidings.testing.servers import postgres_server
+
+BACKENDS = ("sqlite", "postgres")
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server for the whole session (see ``tidings.testing.servers``)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(postgres_server())
+        except Exception as exc:
+            if _in_ci():
+                raise
+            pytest.skip(f"no PostgreSQL for the conformance suite: {exc}")
+        yield url
+
+
+@contextlib.contextmanager
+def fresh_postgres_database(server_url: str) -> Iterator[str]:
+    """A new, empty database on the server for one test; dropped afterwards."""
+    import psycopg
+
+    name = f"tidings_t_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(server_url, autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    parts = urlsplit(server_url)
+    try:
+        yield urlunsplit(parts._replace(path=f"/{name}"))
+    finally:
+        with psycopg.connect(server_url, autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def sqlite_url(directory: Path, name: str = "store.db") -> str:
+    return f"sqlite:///{directory / name}"
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    """The name of the engine under test."""
+    name: str = request.param
+    return name
+
+
+@pytest.fixture
+def store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh, empty store URL of the engine under test."""
+    if backend == "sqlite":
+        yield sqlite_url(tmp_path)
+        return
+    server: str = request.getfixturevalue("postgres_url")
+    with fresh_postgres_database(server) as url:
+        yield url
+
+
+@pytest_asyncio.fixture
+async def store(store_url: str) -> AsyncIterator[EventStore]:
+    """An opened, empty store of the engine under test."""
+    opened = open_store(store_url)
+    await opened.open()
+    try:
+        yield opened
+    finally:
+        await opened.close()

@@ -1,0 +1,3 @@
+"""Runs the store conformance suite (shipped in tidings.testing) on every backend."""
+
+from tidings.testing.conformance.store import *  # noqa: F403

@@ -1,0 +1,1 @@
+pytest_plugins = ["tidings.testing.plugin"]
