@@ -88,24 +88,23 @@ async def test_a_sqlite_file_cut_short_is_reported_not_served(tmp_path: Path) ->
     for wal in (tmp_path / "cut.db-wal", tmp_path / "cut.db-shm"):
         wal.unlink(missing_ok=True)
     damaged = open_store(f"sqlite:///{path}", create=False)
-    try:
+
+    async def inspect() -> None:
         await damaged.open()
         report = await damaged.verify()
-    except IntegrityError as exc:
-        assert "damaged" in str(exc) or "malformed" in str(exc)
-    else:
-        assert not report.ok
-        with pytest.raises(IntegrityError):
+        if not report.ok:  # reported; and the damaged log is not served either
             _ = [record async for record in damaged.read_log()]
-    finally:
-        await damaged.close()
+
+    with pytest.raises(IntegrityError, match=r"damaged|malformed"):
+        await inspect()
+    await damaged.close()
 
 
 async def test_a_file_that_is_not_a_store_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "notes.db"
     path.write_bytes(b"these are not the events you are looking for" * 100)
     store = open_store(f"sqlite:///{path}", create=False)
-    with pytest.raises(IntegrityError, match="notes.db"):
+    with pytest.raises(IntegrityError, match=r"notes\.db"):
         await store.open()
     await store.close()
     assert path.read_bytes().startswith(b"these are not")

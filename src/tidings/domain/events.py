@@ -14,7 +14,7 @@ otherwise). Schemas evolve by rule: a new field gets a default; anything else is
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import msgspec
 
@@ -27,6 +27,8 @@ Upcaster = Callable[[dict[str, Any]], dict[str, Any]]
 E = TypeVar("E", bound="Event")
 
 
+# Event classes are frozen and keyword-only by default; this tells type checkers so.
+@dataclass_transform(field_specifiers=(msgspec.field,), frozen_default=True, kw_only_default=True)
 class EventMeta(msgspec.StructMeta):
     """Takes the ``topic``, ``type`` and ``version`` class keywords and registers the class."""
 

@@ -12,10 +12,10 @@ def raw_execute(store_url: str, sql: str, *params: Any) -> list[tuple[Any, ...]]
     """Run one statement (``?`` placeholders) directly on the store's database; return its rows."""
     scheme = urlsplit(store_url).scheme
     if scheme == "sqlite":
-        with closing(sqlite3.connect(urlsplit(store_url).path[1:])) as connection, connection:
-            return list(connection.execute(sql, params).fetchall())
+        with closing(sqlite3.connect(urlsplit(store_url).path[1:])) as lite, lite:
+            return list(lite.execute(sql, params).fetchall())
     import psycopg
 
     with psycopg.connect(store_url, autocommit=True) as connection:
-        cursor = connection.execute(sql.replace("?", "%s"), params)  # type: ignore[arg-type]
+        cursor = connection.execute(sql.replace("?", "%s"), params)
         return list(cursor.fetchall()) if cursor.description else []

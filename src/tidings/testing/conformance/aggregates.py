@@ -24,7 +24,7 @@ class Cart(Aggregate, category="conformance_cart", snapshot_every=50):
     checked_out: bool = False
     total: int = 0
 
-    def __init__(self, id: str) -> None:  # noqa: A002
+    def __init__(self, id: str) -> None:
         super().__init__(id)
         self.applied = 0  # not state: counts events replayed, to see whether a snapshot was used
 

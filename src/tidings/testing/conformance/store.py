@@ -8,8 +8,9 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
+from tidings.domain.envelope import RecordedEvent
 from tidings.errors import ConcurrencyError, InvalidArgument
-from tidings.ports import ANY, NO_STREAM, EventStore, Snapshot
+from tidings.ports import ANY, NO_STREAM, EventStore, ExpectedVersion, Snapshot
 from tidings.testing.conformance.events import CartCheckedOut, ItemAdded, codec, items, unique
 
 
@@ -29,7 +30,9 @@ async def test_append_numbers_versions_and_positions(store: EventStore) -> None:
 
 
 @pytest.mark.parametrize("expected", [NO_STREAM, 0, 1, 3])
-async def test_wrong_expected_version_raises_and_writes_nothing(store: EventStore, expected: int | str) -> None:
+async def test_wrong_expected_version_raises_and_writes_nothing(
+    store: EventStore, expected: ExpectedVersion
+) -> None:
     stream = unique("cart")
     await store.append(stream, items(stream, 2))
     with pytest.raises(ConcurrencyError) as caught:
@@ -94,7 +97,10 @@ async def test_a_failing_batch_leaves_nothing(store: EventStore) -> None:
 async def test_reading_a_stream_in_every_direction(store: EventStore) -> None:
     stream = unique("cart")
     await store.append(stream, items(stream, 10))
-    versions = lambda records: [r.version for r in records]  # noqa: E731
+
+    def versions(records: list[RecordedEvent]) -> list[int]:
+        return [r.version for r in records]
+
     assert versions(await store.read_stream(stream, from_version=4)) == list(range(4, 11))
     assert versions(await store.read_stream(stream, to_version=3)) == [1, 2, 3]
     assert versions(await store.read_stream(stream, from_version=3, limit=2)) == [3, 4]
@@ -226,13 +232,16 @@ async def test_a_transaction_commits_appends_documents_and_checkpoints_together(
     class Boom(Exception):
         pass
 
-    with pytest.raises(Boom):
+    async def fail_midway() -> None:
         async with store.transaction() as tx:
             await tx.append(stream, items(stream, 3))
             await tx.put_document("carts", stream, b'{"items":5}')
             await tx.delete_document("carts", "other")
             await tx.set_checkpoint("reader", 9)
             raise Boom
+
+    with pytest.raises(Boom):
+        await fail_midway()
     assert await store.stream_version(stream) == 2
     assert await store.get_document("carts", stream) == b'{"items":2}'
     assert await store.get_checkpoint("reader") == 7
