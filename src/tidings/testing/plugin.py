@@ -29,6 +29,12 @@ def _in_ci() -> bool:
     return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
+@pytest.fixture(autouse=True)
+def _no_store_override(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``TIDINGS_STORE`` overrides every App's store: a test must not follow it to a real one."""
+    monkeypatch.delenv("TIDINGS_STORE", raising=False)
+
+
 @pytest.fixture(scope="session")
 def postgres_url() -> Iterator[str]:
     """A PostgreSQL server for the whole session (see ``tidings.testing.servers``)."""

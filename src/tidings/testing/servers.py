@@ -188,7 +188,7 @@ def _unprivileged_account() -> pwd.struct_passwd:
         if nologin is not None:
             command[1:1] = ["--shell", nologin]
         # Another process may create the user at the same time; the loop looks again.
-        subprocess.run(command, check=False, capture_output=True)  # noqa: S603 - fixed arguments
+        subprocess.run(command, check=False, capture_output=True)
         time.sleep(0.1)
     raise RuntimeError(f"could not create the system user {_SYSTEM_USER!r} to run PostgreSQL as")
 
@@ -226,7 +226,7 @@ class _Runner:
             "--no-instructions",
         ]
         try:
-            subprocess.run(  # noqa: S603 - our own arguments
+            subprocess.run(
                 args,
                 check=True,
                 stdin=subprocess.DEVNULL,
@@ -260,7 +260,7 @@ class _Runner:
         ]
         # A session of its own: stray signals from the terminal do not reach the server, and a
         # last-resort SIGKILL can reach every one of its processes through the process group.
-        return subprocess.Popen(  # noqa: S603 - our own arguments
+        return subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
             stdout=self._log,
