@@ -93,7 +93,17 @@ grammar_text = st.one_of(
 
 @pytest.mark.parametrize(
     "topic",
-    ["a", "order", "order.placed", "Order.Placed-v2.x_y", "0.1.2", "-", "_", "a" * 255, ".".join(["ab"] * 85)],
+    [
+        "a",
+        "order",
+        "order.placed",
+        "Order.Placed-v2.x_y",
+        "0.1.2",
+        "-",
+        "_",
+        "a" * 255,
+        ".".join(["ab"] * 85),
+    ],
 )
 def test_valid_topics_are_returned_unchanged(topic: str) -> None:
     assert validate_topic(topic) is topic
@@ -167,7 +177,9 @@ def test_validate_topic_agrees_with_reference(text: str) -> None:
 
 
 @FAST
-@given(st.lists(tokens, min_size=1, max_size=5), st.integers(0, 4), st.sampled_from(["", "*", ">", "a b", "\n"]))
+@given(
+    st.lists(tokens, min_size=1, max_size=5), st.integers(0, 4), st.sampled_from(["", "*", ">", "a b", "\n"])
+)
 def test_one_bad_token_makes_a_topic_invalid(good: list[str], where: int, bad: str) -> None:
     parts = list(good)
     parts.insert(min(where, len(parts)), bad)

@@ -13,4 +13,3 @@ def redact_url(url: str) -> str:
     """The URL with any password replaced by ``***``, safe to show in errors and logs."""
     redacted = _AUTHORITY_PASSWORD.sub(r"\1:***@", url, count=1)
     return _QUERY_PASSWORD.sub(r"\1***", redacted)
-

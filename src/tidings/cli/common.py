@@ -4,6 +4,7 @@ open store with one error policy (a friendly red line on stderr, never a traceba
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
@@ -26,6 +27,8 @@ EXIT_PROBLEMS: Final = 1  # the command ran and found something wrong (verify)
 EXIT_ERROR: Final = 2  # the command could not do its work (bad URL, unreachable, damaged file)
 EXIT_INTERRUPTED: Final = 130  # Ctrl-C where it is not the normal way to stop
 UNBOUNDED_WIDTH: Final = 100_000
+#: The largest version, position or limit the stores take (SQL BIGINT); a larger number is a usage error.
+MAX_NUMBER: Final = 2**63 - 1
 
 StoreOption = Annotated[
     str,
@@ -37,7 +40,7 @@ StoreOption = Annotated[
     ),
 ]
 LimitOption = Annotated[
-    int | None, typer.Option("--limit", min=1, metavar="N", help="Show at most N entries.")
+    int | None, typer.Option("--limit", min=1, max=MAX_NUMBER, metavar="N", help="Show at most N entries.")
 ]
 JsonOption = Annotated[
     bool,
@@ -115,9 +118,7 @@ def run_with_store(
     try:
         return asyncio.run(_on_store(url, work))
     except TidingsError as exc:
-        code = next(
-            (code for kind, code in (exit_codes or {}).items() if isinstance(exc, kind)), EXIT_ERROR
-        )
+        code = next((code for kind, code in (exit_codes or {}).items() if isinstance(exc, kind)), EXIT_ERROR)
         fail(scrub(str(exc) or type(exc).__name__, url), code=code)
     except KeyboardInterrupt:
         raise typer.Exit(interrupt_code) from None
@@ -129,10 +130,8 @@ async def _on_store(url: str, work: Callable[[EventStore], Awaitable[T]]) -> T:
         await store.open()
         result = await work(store)
     except BaseException:
-        try:
+        with contextlib.suppress(Exception):  # the first error is the one worth reporting
             await store.close()
-        except Exception:  # noqa: S110 - the first error is the one worth reporting
-            pass
         raise
     await store.close()
     return result

@@ -16,8 +16,10 @@ import typer
 from rich.text import Text
 
 from tidings.cli.common import (
+    EXIT_INTERRUPTED,
     EXIT_OK,
     EXIT_PROBLEMS,
+    MAX_NUMBER,
     JsonOption,
     LimitOption,
     StoreOption,
@@ -103,10 +105,10 @@ def events(
         ),
     ] = None,
     from_version: Annotated[
-        int, typer.Option("--from-version", min=1, metavar="N", help="Start at version N.")
+        int, typer.Option("--from-version", min=1, max=MAX_NUMBER, metavar="N", help="Start at version N.")
     ] = 1,
     to_version: Annotated[
-        int | None, typer.Option("--to-version", min=1, metavar="N", help="End at version N.")
+        int | None, typer.Option("--to-version", min=1, max=MAX_NUMBER, metavar="N", help="End at version N.")
     ] = None,
     backwards: Annotated[bool, typer.Option("--backwards", help="Newest first.")] = False,
     limit: LimitOption = None,
@@ -114,32 +116,30 @@ def events(
 ) -> None:
     """Show the events of one stream, checked against their hash chain as they are read."""
 
-    async def read(es: EventStore) -> list[RecordedEvent]:
-        return await es.read_stream(
-            stream,
-            from_version=from_version,
-            to_version=to_version,
-            at=at,
-            backwards=backwards,
-            limit=limit,
+    async def show(es: EventStore) -> None:
+        records = await es.read_stream(
+            stream, from_version=from_version, to_version=to_version, at=at, backwards=backwards, limit=limit
         )
+        # Shown inside the runner: encoding an event for --json may raise a tidings error too.
+        if as_json:
+            for record in records:
+                write_json_line(record)
+        elif records:
+            stdout().print(events_table(records))
+        else:
+            note(f"no events in stream {stream!r}" + (f" at {at.isoformat()}" if at else ""))
 
-    records = run_with_store(store, read)
-    if as_json:
-        for record in records:
-            write_json_line(record)
-        return
-    if not records:
-        note(f"no events in stream {stream!r}" + (f" at {at.isoformat()}" if at else ""))
-        return
-    stdout().print(events_table(records))
+    run_with_store(store, show)
 
 
 @app.command()
 def log(
     store: StoreOption = DEFAULT_STORE,
     after: Annotated[
-        int, typer.Option("--after", min=0, metavar="POSITION", help="Start after this log position.")
+        int,
+        typer.Option(
+            "--after", min=0, max=MAX_NUMBER, metavar="POSITION", help="Start after this log position."
+        ),
     ] = 0,
     topic: Annotated[
         str | None,
@@ -179,8 +179,9 @@ def log(
             sys.stdout.flush()
             await asyncio.sleep(FOLLOW_INTERVAL)
 
-    shown = run_with_store(store, tail, interrupt_code=EXIT_OK)
-    if not shown and not as_json:
+    # Ctrl-C is how --follow is meant to end.
+    shown = run_with_store(store, tail, interrupt_code=EXIT_OK if follow else EXIT_INTERRUPTED)
+    if not shown and not as_json and not follow:
         note(f"no events matching {topic!r}" if topic else "no events")
 
 

@@ -6,14 +6,14 @@ from __future__ import annotations
 import re
 import sys
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Final
 
 import msgspec
 from rich.table import Table
 from rich.text import Text
 
-from tidings.domain.envelope import JSON, MSGPACK, Envelope, RecordedEvent, format_time, to_structured
+from tidings.domain.envelope import JSON, MSGPACK, Envelope, RecordedEvent, to_structured
 from tidings.domain.integrity import IntegrityReport
 from tidings.ports import StreamInfo
 
@@ -34,8 +34,8 @@ def cell(text: str, style: str = "") -> Text:
 
 
 def when(moment: datetime) -> str:
-    """RFC 3339 in UTC with microseconds: exact enough to paste into ``--at``."""
-    return format_time(moment)
+    """RFC 3339 in UTC, always with microseconds (aligned columns; exact enough for ``--at``)."""
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def data_text(envelope: Envelope) -> str:

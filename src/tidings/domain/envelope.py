@@ -98,30 +98,48 @@ _structured_encoder = msgspec.json.Encoder()
 _structured_decoder = msgspec.json.Decoder(_Structured)
 
 
+_json_syntax = msgspec.json.Decoder(msgspec.Raw)  # checks JSON syntax without building objects
+
+
 def to_structured(envelope: Envelope) -> bytes:
-    """Encode as a CloudEvents structured-mode JSON document."""
+    """Encode as a CloudEvents structured-mode JSON document.
+
+    JSON data is embedded as it is, so it is checked to be exactly one JSON value first: a body
+    such as ``1,"type":"Other"`` would otherwise smuggle attributes into the document.
+    Times are written in UTC: the instant survives exactly, where an offset of seconds would not.
+    """
     inline = envelope.datacontenttype == JSON
-    return _structured_encoder.encode(
-        _Structured(
-            specversion=envelope.specversion,
-            id=envelope.id,
-            source=envelope.source,
-            type=envelope.type,
-            topic=envelope.topic,
-            time=envelope.time,
-            subject=envelope.subject,
-            datacontenttype=envelope.datacontenttype,
-            dataschema=envelope.dataschema,
-            schemaversion=envelope.schemaversion,
-            correlationid=envelope.correlationid,
-            causationid=envelope.causationid,
-            traceparent=envelope.traceparent,
-            tracestate=envelope.tracestate,
-            expirytime=envelope.expirytime,
-            partitionkey=envelope.partitionkey,
-            data=msgspec.Raw(envelope.data) if inline and envelope.data else _ABSENT,
-            data_base64=None if inline else base64.b64encode(envelope.data).decode("ascii"),
-        )
+    if inline and envelope.data:
+        try:
+            _json_syntax.decode(envelope.data)
+        except msgspec.DecodeError as exc:
+            raise MalformedEvent(f"event {envelope.id}: data is not one JSON value: {exc}") from None
+    try:
+        return _structured_encoder.encode(_structured(envelope, inline))
+    except (UnicodeEncodeError, OverflowError, ValueError) as exc:
+        raise MalformedEvent(f"event {envelope.id!r} cannot be encoded: {exc}") from None
+
+
+def _structured(envelope: Envelope, inline: bool) -> _Structured:
+    return _Structured(
+        specversion=envelope.specversion,
+        id=envelope.id,
+        source=envelope.source,
+        type=envelope.type,
+        topic=envelope.topic,
+        time=envelope.time.astimezone(UTC),
+        subject=envelope.subject,
+        datacontenttype=envelope.datacontenttype,
+        dataschema=envelope.dataschema,
+        schemaversion=envelope.schemaversion,
+        correlationid=envelope.correlationid,
+        causationid=envelope.causationid,
+        traceparent=envelope.traceparent,
+        tracestate=envelope.tracestate,
+        expirytime=envelope.expirytime.astimezone(UTC) if envelope.expirytime else None,
+        partitionkey=envelope.partitionkey,
+        data=msgspec.Raw(envelope.data) if inline and envelope.data else _ABSENT,
+        data_base64=None if inline else base64.b64encode(envelope.data).decode("ascii"),
     )
 
 
@@ -145,6 +163,11 @@ def from_structured(document: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Env
             data = base64.b64decode(raw.data_base64, validate=True)
         except ValueError:
             raise MalformedEvent("envelope attribute 'data_base64' is not valid base64") from None
+        if raw.datacontenttype == JSON and data:
+            try:
+                _json_syntax.decode(data)
+            except msgspec.DecodeError as exc:
+                raise MalformedEvent(f"event {raw.id}: data_base64 is not one JSON value: {exc}") from None
     else:
         data = bytes(raw.data)
     check_size(data, max_size, "payload")
@@ -196,7 +219,10 @@ def to_binary(envelope: Envelope) -> tuple[dict[str, str], bytes]:
         if value is None:
             continue
         if isinstance(value, datetime):
-            value = format_time(value)
+            try:
+                value = format_time(value)
+            except OverflowError:
+                raise MalformedEvent(f"envelope attribute {name!r} is out of range in UTC") from None
         headers[f"ce-{name}"] = str(value)
     return headers, envelope.data
 
@@ -213,10 +239,21 @@ def from_binary(headers: dict[str, str], body: bytes, *, max_size: int = DEFAULT
     attributes["data"] = body
     if attributes.get("specversion") != SPEC_VERSION:
         raise MalformedEvent(f"unsupported CloudEvents specversion {attributes.get('specversion')!r}")
+    version = attributes.get("schemaversion")
+    if version is not None:
+        if not (isinstance(version, str) and version.isascii() and version.isdigit() and len(version) < 8):
+            raise MalformedEvent(f"header ce-schemaversion must be a whole number, got {version!r}")
+        attributes["schemaversion"] = int(version)
     try:
-        return msgspec.convert(attributes, Envelope, strict=False)
+        envelope = msgspec.convert(attributes, Envelope)
     except msgspec.ValidationError as exc:
         raise MalformedEvent(f"invalid envelope headers: {exc}") from None
+    if envelope.datacontenttype == JSON and body:
+        try:
+            _json_syntax.decode(body)
+        except msgspec.DecodeError as exc:
+            raise MalformedEvent(f"event {envelope.id}: body is not one JSON value: {exc}") from None
+    return envelope
 
 
 def format_time(moment: datetime) -> str:

@@ -7,6 +7,7 @@ data stored under an older version is lifted by the class's upcasters, one versi
 
 from __future__ import annotations
 
+import typing
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +35,7 @@ class Codec:
         self.max_size = max_size
         self._encoder = msgspec.json.Encoder()
         self._decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
+        self._float_classes: dict[type[Event], bool] = {}
 
     def encode(
         self,
@@ -52,7 +54,12 @@ class Codec:
                 f"{type(event).__name__} is not a declared event class "
                 "(subclass tidings.Event with topic=...)"
             )
-        data = self._encoder.encode(event)
+        try:
+            data = self._encoder.encode(event)
+        except (TypeError, ValueError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError
+            raise MalformedEvent(f"cannot encode {event.__event_type__}: {exc}") from None
+        if self._has_floats(type(event)):
+            self._check_finite(event, data)
         check_size(data, self.max_size, f"payload of {event.__event_type__}")
         return Envelope(
             id=event_id or uuid7(),
@@ -76,9 +83,7 @@ class Codec:
         stored = envelope.schemaversion
         current = cls.__event_version__
         if stored == current and envelope.datacontenttype == JSON:
-            decoder = self._decoders.get(cls)
-            if decoder is None:
-                decoder = self._decoders[cls] = msgspec.json.Decoder(cls)
+            decoder = self._decoders.get(cls) or self._decoder_for(cls)
             with _Decoding(envelope):
                 event: Event = decoder.decode(envelope.data)
             return event
@@ -97,10 +102,44 @@ class Codec:
                 raise MalformedEvent(
                     f"event {envelope.id}: {cls.__name__} has no upcaster from version {version}"
                 )
-            fields = upcaster(fields)
+            try:
+                fields = upcaster(fields)
+            except Exception as exc:
+                raise MalformedEvent(
+                    f"event {envelope.id}: upcaster {upcaster.__name__} of {cls.__name__} "
+                    f"(version {version} to {version + 1}) failed: {type(exc).__name__}: {exc}"
+                ) from exc
+            if not isinstance(fields, dict):
+                raise MalformedEvent(
+                    f"event {envelope.id}: upcaster {upcaster.__name__} returned "
+                    f"{type(fields).__name__}, not a dict"
+                )
         with _Decoding(envelope):
             upcast: Event = msgspec.convert(fields, cls)
         return upcast
+
+    def _has_floats(self, cls: type[Event]) -> bool:
+        known = self._float_classes.get(cls)
+        if known is None:
+            hints = typing.get_type_hints(cls)
+            known = self._float_classes[cls] = any("float" in repr(hint) for hint in hints.values())
+        return known
+
+    def _check_finite(self, event: Event, data: bytes) -> None:
+        """JSON has no NaN or infinity: msgspec writes them as null, which would store an event
+        that can never be read back. Refuse it at the door instead."""
+        try:
+            self._decoder_for(type(event)).decode(data)
+        except msgspec.ValidationError:
+            raise MalformedEvent(
+                f"cannot encode {event.__event_type__}: a float is NaN or infinite, which JSON cannot carry"
+            ) from None
+
+    def _decoder_for(self, cls: type[Event]) -> msgspec.json.Decoder[Any]:
+        decoder = self._decoders.get(cls)
+        if decoder is None:
+            decoder = self._decoders[cls] = msgspec.json.Decoder(cls)
+        return decoder
 
     def _decode_untyped(self, envelope: Envelope) -> Any:
         if envelope.datacontenttype == JSON:
