@@ -80,7 +80,15 @@ class EventStore(Protocol):
         backwards: bool = False,
         limit: int | None = None,
     ) -> list[RecordedEvent]:
-        """Events of one stream, checked against their hash chain as they are read."""
+        """Events of one stream, checked against their hash chain as they are read.
+
+        ``at`` reads the stream as of a time: the longest prefix of its history whose events all
+        happened by then."""
+
+    async def read_from_snapshot(
+        self, stream: str, *, to_version: int | None = None, at: datetime | None = None
+    ) -> tuple[Snapshot | None, list[RecordedEvent]]:
+        """The newest snapshot within the bounds and the events after it, in one round trip."""
 
     def read_log(
         self,

@@ -262,12 +262,12 @@ def _tamper(url: str, stream: str, version: int) -> None:
     path = url.removeprefix("sqlite:///")
     with sqlite3.connect(path) as connection:
         (document,) = connection.execute(
-            "SELECT envelope FROM tidings_events WHERE stream = ? AND version = ?", (stream, version)
+            "SELECT data FROM tidings_events WHERE stream = ? AND version = ?", (stream, version)
         ).fetchone()
         altered = bytes(document).replace(b'"total":7', b'"total":700')
         assert altered != bytes(document)
         connection.execute(
-            "UPDATE tidings_events SET envelope = ? WHERE stream = ? AND version = ?",
+            "UPDATE tidings_events SET data = ? WHERE stream = ? AND version = ?",
             (altered, stream, version),
         )
     connection.close()

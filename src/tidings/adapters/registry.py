@@ -14,8 +14,8 @@ STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
 def open_store(url: str, *, create: bool = True) -> EventStore:
     """An event store for ``url`` (not yet opened: ``await store.open()``).
 
-    ``create=False`` refuses to create an embedded store that does not exist yet (for tools that
-    only inspect one).
+    ``create=False`` is for tools that only inspect a store: nothing is created or written, a
+    SQLite file is opened read-only, and a place that holds no tidings store is an error.
     """
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
@@ -30,7 +30,7 @@ def open_store(url: str, *, create: bool = True) -> EventStore:
                 f"the PostgreSQL store needs its driver ({exc.name} is missing): "
                 "pip install 'tidings[postgres]'"
             ) from None
-        return PostgresStore(PostgresSettings.from_url(url))
+        return PostgresStore(PostgresSettings.from_url(url, create=create))
     raise ConfigurationError(
         f"unknown store URL scheme {scheme!r} in {redact_url(url)!r}; "
         f"expected one of: {', '.join(s + '://' for s in STORE_SCHEMES)}"

@@ -42,6 +42,7 @@ class Aggregate:
     _state_type: ClassVar[type[msgspec.Struct] | None] = None
     _state_fields: ClassVar[tuple[str, ...]] = ()
     _state_defaults: ClassVar[dict[str, Any]] = {}
+    _snapshot_schema: ClassVar[str | None] = None
 
     def __init_subclass__(
         cls,
@@ -106,10 +107,15 @@ class Aggregate:
     @classmethod
     def snapshot_schema(cls) -> str:
         """The state's shape: the declared version plus a fingerprint of the annotated fields."""
+        cached: str | None = cls.__dict__.get("_snapshot_schema")
+        if cached is not None:
+            return cached
         state_type = cls._snapshot_type()
         shape = repr([(f, repr(t)) for f, t in typing.get_type_hints(state_type).items()])
         fingerprint = hashlib.sha256(shape.encode()).hexdigest()[:16]
-        return f"{cls.__qualname__}/{cls.snapshot_version}/{fingerprint}"
+        schema = f"{cls.__qualname__}/{cls.snapshot_version}/{fingerprint}"
+        cls._snapshot_schema = schema
+        return schema
 
     @classmethod
     def _snapshot_type(cls) -> type[msgspec.Struct]:

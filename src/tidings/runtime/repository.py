@@ -36,12 +36,15 @@ class Repository:
         stream = cls.stream_of(id)
         aggregate = cls(id)
         if cls.snapshot_every:
-            snapshot = await self._store.load_snapshot(stream, max_version=version, at=at)
-            if snapshot is not None and self._restore(aggregate, snapshot):
-                aggregate.version = snapshot.version
-        records = await self._store.read_stream(
-            stream, from_version=aggregate.version + 1, to_version=version, at=at
-        )
+            snapshot, records = await self._store.read_from_snapshot(stream, to_version=version, at=at)
+            if snapshot is not None:
+                if self._restore(aggregate, snapshot):
+                    aggregate.version = snapshot.version
+                else:  # not usable: replay the whole stream instead
+                    aggregate = cls(id)
+                    records = await self._store.read_stream(stream, to_version=version, at=at)
+        else:
+            records = await self._store.read_stream(stream, to_version=version, at=at)
         for record in records:
             aggregate.apply(self._codec.decode(record.envelope))
         if records:
@@ -88,7 +91,5 @@ class Repository:
             aggregate.restore_state(snapshot.state)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
             log.warning("ignoring unreadable snapshot of %s: %s", snapshot.stream, exc)
-            fresh = type(aggregate)(aggregate.id)
-            aggregate.__dict__.update(fresh.__dict__)
             return False
         return True

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Final
 
+from tidings.adapters.sql.reads import as_of_bound
+from tidings.adapters.sql.rows import INSERT_COLUMNS, SELECT_COLUMNS
+
 # Advisory lock keys (arbitrary constants, "tidings" in ASCII plus a suffix).
 SCHEMA_LOCK: Final = 0x7469_6469_6E67_7301
 APPEND_LOCK: Final = 0x7469_6469_6E67_7302
@@ -15,14 +18,20 @@ CREATE: Final = (
     )""",
     """CREATE TABLE IF NOT EXISTS tidings_events (
         position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        id TEXT NOT NULL UNIQUE,
         stream TEXT NOT NULL,
         version BIGINT NOT NULL,
+        partition INTEGER NOT NULL,
+        id TEXT NOT NULL UNIQUE,
         topic TEXT NOT NULL,
         type TEXT NOT NULL,
         time_us BIGINT NOT NULL,
-        partition INTEGER NOT NULL,
-        envelope BYTEA NOT NULL,
+        source TEXT NOT NULL,
+        subject TEXT,
+        schemaversion INTEGER NOT NULL,
+        correlationid TEXT,
+        causationid TEXT,
+        extras BYTEA,
+        data BYTEA NOT NULL,
         hash BYTEA NOT NULL,
         UNIQUE (stream, version)
     )""",
@@ -53,7 +62,8 @@ CREATE: Final = (
     )""",
 )
 
-GET_META: Final = "SELECT value FROM tidings_meta WHERE key = %s"
+ALL_META: Final = "SELECT key, value FROM tidings_meta"
+TABLES_EXIST: Final = "SELECT to_regclass('tidings_meta') IS NOT NULL"
 PUT_META: Final = "INSERT INTO tidings_meta (key, value) VALUES (%s, %s) ON CONFLICT DO NOTHING"
 
 # Concurrent transactions can commit in another order than the one in which they drew their
@@ -67,12 +77,13 @@ PUT_META: Final = "INSERT INTO tidings_meta (key, value) VALUES (%s, %s) ON CONF
 LOCK_APPENDS: Final = f"SELECT pg_advisory_xact_lock({APPEND_LOCK})"
 
 HEAD: Final = "SELECT version, hash FROM tidings_streams WHERE stream = %s"
-EXISTING_IDS: Final = "SELECT id, position, stream, version, envelope FROM tidings_events WHERE id = ANY(%s)"
+EXISTING_IDS: Final = f"SELECT {SELECT_COLUMNS} FROM tidings_events WHERE id = ANY(%s)"
+# One statement for a whole batch: each column travels as one array, in binary.
 INSERT_EVENTS: Final = (
-    "INSERT INTO tidings_events"
-    " (id, stream, version, topic, type, time_us, partition, envelope, hash)"
-    " SELECT * FROM unnest(%s::text[], %s::text[], %s::bigint[], %s::text[], %s::text[],"
-    " %s::bigint[], %s::int[], %s::bytea[], %s::bytea[])"
+    f"INSERT INTO tidings_events ({INSERT_COLUMNS})"
+    " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::int[], %b::text[], %b::text[], %b::text[],"
+    " %b::bigint[], %b::text[], %b::text[], %b::int[], %b::text[], %b::text[], %b::bytea[], %b::bytea[],"
+    " %b::bytea[])"
     " RETURNING version, position"
 )
 UPSERT_HEAD: Final = (
@@ -81,15 +92,11 @@ UPSERT_HEAD: Final = (
     " ON CONFLICT (stream) DO UPDATE SET version = excluded.version, hash = excluded.hash,"
     " last_us = excluded.last_us"
 )
-
-STREAM_COLUMNS: Final = "SELECT position, stream, version, envelope, hash FROM tidings_events"
-HASH_AT: Final = "SELECT hash FROM tidings_events WHERE stream = %s AND version = %s"
 LOG_BATCH: Final = (
-    "SELECT position, stream, version, envelope FROM tidings_events WHERE position > %s"
-    " ORDER BY position LIMIT %s"
+    f"SELECT {SELECT_COLUMNS} FROM tidings_events WHERE position > %s ORDER BY position LIMIT %s"
 )
 LOG_BATCH_PREFIX: Final = (
-    "SELECT position, stream, version, envelope FROM tidings_events WHERE position > %s"
+    f"SELECT {SELECT_COLUMNS} FROM tidings_events WHERE position > %s"
     " AND left(topic, %s) = %s ORDER BY position LIMIT %s"
 )
 HEAD_POSITION: Final = "SELECT coalesce(max(position), 0) FROM tidings_events"
@@ -106,7 +113,7 @@ PUT_SNAPSHOT: Final = (
 )
 GET_SNAPSHOT: Final = (
     "SELECT stream, version, schema, time_us, state FROM tidings_snapshots"
-    " WHERE stream = %s AND version <= %s AND time_us <= %s ORDER BY version DESC LIMIT 1"
+    f" WHERE stream = %s AND version <= %s AND version < {as_of_bound('%s')} ORDER BY version DESC LIMIT 1"
 )
 
 GET_DOCUMENT: Final = "SELECT value FROM tidings_documents WHERE collection = %s AND key = %s"
@@ -123,6 +130,4 @@ PUT_CHECKPOINT: Final = (
 )
 
 ALL_HEADS: Final = "SELECT stream, version, hash FROM tidings_streams ORDER BY stream"
-ALL_EVENTS_BY_STREAM: Final = (
-    "SELECT stream, version, position, envelope, hash FROM tidings_events ORDER BY stream, version"
-)
+ALL_EVENTS_BY_STREAM: Final = f"SELECT {SELECT_COLUMNS} FROM tidings_events ORDER BY stream, version"

@@ -15,31 +15,25 @@ import psycopg_pool
 from tidings.adapters.postgres import schema
 from tidings.adapters.sql.common import (
     DEFAULT_PARTITIONS,
+    MAX_NUMBER,
     SCHEMA_VERSION,
     Head,
+    Partitioner,
     StoreAudit,
-    StoredRow,
-    StreamQuery,
     check_expected,
-    check_reaches_head,
-    checked_stream_rows,
-    from_micros,
-    lowest_version,
-    missing_version,
-    plan_rows,
-    record_from_row,
-    to_micros,
+    check_number,
     unique_by_id,
     validate_stream_name,
 )
+from tidings.adapters.sql.reads import StreamQuery
+from tidings.adapters.sql.rows import from_micros, plan_rows, record_of, to_micros
 from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent
-from tidings.domain.integrity import GENESIS, IntegrityReport
+from tidings.domain.integrity import IntegrityReport
 from tidings.domain.topics import compile_pattern
-from tidings.errors import BackendUnavailable, ConfigurationError, TidingsError
+from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError, TidingsError
 from tidings.ports import ANY, ExpectedVersion, Snapshot, StreamInfo
 
-_FAR_FUTURE_US = 2**62
 _OWN_OPTIONS = ("partitions", "pool_size", "connect_timeout")
 
 
@@ -53,10 +47,11 @@ class PostgresSettings:
     pool_size: int = 10
     connect_timeout: float = 10.0
     max_size: int = DEFAULT_MAX_SIZE
+    create: bool = True
     display_url: str = field(default="", compare=False)
 
     @classmethod
-    def from_url(cls, url: str) -> PostgresSettings:
+    def from_url(cls, url: str, *, create: bool = True) -> PostgresSettings:
         parts = urlsplit(url)
         if parts.scheme not in ("postgresql", "postgres"):
             raise ConfigurationError(f"not a PostgreSQL URL: {redact_url(url)!r}")
@@ -77,6 +72,7 @@ class PostgresSettings:
             partitions=partitions,
             pool_size=pool_size,
             connect_timeout=connect_timeout,
+            create=create,
             display_url=redact_url(url),
         )
 
@@ -88,7 +84,7 @@ class PostgresStore:
         self.settings = settings
         self.url = settings.display_url or redact_url(settings.conninfo)
         self._pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
-        self._partitions = settings.partitions
+        self._partition_of = Partitioner(settings.partitions)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -130,15 +126,27 @@ class PostgresStore:
 
     async def _create_schema(self, connection: psycopg.AsyncConnection[Any]) -> None:
         async with connection.transaction():
-            # CREATE TABLE IF NOT EXISTS races with itself across processes; a lock orders them.
-            await connection.execute(f"SELECT pg_advisory_xact_lock({schema.SCHEMA_LOCK})")
-            for statement in schema.CREATE:
-                await connection.execute(statement)
-            await connection.execute(schema.PUT_META, ("schema_version", str(SCHEMA_VERSION)))
-            await connection.execute(schema.PUT_META, ("partitions", str(self.settings.partitions)))
-            cursor = await connection.execute(schema.GET_META, ("partitions",))
-            row = await cursor.fetchone()
-            self._partitions = int(row[0]) if row else self.settings.partitions
+            if self.settings.create:
+                # CREATE TABLE IF NOT EXISTS races with itself across processes; a lock orders them.
+                await connection.execute(f"SELECT pg_advisory_xact_lock({schema.SCHEMA_LOCK})")
+                for statement in schema.CREATE:
+                    await connection.execute(statement)
+                await connection.execute(schema.PUT_META, ("schema_version", str(SCHEMA_VERSION)))
+                await connection.execute(schema.PUT_META, ("partitions", str(self.settings.partitions)))
+            cursor = await connection.execute(schema.TABLES_EXIST)
+            exists = await cursor.fetchone()
+            meta: dict[str, str] = {}
+            if exists and exists[0]:
+                cursor = await connection.execute(schema.ALL_META)
+                meta = dict(await cursor.fetchall())
+        if "partitions" not in meta:
+            raise IntegrityError(f"{self.url} holds no tidings store")
+        if meta.get("schema_version") != str(SCHEMA_VERSION):
+            raise IntegrityError(
+                f"{self.url} has store schema {meta.get('schema_version')}; "
+                f"this tidings reads schema {SCHEMA_VERSION}"
+            )
+        self._partition_of = Partitioner(int(meta["partitions"]))
 
     def _translate(self, exc: psycopg.Error) -> TidingsError:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -164,7 +172,9 @@ class PostgresStore:
     ) -> list[RecordedEvent]:
         validate_stream_name(stream)
         async with self._connection() as connection, connection.transaction():
-            return await _append(connection, stream, envelopes, expected_version, self._partitions)
+            return await _append(
+                connection, stream, envelopes, expected_version, self._partition_of, self.settings.max_size
+            )
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -178,34 +188,21 @@ class PostgresStore:
         backwards: bool = False,
         limit: int | None = None,
     ) -> list[RecordedEvent]:
-        query = StreamQuery.build(
-            schema.STREAM_COLUMNS, "%s", stream, from_version, to_version, at, backwards, limit
-        )
-        # One snapshot for the rows, the predecessor's hash and the head, so that an append
-        # committing meanwhile cannot look like a stream cut short.
-        async with (
-            self._connection() as connection,
-            connection.transaction(),
-            connection.cursor() as cursor,
-        ):
-            await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        # One statement: the rows, their predecessor and the head come from one snapshot.
+        query = StreamQuery.build("%s", stream, from_version, to_version, at, backwards, limit)
+        async with self._connection() as connection, connection.cursor(binary=True) as cursor:
             await cursor.execute(query.sql, query.args)
-            rows = [StoredRow(*row) for row in await cursor.fetchall()]
-            if not rows:
-                return []
-            lowest = lowest_version(rows, backwards)
-            previous = GENESIS
-            if lowest > 1:
-                await cursor.execute(schema.HASH_AT, (stream, lowest - 1))
-                found = await cursor.fetchone()
-                if found is None:
-                    raise missing_version(stream, lowest - 1)
-                previous = bytes(found[0])
-            head = await _head(connection, stream) if query.reaches_head else None
-        records = checked_stream_rows(stream, rows, previous, backwards)
-        if query.reaches_head:
-            check_reaches_head(stream, rows, head)
-        return records
+            return query.records(await cursor.fetchall())
+
+    async def read_from_snapshot(
+        self, stream: str, *, to_version: int | None = None, at: datetime | None = None
+    ) -> tuple[Snapshot | None, list[RecordedEvent]]:
+        async with self._connection() as connection, connection.cursor(binary=True) as cursor:
+            snapshot = await _load_snapshot(cursor, stream, to_version, at)
+            start = snapshot.version + 1 if snapshot else 1
+            query = StreamQuery.build("%s", stream, start, to_version, at, False, None)
+            await cursor.execute(query.sql, query.args)
+            return snapshot, query.records(await cursor.fetchall())
 
     async def read_log(
         self,
@@ -215,27 +212,27 @@ class PostgresStore:
         batch_size: int = 1000,
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
+        check_number("after", after)
+        check_number("limit", limit)
+        check_number("batch_size", batch_size, minimum=1)
         compiled = compile_pattern(pattern) if pattern else None
         prefix = compiled.prefix if compiled else ""
         remaining = limit
         while remaining is None or remaining > 0:
             size = batch_size if remaining is None else min(batch_size, remaining)
-            async with self._connection() as connection:
+            async with self._connection() as connection, connection.cursor(binary=True) as cursor:
                 if prefix:
-                    cursor = await connection.execute(
-                        schema.LOG_BATCH_PREFIX, (after, len(prefix), prefix, size)
-                    )
+                    await cursor.execute(schema.LOG_BATCH_PREFIX, (after, len(prefix), prefix, size))
                 else:
-                    cursor = await connection.execute(schema.LOG_BATCH, (after, size))
+                    await cursor.execute(schema.LOG_BATCH, (after, size))
                 rows = await cursor.fetchall()
             if not rows:
                 return
-            for position, stream, version, document in rows:
-                after = position
-                record = record_from_row(document, stream, version, position, self.settings.max_size)
-                if compiled is not None and not compiled.matches(record.envelope.topic):
+            after = rows[-1][0]
+            for row in rows:
+                if compiled is not None and not compiled.matches(row[4]):  # the topic column
                     continue
-                yield record
+                yield record_of(row)
                 if remaining is not None:
                     remaining -= 1
                     if remaining == 0:
@@ -263,26 +260,15 @@ class PostgresStore:
     # -- snapshots, documents, checkpoints -------------------------------------------------
 
     async def save_snapshot(self, snapshot: Snapshot) -> None:
-        row = (
-            snapshot.stream,
-            snapshot.version,
-            snapshot.schema,
-            to_micros(snapshot.time),
-            snapshot.state,
-        )
+        row = (snapshot.stream, snapshot.version, snapshot.schema, to_micros(snapshot.time), snapshot.state)
         async with self._connection() as connection:
             await connection.execute(schema.PUT_SNAPSHOT, row)
 
     async def load_snapshot(
         self, stream: str, *, max_version: int | None = None, at: datetime | None = None
     ) -> Snapshot | None:
-        args = (stream, max_version or _FAR_FUTURE_US, to_micros(at) if at else _FAR_FUTURE_US)
-        async with self._connection() as connection:
-            cursor = await connection.execute(schema.GET_SNAPSHOT, args)
-            row = await cursor.fetchone()
-        if row is None:
-            return None
-        return Snapshot(row[0], row[1], row[2], from_micros(row[3]), bytes(row[4]))
+        async with self._connection() as connection, connection.cursor(binary=True) as cursor:
+            return await _load_snapshot(cursor, stream, max_version, at)
 
     async def get_document(self, collection: str, key: str) -> bytes | None:
         async with self._connection() as connection:
@@ -295,7 +281,7 @@ class PostgresStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         async with self._connection() as connection, connection.transaction():
-            yield PostgresTransaction(connection, self._partitions)
+            yield PostgresTransaction(connection, self)
 
     # -- integrity -------------------------------------------------------------------------
 
@@ -305,25 +291,33 @@ class PostgresStore:
             cursor = await connection.execute(schema.ALL_HEADS)
             audit = StoreAudit({s: (v, bytes(h)) for s, v, h in await cursor.fetchall()})
             # A named (server-side) cursor streams the rows: memory stays flat for any size.
-            async with connection.cursor(name="tidings_verify") as rows:
+            async with connection.cursor(name="tidings_verify", binary=True) as rows:
                 await rows.execute(schema.ALL_EVENTS_BY_STREAM)
                 async for row in rows:
-                    audit.feed(*row)
+                    audit.feed(row)
         return audit.report()
 
 
 class PostgresTransaction:
     """A transaction on one pooled connection: appends, documents and checkpoints commit together."""
 
-    def __init__(self, connection: psycopg.AsyncConnection[Any], partitions: int) -> None:
+    def __init__(self, connection: psycopg.AsyncConnection[Any], store: PostgresStore) -> None:
         self._connection = connection
-        self._partitions = partitions
+        self._store = store
 
     async def append(
         self, stream: str, envelopes: Sequence[Envelope], *, expected_version: ExpectedVersion = ANY
     ) -> list[RecordedEvent]:
         validate_stream_name(stream)
-        return await _append(self._connection, stream, envelopes, expected_version, self._partitions)
+        store = self._store
+        return await _append(
+            self._connection,
+            stream,
+            envelopes,
+            expected_version,
+            store._partition_of,
+            store.settings.max_size,
+        )
 
     async def get_document(self, collection: str, key: str) -> bytes | None:
         return await _get_document(self._connection, collection, key)
@@ -355,37 +349,49 @@ async def _append(
     stream: str,
     envelopes: Sequence[Envelope],
     expected: ExpectedVersion,
-    partitions: int,
+    partition_of: Partitioner,
+    max_size: int,
 ) -> list[RecordedEvent]:
     """The append steps; the caller holds a transaction open around them."""
     await connection.execute(schema.LOCK_APPENDS)
     unique = unique_by_id(envelopes)
     stored: dict[str, RecordedEvent] = {}
-    cursor = await connection.execute(schema.EXISTING_IDS, ([e.id for e in unique],))
-    for event_id, position, s, version, document in await cursor.fetchall():
-        stored[event_id] = record_from_row(document, s, version, position)
+    async with connection.cursor(binary=True) as cursor:
+        await cursor.execute(schema.EXISTING_IDS, ([e.id for e in unique],))
+        for row in await cursor.fetchall():
+            record = record_of(row)
+            stored[record.envelope.id] = record
     fresh = [e for e in unique if e.id not in stored]
     if not fresh:
         return [stored[e.id] for e in envelopes]
     head = await _head(connection, stream)
     check_expected(stream, expected, head.version if head else 0)
-    rows = plan_rows(stream, fresh, head, partitions)
-    cursor = await connection.execute(
-        schema.INSERT_EVENTS, [list(column) for column in zip(*rows, strict=True)]
-    )
+    rows = plan_rows(stream, fresh, head, partition_of, max_size)
+    columns = [list(column) for column in zip(*(row.values() for row in rows), strict=True)]
+    cursor = await connection.execute(schema.INSERT_EVENTS, columns)
     position_of = dict(await cursor.fetchall())
     last = rows[-1]
     await connection.execute(
-        schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].time_us, last.time_us)
+        schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].columns.time_us, last.columns.time_us)
     )
     by_id = {
-        row.id: RecordedEvent(
+        row.columns.id: RecordedEvent(
             envelope=envelope, stream=stream, version=row.version, position=position_of[row.version]
         )
         for row, envelope in zip(rows, fresh, strict=True)
     }
     by_id.update(stored)
     return [by_id[e.id] for e in envelopes]
+
+
+async def _load_snapshot(
+    cursor: psycopg.AsyncCursor[Any], stream: str, max_version: int | None, at: datetime | None
+) -> Snapshot | None:
+    check_number("max_version", max_version)
+    bound = MAX_NUMBER if max_version is None else max_version
+    await cursor.execute(schema.GET_SNAPSHOT, (stream, bound, stream, to_micros(at) if at else MAX_NUMBER))
+    row = await cursor.fetchone()
+    return None if row is None else Snapshot(row[0], row[1], row[2], from_micros(row[3]), bytes(row[4]))
 
 
 async def _get_document(connection: psycopg.AsyncConnection[Any], collection: str, key: str) -> bytes | None:

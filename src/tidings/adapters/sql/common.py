@@ -8,63 +8,35 @@ the way a transaction is driven differ, and those stay in each adapter.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Final, NamedTuple
+from collections.abc import Sequence
+from typing import Any, Final, NamedTuple
 
-from tidings.domain.envelope import (
-    DEFAULT_MAX_SIZE,
-    Envelope,
-    RecordedEvent,
-    from_structured,
-    to_structured,
-)
-from tidings.domain.integrity import (
-    GENESIS,
-    IntegrityProblem,
-    IntegrityReport,
-    StreamChecker,
-    chain_hash,
-)
-from tidings.errors import ConcurrencyError, IntegrityError, InvalidArgument, MalformedEvent
+from tidings.adapters.sql.rows import columns_of
+from tidings.domain.envelope import Envelope
+from tidings.domain.integrity import IntegrityProblem, IntegrityReport, StreamChecker
+from tidings.errors import ConcurrencyError, InvalidArgument
 from tidings.ports import ANY, NO_STREAM, ExpectedVersion
 
 DEFAULT_PARTITIONS: Final = 8
-SCHEMA_VERSION: Final = 1
-_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+SCHEMA_VERSION: Final = 2
+#: Bigger than any position or version; also the most that SQLite and PostgreSQL can bind.
+MAX_NUMBER: Final = 2**63 - 1
 
 
-def to_micros(moment: datetime) -> int:
-    if moment.tzinfo is None:
-        raise InvalidArgument(f"a time zone is required, got naive datetime {moment.isoformat()}")
-    return (moment - _EPOCH) // timedelta(microseconds=1)
+class Partitioner:
+    """Maps a partition key to one of a fixed number of partitions.
 
+    CRC-32 is stable across processes, machines and languages (unlike ``hash()``)."""
 
-def from_micros(micros: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=micros)
+    def __init__(self, partitions: int) -> None:
+        self.partitions = partitions
 
-
-def partition_of(key: str, partitions: int) -> int:
-    """The partition of a key: CRC-32 is stable across processes and languages (unlike hash())."""
-    return zlib.crc32(key.encode()) % partitions
+    def __call__(self, key: str) -> int:
+        return zlib.crc32(key.encode()) % self.partitions
 
 
 class Head(NamedTuple):
     version: int
-    hash: bytes
-
-
-class NewRow(NamedTuple):
-    """One row to insert into ``tidings_events`` (in column order, position left to the engine)."""
-
-    id: str
-    stream: str
-    version: int
-    topic: str
-    type: str
-    time_us: int
-    partition: int
-    envelope: bytes
     hash: bytes
 
 
@@ -78,6 +50,13 @@ def check_expected(stream: str, expected: ExpectedVersion, actual: int) -> None:
         raise ConcurrencyError(stream, expected, actual)
 
 
+def check_number(name: str, value: int | None, *, minimum: int = 0) -> None:
+    if value is None:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= MAX_NUMBER:
+        raise InvalidArgument(f"{name} must be a whole number from {minimum} to 2**63-1, got {value!r}")
+
+
 def unique_by_id(envelopes: Sequence[Envelope]) -> list[Envelope]:
     """Drop repeats of one id within a call: the first occurrence wins."""
     seen: set[str] = set()
@@ -89,85 +68,12 @@ def unique_by_id(envelopes: Sequence[Envelope]) -> list[Envelope]:
     return unique
 
 
-def plan_rows(stream: str, envelopes: Sequence[Envelope], head: Head | None, partitions: int) -> list[NewRow]:
-    """Number and chain new envelopes after the stream's head."""
-    version, previous = head if head is not None else (0, GENESIS)
-    rows: list[NewRow] = []
-    for envelope in envelopes:
-        version += 1
-        document = to_structured(envelope)
-        previous = chain_hash(previous, stream, version, document)
-        rows.append(
-            NewRow(
-                envelope.id,
-                stream,
-                version,
-                envelope.topic,
-                envelope.type,
-                to_micros(envelope.time),
-                partition_of(envelope.partitionkey or stream, partitions),
-                document,
-                previous,
-            )
-        )
-    return rows
-
-
 def validate_stream_name(stream: str) -> str:
     if not isinstance(stream, str) or not stream or len(stream) > 512:
         raise InvalidArgument(f"a stream name must be 1 to 512 characters, got {stream!r:.60}")
     if any(ord(c) < 32 for c in stream):
         raise InvalidArgument(f"stream name {stream!r} contains control characters")
     return stream
-
-
-def record_from_row(
-    document: bytes, stream: str, version: int, position: int, max_size: int = DEFAULT_MAX_SIZE
-) -> RecordedEvent:
-    try:
-        envelope = from_structured(bytes(document), max_size=max_size)
-    except MalformedEvent as exc:
-        raise IntegrityError(
-            f"stored event at position {position} ({stream} v{version}) is damaged: {exc}"
-        ) from None
-    return RecordedEvent(envelope=envelope, stream=stream, version=version, position=position)
-
-
-class StoredRow(NamedTuple):
-    position: int
-    stream: str
-    version: int
-    envelope: bytes
-    hash: bytes
-
-
-def checked_stream_rows(
-    stream: str, rows: Iterable[StoredRow], previous: bytes, backwards: bool
-) -> list[RecordedEvent]:
-    """Decode rows of one stream, checking each link of the hash chain on the way.
-
-    ``rows`` are consecutive versions; ``previous`` is the hash of the version before the first
-    (forwards) or is unused (backwards, where each row is checked against the one read before it).
-    """
-    ordered = list(rows)
-    if backwards:
-        ordered.reverse()
-    records: list[RecordedEvent] = []
-    expected_version: int | None = None
-    for row in ordered:
-        if expected_version is not None and row.version != expected_version:
-            raise IntegrityError(f"stream {stream!r}: version {expected_version} is missing")
-        if chain_hash(previous, stream, row.version, bytes(row.envelope)) != bytes(row.hash):
-            raise IntegrityError(
-                f"stream {stream!r} version {row.version} (position {row.position}) fails its hash "
-                "chain: it was altered or an earlier event was removed; run `tidings verify`"
-            )
-        previous = bytes(row.hash)
-        expected_version = row.version + 1
-        records.append(record_from_row(row.envelope, stream, row.version, row.position))
-    if backwards:
-        records.reverse()
-    return records
 
 
 class StoreAudit:
@@ -180,13 +86,18 @@ class StoreAudit:
         self._events = 0
         self.problems: list[IntegrityProblem] = []
 
-    def feed(self, stream: str, version: int, position: int, document: bytes, digest: bytes) -> None:
+    def feed(self, row: Sequence[Any]) -> None:
+        """One row selected with ``rows.SELECT_COLUMNS``, in (stream, version) order."""
+        position, stream, version = row[0], row[1], row[2]
         self._events += 1
         if self._checker is None or self._checker.stream != stream:
             self._finish_stream()
             self._checker = StreamChecker(stream)
             self._streams += 1
-        self._checker.feed(version, position, bytes(document), bytes(digest))
+        checker = self._checker
+        if checker.problem is None:
+            digest = columns_of(row).digest(checker.previous, stream, version)
+            checker.feed(version, position, digest, bytes(row[-1]))
 
     def report(self) -> IntegrityReport:
         self._finish_stream()
@@ -208,55 +119,3 @@ class StoreAudit:
         problem = checker.finish(*(head or (None, None)))
         if problem is not None:
             self.problems.append(problem)
-
-
-class StreamQuery(NamedTuple):
-    """A stream read turned into SQL; ``mark`` is the dialect's parameter marker."""
-
-    sql: str
-    args: list[object]
-    reaches_head: bool  # the read should end at the stream's head (checked against it)
-
-    @classmethod
-    def build(
-        cls,
-        select: str,
-        mark: str,
-        stream: str,
-        from_version: int,
-        to_version: int | None,
-        at: datetime | None,
-        backwards: bool,
-        limit: int | None,
-    ) -> StreamQuery:
-        clauses = [f"stream = {mark}", f"version >= {mark}"]
-        args: list[object] = [stream, max(from_version, 1)]
-        if to_version is not None:
-            clauses.append(f"version <= {mark}")
-            args.append(to_version)
-        if at is not None:
-            clauses.append(f"time_us <= {mark}")
-            args.append(to_micros(at))
-        order = "DESC" if backwards else "ASC"
-        sql = f"{select} WHERE {' AND '.join(clauses)} ORDER BY version {order}"
-        if limit is not None:
-            sql += f" LIMIT {mark}"
-            args.append(limit)
-        reaches_head = not backwards and to_version is None and at is None and limit is None
-        return cls(sql, args, reaches_head)
-
-
-def lowest_version(rows: Sequence[StoredRow], backwards: bool) -> int:
-    return rows[-1].version if backwards else rows[0].version
-
-
-def check_reaches_head(stream: str, rows: Sequence[StoredRow], head: Head | None) -> None:
-    if head is not None and head.version != rows[-1].version:
-        raise IntegrityError(
-            f"stream {stream!r} ends at version {rows[-1].version} but its head says "
-            f"{head.version}: events were removed; run `tidings verify`"
-        )
-
-
-def missing_version(stream: str, version: int) -> IntegrityError:
-    return IntegrityError(f"stream {stream!r}: version {version} is missing; run `tidings verify`")

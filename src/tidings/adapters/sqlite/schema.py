@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from typing import Final
 
+from tidings.adapters.sql.reads import as_of_bound
+from tidings.adapters.sql.rows import INSERT_COLUMNS, SELECT_COLUMNS
+
 # AUTOINCREMENT keeps positions from ever being reused, even after the newest row is deleted.
 # The write connection takes the database lock with BEGIN IMMEDIATE before reading a stream's
 # head, so one writer at a time numbers positions and commits in position order: a reader never
@@ -15,14 +18,20 @@ CREATE: Final = (
     )""",
     """CREATE TABLE IF NOT EXISTS tidings_events (
         position INTEGER PRIMARY KEY AUTOINCREMENT,
-        id TEXT NOT NULL UNIQUE,
         stream TEXT NOT NULL,
         version INTEGER NOT NULL,
+        partition INTEGER NOT NULL,
+        id TEXT NOT NULL UNIQUE,
         topic TEXT NOT NULL,
         type TEXT NOT NULL,
         time_us INTEGER NOT NULL,
-        partition INTEGER NOT NULL,
-        envelope BLOB NOT NULL,
+        source TEXT NOT NULL,
+        subject TEXT,
+        schemaversion INTEGER NOT NULL,
+        correlationid TEXT,
+        causationid TEXT,
+        extras BLOB,
+        data BLOB NOT NULL,
         hash BLOB NOT NULL,
         UNIQUE (stream, version)
     )""",
@@ -53,32 +62,24 @@ CREATE: Final = (
     )""",
 )
 
-GET_META: Final = "SELECT value FROM tidings_meta WHERE key = ?"
+ALL_META: Final = "SELECT key, value FROM tidings_meta"
 PUT_META: Final = "INSERT OR IGNORE INTO tidings_meta (key, value) VALUES (?, ?)"
 
 HEAD: Final = "SELECT version, hash FROM tidings_streams WHERE stream = ?"
-EXISTING_IDS: Final = (
-    "SELECT id, position, stream, version, envelope FROM tidings_events WHERE id IN ({marks})"
-)
+EXISTING_IDS: Final = f"SELECT {SELECT_COLUMNS} FROM tidings_events WHERE id IN ({{marks}})"
 INSERT_EVENT: Final = (
-    "INSERT INTO tidings_events (id, stream, version, topic, type, time_us, partition, envelope, hash)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO tidings_events ({INSERT_COLUMNS})"
+    f" VALUES ({', '.join('?' * (INSERT_COLUMNS.count(',') + 1))})"
 )
 UPSERT_HEAD: Final = (
     "INSERT INTO tidings_streams (stream, version, hash, first_us, last_us) VALUES (?, ?, ?, ?, ?)"
     " ON CONFLICT (stream) DO UPDATE SET version = excluded.version, hash = excluded.hash,"
     " last_us = excluded.last_us"
 )
-
 POSITIONS_OF: Final = "SELECT position FROM tidings_events WHERE stream = ? AND version > ? ORDER BY version"
-STREAM_COLUMNS: Final = "SELECT position, stream, version, envelope, hash FROM tidings_events"
-HASH_AT: Final = "SELECT hash FROM tidings_events WHERE stream = ? AND version = ?"
-LOG_BATCH: Final = (
-    "SELECT position, stream, version, envelope FROM tidings_events WHERE position > ?"
-    " ORDER BY position LIMIT ?"
-)
+LOG_BATCH: Final = f"SELECT {SELECT_COLUMNS} FROM tidings_events WHERE position > ? ORDER BY position LIMIT ?"
 LOG_BATCH_PREFIX: Final = (
-    "SELECT position, stream, version, envelope FROM tidings_events WHERE position > ?"
+    f"SELECT {SELECT_COLUMNS} FROM tidings_events WHERE position > ?"
     " AND substr(topic, 1, ?) = ? ORDER BY position LIMIT ?"
 )
 HEAD_POSITION: Final = "SELECT coalesce(max(position), 0) FROM tidings_events"
@@ -93,7 +94,7 @@ PUT_SNAPSHOT: Final = (
 )
 GET_SNAPSHOT: Final = (
     "SELECT stream, version, schema, time_us, state FROM tidings_snapshots"
-    " WHERE stream = ? AND version <= ? AND time_us <= ? ORDER BY version DESC LIMIT 1"
+    f" WHERE stream = ? AND version <= ? AND version < {as_of_bound('?')} ORDER BY version DESC LIMIT 1"
 )
 
 GET_DOCUMENT: Final = "SELECT value FROM tidings_documents WHERE collection = ? AND key = ?"
@@ -110,6 +111,4 @@ PUT_CHECKPOINT: Final = (
 )
 
 ALL_HEADS: Final = "SELECT stream, version, hash FROM tidings_streams ORDER BY stream"
-ALL_EVENTS_BY_STREAM: Final = (
-    "SELECT stream, version, position, envelope, hash FROM tidings_events ORDER BY stream, version"
-)
+ALL_EVENTS_BY_STREAM: Final = f"SELECT {SELECT_COLUMNS} FROM tidings_events ORDER BY stream, version"

@@ -17,36 +17,31 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, quote, urlsplit
 
 from tidings.adapters.sql.common import (
     DEFAULT_PARTITIONS,
+    MAX_NUMBER,
     SCHEMA_VERSION,
     Head,
+    Partitioner,
     StoreAudit,
-    StoredRow,
-    StreamQuery,
     check_expected,
-    check_reaches_head,
-    checked_stream_rows,
-    from_micros,
-    lowest_version,
-    missing_version,
-    plan_rows,
-    record_from_row,
-    to_micros,
+    check_number,
     unique_by_id,
     validate_stream_name,
 )
+from tidings.adapters.sql.reads import StreamQuery
+from tidings.adapters.sql.rows import from_micros, plan_rows, record_of, to_micros
 from tidings.adapters.sqlite import schema
+from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent
-from tidings.domain.integrity import GENESIS, IntegrityProblem, IntegrityReport
+from tidings.domain.integrity import IntegrityProblem, IntegrityReport
 from tidings.domain.topics import compile_pattern
 from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError
 from tidings.ports import ANY, ExpectedVersion, Snapshot, StreamInfo
 
 T = TypeVar("T")
-_FAR_FUTURE_US = 2**62
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,7 +63,7 @@ class SqliteSettings:
         parts = urlsplit(url)
         if parts.scheme != "sqlite" or parts.netloc or not parts.path.lstrip("/"):
             raise ConfigurationError(
-                f"not a SQLite URL: {url!r} (expected sqlite:///relative/path.db "
+                f"not a SQLite URL: {redact_url(url)!r} (expected sqlite:///relative/path.db "
                 "or sqlite:////absolute/path.db)"
             )
         path = Path(parts.path[1:])
@@ -83,7 +78,7 @@ class SqliteSettings:
             busy_timeout = float(options.get("busy_timeout", "10"))
             partitions = int(options.get("partitions", str(DEFAULT_PARTITIONS)))
         except ValueError as exc:
-            raise ConfigurationError(f"bad SQLite URL option in {url!r}: {exc}") from None
+            raise ConfigurationError(f"bad SQLite URL option in {redact_url(url)!r}: {exc}") from None
         if partitions < 1 or busy_timeout < 0:
             raise ConfigurationError("partitions must be >= 1 and busy_timeout >= 0")
         return cls(
@@ -101,20 +96,24 @@ class SqliteStore:
     def __init__(self, settings: SqliteSettings) -> None:
         self.settings = settings
         self.url = f"sqlite:///{settings.path}"
+        self._partition_of = Partitioner(settings.partitions)
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="tidings-sqlite-write")
         self._read_thread = ThreadPoolExecutor(1, thread_name_prefix="tidings-sqlite-read")
         self._write_lock = asyncio.Lock()
-        self._partitions = settings.partitions
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
         if self._writer is not None:
             return
-        self._writer = await self._on(self._write_thread, self._connect, True)
-        self._reader = await self._on(self._read_thread, self._connect, False)
+        try:
+            self._writer = await self._on(self._write_thread, self._connect, True)
+            self._reader = await self._on(self._read_thread, self._connect, False)
+        except BaseException:
+            await self.close()
+            raise
 
     async def close(self) -> None:
         for connection, thread in (
@@ -129,25 +128,31 @@ class SqliteStore:
 
     def _connect(self, writer: bool) -> sqlite3.Connection:
         path = self.settings.path
+        inspecting = not self.settings.create
         if not path.exists():
-            if not self.settings.create:
+            if inspecting:
                 raise BackendUnavailable(f"no tidings store at {self.url}: the file does not exist")
             if writer:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # Event data is the most valuable data a company has: owner-only from the start.
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        # Inspecting (create=False) opens read-only: looking at a file must never change it.
+        target = f"file:{quote(str(path))}?mode=ro" if inspecting else str(path)
         connection = sqlite3.connect(
-            path, timeout=self.settings.busy_timeout, isolation_level=None, check_same_thread=False
+            target,
+            timeout=self.settings.busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+            uri=inspecting,
         )
         try:
-            connection.execute("PRAGMA journal_mode=WAL")
+            if not inspecting:
+                connection.execute("PRAGMA journal_mode=WAL")
             connection.execute(f"PRAGMA synchronous={self.settings.synchronous}")
             connection.execute(f"PRAGMA busy_timeout={int(self.settings.busy_timeout * 1000)}")
-            connection.execute("PRAGMA foreign_keys=ON")
-            if writer:
+            if writer and not inspecting:
                 self._create_schema(connection)
-            else:
-                self._partitions = self._read_partitions(connection)
+            self._partition_of = Partitioner(self._check_schema(connection))
         except BaseException:
             connection.close()
             raise
@@ -156,6 +161,10 @@ class SqliteStore:
     def _create_schema(self, connection: sqlite3.Connection) -> None:
         connection.execute("BEGIN IMMEDIATE")
         try:
+            if self._is_foreign(connection):
+                raise IntegrityError(
+                    f"{self.url} is an SQLite database of something else; tidings will not write into it"
+                )
             for statement in schema.CREATE:
                 connection.execute(statement)
             connection.execute(schema.PUT_META, ("schema_version", str(SCHEMA_VERSION)))
@@ -165,11 +174,35 @@ class SqliteStore:
             connection.execute("ROLLBACK")
             raise
 
-    def _read_partitions(self, connection: sqlite3.Connection) -> int:
-        row = connection.execute(schema.GET_META, ("partitions",)).fetchone()
-        if row is None:
-            raise IntegrityError(f"{self.url} is not a tidings store (no partitions recorded)")
-        return int(row[0])
+    @staticmethod
+    def _is_foreign(connection: sqlite3.Connection) -> bool:
+        tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master")}
+        return bool(tables) and "tidings_meta" not in tables
+
+    def _check_schema(self, connection: sqlite3.Connection) -> int:
+        meta: dict[str, str] = {}
+        if not self._is_foreign(connection):
+            try:
+                meta = dict(connection.execute(schema.ALL_META).fetchall())
+            except sqlite3.OperationalError:  # no tables at all
+                meta = {}
+        if "partitions" not in meta:
+            raise IntegrityError(f"{self.url} is not a tidings store")
+        if meta.get("schema_version") != str(SCHEMA_VERSION):
+            raise IntegrityError(
+                f"{self.url} has store schema {meta.get('schema_version')}; "
+                f"this tidings reads schema {SCHEMA_VERSION}"
+            )
+        return int(meta["partitions"])
+
+    def _append_step(
+        self,
+        connection: sqlite3.Connection,
+        stream: str,
+        envelopes: Sequence[Envelope],
+        expected: ExpectedVersion,
+    ) -> list[RecordedEvent]:
+        return _append(connection, stream, envelopes, expected, self._partition_of, self.settings.max_size)
 
     async def _on(self, thread: ThreadPoolExecutor, function: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -210,7 +243,13 @@ class SqliteStore:
         validate_stream_name(stream)
         async with self._write_lock:
             return await self._write(
-                _in_transaction, _append, stream, envelopes, expected_version, self._partitions
+                _in_transaction,
+                _append,
+                stream,
+                envelopes,
+                expected_version,
+                self._partition_of,
+                self.settings.max_size,
             )
 
     # -- reading ---------------------------------------------------------------------------
@@ -225,7 +264,13 @@ class SqliteStore:
         backwards: bool = False,
         limit: int | None = None,
     ) -> list[RecordedEvent]:
-        return await self._read(_read_stream, stream, from_version, to_version, at, backwards, limit)
+        query = StreamQuery.build("?", stream, from_version, to_version, at, backwards, limit)
+        return await self._read(_read_stream, query)
+
+    async def read_from_snapshot(
+        self, stream: str, *, to_version: int | None = None, at: datetime | None = None
+    ) -> tuple[Snapshot | None, list[RecordedEvent]]:
+        return await self._read(_read_from_snapshot, stream, to_version, at)
 
     async def read_log(
         self,
@@ -235,19 +280,22 @@ class SqliteStore:
         batch_size: int = 1000,
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
+        check_number("after", after)
+        check_number("limit", limit)
+        check_number("batch_size", batch_size, minimum=1)
         compiled = compile_pattern(pattern) if pattern else None
+        prefix = compiled.prefix if compiled else ""
         remaining = limit
         while remaining is None or remaining > 0:
             size = batch_size if remaining is None else min(batch_size, remaining)
-            rows = await self._read(_log_batch, after, compiled.prefix if compiled else "", size)
+            rows = await self._read(_log_batch, after, prefix, size)
             if not rows:
                 return
-            for position, stream, version, document in rows:
-                after = position
-                record = record_from_row(document, stream, version, position, self.settings.max_size)
-                if compiled is not None and not compiled.matches(record.envelope.topic):
+            after = rows[-1][0]
+            for row in rows:
+                if compiled is not None and not compiled.matches(row[4]):  # the topic column
                     continue
-                yield record
+                yield record_of(row)
                 if remaining is not None:
                     remaining -= 1
                     if remaining == 0:
@@ -284,11 +332,7 @@ class SqliteStore:
     async def load_snapshot(
         self, stream: str, *, max_version: int | None = None, at: datetime | None = None
     ) -> Snapshot | None:
-        args = (stream, max_version or _FAR_FUTURE_US, to_micros(at) if at else _FAR_FUTURE_US)
-        row = await self._read(lambda c: c.execute(schema.GET_SNAPSHOT, args).fetchone())
-        if row is None:
-            return None
-        return Snapshot(row[0], row[1], row[2], from_micros(row[3]), bytes(row[4]))
+        return await self._read(_load_snapshot, stream, max_version, at)
 
     async def get_document(self, collection: str, key: str) -> bytes | None:
         return await self._read(_get_document, collection, key)
@@ -325,7 +369,14 @@ class SqliteTransaction:
         self, stream: str, envelopes: Sequence[Envelope], *, expected_version: ExpectedVersion = ANY
     ) -> list[RecordedEvent]:
         validate_stream_name(stream)
-        return await self._store._write(_append, stream, envelopes, expected_version, self._store._partitions)
+        return await self._store._write(
+            _append,
+            stream,
+            envelopes,
+            expected_version,
+            self._store._partition_of,
+            self._store.settings.max_size,
+        )
 
     async def get_document(self, collection: str, key: str) -> bytes | None:
         return await self._store._write(_get_document, collection, key)
@@ -383,65 +434,61 @@ def _append(
     stream: str,
     envelopes: Sequence[Envelope],
     expected: ExpectedVersion,
-    partitions: int,
+    partition_of: Partitioner,
+    max_size: int,
 ) -> list[RecordedEvent]:
     unique = unique_by_id(envelopes)
     stored: dict[str, RecordedEvent] = {}
     for start in range(0, len(unique), 500):  # stay below SQLite's bound-parameter limit
         chunk = [e.id for e in unique[start : start + 500]]
         query = schema.EXISTING_IDS.format(marks=",".join("?" * len(chunk)))
-        for event_id, position, s, version, document in connection.execute(query, chunk):
-            stored[event_id] = record_from_row(document, s, version, position)
+        for row in connection.execute(query, chunk):
+            record = record_of(row)
+            stored[record.envelope.id] = record
     fresh = [e for e in unique if e.id not in stored]
     if not fresh:
         return [stored[e.id] for e in envelopes]
     head = _head(connection, stream)
     check_expected(stream, expected, head.version if head else 0)
-    rows = plan_rows(stream, fresh, head, partitions)
-    connection.executemany(schema.INSERT_EVENT, rows)
+    rows = plan_rows(stream, fresh, head, partition_of, max_size)
+    connection.executemany(schema.INSERT_EVENT, [row.values() for row in rows])
     last = rows[-1]
-    connection.execute(schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].time_us, last.time_us))
+    connection.execute(
+        schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].columns.time_us, last.columns.time_us)
+    )
     first_version = rows[0].version - 1
     positions = [p for (p,) in connection.execute(schema.POSITIONS_OF, (stream, first_version))]
     by_id = {
-        row.id: RecordedEvent(envelope=e, stream=stream, version=row.version, position=position)
+        row.columns.id: RecordedEvent(envelope=e, stream=stream, version=row.version, position=position)
         for row, e, position in zip(rows, fresh, positions, strict=True)
     }
     by_id.update(stored)
     return [by_id[e.id] for e in envelopes]
 
 
-def _read_stream(
-    connection: sqlite3.Connection,
-    stream: str,
-    from_version: int,
-    to_version: int | None,
-    at: datetime | None,
-    backwards: bool,
-    limit: int | None,
-) -> list[RecordedEvent]:
-    query = StreamQuery.build(
-        schema.STREAM_COLUMNS, "?", stream, from_version, to_version, at, backwards, limit
-    )
-    rows = [StoredRow(*row) for row in connection.execute(query.sql, query.args)]
-    if not rows:
-        return []
-    lowest = lowest_version(rows, backwards)
-    previous = GENESIS
-    if lowest > 1:
-        found = connection.execute(schema.HASH_AT, (stream, lowest - 1)).fetchone()
-        if found is None:
-            raise missing_version(stream, lowest - 1)
-        previous = bytes(found[0])
-    records = checked_stream_rows(stream, rows, previous, backwards)
-    if query.reaches_head:
-        check_reaches_head(stream, rows, _head(connection, stream))
-    return records
+def _read_stream(connection: sqlite3.Connection, query: StreamQuery) -> list[RecordedEvent]:
+    return query.records(connection.execute(query.sql, query.args).fetchall())
 
 
-def _log_batch(
-    connection: sqlite3.Connection, after: int, prefix: str, size: int
-) -> list[tuple[int, str, int, bytes]]:
+def _load_snapshot(
+    connection: sqlite3.Connection, stream: str, max_version: int | None, at: datetime | None
+) -> Snapshot | None:
+    check_number("max_version", max_version)
+    args = (stream, MAX_NUMBER if max_version is None else max_version, stream)
+    row = connection.execute(schema.GET_SNAPSHOT, (*args, to_micros(at) if at else MAX_NUMBER)).fetchone()
+    return None if row is None else Snapshot(row[0], row[1], row[2], from_micros(row[3]), bytes(row[4]))
+
+
+def _read_from_snapshot(
+    connection: sqlite3.Connection, stream: str, to_version: int | None, at: datetime | None
+) -> tuple[Snapshot | None, list[RecordedEvent]]:
+    snapshot = _load_snapshot(connection, stream, to_version, at)
+    start = snapshot.version + 1 if snapshot else 1
+    query = StreamQuery.build("?", stream, start, to_version, at, False, None)
+    return snapshot, _read_stream(connection, query)
+
+
+def _log_batch(connection: sqlite3.Connection, after: int, prefix: str, size: int) -> list[Any]:
     if prefix:
         return connection.execute(schema.LOG_BATCH_PREFIX, (after, len(prefix), prefix, size)).fetchall()
     return connection.execute(schema.LOG_BATCH, (after, size)).fetchall()
@@ -463,5 +510,5 @@ def _verify(connection: sqlite3.Connection) -> IntegrityReport:
         if message != "ok":
             audit.problems.append(IntegrityProblem("", 0, 0, f"SQLite storage check: {message}"))
     for row in connection.execute(schema.ALL_EVENTS_BY_STREAM):
-        audit.feed(*row)
+        audit.feed(row)
     return audit.report()

@@ -9,7 +9,7 @@ import msgspec
 import pytest
 
 from tidings.domain.envelope import RecordedEvent
-from tidings.errors import ConcurrencyError, InvalidArgument
+from tidings.errors import ConcurrencyError, MalformedEvent
 from tidings.ports import ANY, NO_STREAM, EventStore, ExpectedVersion, Snapshot
 from tidings.testing.conformance.events import CartCheckedOut, ItemAdded, codec, items, unique
 
@@ -87,7 +87,7 @@ async def test_appending_a_stored_id_is_a_noop_returning_the_stored_record(store
 async def test_a_failing_batch_leaves_nothing(store: EventStore) -> None:
     stream = unique("cart")
     naive = codec.encode(ItemAdded(cart_id=stream, sku="x"), time=datetime(2020, 1, 1))  # no zone
-    with pytest.raises(InvalidArgument, match="time zone"):
+    with pytest.raises(MalformedEvent, match="time zone"):
         await store.append(stream, [*items(stream, 2), naive])
     assert await store.read_stream(stream) == []
     assert await store.stream_version(stream) == 0
@@ -205,18 +205,33 @@ async def test_readers_never_skip_an_event_that_commits_late(store: EventStore) 
 async def test_snapshots_by_version_and_time(store: EventStore) -> None:
     stream = unique("cart")
     t0 = datetime(2031, 5, 1, tzinfo=UTC)
+    for hour in range(1, 31):
+        await store.append(stream, items(stream, 1, time=t0 + timedelta(hours=hour)))
     for version in (10, 20, 30):
-        await store.save_snapshot(
-            Snapshot(stream, version, "shape/1", t0 + timedelta(hours=version), f"s{version}".encode())
-        )
+        time = t0 + timedelta(hours=version)
+        await store.save_snapshot(Snapshot(stream, version, "shape/1", time, f"s{version}".encode()))
     newest = await store.load_snapshot(stream)
     assert newest is not None and newest.version == 30 and newest.state == b"s30"
     capped = await store.load_snapshot(stream, max_version=25)
     assert capped is not None and capped.version == 20
-    timed = await store.load_snapshot(stream, at=t0 + timedelta(hours=15))
+    timed = await store.load_snapshot(stream, at=t0 + timedelta(hours=15, minutes=30))
     assert timed is not None and timed.version == 10 and timed.time == t0 + timedelta(hours=10)
     assert await store.load_snapshot(stream, max_version=5) is None
+    assert await store.load_snapshot(stream, at=t0) is None
     assert await store.load_snapshot(unique("none")) is None
+
+
+async def test_as_of_a_time_is_a_prefix_even_when_clocks_go_back(store: EventStore) -> None:
+    """Event times come from producers' clocks; a stream as of a time is the longest prefix of its
+    history that happened by then, never a selection with holes (which would look like damage)."""
+    stream = unique("skewed")
+    t0 = datetime(2032, 1, 1, tzinfo=UTC)
+    for minutes in (1, 3, 2, 4):
+        await store.append(stream, items(stream, 1, time=t0 + timedelta(minutes=minutes)))
+    as_of = await store.read_stream(stream, at=t0 + timedelta(minutes=2, seconds=30))
+    assert [r.version for r in as_of] == [1]
+    assert [r.version for r in await store.read_stream(stream, at=t0 + timedelta(minutes=3))] == [1, 2, 3]
+    assert (await store.verify()).ok
 
 
 async def test_a_transaction_commits_appends_documents_and_checkpoints_together(store: EventStore) -> None:
