@@ -153,12 +153,17 @@ Streams = list[list[list[OrderPlaced]]]
 
 
 class RawSide:
-    """The practical limit: rows (stream, version, type, JSON blob) in a plain table, bare driver."""
+    """The practical limit: the same rows (event id, stream, version, topic, type, time, JSON data,
+    with the same unique keys) written and read by the bare driver, without tidings' checks,
+    envelope and hash chain."""
 
     name = RAW
-    INSERT = "INSERT INTO raw_events (stream, version, type, data) VALUES (?, ?, ?, ?)"
+    INSERT = (
+        "INSERT INTO raw_events (id, stream, version, topic, type, time_us, data) VALUES (?, ?, ?, ?, ?, ?, ?)"
+    )
     PAGE = (
-        "SELECT position, stream, version, data FROM raw_events WHERE position > ? ORDER BY position LIMIT ?"
+        "SELECT position, id, stream, version, topic, type, time_us, data FROM raw_events"
+        " WHERE position > ? ORDER BY position LIMIT ?"
     )
 
     def __init__(self, db: sqlite3.Connection | psycopg.Connection[Any]) -> None:
@@ -167,13 +172,18 @@ class RawSide:
         self.encoder, self.decoder = msgspec.json.Encoder(), msgspec.json.Decoder(OrderPlaced)
         position, blob = ("BIGINT GENERATED ALWAYS AS IDENTITY", "BYTEA") if pg else ("INTEGER", "BLOB")
         self.db.execute(
-            f"CREATE TABLE raw_events (position {position} PRIMARY KEY, stream TEXT NOT NULL,"
-            f" version BIGINT NOT NULL, type TEXT NOT NULL, data {blob} NOT NULL, UNIQUE (stream, version))"
+            f"CREATE TABLE raw_events (position {position} PRIMARY KEY, id TEXT NOT NULL UNIQUE,"
+            " stream TEXT NOT NULL, version BIGINT NOT NULL, topic TEXT NOT NULL, type TEXT NOT NULL,"
+            f" time_us BIGINT NOT NULL, data {blob} NOT NULL, UNIQUE (stream, version))"
         )
 
     def _write(self, stream: str, events: list[OrderPlaced], first: int) -> None:
         """One transaction per call; the payloads are encoded here, in the timed part, as by a real writer."""
-        rows = [(stream, v, "OrderPlaced", self.encoder.encode(e)) for v, e in enumerate(events, first)]
+        now = time.time_ns() // 1000
+        rows = [
+            (str(uuid.uuid4()), stream, v, "order.placed", "OrderPlaced", now, self.encoder.encode(e))
+            for v, e in enumerate(events, first)
+        ]
         if isinstance(self.db, psycopg.Connection):
             with self.db.transaction(), self.db.cursor() as cursor:
                 if len(rows) == 1:
@@ -201,7 +211,7 @@ class RawSide:
             while done < count:
                 rows = self.db.execute(self.page, (after, min(PAGE, count - done))).fetchall()
                 for row in rows:
-                    self.decoder.decode(row[3])
+                    self.decoder.decode(row[-1])
                 done, after = done + len(rows), rows[-1][0]
         return watch.seconds
 

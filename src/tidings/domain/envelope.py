@@ -284,20 +284,28 @@ def validate_envelope(envelope: Envelope, max_size: int = DEFAULT_MAX_SIZE) -> E
     The cheap checks that decoding does in C: non-empty ids and names, a valid topic, time
     zones, JSON data that is exactly one JSON value, the size limit.
     """
-    for name in ("id", "source", "type"):
-        value = getattr(envelope, name)
-        if not isinstance(value, str) or not value or len(value) > 4096:
+    for value, name in ((envelope.id, "id"), (envelope.source, "source"), (envelope.type, "type")):
+        if not isinstance(value, str) or not 0 < len(value) <= 4096:
             raise MalformedEvent(f"envelope attribute {name!r} must be a non-empty string, got {value!r:.60}")
-    if not isinstance(envelope.topic, str) or not _TOPIC_PATTERN.match(envelope.topic):
-        raise MalformedEvent(f"event {envelope.id}: invalid topic {envelope.topic!r:.80}")
+    topic = envelope.topic
+    if topic not in _valid_topics:
+        if not isinstance(topic, str) or len(topic) > MAX_TOPIC_LENGTH or not _TOPIC_PATTERN.match(topic):
+            raise MalformedEvent(f"event {envelope.id}: invalid topic {topic!r:.80}")
+        if len(_valid_topics) < 10_000:  # topics are few; the bound only guards against abuse
+            _valid_topics.add(topic)
     if envelope.time.tzinfo is None or (
         envelope.expirytime is not None and envelope.expirytime.tzinfo is None
     ):
         raise MalformedEvent(f"event {envelope.id}: times must carry a time zone")
-    check_size(envelope.data, max_size, f"payload of event {envelope.id}")
-    if envelope.datacontenttype == JSON and envelope.data:
+    data = envelope.data
+    if len(data) > max_size:
+        check_size(data, max_size, f"payload of event {envelope.id}")
+    if data and envelope.datacontenttype == JSON:
         try:
-            _json_syntax.decode(envelope.data)
+            _json_syntax.decode(data)
         except msgspec.DecodeError as exc:
             raise MalformedEvent(f"event {envelope.id}: data is not one JSON value: {exc}") from None
     return envelope
+
+
+_valid_topics: set[str] = set()

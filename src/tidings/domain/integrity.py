@@ -1,9 +1,9 @@
 """The hash chain that makes tampering with stored events visible.
 
-Each stored event carries ``sha256(previous hash ‖ stream ‖ version ‖ envelope document)``; the
-first event of a stream chains to 32 zero bytes. Altering, removing or reordering an event breaks
-every later link in its stream, and the stream's recorded head (version and hash) catches a stream
-cut short at its end.
+Each stored event carries ``sha256(previous hash ‖ canonical bytes of stream, version and
+envelope)``; the first event of a stream chains to 32 zero bytes. Altering, removing or
+reordering an event breaks the links from it on, and the stream's recorded head (version and
+hash) catches a stream cut short at its end.
 """
 
 from __future__ import annotations
@@ -16,13 +16,9 @@ import msgspec
 GENESIS: Final = bytes(32)
 
 
-def chain_hash(previous: bytes, stream: str, version: int, document: bytes) -> bytes:
-    digest = hashlib.sha256(previous)
-    digest.update(stream.encode())
-    digest.update(b"\x00")
-    digest.update(version.to_bytes(8, "big"))
-    digest.update(document)
-    return digest.digest()
+def chain_hash(previous: bytes, content: bytes) -> bytes:
+    """``sha256(previous hash ‖ content)``; the content names the stream and version itself."""
+    return hashlib.sha256(previous + content).digest()
 
 
 class IntegrityProblem(msgspec.Struct, frozen=True):

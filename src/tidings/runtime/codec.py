@@ -36,6 +36,7 @@ class Codec:
         self._encoder = msgspec.json.Encoder()
         self._decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
         self._float_classes: dict[type[Event], bool] = {}
+        self._fast: dict[str, tuple[msgspec.json.Decoder[Any], int]] = {}
 
     def encode(
         self,
@@ -78,12 +79,29 @@ class Codec:
 
     def decode(self, envelope: Envelope) -> Event:
         """Decode an envelope's data into its event class, upcast to the current version."""
+        # The common case first, on the hot path of every read: current version, JSON.
+        fast = self._fast.get(envelope.type)
+        if (
+            fast is not None
+            and envelope.schemaversion == fast[1]
+            and envelope.datacontenttype == JSON
+            and len(envelope.data) <= self.max_size
+        ):
+            try:
+                event: Event = fast[0].decode(envelope.data)
+            except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
+                raise _malformed(envelope, exc) from None
+            return event
+        return self._decode(envelope)
+
+    def _decode(self, envelope: Envelope) -> Event:
         cls = self.registry.resolve(envelope.type)
         check_size(envelope.data, self.max_size, f"payload of {envelope.type}")
         stored = envelope.schemaversion
         current = cls.__event_version__
         if stored == current and envelope.datacontenttype == JSON:
-            decoder = self._decoders.get(cls) or self._decoder_for(cls)
+            decoder = self._decoder_for(cls)
+            self._fast[envelope.type] = (decoder, current)
             with _Decoding(envelope):
                 event: Event = decoder.decode(envelope.data)
             return event
@@ -155,6 +173,17 @@ class Codec:
         return value if isinstance(value, dict) else {"value": value}
 
 
+def _malformed(envelope: Envelope, exc: BaseException) -> MalformedEvent:
+    what = f"event {envelope.id} ({envelope.type})"
+    if isinstance(exc, msgspec.ValidationError):
+        return MalformedEvent(f"{what}: invalid data: {exc}")
+    if isinstance(exc, UnicodeDecodeError):
+        return MalformedEvent(f"{what}: data is not valid UTF-8 at byte {exc.start}")
+    if isinstance(exc, RecursionError):
+        return MalformedEvent(f"{what}: data is nested too deeply")
+    return MalformedEvent(f"{what}: data is malformed: {exc}")
+
+
 class _Decoding:
     """Turns every decoder failure inside its block into a ``MalformedEvent`` that names it."""
 
@@ -167,14 +196,7 @@ class _Decoding:
         return None
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, _: object) -> None:
-        if exc is None:
-            return
-        what = f"event {self._envelope.id} ({self._envelope.type})"
-        if isinstance(exc, msgspec.ValidationError):
-            raise MalformedEvent(f"{what}: invalid data: {exc}") from None
-        if isinstance(exc, msgspec.DecodeError):
-            raise MalformedEvent(f"{what}: data is malformed: {exc}") from None
-        if isinstance(exc, UnicodeDecodeError):
-            raise MalformedEvent(f"{what}: data is not valid UTF-8 at byte {exc.start}") from None
-        if isinstance(exc, RecursionError):
-            raise MalformedEvent(f"{what}: data is nested too deeply") from None
+        if isinstance(
+            exc, (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
+        ):
+            raise _malformed(self._envelope, exc) from None

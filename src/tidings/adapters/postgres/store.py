@@ -31,9 +31,16 @@ from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent
 from tidings.domain.integrity import IntegrityReport
 from tidings.domain.topics import compile_pattern
-from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError, TidingsError
+from tidings.errors import (
+    BackendUnavailable,
+    ConcurrencyError,
+    ConfigurationError,
+    IntegrityError,
+    TidingsError,
+)
 from tidings.ports import ANY, ExpectedVersion, Snapshot, StreamInfo
 
+ID_KEY = "tidings_events_id_key"  # the unique constraint on event ids, named by PostgreSQL
 _OWN_OPTIONS = ("partitions", "pool_size", "connect_timeout")
 
 
@@ -352,21 +359,45 @@ async def _append(
     partition_of: Partitioner,
     max_size: int,
 ) -> list[RecordedEvent]:
-    """The append steps; the caller holds a transaction open around them."""
+    """Append optimistically; only a conflict (a retry, most likely) looks up stored ids.
+
+    The caller holds a transaction open; the attempt runs under a savepoint, so a conflict rolls
+    back only the attempt.
+    """
     await connection.execute(schema.LOCK_APPENDS)
     unique = unique_by_id(envelopes)
     stored: dict[str, RecordedEvent] = {}
-    async with connection.cursor(binary=True) as cursor:
-        await cursor.execute(schema.EXISTING_IDS, ([e.id for e in unique],))
-        for row in await cursor.fetchall():
-            record = record_of(row)
-            stored[record.envelope.id] = record
-    fresh = [e for e in unique if e.id not in stored]
-    if not fresh:
-        return [stored[e.id] for e in envelopes]
+    try:
+        async with connection.transaction():
+            appended = await _insert(connection, stream, unique, expected, partition_of, max_size)
+    except (ConcurrencyError, psycopg.errors.UniqueViolation) as exc:
+        if isinstance(exc, psycopg.errors.UniqueViolation) and exc.diag.constraint_name != ID_KEY:
+            raise
+        async with connection.cursor(binary=True) as cursor:
+            await cursor.execute(schema.EXISTING_IDS, ([e.id for e in unique],))
+            for row in await cursor.fetchall():
+                record = record_of(row)
+                stored[record.envelope.id] = record
+        if not stored:
+            raise
+        fresh = [e for e in unique if e.id not in stored]
+        appended = await _insert(connection, stream, fresh, expected, partition_of, max_size) if fresh else []
+    by_id = {record.envelope.id: record for record in appended}
+    by_id.update(stored)
+    return [by_id[e.id] for e in envelopes]
+
+
+async def _insert(
+    connection: psycopg.AsyncConnection[Any],
+    stream: str,
+    envelopes: list[Envelope],
+    expected: ExpectedVersion,
+    partition_of: Partitioner,
+    max_size: int,
+) -> list[RecordedEvent]:
     head = await _head(connection, stream)
     check_expected(stream, expected, head.version if head else 0)
-    rows = plan_rows(stream, fresh, head, partition_of, max_size)
+    rows = plan_rows(stream, envelopes, head, partition_of, max_size)
     columns = [list(column) for column in zip(*(row.values() for row in rows), strict=True)]
     cursor = await connection.execute(schema.INSERT_EVENTS, columns)
     position_of = dict(await cursor.fetchall())
@@ -374,14 +405,12 @@ async def _append(
     await connection.execute(
         schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].columns.time_us, last.columns.time_us)
     )
-    by_id = {
-        row.columns.id: RecordedEvent(
+    return [
+        RecordedEvent(
             envelope=envelope, stream=stream, version=row.version, position=position_of[row.version]
         )
-        for row, envelope in zip(rows, fresh, strict=True)
-    }
-    by_id.update(stored)
-    return [by_id[e.id] for e in envelopes]
+        for row, envelope in zip(rows, envelopes, strict=True)
+    ]
 
 
 async def _load_snapshot(

@@ -11,7 +11,7 @@ import zlib
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
 
-from tidings.adapters.sql.rows import columns_of
+from tidings.adapters.sql.rows import row_digest
 from tidings.domain.envelope import Envelope
 from tidings.domain.integrity import IntegrityProblem, IntegrityReport, StreamChecker
 from tidings.errors import ConcurrencyError, InvalidArgument
@@ -96,7 +96,7 @@ class StoreAudit:
             self._streams += 1
         checker = self._checker
         if checker.problem is None:
-            digest = columns_of(row).digest(checker.previous, stream, version)
+            digest = row_digest(checker.previous, row)
             checker.feed(version, position, digest, bytes(row[-1]))
 
     def report(self) -> IntegrityReport:

@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from tidings.adapters.sql.common import MAX_NUMBER, check_number
-from tidings.adapters.sql.rows import SELECT_COLUMNS, columns_of, record_of, to_micros
+from tidings.adapters.sql.rows import SELECT_COLUMNS, record_of, row_digest, to_micros
 from tidings.domain.envelope import RecordedEvent
 from tidings.domain.integrity import GENESIS
 from tidings.errors import IntegrityError
@@ -93,7 +93,7 @@ class StreamQuery(NamedTuple):
             version = row[2]
             if expected is not None and version != expected:
                 raise _missing(stream, expected)
-            digest = columns_of(row).digest(previous, stream, version)
+            digest = row_digest(previous, row)
             if digest != bytes(row[-2]):
                 raise IntegrityError(
                     f"stream {stream!r} version {version} (position {row[0]}) fails its hash chain: it "

@@ -19,7 +19,6 @@ from tidings.domain.integrity import GENESIS, chain_hash
 from tidings.errors import IntegrityError, InvalidArgument
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND: Final = timedelta(microseconds=1)
 
 #: The envelope columns, in the order that rows are written and read.
 EVENT_COLUMNS: Final = (
@@ -30,7 +29,8 @@ EVENT_COLUMNS: Final = (
 def to_micros(moment: datetime) -> int:
     if moment.tzinfo is None:
         raise InvalidArgument(f"a time zone is required, got naive datetime {moment.isoformat()}")
-    return (moment - _EPOCH) // _MICROSECOND
+    since = moment - _EPOCH
+    return (since.days * 86_400 + since.seconds) * 1_000_000 + since.microseconds
 
 
 def from_micros(micros: int) -> datetime:
@@ -54,6 +54,15 @@ _canonical = msgspec.msgpack.Encoder()
 
 
 def _extras_of(envelope: Envelope) -> bytes | None:
+    if (
+        envelope.datacontenttype == JSON
+        and envelope.dataschema is None
+        and envelope.traceparent is None
+        and envelope.tracestate is None
+        and envelope.expirytime is None
+        and envelope.partitionkey is None
+    ):
+        return None
     extras = _Extras(
         datacontenttype=envelope.datacontenttype,
         dataschema=envelope.dataschema,
@@ -97,8 +106,8 @@ class EventColumns(NamedTuple):
         )
 
     def digest(self, previous: bytes, stream: str, version: int) -> bytes:
-        """This event's link in its stream's hash chain."""
-        return chain_hash(previous, stream, version, _canonical.encode(tuple(self)))
+        """This event's link in its stream's hash chain (msgpack is canonical for these types)."""
+        return chain_hash(previous, _canonical.encode((stream, version, *self)))
 
 
 class NewRow(NamedTuple):
@@ -143,37 +152,36 @@ SELECT_COLUMNS: Final = f"position, stream, version, {EVENT_COLUMNS}, hash"
 
 def record_of(row: Sequence[Any]) -> RecordedEvent:
     """A ``RecordedEvent`` from a row selected with ``SELECT_COLUMNS`` (the hash is not checked)."""
-    position, stream, version, event_id, topic, kind, time_us, source, subject = row[:9]
-    schemaversion, correlationid, causationid, extras, data = row[9:14]
+    extras = row[12]
     if extras is None:
         envelope = Envelope(
-            id=event_id,
-            source=source,
-            type=kind,
-            topic=topic,
-            time=_EPOCH + timedelta(microseconds=time_us),
-            data=bytes(data),
-            subject=subject,
-            schemaversion=schemaversion,
-            correlationid=correlationid,
-            causationid=causationid,
+            id=row[3],
+            topic=row[4],
+            type=row[5],
+            time=_EPOCH + timedelta(microseconds=row[6]),
+            source=row[7],
+            subject=row[8],
+            schemaversion=row[9],
+            correlationid=row[10],
+            causationid=row[11],
+            data=bytes(row[13]),
         )
     else:
         try:
             more = _extras_decoder.decode(extras)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise IntegrityError(f"stored event at position {position} has damaged extras: {exc}") from None
+            raise IntegrityError(f"stored event at position {row[0]} has damaged extras: {exc}") from None
         envelope = Envelope(
-            id=event_id,
-            source=source,
-            type=kind,
-            topic=topic,
-            time=_EPOCH + timedelta(microseconds=time_us),
-            data=bytes(data),
-            subject=subject,
-            schemaversion=schemaversion,
-            correlationid=correlationid,
-            causationid=causationid,
+            id=row[3],
+            topic=row[4],
+            type=row[5],
+            time=_EPOCH + timedelta(microseconds=row[6]),
+            source=row[7],
+            subject=row[8],
+            schemaversion=row[9],
+            correlationid=row[10],
+            causationid=row[11],
+            data=bytes(row[13]),
             datacontenttype=more.datacontenttype,
             dataschema=more.dataschema,
             traceparent=more.traceparent,
@@ -181,12 +189,14 @@ def record_of(row: Sequence[Any]) -> RecordedEvent:
             expirytime=more.expirytime,
             partitionkey=more.partitionkey,
         )
-    return RecordedEvent(envelope=envelope, stream=stream, version=version, position=position)
+    return RecordedEvent(envelope=envelope, stream=row[1], version=row[2], position=row[0])
 
 
-def columns_of(row: Sequence[Any]) -> EventColumns:
-    """The envelope columns of a row selected with ``SELECT_COLUMNS``."""
-    values = list(row[3:14])
-    values[9] = None if values[9] is None else bytes(values[9])
-    values[10] = bytes(values[10])
-    return EventColumns(*values)
+def row_digest(previous: bytes, row: Sequence[Any]) -> bytes:
+    """The chain link that a row selected with ``SELECT_COLUMNS`` should carry.
+
+    ``row[1:14]`` is (stream, version, *envelope columns): the very tuple ``EventColumns.digest``
+    hashed when the row was written. The drivers hand back what was written (str, int, None,
+    bytes), so the canonical bytes match exactly.
+    """
+    return chain_hash(previous, _canonical.encode(row[1:14]))

@@ -76,7 +76,6 @@ UPSERT_HEAD: Final = (
     " ON CONFLICT (stream) DO UPDATE SET version = excluded.version, hash = excluded.hash,"
     " last_us = excluded.last_us"
 )
-POSITIONS_OF: Final = "SELECT position FROM tidings_events WHERE stream = ? AND version > ? ORDER BY version"
 LOG_BATCH: Final = f"SELECT {SELECT_COLUMNS} FROM tidings_events WHERE position > ? ORDER BY position LIMIT ?"
 LOG_BATCH_PREFIX: Final = (
     f"SELECT {SELECT_COLUMNS} FROM tidings_events WHERE position > ?"

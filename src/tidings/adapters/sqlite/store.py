@@ -38,7 +38,7 @@ from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent
 from tidings.domain.integrity import IntegrityProblem, IntegrityReport
 from tidings.domain.topics import compile_pattern
-from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError
+from tidings.errors import BackendUnavailable, ConcurrencyError, ConfigurationError, IntegrityError
 from tidings.ports import ANY, ExpectedVersion, Snapshot, StreamInfo
 
 T = TypeVar("T")
@@ -437,33 +437,71 @@ def _append(
     partition_of: Partitioner,
     max_size: int,
 ) -> list[RecordedEvent]:
+    """Append optimistically; only a conflict (a retry, most likely) looks up stored ids.
+
+    Runs inside the caller's transaction, under a savepoint so that a failed attempt leaves
+    nothing behind even in a unit of work that goes on.
+    """
     unique = unique_by_id(envelopes)
-    stored: dict[str, RecordedEvent] = {}
-    for start in range(0, len(unique), 500):  # stay below SQLite's bound-parameter limit
-        chunk = [e.id for e in unique[start : start + 500]]
-        query = schema.EXISTING_IDS.format(marks=",".join("?" * len(chunk)))
-        for row in connection.execute(query, chunk):
-            record = record_of(row)
-            stored[record.envelope.id] = record
-    fresh = [e for e in unique if e.id not in stored]
-    if not fresh:
-        return [stored[e.id] for e in envelopes]
+    connection.execute("SAVEPOINT tidings_append")
+    try:
+        stored: dict[str, RecordedEvent] = {}
+        try:
+            appended = _insert(connection, stream, unique, expected, partition_of, max_size)
+        except (ConcurrencyError, sqlite3.IntegrityError) as exc:
+            if isinstance(exc, sqlite3.IntegrityError) and "tidings_events.id" not in str(exc):
+                raise
+            connection.execute("ROLLBACK TO tidings_append")
+            stored = _stored_by_id(connection, unique)
+            if not stored:
+                raise
+            fresh = [e for e in unique if e.id not in stored]
+            appended = _insert(connection, stream, fresh, expected, partition_of, max_size) if fresh else []
+    except BaseException:
+        connection.execute("ROLLBACK TO tidings_append")
+        connection.execute("RELEASE tidings_append")
+        raise
+    connection.execute("RELEASE tidings_append")
+    by_id = {record.envelope.id: record for record in appended}
+    by_id.update(stored)
+    return [by_id[e.id] for e in envelopes]
+
+
+def _insert(
+    connection: sqlite3.Connection,
+    stream: str,
+    envelopes: list[Envelope],
+    expected: ExpectedVersion,
+    partition_of: Partitioner,
+    max_size: int,
+) -> list[RecordedEvent]:
     head = _head(connection, stream)
     check_expected(stream, expected, head.version if head else 0)
-    rows = plan_rows(stream, fresh, head, partition_of, max_size)
+    rows = plan_rows(stream, envelopes, head, partition_of, max_size)
     connection.executemany(schema.INSERT_EVENT, [row.values() for row in rows])
+    # The write lock is held and AUTOINCREMENT gives each row the largest position so far plus
+    # one, so the rows of this call hold consecutive positions ending at the last rowid.
+    (last_position,) = connection.execute("SELECT last_insert_rowid()").fetchone()
     last = rows[-1]
     connection.execute(
         schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].columns.time_us, last.columns.time_us)
     )
-    first_version = rows[0].version - 1
-    positions = [p for (p,) in connection.execute(schema.POSITIONS_OF, (stream, first_version))]
-    by_id = {
-        row.columns.id: RecordedEvent(envelope=e, stream=stream, version=row.version, position=position)
-        for row, e, position in zip(rows, fresh, positions, strict=True)
-    }
-    by_id.update(stored)
-    return [by_id[e.id] for e in envelopes]
+    first_position = last_position - len(rows) + 1
+    return [
+        RecordedEvent(envelope=envelope, stream=stream, version=row.version, position=first_position + n)
+        for n, (row, envelope) in enumerate(zip(rows, envelopes, strict=True))
+    ]
+
+
+def _stored_by_id(connection: sqlite3.Connection, envelopes: list[Envelope]) -> dict[str, RecordedEvent]:
+    stored: dict[str, RecordedEvent] = {}
+    for start in range(0, len(envelopes), 500):  # stay below SQLite's bound-parameter limit
+        chunk = [e.id for e in envelopes[start : start + 500]]
+        query = schema.EXISTING_IDS.format(marks=",".join("?" * len(chunk)))
+        for row in connection.execute(query, chunk):
+            record = record_of(row)
+            stored[record.envelope.id] = record
+    return stored
 
 
 def _read_stream(connection: sqlite3.Connection, query: StreamQuery) -> list[RecordedEvent]:
