@@ -260,7 +260,7 @@ def from_binary(headers: dict[str, str], body: bytes, *, max_size: int = DEFAULT
 
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with microseconds, the form every attribute of type Timestamp uses."""
-    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
 def check_size(blob: bytes, max_size: int, what: str) -> None:

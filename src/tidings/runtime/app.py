@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import os
 from collections.abc import AsyncIterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from types import TracebackType
 from typing import Final, TypeVar
 
@@ -26,11 +26,6 @@ T = TypeVar("T")
 DEFAULT_STORE: Final = "sqlite:///.tidings/tidings.db"
 
 
-def default_store_url() -> str:
-    """``TIDINGS_STORE`` if set, else the embedded default file."""
-    return os.environ.get("TIDINGS_STORE") or DEFAULT_STORE
-
-
 class AppState(enum.Enum):
     CREATED = "created"  # configured; nothing opened yet
     OPEN = "open"  # the store is connected and its schema exists
@@ -38,7 +33,11 @@ class AppState(enum.Enum):
 
 
 class App:
-    """A service: ``App("billing", store="sqlite:///shop.db")``. ``TIDINGS_STORE`` overrides."""
+    """A service: ``App("billing", store="sqlite:///shop.db")``.
+
+    ``TIDINGS_STORE``, when set, overrides the ``store`` given in code: the same service code runs
+    embedded on a laptop and on PostgreSQL in production, switched by its environment alone.
+    """
 
     def __init__(
         self,
@@ -116,8 +115,11 @@ class App:
     ) -> list[RecordedEvent]:
         """Append events to a stream, atomically, with optimistic concurrency if asked."""
         batch = [events] if isinstance(events, Event) else list(events)
+        now = datetime.now(UTC)  # the events of one append happen, and commit, together
         envelopes = [
-            self.codec.encode(event, subject=stream, correlation_id=correlation_id, causation_id=causation_id)
+            self.codec.encode(
+                event, subject=stream, time=now, correlation_id=correlation_id, causation_id=causation_id
+            )
             for event in batch
         ]
         return await self.store.append(stream, envelopes, expected_version=expected_version)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from tidings.adapters.sql.reads import as_of_bound
-from tidings.adapters.sql.rows import INSERT_COLUMNS, SELECT_COLUMNS
+from tidings.adapters.sql.rows import INSERT_COLUMNS, LOG_COLUMNS, SELECT_COLUMNS
 
 # Advisory lock keys (arbitrary constants, "tidings" in ASCII plus a suffix).
 SCHEMA_LOCK: Final = 0x7469_6469_6E67_7301
@@ -92,11 +91,9 @@ UPSERT_HEAD: Final = (
     " ON CONFLICT (stream) DO UPDATE SET version = excluded.version, hash = excluded.hash,"
     " last_us = excluded.last_us"
 )
-LOG_BATCH: Final = (
-    f"SELECT {SELECT_COLUMNS} FROM tidings_events WHERE position > %s ORDER BY position LIMIT %s"
-)
+LOG_BATCH: Final = f"SELECT {LOG_COLUMNS} FROM tidings_events WHERE position > %s ORDER BY position LIMIT %s"
 LOG_BATCH_PREFIX: Final = (
-    f"SELECT {SELECT_COLUMNS} FROM tidings_events WHERE position > %s"
+    f"SELECT {LOG_COLUMNS} FROM tidings_events WHERE position > %s"
     " AND left(topic, %s) = %s ORDER BY position LIMIT %s"
 )
 HEAD_POSITION: Final = "SELECT coalesce(max(position), 0) FROM tidings_events"
@@ -110,10 +107,6 @@ PUT_SNAPSHOT: Final = (
     " VALUES (%s, %s, %s, %s, %s)"
     " ON CONFLICT (stream, version) DO UPDATE SET schema = excluded.schema,"
     " time_us = excluded.time_us, state = excluded.state"
-)
-GET_SNAPSHOT: Final = (
-    "SELECT stream, version, schema, time_us, state FROM tidings_snapshots"
-    f" WHERE stream = %s AND version <= %s AND version < {as_of_bound('%s')} ORDER BY version DESC LIMIT 1"
 )
 
 GET_DOCUMENT: Final = "SELECT value FROM tidings_documents WHERE collection = %s AND key = %s"

@@ -15,7 +15,6 @@ import psycopg_pool
 from tidings.adapters.postgres import schema
 from tidings.adapters.sql.common import (
     DEFAULT_PARTITIONS,
-    MAX_NUMBER,
     SCHEMA_VERSION,
     Head,
     Partitioner,
@@ -25,8 +24,8 @@ from tidings.adapters.sql.common import (
     unique_by_id,
     validate_stream_name,
 )
-from tidings.adapters.sql.reads import StreamQuery
-from tidings.adapters.sql.rows import from_micros, plan_rows, record_of, to_micros
+from tidings.adapters.sql.reads import StreamQuery, snapshot_query
+from tidings.adapters.sql.rows import from_micros, plan_rows, record_of, records_of, to_micros
 from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent
 from tidings.domain.integrity import IntegrityReport
@@ -236,10 +235,10 @@ class PostgresStore:
             if not rows:
                 return
             after = rows[-1][0]
-            for row in rows:
-                if compiled is not None and not compiled.matches(row[4]):  # the topic column
+            for record in records_of(rows):
+                if compiled is not None and not compiled.matches(record.envelope.topic):
                     continue
-                yield record_of(row)
+                yield record
                 if remaining is not None:
                     remaining -= 1
                     if remaining == 0:
@@ -416,9 +415,7 @@ async def _insert(
 async def _load_snapshot(
     cursor: psycopg.AsyncCursor[Any], stream: str, max_version: int | None, at: datetime | None
 ) -> Snapshot | None:
-    check_number("max_version", max_version)
-    bound = MAX_NUMBER if max_version is None else max_version
-    await cursor.execute(schema.GET_SNAPSHOT, (stream, bound, stream, to_micros(at) if at else MAX_NUMBER))
+    await cursor.execute(*snapshot_query("%s", stream, max_version, at))
     row = await cursor.fetchone()
     return None if row is None else Snapshot(row[0], row[1], row[2], from_micros(row[3]), bytes(row[4]))
 

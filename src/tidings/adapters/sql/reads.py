@@ -12,7 +12,7 @@ from datetime import datetime
 from typing import Any, NamedTuple
 
 from tidings.adapters.sql.common import MAX_NUMBER, check_number
-from tidings.adapters.sql.rows import SELECT_COLUMNS, record_of, row_digest, to_micros
+from tidings.adapters.sql.rows import SELECT_COLUMNS, records_of, row_digest, to_micros
 from tidings.domain.envelope import RecordedEvent
 from tidings.domain.integrity import GENESIS
 from tidings.errors import IntegrityError
@@ -25,6 +25,22 @@ def as_of_bound(mark: str) -> str:
         f"coalesce((SELECT min(version) FROM tidings_events WHERE stream = {mark} AND time_us > {mark}),"
         f" {MAX_NUMBER})"
     )
+
+
+def snapshot_query(
+    mark: str, stream: str, max_version: int | None, at: datetime | None
+) -> tuple[str, list[object]]:
+    """SQL for the newest snapshot at or before a version and, if asked, as of a time."""
+    check_number("max_version", max_version)
+    sql = (
+        "SELECT stream, version, schema, time_us, state FROM tidings_snapshots"
+        f" WHERE stream = {mark} AND version <= {mark}"
+    )
+    args: list[object] = [stream, MAX_NUMBER if max_version is None else max_version]
+    if at is not None:  # only then: the bound reads the stream's events
+        sql += f" AND version < {as_of_bound(mark)}"
+        args.extend((stream, to_micros(at)))
+    return sql + " ORDER BY version DESC LIMIT 1", args
 
 
 class StreamQuery(NamedTuple):
@@ -88,7 +104,6 @@ class StreamQuery(NamedTuple):
         if not self.backwards and self.limit is not None:
             ordered = ordered[: self.limit]
         expected = None
-        records: list[RecordedEvent] = []
         for row in ordered:
             version = row[2]
             if expected is not None and version != expected:
@@ -100,7 +115,7 @@ class StreamQuery(NamedTuple):
                     "was altered, or an earlier event was removed; run `tidings verify`"
                 )
             previous, expected = digest, version + 1
-            records.append(record_of(row))
+        records = records_of(ordered)
         if self.reaches_head and records and head_version != records[-1].version:
             raise IntegrityError(
                 f"stream {stream!r} ends at version {records[-1].version} but its head says "

@@ -8,7 +8,7 @@ a document, which keeps reading the log close to the speed of the raw driver.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, NamedTuple
 
@@ -148,48 +148,71 @@ def plan_rows(
 
 #: What a read selects: where the event is, its columns, its hash.
 SELECT_COLUMNS: Final = f"position, stream, version, {EVENT_COLUMNS}, hash"
+#: What a read of the log selects: the same without the hash, which only a stream read can check.
+LOG_COLUMNS: Final = f"position, stream, version, {EVENT_COLUMNS}"
 
 
 def record_of(row: Sequence[Any]) -> RecordedEvent:
-    """A ``RecordedEvent`` from a row selected with ``SELECT_COLUMNS`` (the hash is not checked)."""
-    extras = row[12]
-    if extras is None:
-        envelope = Envelope(
-            id=row[3],
-            topic=row[4],
-            type=row[5],
-            time=_EPOCH + timedelta(microseconds=row[6]),
-            source=row[7],
-            subject=row[8],
-            schemaversion=row[9],
-            correlationid=row[10],
-            causationid=row[11],
-            data=bytes(row[13]),
-        )
-    else:
-        try:
-            more = _extras_decoder.decode(extras)
-        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-            raise IntegrityError(f"stored event at position {row[0]} has damaged extras: {exc}") from None
-        envelope = Envelope(
-            id=row[3],
-            topic=row[4],
-            type=row[5],
-            time=_EPOCH + timedelta(microseconds=row[6]),
-            source=row[7],
-            subject=row[8],
-            schemaversion=row[9],
-            correlationid=row[10],
-            causationid=row[11],
-            data=bytes(row[13]),
-            datacontenttype=more.datacontenttype,
-            dataschema=more.dataschema,
-            traceparent=more.traceparent,
-            tracestate=more.tracestate,
-            expirytime=more.expirytime,
-            partitionkey=more.partitionkey,
-        )
-    return RecordedEvent(envelope=envelope, stream=row[1], version=row[2], position=row[0])
+    """A ``RecordedEvent`` from a row selected with ``SELECT_COLUMNS`` or ``LOG_COLUMNS``."""
+    return records_of((row,))[0]
+
+
+def records_of(rows: Iterable[Sequence[Any]]) -> list[RecordedEvent]:
+    """``RecordedEvent``s from rows selected with ``SELECT_COLUMNS`` or ``LOG_COLUMNS``.
+
+    The events of one append share their time, so consecutive rows often carry the same
+    ``time_us``: the datetime is made once per run of them (it is the costliest field to build).
+    """
+    records: list[RecordedEvent] = []
+    last_us: int | None = None
+    moment = _EPOCH
+    for row in rows:
+        time_us = row[6]
+        if time_us != last_us:
+            last_us, moment = time_us, _EPOCH + timedelta(microseconds=time_us)
+        extras = row[12]
+        if extras is None:
+            envelope = Envelope(
+                id=row[3],
+                topic=row[4],
+                type=row[5],
+                time=moment,
+                source=row[7],
+                subject=row[8],
+                schemaversion=row[9],
+                correlationid=row[10],
+                causationid=row[11],
+                data=bytes(row[13]),
+            )
+        else:
+            envelope = _with_extras(row, moment, extras)
+        records.append(RecordedEvent(envelope=envelope, stream=row[1], version=row[2], position=row[0]))
+    return records
+
+
+def _with_extras(row: Sequence[Any], moment: datetime, extras: bytes) -> Envelope:
+    try:
+        more = _extras_decoder.decode(extras)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise IntegrityError(f"stored event at position {row[0]} has damaged extras: {exc}") from None
+    return Envelope(
+        id=row[3],
+        topic=row[4],
+        type=row[5],
+        time=moment,
+        source=row[7],
+        subject=row[8],
+        schemaversion=row[9],
+        correlationid=row[10],
+        causationid=row[11],
+        data=bytes(row[13]),
+        datacontenttype=more.datacontenttype,
+        dataschema=more.dataschema,
+        traceparent=more.traceparent,
+        tracestate=more.tracestate,
+        expirytime=more.expirytime,
+        partitionkey=more.partitionkey,
+    )
 
 
 def row_digest(previous: bytes, row: Sequence[Any]) -> bytes:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from tidings.adapters.sql.reads import as_of_bound
-from tidings.adapters.sql.rows import INSERT_COLUMNS, SELECT_COLUMNS
+from tidings.adapters.sql.rows import INSERT_COLUMNS, LOG_COLUMNS, SELECT_COLUMNS
 
 # AUTOINCREMENT keeps positions from ever being reused, even after the newest row is deleted.
 # The write connection takes the database lock with BEGIN IMMEDIATE before reading a stream's
@@ -76,9 +75,9 @@ UPSERT_HEAD: Final = (
     " ON CONFLICT (stream) DO UPDATE SET version = excluded.version, hash = excluded.hash,"
     " last_us = excluded.last_us"
 )
-LOG_BATCH: Final = f"SELECT {SELECT_COLUMNS} FROM tidings_events WHERE position > ? ORDER BY position LIMIT ?"
+LOG_BATCH: Final = f"SELECT {LOG_COLUMNS} FROM tidings_events WHERE position > ? ORDER BY position LIMIT ?"
 LOG_BATCH_PREFIX: Final = (
-    f"SELECT {SELECT_COLUMNS} FROM tidings_events WHERE position > ?"
+    f"SELECT {LOG_COLUMNS} FROM tidings_events WHERE position > ?"
     " AND substr(topic, 1, ?) = ? ORDER BY position LIMIT ?"
 )
 HEAD_POSITION: Final = "SELECT coalesce(max(position), 0) FROM tidings_events"
@@ -90,10 +89,6 @@ LIST_STREAMS: Final = (
 PUT_SNAPSHOT: Final = (
     "INSERT OR REPLACE INTO tidings_snapshots (stream, version, schema, time_us, state)"
     " VALUES (?, ?, ?, ?, ?)"
-)
-GET_SNAPSHOT: Final = (
-    "SELECT stream, version, schema, time_us, state FROM tidings_snapshots"
-    f" WHERE stream = ? AND version <= ? AND version < {as_of_bound('?')} ORDER BY version DESC LIMIT 1"
 )
 
 GET_DOCUMENT: Final = "SELECT value FROM tidings_documents WHERE collection = ? AND key = ?"

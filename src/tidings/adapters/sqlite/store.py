@@ -21,7 +21,6 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from tidings.adapters.sql.common import (
     DEFAULT_PARTITIONS,
-    MAX_NUMBER,
     SCHEMA_VERSION,
     Head,
     Partitioner,
@@ -31,8 +30,8 @@ from tidings.adapters.sql.common import (
     unique_by_id,
     validate_stream_name,
 )
-from tidings.adapters.sql.reads import StreamQuery
-from tidings.adapters.sql.rows import from_micros, plan_rows, record_of, to_micros
+from tidings.adapters.sql.reads import StreamQuery, snapshot_query
+from tidings.adapters.sql.rows import from_micros, plan_rows, record_of, records_of, to_micros
 from tidings.adapters.sqlite import schema
 from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent
@@ -288,19 +287,19 @@ class SqliteStore:
         remaining = limit
         while remaining is None or remaining > 0:
             size = batch_size if remaining is None else min(batch_size, remaining)
-            rows = await self._read(_log_batch, after, prefix, size)
-            if not rows:
+            scanned, records = await self._read(_log_batch, after, prefix, size)
+            if not records:
                 return
-            after = rows[-1][0]
-            for row in rows:
-                if compiled is not None and not compiled.matches(row[4]):  # the topic column
+            after = scanned
+            for record in records:
+                if compiled is not None and not compiled.matches(record.envelope.topic):
                     continue
-                yield record_of(row)
+                yield record
                 if remaining is not None:
                     remaining -= 1
                     if remaining == 0:
                         return
-            if len(rows) < size:
+            if len(records) < size:
                 return
 
     async def head_position(self) -> int:
@@ -511,9 +510,7 @@ def _read_stream(connection: sqlite3.Connection, query: StreamQuery) -> list[Rec
 def _load_snapshot(
     connection: sqlite3.Connection, stream: str, max_version: int | None, at: datetime | None
 ) -> Snapshot | None:
-    check_number("max_version", max_version)
-    args = (stream, MAX_NUMBER if max_version is None else max_version, stream)
-    row = connection.execute(schema.GET_SNAPSHOT, (*args, to_micros(at) if at else MAX_NUMBER)).fetchone()
+    row = connection.execute(*snapshot_query("?", stream, max_version, at)).fetchone()
     return None if row is None else Snapshot(row[0], row[1], row[2], from_micros(row[3]), bytes(row[4]))
 
 
@@ -526,10 +523,15 @@ def _read_from_snapshot(
     return snapshot, _read_stream(connection, query)
 
 
-def _log_batch(connection: sqlite3.Connection, after: int, prefix: str, size: int) -> list[Any]:
+def _log_batch(
+    connection: sqlite3.Connection, after: int, prefix: str, size: int
+) -> tuple[int, list[RecordedEvent]]:
+    """One batch of the log, decoded on the reader thread; and the last position it scanned."""
     if prefix:
-        return connection.execute(schema.LOG_BATCH_PREFIX, (after, len(prefix), prefix, size)).fetchall()
-    return connection.execute(schema.LOG_BATCH, (after, size)).fetchall()
+        rows = connection.execute(schema.LOG_BATCH_PREFIX, (after, len(prefix), prefix, size)).fetchall()
+    else:
+        rows = connection.execute(schema.LOG_BATCH, (after, size)).fetchall()
+    return (rows[-1][0] if rows else after), records_of(rows)
 
 
 def _get_document(connection: sqlite3.Connection, collection: str, key: str) -> bytes | None:
