@@ -4,7 +4,7 @@ concurrency, and take a snapshot every N events."""
 from __future__ import annotations
 
 import logging
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TypeVar
 
 import msgspec
@@ -59,7 +59,8 @@ class Repository:
         if not aggregate.pending:
             return []
         stream = aggregate.stream
-        envelopes = [self._codec.encode(event, subject=stream) for event in aggregate.pending]
+        now = datetime.now(UTC)  # the events of one save happen, and commit, together
+        envelopes = [self._codec.encode(event, subject=stream, time=now) for event in aggregate.pending]
         before = aggregate.version
         records = await self._store.append(stream, envelopes, expected_version=before)
         aggregate._saved(records[-1].version)

@@ -221,6 +221,25 @@ async def test_snapshots_by_version_and_time(store: EventStore) -> None:
     assert await store.load_snapshot(unique("none")) is None
 
 
+async def test_reading_from_the_newest_snapshot_in_one_call(store: EventStore) -> None:
+    stream = unique("cart")
+    t0 = datetime(2033, 3, 1, tzinfo=UTC)
+    for hour in range(1, 13):
+        await store.append(stream, items(stream, 1, time=t0 + timedelta(hours=hour)))
+    assert await store.read_from_snapshot(stream) == (None, await store.read_stream(stream))
+    for version in (4, 8):
+        await store.save_snapshot(Snapshot(stream, version, "shape/1", t0 + timedelta(hours=version), b"{}"))
+    snapshot, after = await store.read_from_snapshot(stream)
+    assert snapshot is not None and snapshot.version == 8
+    assert [r.version for r in after] == [9, 10, 11, 12]
+    snapshot, after = await store.read_from_snapshot(stream, to_version=7)
+    assert snapshot is not None and snapshot.version == 4
+    assert [r.version for r in after] == [5, 6, 7]
+    snapshot, after = await store.read_from_snapshot(stream, at=t0 + timedelta(hours=9, minutes=1))
+    assert snapshot is not None and snapshot.version == 8
+    assert [r.version for r in after] == [9]
+
+
 async def test_as_of_a_time_is_a_prefix_even_when_clocks_go_back(store: EventStore) -> None:
     """Event times come from producers' clocks; a stream as of a time is the longest prefix of its
     history that happened by then, never a selection with holes (which would look like damage)."""
