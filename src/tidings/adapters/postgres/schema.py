@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from tidings.adapters.sql.rows import INSERT_COLUMNS, LOG_COLUMNS, SELECT_COLUMNS
+from tidings.adapters.sql.rows import AUDIT_COLUMNS, INSERT_COLUMNS, LOG_COLUMNS, SELECT_COLUMNS
 
 # Advisory lock keys (arbitrary constants, "tidings" in ASCII plus a suffix).
 SCHEMA_LOCK: Final = 0x7469_6469_6E67_7301
@@ -22,14 +22,8 @@ CREATE: Final = (
         partition INTEGER NOT NULL,
         id TEXT NOT NULL UNIQUE,
         topic TEXT NOT NULL,
-        type TEXT NOT NULL,
         time_us BIGINT NOT NULL,
-        source TEXT NOT NULL,
-        subject TEXT,
-        schemaversion INTEGER NOT NULL,
-        correlationid TEXT,
-        causationid TEXT,
-        extras BYTEA,
+        meta BYTEA NOT NULL,
         data BYTEA NOT NULL,
         hash BYTEA NOT NULL,
         UNIQUE (stream, version)
@@ -80,9 +74,8 @@ EXISTING_IDS: Final = f"SELECT {SELECT_COLUMNS} FROM tidings_events WHERE id = A
 # One statement for a whole batch: each column travels as one array, in binary.
 INSERT_EVENTS: Final = (
     f"INSERT INTO tidings_events ({INSERT_COLUMNS})"
-    " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::int[], %b::text[], %b::text[], %b::text[],"
-    " %b::bigint[], %b::text[], %b::text[], %b::int[], %b::text[], %b::text[], %b::bytea[], %b::bytea[],"
-    " %b::bytea[])"
+    " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::int[], %b::text[], %b::text[], %b::bigint[],"
+    " %b::bytea[], %b::bytea[], %b::bytea[])"
     " RETURNING version, position"
 )
 UPSERT_HEAD: Final = (
@@ -123,4 +116,4 @@ PUT_CHECKPOINT: Final = (
 )
 
 ALL_HEADS: Final = "SELECT stream, version, hash FROM tidings_streams ORDER BY stream"
-ALL_EVENTS_BY_STREAM: Final = f"SELECT {SELECT_COLUMNS} FROM tidings_events ORDER BY stream, version"
+ALL_EVENTS_BY_STREAM: Final = f"SELECT {AUDIT_COLUMNS} FROM tidings_events ORDER BY stream, version"

@@ -397,12 +397,12 @@ async def _insert(
     head = await _head(connection, stream)
     check_expected(stream, expected, head.version if head else 0)
     rows = plan_rows(stream, envelopes, head, partition_of, max_size)
-    columns = [list(column) for column in zip(*(row.values() for row in rows), strict=True)]
+    columns = [list(column) for column in zip(*rows, strict=True)]
     cursor = await connection.execute(schema.INSERT_EVENTS, columns)
     position_of = dict(await cursor.fetchall())
     last = rows[-1]
     await connection.execute(
-        schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].columns.time_us, last.columns.time_us)
+        schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].time_us, last.time_us)
     )
     return [
         RecordedEvent(

@@ -11,14 +11,14 @@ import zlib
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
 
-from tidings.adapters.sql.rows import row_digest
+from tidings.adapters.sql.rows import row_digest, to_micros, unpack_meta
 from tidings.domain.envelope import Envelope
 from tidings.domain.integrity import IntegrityProblem, IntegrityReport, StreamChecker
-from tidings.errors import ConcurrencyError, InvalidArgument
+from tidings.errors import ConcurrencyError, IntegrityError, InvalidArgument
 from tidings.ports import ANY, NO_STREAM, ExpectedVersion
 
 DEFAULT_PARTITIONS: Final = 8
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 #: Bigger than any position or version; also the most that SQLite and PostgreSQL can bind.
 MAX_NUMBER: Final = 2**63 - 1
 
@@ -87,7 +87,7 @@ class StoreAudit:
         self.problems: list[IntegrityProblem] = []
 
     def feed(self, row: Sequence[Any]) -> None:
-        """One row selected with ``rows.SELECT_COLUMNS``, in (stream, version) order."""
+        """One row selected with ``rows.AUDIT_COLUMNS``, in (stream, version) order."""
         position, stream, version = row[0], row[1], row[2]
         self._events += 1
         if self._checker is None or self._checker.stream != stream:
@@ -95,9 +95,18 @@ class StoreAudit:
             self._checker = StreamChecker(stream)
             self._streams += 1
         checker = self._checker
-        if checker.problem is None:
-            digest = row_digest(checker.previous, row)
-            checker.feed(version, position, digest, bytes(row[-1]))
+        if checker.problem is None and checker.feed(
+            version, position, row_digest(checker.previous, row), bytes(row[7])
+        ):
+            try:
+                packed_time = to_micros(unpack_meta(row[5], position).time)
+            except IntegrityError as exc:
+                checker.problem = IntegrityProblem(stream, version, position, str(exc))
+            else:
+                if packed_time != row[8]:
+                    checker.problem = IntegrityProblem(
+                        stream, version, position, "the time column disagrees with the event's time"
+                    )
 
     def report(self) -> IntegrityReport:
         self._finish_stream()

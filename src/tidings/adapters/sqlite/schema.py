@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
-from tidings.adapters.sql.rows import INSERT_COLUMNS, LOG_COLUMNS, SELECT_COLUMNS
+from tidings.adapters.sql.rows import AUDIT_COLUMNS, INSERT_COLUMNS, LOG_COLUMNS, SELECT_COLUMNS
 
 # AUTOINCREMENT keeps positions from ever being reused, even after the newest row is deleted.
 # The write connection takes the database lock with BEGIN IMMEDIATE before reading a stream's
@@ -22,14 +22,8 @@ CREATE: Final = (
         partition INTEGER NOT NULL,
         id TEXT NOT NULL UNIQUE,
         topic TEXT NOT NULL,
-        type TEXT NOT NULL,
         time_us INTEGER NOT NULL,
-        source TEXT NOT NULL,
-        subject TEXT,
-        schemaversion INTEGER NOT NULL,
-        correlationid TEXT,
-        causationid TEXT,
-        extras BLOB,
+        meta BLOB NOT NULL,
         data BLOB NOT NULL,
         hash BLOB NOT NULL,
         UNIQUE (stream, version)
@@ -105,4 +99,4 @@ PUT_CHECKPOINT: Final = (
 )
 
 ALL_HEADS: Final = "SELECT stream, version, hash FROM tidings_streams ORDER BY stream"
-ALL_EVENTS_BY_STREAM: Final = f"SELECT {SELECT_COLUMNS} FROM tidings_events ORDER BY stream, version"
+ALL_EVENTS_BY_STREAM: Final = f"SELECT {AUDIT_COLUMNS} FROM tidings_events ORDER BY stream, version"

@@ -477,14 +477,12 @@ def _insert(
     head = _head(connection, stream)
     check_expected(stream, expected, head.version if head else 0)
     rows = plan_rows(stream, envelopes, head, partition_of, max_size)
-    connection.executemany(schema.INSERT_EVENT, [row.values() for row in rows])
+    connection.executemany(schema.INSERT_EVENT, rows)
     # The write lock is held and AUTOINCREMENT gives each row the largest position so far plus
     # one, so the rows of this call hold consecutive positions ending at the last rowid.
     (last_position,) = connection.execute("SELECT last_insert_rowid()").fetchone()
     last = rows[-1]
-    connection.execute(
-        schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].columns.time_us, last.columns.time_us)
-    )
+    connection.execute(schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].time_us, last.time_us))
     first_position = last_position - len(rows) + 1
     return [
         RecordedEvent(envelope=envelope, stream=stream, version=row.version, position=first_position + n)

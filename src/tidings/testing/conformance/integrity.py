@@ -89,3 +89,11 @@ async def test_garbage_in_a_row_is_reported(store: EventStore, store_url: str) -
     assert not (await store.verify()).ok
     with pytest.raises(IntegrityError):
         await store.read_stream(victim)
+
+
+async def test_a_forged_time_column_is_reported(store: EventStore, store_url: str) -> None:
+    victim, _ = await _two_streams(store)
+    raw_execute(store_url, "UPDATE tidings_events SET time_us = 0 WHERE stream = ? AND version = 2", victim)
+    report = await store.verify()
+    assert [(p.stream, p.version) for p in report.problems] == [(victim, 2)]
+    assert "time" in report.problems[0].problem
