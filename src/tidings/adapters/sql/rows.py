@@ -16,7 +16,7 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
-from tidings.domain.envelope import JSON, Envelope, RecordedEvent, validate_envelope
+from tidings.domain.envelope import JSON, SPEC_VERSION, Envelope, RecordedEvent, validate_envelope
 from tidings.domain.integrity import GENESIS, chain_hash
 from tidings.errors import IntegrityError, InvalidArgument
 
@@ -160,23 +160,25 @@ def records_of(rows: Iterable[Sequence[Any]]) -> list[RecordedEvent]:
     records: list[RecordedEvent] = []
     for row in rows:
         meta = unpack_meta(row[5], row[0])
+        # Positional: the field order of Envelope (see its definition); keywords cost 6x more.
         envelope = Envelope(
-            id=row[3],
-            source=meta.source,
-            type=meta.type,
-            topic=row[4],
-            time=meta.time,
-            data=bytes(row[6]),
-            subject=meta.subject,
-            datacontenttype=meta.datacontenttype,
-            dataschema=meta.dataschema,
-            schemaversion=meta.schemaversion,
-            correlationid=meta.correlationid,
-            causationid=meta.causationid,
-            traceparent=meta.traceparent,
-            tracestate=meta.tracestate,
-            expirytime=meta.expirytime,
-            partitionkey=meta.partitionkey,
+            row[3],  # id
+            meta.source,
+            meta.type,
+            row[4],  # topic
+            meta.time,
+            bytes(row[6]),  # data
+            meta.subject,
+            SPEC_VERSION,
+            meta.datacontenttype,
+            meta.dataschema,
+            meta.schemaversion,
+            meta.correlationid,
+            meta.causationid,
+            meta.traceparent,
+            meta.tracestate,
+            meta.expirytime,
+            meta.partitionkey,
         )
-        records.append(RecordedEvent(envelope=envelope, stream=row[1], version=row[2], position=row[0]))
+        records.append(RecordedEvent(envelope, row[1], row[2], row[0]))
     return records

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from tidings.domain.envelope import RecordedEvent
+from tidings.domain.envelope import Envelope, RecordedEvent
 from tidings.errors import ConcurrencyError, MalformedEvent
 from tidings.ports import ANY, NO_STREAM, EventStore, ExpectedVersion, Snapshot
 from tidings.testing.conformance.events import CartCheckedOut, ItemAdded, codec, items, unique
@@ -27,6 +27,46 @@ async def test_append_numbers_versions_and_positions(store: EventStore) -> None:
     read = await store.read_stream(stream)
     assert [r.envelope for r in read] == [r.envelope for r in records]
     assert [codec.decode(r.envelope) for r in read][3] == ItemAdded(cart_id=stream, sku="sku-0", quantity=1)
+
+
+async def test_every_envelope_attribute_survives_the_store(store: EventStore) -> None:
+    stream = unique("full")
+    moment = datetime(2034, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    full = Envelope(
+        id=f"full-{stream}",
+        source="conformance/source",
+        type="conformance.ItemAdded",
+        topic="conformance.item.added",
+        time=moment,
+        data=b'{"cart_id":"c","sku":"s","quantity":2}',
+        subject="cart/c",
+        datacontenttype="application/json",
+        dataschema="urn:conformance:item-added:1",
+        schemaversion=1,
+        correlationid="corr-1",
+        causationid="cause-1",
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        tracestate="vendor=opaque",
+        expirytime=moment + timedelta(seconds=30),
+        partitionkey="cart-c",
+    )
+    minimal = Envelope(
+        id=f"min-{stream}", source="s", type="t", topic="conformance.min", time=moment, data=b""
+    )
+    binary = Envelope(
+        id=f"bin-{stream}",
+        source="s",
+        type="t",
+        topic="conformance.bin",
+        time=moment,
+        data=bytes(range(256)),
+        datacontenttype="application/octet-stream",
+    )
+    appended = await store.append(stream, [full, minimal, binary])
+    assert [r.envelope for r in appended] == [full, minimal, binary]
+    assert [r.envelope for r in await store.read_stream(stream)] == [full, minimal, binary]
+    assert [r.envelope async for r in store.read_log()] == [full, minimal, binary]
+    assert [r.envelope for r in await store.read_stream(stream, backwards=True)] == [binary, minimal, full]
 
 
 @pytest.mark.parametrize("expected", [NO_STREAM, 0, 1, 3])
