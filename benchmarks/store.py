@@ -159,7 +159,8 @@ class RawSide:
 
     name = RAW
     INSERT = (
-        "INSERT INTO raw_events (id, stream, version, topic, type, time_us, data) VALUES (?, ?, ?, ?, ?, ?, ?)"
+        "INSERT INTO raw_events (id, stream, version, topic, type, time_us, data)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)"
     )
     PAGE = (
         "SELECT position, id, stream, version, topic, type, time_us, data FROM raw_events"
