@@ -9,6 +9,8 @@ from datetime import UTC, datetime
 from types import TracebackType
 from typing import Final, TypeVar
 
+import msgspec
+
 from tidings.adapters.registry import open_store
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, RecordedEvent, Stored
@@ -142,22 +144,13 @@ class App:
             backwards=backwards,
             limit=limit,
         )
-        return [self._decoded(record) for record in records]
+        return [self.codec.stored(record) for record in records]
 
     async def read_log(
         self, *, after: int = 0, pattern: str | None = None, batch_size: int = 1000
     ) -> AsyncIterator[Stored[Event]]:
         async for record in self.store.read_log(after=after, pattern=pattern, batch_size=batch_size):
-            yield self._decoded(record)
-
-    def _decoded(self, record: RecordedEvent) -> Stored[Event]:
-        return Stored(
-            event=self.codec.decode(record.envelope),
-            envelope=record.envelope,
-            stream=record.stream,
-            version=record.version,
-            position=record.position,
-        )
+            yield self.codec.stored(record)
 
     # -- aggregates ------------------------------------------------------------------------
 
@@ -189,8 +182,6 @@ class App:
 
     async def read_model(self, projection: Projection, key: str, type: type[T]) -> T | None:
         """One document of a projection, as last committed."""
-        import msgspec
-
         value = await self.store.get_document(projection.name, key)
         return None if value is None else msgspec.json.decode(value, type=type)
 

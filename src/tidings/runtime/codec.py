@@ -14,7 +14,16 @@ from typing import Any
 
 import msgspec
 
-from tidings.domain.envelope import DEFAULT_MAX_SIZE, JSON, MSGPACK, SPEC_VERSION, Envelope, check_size
+from tidings.domain.envelope import (
+    DEFAULT_MAX_SIZE,
+    JSON,
+    MSGPACK,
+    SPEC_VERSION,
+    Envelope,
+    RecordedEvent,
+    Stored,
+    check_size,
+)
 from tidings.domain.events import Event, EventRegistry, default_registry
 from tidings.domain.ids import uuid7
 from tidings.errors import MalformedEvent, UnknownEventType
@@ -99,6 +108,16 @@ class Codec:
                 raise _malformed(envelope, exc) from None
             return event
         return self._decode(envelope)
+
+    def stored(self, record: RecordedEvent) -> Stored[Event]:
+        """A recorded envelope with its event decoded: what applications read."""
+        return Stored(
+            event=self.decode(record.envelope),
+            envelope=record.envelope,
+            stream=record.stream,
+            version=record.version,
+            position=record.position,
+        )
 
     def _decode(self, envelope: Envelope) -> Event:
         cls = self.registry.resolve(envelope.type)

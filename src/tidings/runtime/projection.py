@@ -81,14 +81,7 @@ async def run_projection(
                 continue
             view = View(tx, projection.name)
             for record in batch:
-                stored = Stored(
-                    event=codec.decode(record.envelope),
-                    envelope=record.envelope,
-                    stream=record.stream,
-                    version=record.version,
-                    position=record.position,
-                )
-                await projection.handle(stored, view)
+                await projection.handle(codec.stored(record), view)
             await tx.set_checkpoint(name, batch[-1].position)
         handled += len(batch)
 

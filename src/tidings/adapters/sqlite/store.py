@@ -22,22 +22,18 @@ from urllib.parse import parse_qs, quote, urlsplit
 from tidings.adapters.sql.common import (
     DEFAULT_PARTITIONS,
     SCHEMA_VERSION,
-    Head,
     Partitioner,
-    StoreAudit,
-    check_expected,
     check_number,
-    unique_by_id,
     validate_stream_name,
 )
-from tidings.adapters.sql.reads import StreamQuery, snapshot_query
-from tidings.adapters.sql.rows import from_micros, plan_rows, record_of, records_of, to_micros
-from tidings.adapters.sqlite import schema
+from tidings.adapters.sql.reads import StreamQuery
+from tidings.adapters.sql.rows import from_micros, to_micros
+from tidings.adapters.sqlite import schema, steps
 from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent
-from tidings.domain.integrity import IntegrityProblem, IntegrityReport
+from tidings.domain.integrity import IntegrityReport
 from tidings.domain.topics import compile_pattern
-from tidings.errors import BackendUnavailable, ConcurrencyError, ConfigurationError, IntegrityError
+from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError
 from tidings.ports import ANY, ExpectedVersion, Snapshot, StreamInfo
 
 T = TypeVar("T")
@@ -201,7 +197,9 @@ class SqliteStore:
         envelopes: Sequence[Envelope],
         expected: ExpectedVersion,
     ) -> list[RecordedEvent]:
-        return _append(connection, stream, envelopes, expected, self._partition_of, self.settings.max_size)
+        return steps.append(
+            connection, stream, envelopes, expected, self._partition_of, self.settings.max_size
+        )
 
     async def _on(self, thread: ThreadPoolExecutor, function: Callable[..., T], *args: Any) -> T:
         loop = asyncio.get_running_loop()
@@ -242,8 +240,8 @@ class SqliteStore:
         validate_stream_name(stream)
         async with self._write_lock:
             return await self._write(
-                _in_transaction,
-                _append,
+                steps.in_transaction,
+                steps.append,
                 stream,
                 envelopes,
                 expected_version,
@@ -264,12 +262,12 @@ class SqliteStore:
         limit: int | None = None,
     ) -> list[RecordedEvent]:
         query = StreamQuery.build("?", stream, from_version, to_version, at, backwards, limit)
-        return await self._read(_read_stream, query)
+        return await self._read(steps.read_stream, query)
 
     async def read_from_snapshot(
         self, stream: str, *, to_version: int | None = None, at: datetime | None = None
     ) -> tuple[Snapshot | None, list[RecordedEvent]]:
-        return await self._read(_read_from_snapshot, stream, to_version, at)
+        return await self._read(steps.read_from_snapshot, stream, to_version, at)
 
     async def read_log(
         self,
@@ -287,7 +285,7 @@ class SqliteStore:
         remaining = limit
         while remaining is None or remaining > 0:
             size = batch_size if remaining is None else min(batch_size, remaining)
-            scanned, records = await self._read(_log_batch, after, prefix, size)
+            scanned, records = await self._read(steps.log_batch, after, prefix, size)
             if not records:
                 return
             after = scanned
@@ -306,7 +304,7 @@ class SqliteStore:
         return await self._read(lambda c: int(c.execute(schema.HEAD_POSITION).fetchone()[0]))
 
     async def stream_version(self, stream: str) -> int:
-        head = await self._read(_head, stream)
+        head = await self._read(steps.read_head, stream)
         return head.version if head else 0
 
     async def list_streams(self, *, prefix: str = "", limit: int | None = None) -> list[StreamInfo]:
@@ -326,36 +324,36 @@ class SqliteStore:
             snapshot.state,
         )
         async with self._write_lock:
-            await self._write(_in_transaction, lambda c: c.execute(schema.PUT_SNAPSHOT, row))
+            await self._write(steps.in_transaction, lambda c: c.execute(schema.PUT_SNAPSHOT, row))
 
     async def load_snapshot(
         self, stream: str, *, max_version: int | None = None, at: datetime | None = None
     ) -> Snapshot | None:
-        return await self._read(_load_snapshot, stream, max_version, at)
+        return await self._read(steps.load_snapshot, stream, max_version, at)
 
     async def get_document(self, collection: str, key: str) -> bytes | None:
-        return await self._read(_get_document, collection, key)
+        return await self._read(steps.get_document, collection, key)
 
     async def get_checkpoint(self, name: str) -> int:
-        return await self._read(_get_checkpoint, name)
+        return await self._read(steps.get_checkpoint, name)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
         async with self._write_lock:
-            await self._write(_begin)
+            await self._write(steps.begin)
             tx = SqliteTransaction(self)
             try:
                 yield tx
             except BaseException:
-                await asyncio.shield(self._write(_rollback))
+                await asyncio.shield(self._write(steps.rollback))
                 raise
             else:
-                await self._write(_commit)
+                await self._write(steps.commit)
 
     # -- integrity -------------------------------------------------------------------------
 
     async def verify(self) -> IntegrityReport:
-        return await self._read(_verify)
+        return await self._read(steps.verify)
 
 
 class SqliteTransaction:
@@ -369,7 +367,7 @@ class SqliteTransaction:
     ) -> list[RecordedEvent]:
         validate_stream_name(stream)
         return await self._store._write(
-            _append,
+            steps.append,
             stream,
             envelopes,
             expected_version,
@@ -378,7 +376,7 @@ class SqliteTransaction:
         )
 
     async def get_document(self, collection: str, key: str) -> bytes | None:
-        return await self._store._write(_get_document, collection, key)
+        return await self._store._write(steps.get_document, collection, key)
 
     async def put_document(self, collection: str, key: str, value: bytes) -> None:
         await self._store._write(lambda c: c.execute(schema.PUT_DOCUMENT, (collection, key, value)))
@@ -390,163 +388,7 @@ class SqliteTransaction:
         await self._store._write(lambda c: c.execute(schema.CLEAR_COLLECTION, (collection,)))
 
     async def get_checkpoint(self, name: str) -> int:
-        return await self._store._write(_get_checkpoint, name)
+        return await self._store._write(steps.get_checkpoint, name)
 
     async def set_checkpoint(self, name: str, position: int) -> None:
         await self._store._write(lambda c: c.execute(schema.PUT_CHECKPOINT, (name, position)))
-
-
-# -- the blocking steps, run on the connection's own thread ----------------------------------
-
-
-def _begin(connection: sqlite3.Connection) -> None:
-    connection.execute("BEGIN IMMEDIATE")
-
-
-def _commit(connection: sqlite3.Connection) -> None:
-    connection.execute("COMMIT")
-
-
-def _rollback(connection: sqlite3.Connection) -> None:
-    if connection.in_transaction:
-        connection.execute("ROLLBACK")
-
-
-def _in_transaction(connection: sqlite3.Connection, step: Callable[..., T], *args: Any) -> T:
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        result = step(connection, *args)
-        connection.execute("COMMIT")
-    except BaseException:
-        _rollback(connection)
-        raise
-    return result
-
-
-def _head(connection: sqlite3.Connection, stream: str) -> Head | None:
-    row = connection.execute(schema.HEAD, (stream,)).fetchone()
-    return Head(row[0], bytes(row[1])) if row else None
-
-
-def _append(
-    connection: sqlite3.Connection,
-    stream: str,
-    envelopes: Sequence[Envelope],
-    expected: ExpectedVersion,
-    partition_of: Partitioner,
-    max_size: int,
-) -> list[RecordedEvent]:
-    """Append optimistically; only a conflict (a retry, most likely) looks up stored ids.
-
-    Runs inside the caller's transaction, under a savepoint so that a failed attempt leaves
-    nothing behind even in a unit of work that goes on.
-    """
-    unique = unique_by_id(envelopes)
-    connection.execute("SAVEPOINT tidings_append")
-    try:
-        stored: dict[str, RecordedEvent] = {}
-        try:
-            appended = _insert(connection, stream, unique, expected, partition_of, max_size)
-        except (ConcurrencyError, sqlite3.IntegrityError) as exc:
-            if isinstance(exc, sqlite3.IntegrityError) and "tidings_events.id" not in str(exc):
-                raise
-            connection.execute("ROLLBACK TO tidings_append")
-            stored = _stored_by_id(connection, unique)
-            if not stored:
-                raise
-            fresh = [e for e in unique if e.id not in stored]
-            appended = _insert(connection, stream, fresh, expected, partition_of, max_size) if fresh else []
-    except BaseException:
-        connection.execute("ROLLBACK TO tidings_append")
-        connection.execute("RELEASE tidings_append")
-        raise
-    connection.execute("RELEASE tidings_append")
-    by_id = {record.envelope.id: record for record in appended}
-    by_id.update(stored)
-    return [by_id[e.id] for e in envelopes]
-
-
-def _insert(
-    connection: sqlite3.Connection,
-    stream: str,
-    envelopes: list[Envelope],
-    expected: ExpectedVersion,
-    partition_of: Partitioner,
-    max_size: int,
-) -> list[RecordedEvent]:
-    head = _head(connection, stream)
-    check_expected(stream, expected, head.version if head else 0)
-    rows = plan_rows(stream, envelopes, head, partition_of, max_size)
-    connection.executemany(schema.INSERT_EVENT, rows)
-    # The write lock is held and AUTOINCREMENT gives each row the largest position so far plus
-    # one, so the rows of this call hold consecutive positions ending at the last rowid.
-    (last_position,) = connection.execute("SELECT last_insert_rowid()").fetchone()
-    last = rows[-1]
-    connection.execute(schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].time_us, last.time_us))
-    first_position = last_position - len(rows) + 1
-    return [
-        RecordedEvent(envelope=envelope, stream=stream, version=row.version, position=first_position + n)
-        for n, (row, envelope) in enumerate(zip(rows, envelopes, strict=True))
-    ]
-
-
-def _stored_by_id(connection: sqlite3.Connection, envelopes: list[Envelope]) -> dict[str, RecordedEvent]:
-    stored: dict[str, RecordedEvent] = {}
-    for start in range(0, len(envelopes), 500):  # stay below SQLite's bound-parameter limit
-        chunk = [e.id for e in envelopes[start : start + 500]]
-        query = schema.EXISTING_IDS.format(marks=",".join("?" * len(chunk)))
-        for row in connection.execute(query, chunk):
-            record = record_of(row)
-            stored[record.envelope.id] = record
-    return stored
-
-
-def _read_stream(connection: sqlite3.Connection, query: StreamQuery) -> list[RecordedEvent]:
-    return query.records(connection.execute(query.sql, query.args).fetchall())
-
-
-def _load_snapshot(
-    connection: sqlite3.Connection, stream: str, max_version: int | None, at: datetime | None
-) -> Snapshot | None:
-    row = connection.execute(*snapshot_query("?", stream, max_version, at)).fetchone()
-    return None if row is None else Snapshot(row[0], row[1], row[2], from_micros(row[3]), bytes(row[4]))
-
-
-def _read_from_snapshot(
-    connection: sqlite3.Connection, stream: str, to_version: int | None, at: datetime | None
-) -> tuple[Snapshot | None, list[RecordedEvent]]:
-    snapshot = _load_snapshot(connection, stream, to_version, at)
-    start = snapshot.version + 1 if snapshot else 1
-    query = StreamQuery.build("?", stream, start, to_version, at, False, None)
-    return snapshot, _read_stream(connection, query)
-
-
-def _log_batch(
-    connection: sqlite3.Connection, after: int, prefix: str, size: int
-) -> tuple[int, list[RecordedEvent]]:
-    """One batch of the log, decoded on the reader thread; and the last position it scanned."""
-    if prefix:
-        rows = connection.execute(schema.LOG_BATCH_PREFIX, (after, len(prefix), prefix, size)).fetchall()
-    else:
-        rows = connection.execute(schema.LOG_BATCH, (after, size)).fetchall()
-    return (rows[-1][0] if rows else after), records_of(rows)
-
-
-def _get_document(connection: sqlite3.Connection, collection: str, key: str) -> bytes | None:
-    row = connection.execute(schema.GET_DOCUMENT, (collection, key)).fetchone()
-    return bytes(row[0]) if row else None
-
-
-def _get_checkpoint(connection: sqlite3.Connection, name: str) -> int:
-    row = connection.execute(schema.GET_CHECKPOINT, (name,)).fetchone()
-    return int(row[0]) if row else 0
-
-
-def _verify(connection: sqlite3.Connection) -> IntegrityReport:
-    audit = StoreAudit({s: (v, bytes(h)) for s, v, h in connection.execute(schema.ALL_HEADS)})
-    for (message,) in connection.execute("PRAGMA quick_check"):
-        if message != "ok":
-            audit.problems.append(IntegrityProblem("", 0, 0, f"SQLite storage check: {message}"))
-    for row in connection.execute(schema.ALL_EVENTS_BY_STREAM):
-        audit.feed(row)
-    return audit.report()

@@ -1,0 +1,178 @@
+"""The blocking steps of the SQLite store: each runs on the thread that owns its connection."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any, TypeVar
+
+from tidings.adapters.sql.common import (
+    Head,
+    Partitioner,
+    StoreAudit,
+    check_expected,
+    unique_by_id,
+)
+from tidings.adapters.sql.reads import StreamQuery, snapshot_query
+from tidings.adapters.sql.rows import from_micros, plan_rows, record_of, records_of
+from tidings.adapters.sqlite import schema
+from tidings.domain.envelope import Envelope, RecordedEvent
+from tidings.domain.integrity import IntegrityProblem, IntegrityReport
+from tidings.errors import ConcurrencyError
+from tidings.ports import ExpectedVersion, Snapshot
+
+T = TypeVar("T")
+
+
+def begin(connection: sqlite3.Connection) -> None:
+    connection.execute("BEGIN IMMEDIATE")
+
+
+def commit(connection: sqlite3.Connection) -> None:
+    connection.execute("COMMIT")
+
+
+def rollback(connection: sqlite3.Connection) -> None:
+    if connection.in_transaction:
+        connection.execute("ROLLBACK")
+
+
+def in_transaction(connection: sqlite3.Connection, step: Callable[..., T], *args: Any) -> T:
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        result = step(connection, *args)
+        connection.execute("COMMIT")
+    except BaseException:
+        rollback(connection)
+        raise
+    return result
+
+
+def read_head(connection: sqlite3.Connection, stream: str) -> Head | None:
+    row = connection.execute(schema.HEAD, (stream,)).fetchone()
+    return Head(row[0], bytes(row[1])) if row else None
+
+
+def append(
+    connection: sqlite3.Connection,
+    stream: str,
+    envelopes: Sequence[Envelope],
+    expected: ExpectedVersion,
+    partition_of: Partitioner,
+    max_size: int,
+) -> list[RecordedEvent]:
+    """Append optimistically; only a conflict (a retry, most likely) looks up stored ids.
+
+    Runs inside the caller's transaction, under a savepoint so that a failed attempt leaves
+    nothing behind even in a unit of work that goes on.
+    """
+    unique = unique_by_id(envelopes)
+    connection.execute("SAVEPOINT tidings_append")
+    try:
+        stored: dict[str, RecordedEvent] = {}
+        try:
+            appended = insert(connection, stream, unique, expected, partition_of, max_size)
+        except (ConcurrencyError, sqlite3.IntegrityError) as exc:
+            if isinstance(exc, sqlite3.IntegrityError) and "tidings_events.id" not in str(exc):
+                raise
+            connection.execute("ROLLBACK TO tidings_append")
+            stored = stored_by_id(connection, unique)
+            if not stored:
+                raise
+            fresh = [e for e in unique if e.id not in stored]
+            appended = insert(connection, stream, fresh, expected, partition_of, max_size) if fresh else []
+    except BaseException:
+        connection.execute("ROLLBACK TO tidings_append")
+        connection.execute("RELEASE tidings_append")
+        raise
+    connection.execute("RELEASE tidings_append")
+    by_id = {record.envelope.id: record for record in appended}
+    by_id.update(stored)
+    return [by_id[e.id] for e in envelopes]
+
+
+def insert(
+    connection: sqlite3.Connection,
+    stream: str,
+    envelopes: list[Envelope],
+    expected: ExpectedVersion,
+    partition_of: Partitioner,
+    max_size: int,
+) -> list[RecordedEvent]:
+    head = read_head(connection, stream)
+    check_expected(stream, expected, head.version if head else 0)
+    rows = plan_rows(stream, envelopes, head, partition_of, max_size)
+    connection.executemany(schema.INSERT_EVENT, rows)
+    # The write lock is held and AUTOINCREMENT gives each row the largest position so far plus
+    # one, so the rows of this call hold consecutive positions ending at the last rowid.
+    (last_position,) = connection.execute("SELECT last_insert_rowid()").fetchone()
+    last = rows[-1]
+    connection.execute(schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].time_us, last.time_us))
+    first_position = last_position - len(rows) + 1
+    return [
+        RecordedEvent(envelope=envelope, stream=stream, version=row.version, position=first_position + n)
+        for n, (row, envelope) in enumerate(zip(rows, envelopes, strict=True))
+    ]
+
+
+def stored_by_id(connection: sqlite3.Connection, envelopes: list[Envelope]) -> dict[str, RecordedEvent]:
+    stored: dict[str, RecordedEvent] = {}
+    for start in range(0, len(envelopes), 500):  # stay below SQLite's bound-parameter limit
+        chunk = [e.id for e in envelopes[start : start + 500]]
+        query = schema.EXISTING_IDS.format(marks=",".join("?" * len(chunk)))
+        for row in connection.execute(query, chunk):
+            record = record_of(row)
+            stored[record.envelope.id] = record
+    return stored
+
+
+def read_stream(connection: sqlite3.Connection, query: StreamQuery) -> list[RecordedEvent]:
+    return query.records(connection.execute(query.sql, query.args).fetchall())
+
+
+def load_snapshot(
+    connection: sqlite3.Connection, stream: str, max_version: int | None, at: datetime | None
+) -> Snapshot | None:
+    row = connection.execute(*snapshot_query("?", stream, max_version, at)).fetchone()
+    return None if row is None else Snapshot(row[0], row[1], row[2], from_micros(row[3]), bytes(row[4]))
+
+
+def read_from_snapshot(
+    connection: sqlite3.Connection, stream: str, to_version: int | None, at: datetime | None
+) -> tuple[Snapshot | None, list[RecordedEvent]]:
+    snapshot = load_snapshot(connection, stream, to_version, at)
+    start = snapshot.version + 1 if snapshot else 1
+    query = StreamQuery.build("?", stream, start, to_version, at, False, None)
+    return snapshot, read_stream(connection, query)
+
+
+def log_batch(
+    connection: sqlite3.Connection, after: int, prefix: str, size: int
+) -> tuple[int, list[RecordedEvent]]:
+    """One batch of the log, decoded on the reader thread; and the last position it scanned."""
+    if prefix:
+        rows = connection.execute(schema.LOG_BATCH_PREFIX, (after, len(prefix), prefix, size)).fetchall()
+    else:
+        rows = connection.execute(schema.LOG_BATCH, (after, size)).fetchall()
+    return (rows[-1][0] if rows else after), records_of(rows)
+
+
+def get_document(connection: sqlite3.Connection, collection: str, key: str) -> bytes | None:
+    row = connection.execute(schema.GET_DOCUMENT, (collection, key)).fetchone()
+    return bytes(row[0]) if row else None
+
+
+def get_checkpoint(connection: sqlite3.Connection, name: str) -> int:
+    row = connection.execute(schema.GET_CHECKPOINT, (name,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def verify(connection: sqlite3.Connection) -> IntegrityReport:
+    audit = StoreAudit({s: (v, bytes(h)) for s, v, h in connection.execute(schema.ALL_HEADS)})
+    for (message,) in connection.execute("PRAGMA quick_check"):
+        if message != "ok":
+            audit.problems.append(IntegrityProblem("", 0, 0, f"SQLite storage check: {message}"))
+    for row in connection.execute(schema.ALL_EVENTS_BY_STREAM):
+        audit.feed(row)
+    return audit.report()
