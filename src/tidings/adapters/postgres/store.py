@@ -20,16 +20,14 @@ from tidings.adapters.sql.common import (
     Partitioner,
     StoreAudit,
     check_expected,
-    check_number,
     unique_by_id,
     validate_stream_name,
 )
-from tidings.adapters.sql.reads import StreamQuery, snapshot_query
+from tidings.adapters.sql.reads import StreamQuery, follow_log, snapshot_query
 from tidings.adapters.sql.rows import from_micros, plan_rows, record_of, records_of, to_micros
 from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent
 from tidings.domain.integrity import IntegrityReport
-from tidings.domain.topics import compile_pattern
 from tidings.errors import (
     BackendUnavailable,
     ConcurrencyError,
@@ -210,7 +208,7 @@ class PostgresStore:
             await cursor.execute(query.sql, query.args)
             return snapshot, query.records(await cursor.fetchall())
 
-    async def read_log(
+    def read_log(
         self,
         *,
         after: int = 0,
@@ -218,33 +216,16 @@ class PostgresStore:
         batch_size: int = 1000,
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
-        check_number("after", after)
-        check_number("limit", limit)
-        check_number("batch_size", batch_size, minimum=1)
-        compiled = compile_pattern(pattern) if pattern else None
-        prefix = compiled.prefix if compiled else ""
-        remaining = limit
-        while remaining is None or remaining > 0:
-            size = batch_size if remaining is None else min(batch_size, remaining)
+        async def fetch(after: int, prefix: str, size: int) -> tuple[int, list[RecordedEvent]]:
             async with self._connection() as connection, connection.cursor(binary=True) as cursor:
                 if prefix:
                     await cursor.execute(schema.LOG_BATCH_PREFIX, (after, len(prefix), prefix, size))
                 else:
                     await cursor.execute(schema.LOG_BATCH, (after, size))
                 rows = await cursor.fetchall()
-            if not rows:
-                return
-            after = rows[-1][0]
-            for record in records_of(rows):
-                if compiled is not None and not compiled.matches(record.envelope.topic):
-                    continue
-                yield record
-                if remaining is not None:
-                    remaining -= 1
-                    if remaining == 0:
-                        return
-            if len(rows) < size:
-                return
+            return (rows[-1][0] if rows else after), records_of(rows)
+
+        return follow_log(fetch, after=after, pattern=pattern, batch_size=batch_size, limit=limit)
 
     async def head_position(self) -> int:
         async with self._connection() as connection:

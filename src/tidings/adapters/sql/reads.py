@@ -7,7 +7,7 @@ same statement (so in the same snapshot), to catch a stream cut short at its end
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, NamedTuple
 
@@ -15,6 +15,7 @@ from tidings.adapters.sql.common import MAX_NUMBER, check_number
 from tidings.adapters.sql.rows import SELECT_COLUMNS, records_of, row_digest, to_micros
 from tidings.domain.envelope import RecordedEvent
 from tidings.domain.integrity import GENESIS
+from tidings.domain.topics import compile_pattern
 from tidings.errors import IntegrityError
 
 
@@ -128,3 +129,36 @@ class StreamQuery(NamedTuple):
 
 def _missing(stream: str, version: int) -> IntegrityError:
     return IntegrityError(f"stream {stream!r}: version {version} is missing; run `tidings verify`")
+
+
+#: Fetches one batch of the log: (after, topic prefix, size) -> (last position scanned, records).
+LogFetch = Callable[[int, str, int], Awaitable[tuple[int, list[RecordedEvent]]]]
+
+
+async def follow_log(
+    fetch: LogFetch, *, after: int, pattern: str | None, batch_size: int, limit: int | None
+) -> AsyncIterator[RecordedEvent]:
+    """The log after a position, a batch at a time: SQL narrows by the pattern's literal prefix,
+    the compiled pattern decides, and only one batch is held in memory."""
+    check_number("after", after)
+    check_number("limit", limit)
+    check_number("batch_size", batch_size, minimum=1)
+    compiled = compile_pattern(pattern) if pattern else None
+    prefix = compiled.prefix if compiled else ""
+    remaining = limit
+    while remaining is None or remaining > 0:
+        size = batch_size if remaining is None else min(batch_size, remaining)
+        scanned, records = await fetch(after, prefix, size)
+        if not records:
+            return
+        after = scanned
+        for record in records:
+            if compiled is not None and not compiled.matches(record.envelope.topic):
+                continue
+            yield record
+            if remaining is not None:
+                remaining -= 1
+                if remaining == 0:
+                    return
+        if len(records) < size:
+            return

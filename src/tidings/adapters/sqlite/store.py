@@ -23,16 +23,14 @@ from tidings.adapters.sql.common import (
     DEFAULT_PARTITIONS,
     SCHEMA_VERSION,
     Partitioner,
-    check_number,
     validate_stream_name,
 )
-from tidings.adapters.sql.reads import StreamQuery
+from tidings.adapters.sql.reads import StreamQuery, follow_log
 from tidings.adapters.sql.rows import from_micros, to_micros
 from tidings.adapters.sqlite import schema, steps
 from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent
 from tidings.domain.integrity import IntegrityReport
-from tidings.domain.topics import compile_pattern
 from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError
 from tidings.ports import ANY, ExpectedVersion, Snapshot, StreamInfo
 
@@ -269,7 +267,7 @@ class SqliteStore:
     ) -> tuple[Snapshot | None, list[RecordedEvent]]:
         return await self._read(steps.read_from_snapshot, stream, to_version, at)
 
-    async def read_log(
+    def read_log(
         self,
         *,
         after: int = 0,
@@ -277,28 +275,10 @@ class SqliteStore:
         batch_size: int = 1000,
         limit: int | None = None,
     ) -> AsyncIterator[RecordedEvent]:
-        check_number("after", after)
-        check_number("limit", limit)
-        check_number("batch_size", batch_size, minimum=1)
-        compiled = compile_pattern(pattern) if pattern else None
-        prefix = compiled.prefix if compiled else ""
-        remaining = limit
-        while remaining is None or remaining > 0:
-            size = batch_size if remaining is None else min(batch_size, remaining)
-            scanned, records = await self._read(steps.log_batch, after, prefix, size)
-            if not records:
-                return
-            after = scanned
-            for record in records:
-                if compiled is not None and not compiled.matches(record.envelope.topic):
-                    continue
-                yield record
-                if remaining is not None:
-                    remaining -= 1
-                    if remaining == 0:
-                        return
-            if len(records) < size:
-                return
+        async def fetch(after: int, prefix: str, size: int) -> tuple[int, list[RecordedEvent]]:
+            return await self._read(steps.log_batch, after, prefix, size)
+
+        return follow_log(fetch, after=after, pattern=pattern, batch_size=batch_size, limit=limit)
 
     async def head_position(self) -> int:
         return await self._read(lambda c: int(c.execute(schema.HEAD_POSITION).fetchone()[0]))
