@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
-from typing import Final, Literal, Protocol
+from typing import Final, Literal, Protocol, runtime_checkable
 
 import msgspec
 
@@ -53,6 +53,69 @@ class StoreTransaction(Protocol):
     async def get_checkpoint(self, name: str) -> int: ...
 
     async def set_checkpoint(self, name: str, position: int) -> None: ...
+
+    async def holds_lease(self, group: str, partition: int, member: str) -> bool:
+        """Whether ``member`` still holds the partition: checked before a checkpoint commits,
+        so that a member that lost its lease (paused, partitioned away) cannot move it."""
+
+    async def mark_handled(self, group: str, event_id: str) -> bool:
+        """Record the event in the group's inbox; False if it was there already (a duplicate)."""
+
+    async def dead_letter(self, letter: DeadLetter) -> int:
+        """Put an event into the group's dead letter queue; returns the entry's id."""
+
+    async def settle_dead_letter(self, entry: int, state: str) -> None:
+        """Move a dead letter to another state (``redriven`` once its redrive succeeded)."""
+
+
+class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
+    """An event that a group will not process, and why."""
+
+    group: str
+    reason: str  # "failed", "expired", "malformed" or "undecryptable"
+    error: str
+    traceback: str = ""
+    attempts: int = 0
+    event_id: str | None = None
+    position: int | None = None
+    stream: str | None = None
+    topic: str | None = None
+    envelope: bytes | None = None  # the original envelope, CloudEvents structured JSON
+    raw: bytes | None = None  # undecodable bytes, as received
+    first_failed: datetime | None = None
+    dead_at: datetime
+    id: int = 0  # given by the store
+    state: str = "dead"  # "dead", "redrive" (asked for), "redriven" (handled), "purged"
+
+
+@runtime_checkable
+class Log(Protocol):
+    """The log as consumer groups read it: partitions, leases and per-group checkpoints."""
+
+    partitions: int
+
+    async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
+        """Events of one partition after a position, in log order."""
+
+    async def lease(self, group: str, member: str, *, ttl: float) -> list[int]:
+        """Renew the member's heartbeat and its share of the partitions; returns those it holds.
+
+        Members share a group's partitions evenly: a member over its share gives the surplus
+        up, one under it claims free ones; a member that stops renewing loses its leases after
+        ``ttl`` seconds and the others take them over."""
+
+    async def release(self, group: str, member: str) -> None:
+        """Give up every lease of the member (on shutdown), so others take over at once."""
+
+    async def handled(self, group: str, event_id: str) -> bool:
+        """Whether the event is in the group's inbox (handled before: a duplicate)."""
+
+    async def dead_letters(
+        self, group: str | None = None, *, state: str | None = None, limit: int = 100
+    ) -> list[DeadLetter]: ...
+
+    async def set_dead_letter_state(self, entries: Sequence[int], state: str) -> int:
+        """Ask for redrive or purge; returns how many entries changed."""
 
 
 class EventStore(Protocol):

@@ -2,27 +2,37 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import enum
 import os
-from collections.abc import AsyncIterator, Sequence
-from datetime import UTC, datetime
+import signal
+from collections.abc import AsyncIterator, Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from types import TracebackType
-from typing import Final, TypeVar
+from typing import Any, Final, TypeVar
 
 import msgspec
 
 from tidings.adapters.registry import open_store
 from tidings.domain.aggregate import Aggregate
-from tidings.domain.envelope import DEFAULT_MAX_SIZE, RecordedEvent, Stored
+from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, Stored
 from tidings.domain.events import Event, EventRegistry, default_registry
 from tidings.domain.integrity import IntegrityReport
+from tidings.domain.topics import compile_pattern
 from tidings.errors import ConfigurationError
-from tidings.ports import ANY, EventStore, ExpectedVersion
+from tidings.ports import ANY, DeadLetter, EventStore, ExpectedVersion, Log
 from tidings.runtime.codec import Codec
+from tidings.runtime.consuming import Context, GroupConsumer, Subscription
+from tidings.runtime.deadlines import Clock, SystemClock
 from tidings.runtime.projection import Projection, reset_projection, run_projection
+from tidings.runtime.publishing import Lineage, aggregate_envelopes, publication_envelope
 from tidings.runtime.repository import Repository
+from tidings.runtime.retries import Retry
+from tidings.runtime.unit_of_work import Publication
 
 A = TypeVar("A", bound=Aggregate)
+H = TypeVar("H", bound=Callable[..., Any])
 T = TypeVar("T")
 
 DEFAULT_STORE: Final = "sqlite:///.tidings/tidings.db"
@@ -48,15 +58,21 @@ class App:
         store: str | None = None,
         registry: EventRegistry = default_registry,
         max_event_size: int = DEFAULT_MAX_SIZE,
+        clock: Clock | None = None,
     ) -> None:
         if not name:
             raise ConfigurationError("an App needs a name (it becomes the events' source)")
         self.name = name
         self.store_url = os.environ.get("TIDINGS_STORE") or store or DEFAULT_STORE
         self.codec = Codec(source=name, registry=registry, max_size=max_event_size)
+        self.clock: Clock = clock or SystemClock()
         self.state = AppState.CREATED
+        self.subscriptions: dict[str, Subscription] = {}
         self._store: EventStore | None = None
+        self._log: Log | None = None
         self._repository: Repository | None = None
+        self._consumers: list[GroupConsumer] = []
+        self._appended = asyncio.Event()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -68,6 +84,7 @@ class App:
         store = open_store(self.store_url)
         await store.open()
         self._store = store
+        self._log = store if isinstance(store, Log) else None
         self._repository = Repository(store, self.codec)
         self.state = AppState.OPEN
         return self
@@ -98,6 +115,15 @@ class App:
         return self._store
 
     @property
+    def log(self) -> Log:
+        """The store as consumer groups read it (the SQL stores are their own log)."""
+        if self._log is None:
+            raise ConfigurationError(
+                f"the store at {self.store.url} cannot serve as a log for consumer groups"
+            )
+        return self._log
+
+    @property
     def repository(self) -> Repository:
         if self._repository is None:
             self.store  # noqa: B018 - raises the error that explains why
@@ -124,7 +150,9 @@ class App:
             )
             for event in batch
         ]
-        return await self.store.append(stream, envelopes, expected_version=expected_version)
+        records = await self.store.append(stream, envelopes, expected_version=expected_version)
+        self.notify()
+        return records
 
     async def read_stream(
         self,
@@ -167,7 +195,9 @@ class App:
 
     async def save(self, aggregate: Aggregate) -> list[RecordedEvent]:
         """Save an aggregate's new events; ``ConcurrencyError`` if someone saved it meanwhile."""
-        return await self.repository.save(aggregate)
+        records = await self.repository.save(aggregate)
+        self.notify()
+        return records
 
     # -- projections -----------------------------------------------------------------------
 
@@ -187,3 +217,125 @@ class App:
 
     async def verify(self) -> IntegrityReport:
         return await self.store.verify()
+
+    # -- publish and subscribe ---------------------------------------------------------------
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        key: str | None = None,
+        ttl: timedelta | None = None,
+        expires_at: datetime | None = None,
+        correlation_id: str | None = None,
+        causation_id: str | None = None,
+    ) -> RecordedEvent:
+        """Publish an event to every group whose pattern matches its topic.
+
+        ``key`` orders it after earlier events of the same key (it is also the partition key and
+        the stream); ``ttl`` or ``expires_at`` set its deadline, past which no handler gets it.
+        """
+        lineage = Lineage(correlation_id, causation_id)
+        stream, envelope = publication_envelope(
+            self.codec, Publication(event, key, ttl, expires_at), self.clock.now(), lineage
+        )
+        (record,) = await self.store.append(stream, [envelope])
+        self.notify()
+        return record
+
+    def subscribe(
+        self,
+        pattern: str,
+        *,
+        group: str,
+        retry: Retry | None = None,
+        max_age: timedelta | None = None,
+        batch_size: int = 100,
+    ) -> Callable[[H], H]:
+        """Register the decorated ``async def handler(event, ctx)`` for a consumer group."""
+        compiled = compile_pattern(pattern)
+        if not group or any(c.isspace() for c in group):
+            raise ConfigurationError(f"a group needs a name without spaces, got {group!r}")
+
+        def register(handler: H) -> H:
+            if group in self.subscriptions:
+                raise ConfigurationError(f"group {group!r} already has a handler in App {self.name!r}")
+            self.subscriptions[group] = Subscription(
+                compiled, group, handler, retry or Retry(), max_age, batch_size
+            )
+            return handler
+
+        return register
+
+    def _envelopes_of(self, context: Context) -> Callable[[Aggregate], list[Envelope]]:
+        lineage = Lineage(context.correlation_id, context.envelope.id)
+        now = self.clock.now()
+        return lambda aggregate: aggregate_envelopes(self.codec, aggregate, now, lineage)
+
+    def _publication_of(self, context: Context) -> Callable[[Publication], tuple[str, Envelope]]:
+        lineage = Lineage(context.correlation_id, context.envelope.id)
+        now = self.clock.now()
+        return lambda publication: publication_envelope(self.codec, publication, now, lineage)
+
+    def notify(self) -> None:
+        """Wake this process's consumers: new events are in the log."""
+        self._appended.set()
+
+    async def wait_for_events(self, poll: float) -> None:
+        """Until this process appends, or ``poll`` seconds pass (other processes' appends are
+        found by polling at that interval)."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._appended.wait(), poll)
+        self._appended.clear()
+
+    # -- running consumers -------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def running(self, *, lease_ttl: float = 10.0, poll: float = 0.05) -> AsyncIterator[App]:
+        """Run every group's consumer in the background for the duration of the block."""
+        await self.open()
+        consumers = [
+            GroupConsumer(self, s, lease_ttl=lease_ttl, poll=poll) for s in self.subscriptions.values()
+        ]
+        tasks = [asyncio.create_task(consumer.run()) for consumer in consumers]
+        self._consumers.extend(consumers)
+        try:
+            yield self
+        finally:
+            for consumer in consumers:
+                consumer.stop()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for consumer in consumers:
+                self._consumers.remove(consumer)
+
+    async def run(self, *, lease_ttl: float = 10.0, poll: float = 0.05) -> None:
+        """Run the consumers until SIGTERM or SIGINT; then finish the events in hand, release
+        the leases and close."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        try:
+            async with self, self.running(lease_ttl=lease_ttl, poll=poll):
+                await stop.wait()
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    # -- dead letters --------------------------------------------------------------------------
+
+    async def dead_letters(
+        self, group: str | None = None, *, state: str | None = "dead", limit: int = 100
+    ) -> list[DeadLetter]:
+        """The dead letters of a group (or of all groups), oldest first."""
+        return await self.log.dead_letters(group, state=state, limit=limit)
+
+    async def redrive(self, entries: Sequence[int]) -> int:
+        """Hand dead letters back to the group that dead-lettered them (and to no other)."""
+        changed = await self.log.set_dead_letter_state(entries, "redrive")
+        self.notify()
+        return changed
+
+    async def purge(self, entries: Sequence[int]) -> int:
+        """Mark dead letters as dealt with; they stay on record, out of the queue."""
+        return await self.log.set_dead_letter_state(entries, "purged")

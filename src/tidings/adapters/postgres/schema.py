@@ -53,6 +53,44 @@ CREATE: Final = (
         value BYTEA NOT NULL,
         PRIMARY KEY (collection, key)
     )""",
+    """CREATE INDEX IF NOT EXISTS tidings_events_by_partition ON tidings_events (partition, position)""",
+    """CREATE TABLE IF NOT EXISTS tidings_members (
+        group_name TEXT NOT NULL,
+        member TEXT NOT NULL,
+        expires_us BIGINT NOT NULL,
+        PRIMARY KEY (group_name, member)
+    )""",
+    """CREATE TABLE IF NOT EXISTS tidings_leases (
+        group_name TEXT NOT NULL,
+        partition INTEGER NOT NULL,
+        member TEXT NOT NULL,
+        expires_us BIGINT NOT NULL,
+        PRIMARY KEY (group_name, partition)
+    )""",
+    """CREATE TABLE IF NOT EXISTS tidings_inbox (
+        group_name TEXT NOT NULL,
+        event_id TEXT NOT NULL,
+        handled_us BIGINT NOT NULL,
+        PRIMARY KEY (group_name, event_id)
+    )""",
+    """CREATE TABLE IF NOT EXISTS tidings_dead_letters (
+        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+        group_name TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        error TEXT NOT NULL,
+        traceback TEXT NOT NULL,
+        attempts INTEGER NOT NULL,
+        event_id TEXT,
+        position BIGINT,
+        stream TEXT,
+        topic TEXT,
+        envelope BYTEA,
+        raw BYTEA,
+        first_failed_us BIGINT,
+        dead_us BIGINT NOT NULL,
+        state TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS tidings_dead_letters_by_group ON tidings_dead_letters (group_name, state)",
 )
 
 ALL_META: Final = "SELECT key, value FROM tidings_meta"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -23,6 +24,13 @@ from tidings.adapters.sql.common import (
     unique_by_id,
     validate_stream_name,
 )
+from tidings.adapters.sql.consumers import (
+    ConsumerSql,
+    check_dead_letter_state,
+    dead_letter_of,
+    dead_letter_row,
+    plan_leases,
+)
 from tidings.adapters.sql.reads import StreamQuery, follow_log, snapshot_query
 from tidings.adapters.sql.rows import from_micros, plan_rows, record_of, records_of, to_micros
 from tidings.adapters.urls import redact_url
@@ -35,8 +43,9 @@ from tidings.errors import (
     IntegrityError,
     TidingsError,
 )
-from tidings.ports import ANY, ExpectedVersion, Snapshot, StreamInfo
+from tidings.ports import ANY, DeadLetter, ExpectedVersion, Snapshot, StreamInfo
 
+CONSUMERS = ConsumerSql.dialect("%s", row_lock=" FOR UPDATE")
 ID_KEY = "tidings_events_id_key"  # the unique constraint on event ids, named by PostgreSQL
 _OWN_OPTIONS = ("partitions", "pool_size", "connect_timeout")
 
@@ -265,6 +274,64 @@ class PostgresStore:
         async with self._connection() as connection:
             return await _get_checkpoint(connection, name)
 
+    # -- the log, as consumer groups read it --------------------------------------------------
+
+    @property
+    def partitions(self) -> int:
+        return self._partition_of.partitions
+
+    async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
+        async with self._connection() as connection, connection.cursor(binary=True) as cursor:
+            await cursor.execute(CONSUMERS.read_partition, (partition, after, limit))
+            return records_of(await cursor.fetchall())
+
+    async def lease(self, group: str, member: str, *, ttl: float) -> list[int]:
+        now = time.time_ns() // 1000
+        expires = now + int(ttl * 1e6)
+        async with self._connection() as connection, connection.transaction():
+            # One member of a group plans at a time: each reads the table that the others wrote.
+            await connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tidings:{group}",))
+            await connection.execute(CONSUMERS.upsert_member, (group, member, expires))
+            await connection.execute(CONSUMERS.expire_members, (group, now))
+            await connection.execute(CONSUMERS.expire_leases, (group, now))
+            cursor = await connection.execute(CONSUMERS.members, (group,))
+            members = [m for (m,) in await cursor.fetchall()]
+            cursor = await connection.execute(CONSUMERS.leases, (group,))
+            leases: dict[int, str] = dict(await cursor.fetchall())
+            plan = plan_leases(self.partitions, members, leases, member)
+            for partition in plan.release:
+                await connection.execute(CONSUMERS.drop_lease, (group, partition, member))
+            for partition in plan.claim:
+                await connection.execute(CONSUMERS.claim_lease, (group, partition, member, expires))
+            await connection.execute(CONSUMERS.renew_leases, (expires, group, member))
+        return sorted(plan.keep + plan.claim)
+
+    async def release(self, group: str, member: str) -> None:
+        async with self._connection() as connection, connection.transaction():
+            await connection.execute(CONSUMERS.release_leases, (group, member))
+            await connection.execute(CONSUMERS.forget_member, (group, member))
+
+    async def handled(self, group: str, event_id: str) -> bool:
+        async with self._connection() as connection:
+            cursor = await connection.execute(CONSUMERS.handled, (group, event_id))
+            return await cursor.fetchone() is not None
+
+    async def dead_letters(
+        self, group: str | None = None, *, state: str | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
+        async with self._connection() as connection:
+            cursor = await connection.execute(CONSUMERS.dead_letters, (group, group, state, state, limit))
+            return [dead_letter_of(row) for row in await cursor.fetchall()]
+
+    async def set_dead_letter_state(self, entries: Sequence[int], state: str) -> int:
+        check_dead_letter_state(state)
+        async with self._connection() as connection, connection.transaction():
+            changed = 0
+            for entry in entries:
+                cursor = await connection.execute(CONSUMERS.set_dead_letter_state, (state, entry))
+                changed += cursor.rowcount
+        return changed
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         async with self._connection() as connection, connection.transaction():
@@ -323,6 +390,28 @@ class PostgresTransaction:
 
     async def set_checkpoint(self, name: str, position: int) -> None:
         await self._connection.execute(schema.PUT_CHECKPOINT, (name, position))
+
+    async def holds_lease(self, group: str, partition: int, member: str) -> bool:
+        now = time.time_ns() // 1000
+        cursor = await self._connection.execute(CONSUMERS.holds_lease, (group, partition, member, now))
+        return await cursor.fetchone() is not None
+
+    async def mark_handled(self, group: str, event_id: str) -> bool:
+        cursor = await self._connection.execute(
+            CONSUMERS.mark_handled, (group, event_id, time.time_ns() // 1000)
+        )
+        return cursor.rowcount == 1
+
+    async def dead_letter(self, letter: DeadLetter) -> int:
+        cursor = await self._connection.execute(
+            CONSUMERS.insert_dead_letter, dead_letter_row(letter, to_micros)
+        )
+        row = await cursor.fetchone()
+        return int(row[0]) if row else 0
+
+    async def settle_dead_letter(self, entry: int, state: str) -> None:
+        check_dead_letter_state(state)
+        await self._connection.execute(CONSUMERS.set_dead_letter_state, (state, entry))
 
 
 async def _head(connection: psycopg.AsyncConnection[Any], stream: str) -> Head | None:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable, Sequence
 from datetime import datetime
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 from tidings.adapters.sql.common import (
     Head,
@@ -14,13 +15,14 @@ from tidings.adapters.sql.common import (
     check_expected,
     unique_by_id,
 )
+from tidings.adapters.sql.consumers import ConsumerSql, dead_letter_of, dead_letter_row, plan_leases
 from tidings.adapters.sql.reads import StreamQuery, snapshot_query
-from tidings.adapters.sql.rows import from_micros, plan_rows, record_of, records_of
+from tidings.adapters.sql.rows import from_micros, plan_rows, record_of, records_of, to_micros
 from tidings.adapters.sqlite import schema
 from tidings.domain.envelope import Envelope, RecordedEvent
 from tidings.domain.integrity import IntegrityProblem, IntegrityReport
 from tidings.errors import ConcurrencyError
-from tidings.ports import ExpectedVersion, Snapshot
+from tidings.ports import DeadLetter, ExpectedVersion, Snapshot
 
 T = TypeVar("T")
 
@@ -176,3 +178,66 @@ def verify(connection: sqlite3.Connection) -> IntegrityReport:
     for row in connection.execute(schema.ALL_EVENTS_BY_STREAM):
         audit.feed(row)
     return audit.report()
+
+
+# -- consumer groups -------------------------------------------------------------------------
+
+CONSUMERS: Final = ConsumerSql.dialect("?")
+
+
+def read_partition(
+    connection: sqlite3.Connection, partition: int, after: int, limit: int
+) -> list[RecordedEvent]:
+    return records_of(connection.execute(CONSUMERS.read_partition, (partition, after, limit)).fetchall())
+
+
+def lease(connection: sqlite3.Connection, group: str, member: str, ttl_us: int, partitions: int) -> list[int]:
+    now = time.time_ns() // 1000
+    expires = now + ttl_us
+    connection.execute(CONSUMERS.upsert_member, (group, member, expires))
+    connection.execute(CONSUMERS.expire_members, (group, now))
+    connection.execute(CONSUMERS.expire_leases, (group, now))
+    members = [m for (m,) in connection.execute(CONSUMERS.members, (group,))]
+    leases = dict(connection.execute(CONSUMERS.leases, (group,)).fetchall())
+    plan = plan_leases(partitions, members, leases, member)
+    for partition in plan.release:
+        connection.execute(CONSUMERS.drop_lease, (group, partition, member))
+    for partition in plan.claim:
+        connection.execute(CONSUMERS.claim_lease, (group, partition, member, expires))
+    connection.execute(CONSUMERS.renew_leases, (expires, group, member))
+    return sorted(plan.keep + plan.claim)
+
+
+def release(connection: sqlite3.Connection, group: str, member: str) -> None:
+    connection.execute(CONSUMERS.release_leases, (group, member))
+    connection.execute(CONSUMERS.forget_member, (group, member))
+
+
+def holds_lease(connection: sqlite3.Connection, group: str, partition: int, member: str) -> bool:
+    now = time.time_ns() // 1000
+    return connection.execute(CONSUMERS.holds_lease, (group, partition, member, now)).fetchone() is not None
+
+
+def handled(connection: sqlite3.Connection, group: str, event_id: str) -> bool:
+    return connection.execute(CONSUMERS.handled, (group, event_id)).fetchone() is not None
+
+
+def mark_handled(connection: sqlite3.Connection, group: str, event_id: str) -> bool:
+    cursor = connection.execute(CONSUMERS.mark_handled, (group, event_id, time.time_ns() // 1000))
+    return cursor.rowcount == 1
+
+
+def dead_letter(connection: sqlite3.Connection, letter: DeadLetter) -> int:
+    (entry,) = connection.execute(CONSUMERS.insert_dead_letter, dead_letter_row(letter, to_micros)).fetchone()
+    return int(entry)
+
+
+def dead_letters(
+    connection: sqlite3.Connection, group: str | None, state: str | None, limit: int
+) -> list[DeadLetter]:
+    rows = connection.execute(CONSUMERS.dead_letters, (group, group, state, state, limit)).fetchall()
+    return [dead_letter_of(row) for row in rows]
+
+
+def set_dead_letter_state(connection: sqlite3.Connection, entries: Sequence[int], state: str) -> int:
+    return sum(connection.execute(CONSUMERS.set_dead_letter_state, (state, e)).rowcount for e in entries)

@@ -25,6 +25,7 @@ from tidings.adapters.sql.common import (
     Partitioner,
     validate_stream_name,
 )
+from tidings.adapters.sql.consumers import check_dead_letter_state
 from tidings.adapters.sql.reads import StreamQuery, follow_log
 from tidings.adapters.sql.rows import from_micros, to_micros
 from tidings.adapters.sqlite import schema, steps
@@ -32,7 +33,7 @@ from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent
 from tidings.domain.integrity import IntegrityReport
 from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError
-from tidings.ports import ANY, ExpectedVersion, Snapshot, StreamInfo
+from tidings.ports import ANY, DeadLetter, ExpectedVersion, Snapshot, StreamInfo
 
 T = TypeVar("T")
 
@@ -317,6 +318,38 @@ class SqliteStore:
     async def get_checkpoint(self, name: str) -> int:
         return await self._read(steps.get_checkpoint, name)
 
+    # -- the log, as consumer groups read it --------------------------------------------------
+
+    @property
+    def partitions(self) -> int:
+        return self._partition_of.partitions
+
+    async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
+        return await self._read(steps.read_partition, partition, after, limit)
+
+    async def lease(self, group: str, member: str, *, ttl: float) -> list[int]:
+        async with self._write_lock:
+            return await self._write(
+                steps.in_transaction, steps.lease, group, member, int(ttl * 1e6), self.partitions
+            )
+
+    async def release(self, group: str, member: str) -> None:
+        async with self._write_lock:
+            await self._write(steps.in_transaction, steps.release, group, member)
+
+    async def handled(self, group: str, event_id: str) -> bool:
+        return await self._read(steps.handled, group, event_id)
+
+    async def dead_letters(
+        self, group: str | None = None, *, state: str | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
+        return await self._read(steps.dead_letters, group, state, limit)
+
+    async def set_dead_letter_state(self, entries: Sequence[int], state: str) -> int:
+        check_dead_letter_state(state)
+        async with self._write_lock:
+            return await self._write(steps.in_transaction, steps.set_dead_letter_state, list(entries), state)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
         async with self._write_lock:
@@ -372,3 +405,16 @@ class SqliteTransaction:
 
     async def set_checkpoint(self, name: str, position: int) -> None:
         await self._store._write(lambda c: c.execute(schema.PUT_CHECKPOINT, (name, position)))
+
+    async def holds_lease(self, group: str, partition: int, member: str) -> bool:
+        return await self._store._write(steps.holds_lease, group, partition, member)
+
+    async def mark_handled(self, group: str, event_id: str) -> bool:
+        return await self._store._write(steps.mark_handled, group, event_id)
+
+    async def dead_letter(self, letter: DeadLetter) -> int:
+        return await self._store._write(steps.dead_letter, letter)
+
+    async def settle_dead_letter(self, entry: int, state: str) -> None:
+        check_dead_letter_state(state)
+        await self._store._write(steps.set_dead_letter_state, [entry], state)

@@ -38,3 +38,17 @@ def items(cart_id: str, count: int, *, time: datetime | None = None) -> list[Env
         codec.encode(ItemAdded(cart_id=cart_id, sku=f"sku-{n}", quantity=n + 1), time=time)
         for n in range(count)
     ]
+
+
+class Ping(Event, topic="conformance.bus.ping", type="conformance.Ping"):
+    key: str
+    n: int
+
+
+class Pong(Event, topic="conformance.bus.pong", type="conformance.Pong"):
+    key: str
+    n: int
+
+
+class Alarm(Event, topic="conformance.alarm.raised", type="conformance.Alarm"):
+    level: int

@@ -1,0 +1,168 @@
+"""What consumer groups need of a SQL log: partition reads, leases, the inbox and dead letters.
+
+The statements are plain SQL that SQLite and PostgreSQL both speak; ``mark`` is the dialect's
+parameter marker. The lease plan is pure logic, written once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, Final, NamedTuple
+
+from tidings.adapters.sql.rows import LOG_COLUMNS, from_micros
+from tidings.errors import InvalidArgument
+from tidings.ports import DeadLetter
+
+#: Columns of ``tidings_dead_letters`` in the order they are written and read (after ``id``).
+DEAD_LETTER_COLUMNS: Final = (
+    "group_name, reason, error, traceback, attempts, event_id, position, stream, topic,"
+    " envelope, raw, first_failed_us, dead_us, state"
+)
+DEAD_LETTER_STATES: Final = ("dead", "redrive", "redriven", "purged")
+
+
+class ConsumerSql(NamedTuple):
+    read_partition: str
+    upsert_member: str
+    expire_members: str
+    expire_leases: str
+    members: str
+    leases: str
+    drop_lease: str
+    claim_lease: str
+    renew_leases: str
+    release_leases: str
+    forget_member: str
+    holds_lease: str
+    handled: str
+    mark_handled: str
+    insert_dead_letter: str
+    dead_letters: str
+    set_dead_letter_state: str
+
+    @classmethod
+    def dialect(cls, m: str, row_lock: str = "") -> ConsumerSql:
+        """``row_lock`` (`` FOR UPDATE`` on PostgreSQL) makes the lease check hold the lease row
+        until the checkpoint commits, so that giving the lease up waits for that commit."""
+        return cls(
+            read_partition=(
+                f"SELECT {LOG_COLUMNS} FROM tidings_events"
+                f" WHERE partition = {m} AND position > {m} ORDER BY position LIMIT {m}"
+            ),
+            upsert_member=(
+                f"INSERT INTO tidings_members (group_name, member, expires_us) VALUES ({m}, {m}, {m})"
+                " ON CONFLICT (group_name, member) DO UPDATE SET expires_us = excluded.expires_us"
+            ),
+            expire_members=f"DELETE FROM tidings_members WHERE group_name = {m} AND expires_us < {m}",
+            expire_leases=f"DELETE FROM tidings_leases WHERE group_name = {m} AND expires_us < {m}",
+            members=f"SELECT member FROM tidings_members WHERE group_name = {m} ORDER BY member",
+            leases=f"SELECT partition, member FROM tidings_leases WHERE group_name = {m}",
+            drop_lease=(
+                f"DELETE FROM tidings_leases WHERE group_name = {m} AND partition = {m} AND member = {m}"
+            ),
+            claim_lease=(
+                "INSERT INTO tidings_leases (group_name, partition, member, expires_us)"
+                f" VALUES ({m}, {m}, {m}, {m})"
+            ),
+            renew_leases=(
+                f"UPDATE tidings_leases SET expires_us = {m} WHERE group_name = {m} AND member = {m}"
+            ),
+            release_leases=f"DELETE FROM tidings_leases WHERE group_name = {m} AND member = {m}",
+            forget_member=f"DELETE FROM tidings_members WHERE group_name = {m} AND member = {m}",
+            holds_lease=(
+                f"SELECT 1 FROM tidings_leases WHERE group_name = {m} AND partition = {m}"
+                f" AND member = {m} AND expires_us >= {m}{row_lock}"
+            ),
+            handled=f"SELECT 1 FROM tidings_inbox WHERE group_name = {m} AND event_id = {m}",
+            mark_handled=(
+                f"INSERT INTO tidings_inbox (group_name, event_id, handled_us) VALUES ({m}, {m}, {m})"
+                " ON CONFLICT (group_name, event_id) DO NOTHING"
+            ),
+            insert_dead_letter=(
+                f"INSERT INTO tidings_dead_letters ({DEAD_LETTER_COLUMNS})"
+                f" VALUES ({', '.join([m] * 14)}) RETURNING id"
+            ),
+            dead_letters=(
+                f"SELECT id, {DEAD_LETTER_COLUMNS} FROM tidings_dead_letters"
+                # The casts tell PostgreSQL the type of a parameter that may be NULL.
+                f" WHERE (CAST({m} AS TEXT) IS NULL OR group_name = {m})"
+                f" AND (CAST({m} AS TEXT) IS NULL OR state = {m})"
+                f" ORDER BY id LIMIT {m}"
+            ),
+            set_dead_letter_state=f"UPDATE tidings_dead_letters SET state = {m} WHERE id = {m}",
+        )
+
+
+def dead_letter_row(letter: DeadLetter, to_micros: Any) -> tuple[Any, ...]:
+    first = to_micros(letter.first_failed) if letter.first_failed else None
+    return (
+        letter.group,
+        letter.reason,
+        letter.error,
+        letter.traceback,
+        letter.attempts,
+        letter.event_id,
+        letter.position,
+        letter.stream,
+        letter.topic,
+        letter.envelope,
+        letter.raw,
+        first,
+        to_micros(letter.dead_at),
+        letter.state,
+    )
+
+
+def dead_letter_of(row: Sequence[Any]) -> DeadLetter:
+    (entry, group, reason, error, traceback, attempts, event_id, position, stream, topic) = row[:10]
+    envelope, raw, first_us, dead_us, state = row[10:15]
+    return DeadLetter(
+        id=entry,
+        group=group,
+        reason=reason,
+        error=error,
+        traceback=traceback,
+        attempts=attempts,
+        event_id=event_id,
+        position=position,
+        stream=stream,
+        topic=topic,
+        envelope=None if envelope is None else bytes(envelope),
+        raw=None if raw is None else bytes(raw),
+        first_failed=None if first_us is None else from_micros(first_us),
+        dead_at=from_micros(dead_us),
+        state=state,
+    )
+
+
+class LeasePlan(NamedTuple):
+    release: list[int]
+    claim: list[int]
+    keep: list[int]
+
+
+def plan_leases(partitions: int, members: Sequence[str], leases: dict[int, str], me: str) -> LeasePlan:
+    """My fair share of a group's partitions, given the live members and who holds what.
+
+    Members are ordered by name; with P partitions and N members the first P mod N members take
+    one more than P div N. A member over its share gives up its highest partitions; one under it
+    claims the lowest free ones. Each decides alone, from the same table, so the group converges
+    within one lease period without any coordinator.
+    """
+    ordered = sorted(set(members) | {me})
+    index = ordered.index(me)
+    base, extra = divmod(partitions, len(ordered))
+    share = base + (1 if index < extra else 0)
+    mine = sorted(p for p, holder in leases.items() if holder == me)
+    if len(mine) > share:
+        return LeasePlan(release=mine[share:], claim=[], keep=mine[:share])
+    free = [p for p in range(partitions) if p not in leases]
+    claim = free[: share - len(mine)]
+    return LeasePlan(release=[], claim=claim, keep=mine)
+
+
+def check_dead_letter_state(state: str) -> None:
+    if state not in DEAD_LETTER_STATES:
+        raise InvalidArgument(
+            f"dead letter state must be one of {', '.join(DEAD_LETTER_STATES)}, got {state!r}"
+        )

@@ -1,0 +1,314 @@
+"""The consumer runtime: a group's members share the log's partitions and hand each event to the
+group's handler, at least once, in order per partition key.
+
+Per event: undecodable -> DLQ ``malformed``; past its deadline -> DLQ ``expired``; in the inbox
+already -> skipped; else the handler runs, retried with backoff up to its budget, then DLQ
+``failed``. Whatever the outcome, the inbox record and the checkpoint commit in one transaction
+with the handler's unit of work, and only while this member still holds the partition's lease.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from tidings.domain.envelope import RecordedEvent, from_structured, to_structured
+from tidings.domain.events import Event
+from tidings.domain.topics import Pattern
+from tidings.errors import ConcurrencyError, MalformedEvent, TidingsError
+from tidings.ports import DeadLetter, StoreTransaction
+from tidings.runtime.deadlines import lateness
+from tidings.runtime.retries import Retry
+from tidings.runtime.unit_of_work import UnitOfWork
+
+if TYPE_CHECKING:
+    from tidings.runtime.app import App
+
+log = logging.getLogger("tidings.consumer")
+
+Handler = Callable[[Any, "Context"], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class Subscription:
+    """A group's handler for the events whose topic matches ``pattern``."""
+
+    pattern: Pattern
+    group: str
+    handler: Handler
+    retry: Retry = field(default_factory=Retry)
+    max_age: timedelta | None = None
+    batch_size: int = 100
+
+
+class LeaseLost(TidingsError):
+    """This member no longer holds the partition: another member processes it now."""
+
+
+class _AlreadyHandled(Exception):
+    """The inbox says the event was handled (by another delivery): roll back, move on."""
+
+
+class Context:
+    """What a handler knows: the envelope, where it is stored, the attempt, and its unit of work."""
+
+    def __init__(self, app: App, group: str, record: RecordedEvent, attempt: int) -> None:
+        self.app = app
+        self.group = group
+        self.record = record
+        self.envelope = record.envelope
+        self.attempt = attempt
+        self.correlation_id = record.envelope.correlationid or record.envelope.id
+        self.log = logging.LoggerAdapter(log, {"group": group, "event": record.envelope.id})
+        self._unit: UnitOfWork | None = None
+
+    @contextlib.asynccontextmanager
+    async def unit_of_work(self) -> Any:
+        """Effects made through it commit once, with the inbox record and the checkpoint."""
+        if self._unit is not None:
+            raise RuntimeError("a handler has one unit of work")
+        self._unit = UnitOfWork(loader=self.app.load, document_reader=self.app.store.get_document)
+        yield self._unit
+
+    async def publish(
+        self,
+        event: Event,
+        *,
+        key: str | None = None,
+        ttl: timedelta | None = None,
+        expires_at: datetime | None = None,
+    ) -> None:
+        """Publish now (outside any unit of work), carrying this event's correlation."""
+        await self.app.publish(
+            event,
+            key=key,
+            ttl=ttl,
+            expires_at=expires_at,
+            correlation_id=self.correlation_id,
+            causation_id=self.envelope.id,
+        )
+
+
+def member_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class GroupConsumer:
+    """One member of a group: holds leases on some partitions and works through them."""
+
+    def __init__(
+        self, app: App, subscription: Subscription, *, lease_ttl: float = 10.0, poll: float = 0.05
+    ) -> None:
+        self.app = app
+        self.subscription = subscription
+        self.group = subscription.group
+        self.member = member_id()
+        self.lease_ttl = lease_ttl
+        self.poll = poll
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._stopping = asyncio.Event()
+
+    def checkpoint_name(self, partition: int) -> str:
+        return f"group:{self.group}:{partition}"
+
+    async def run(self) -> None:
+        """Hold leases and work until ``stop``; then finish the event in hand and release."""
+        log.info("member %s of group %s starting", self.member, self.group)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self._rebalance()
+                    await self._redrive()
+                except Exception:
+                    # The store may be down for a while: keep trying; leases held meanwhile
+                    # expire, and other members take the partitions over.
+                    log.exception("group %s: member %s could not renew its leases", self.group, self.member)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.lease_ttl / 3)
+        finally:
+            for partition in list(self._tasks):
+                await self._stop_partition(partition)
+            with contextlib.suppress(TidingsError):
+                await self.app.log.release(self.group, self.member)
+            log.info("member %s of group %s stopped", self.member, self.group)
+
+    async def _rebalance(self) -> None:
+        held = set(await self.app.log.lease(self.group, self.member, ttl=self.lease_ttl))
+        for partition in list(self._tasks):
+            if partition not in held or self._tasks[partition].done():
+                await self._stop_partition(partition)
+        for partition in held - set(self._tasks):
+            self._tasks[partition] = asyncio.create_task(self._work(partition))
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def _stop_partition(self, partition: int) -> None:
+        task = self._tasks.pop(partition)
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, LeaseLost):
+            pass
+        except Exception:
+            log.exception("group %s: partition %d stopped on an error", self.group, partition)
+
+    async def _work(self, partition: int) -> None:
+        name = self.checkpoint_name(partition)
+        after = await self.app.store.get_checkpoint(name)
+        while not self._stopping.is_set():
+            batch = await self.app.log.read_partition(
+                partition, after=after, limit=self.subscription.batch_size
+            )
+            if not batch:
+                await self.app.wait_for_events(self.poll)
+                continue
+            skipped = None
+            for record in batch:
+                if self._stopping.is_set():
+                    break
+                if not self.subscription.pattern.matches(record.envelope.topic):
+                    skipped = record.position  # not for this group: only the checkpoint moves
+                    after = record.position
+                    continue
+                await self._process(partition, record)
+                after, skipped = record.position, None
+            if skipped is not None:
+                async with self.app.store.transaction() as tx:
+                    await self._checkpoint(tx, partition, skipped)
+
+    async def _checkpoint(self, tx: StoreTransaction, partition: int, position: int) -> None:
+        if not await tx.holds_lease(self.group, partition, self.member):
+            raise LeaseLost(f"member {self.member} lost partition {partition} of group {self.group}")
+        await tx.set_checkpoint(self.checkpoint_name(partition), position)
+
+    async def _process(self, partition: int | None, record: RecordedEvent, redrive: int = 0) -> bool:
+        """Handle one event to its end (done, skipped or dead-lettered); True if it was handled."""
+        app, envelope = self.app, record.envelope
+        try:
+            event = app.codec.decode(envelope)
+        except MalformedEvent as exc:
+            await self._dead(partition, record, "malformed", str(exc), "", 0, None, redrive)
+            return False
+        late = None if redrive else lateness(envelope, app.clock.now(), self.subscription.max_age)
+        if late is not None:
+            error = f"expired {late.total_seconds():.3f} s before it could be handled"
+            await self._dead(partition, record, "expired", error, "", 0, None, redrive)
+            return False
+        if not redrive and await app.log.handled(self.group, envelope.id):
+            if partition is not None:
+                async with app.store.transaction() as tx:
+                    await self._checkpoint(tx, partition, record.position)
+            return False
+        retry = self.subscription.retry
+        first_failure: datetime | None = None
+        for attempt in range(1, retry.attempts + 1):
+            context = Context(app, self.group, record, attempt)
+            try:
+                await self.subscription.handler(event, context)
+                await self._commit(partition, record, context, redrive)
+            except (LeaseLost, asyncio.CancelledError):
+                raise
+            except _AlreadyHandled:
+                return False
+            except Exception as exc:
+                first_failure = first_failure or app.clock.now()
+                if attempt == retry.attempts:
+                    trace = traceback.format_exc()
+                    error = f"{type(exc).__name__}: {exc}"
+                    await self._dead(
+                        partition, record, "failed", error, trace, attempt, first_failure, redrive
+                    )
+                    return False
+                log.warning(
+                    "group %s: %s (attempt %d of %d) failed: %s",
+                    self.group,
+                    envelope.id,
+                    attempt,
+                    retry.attempts,
+                    exc,
+                )
+                await app.clock.sleep(retry.delay(attempt))
+            else:
+                return True
+        return False
+
+    async def _commit(
+        self, partition: int | None, record: RecordedEvent, context: Context, redrive: int
+    ) -> None:
+        app, unit = self.app, context._unit
+        saved: list[Any] = []
+        async with app.store.transaction() as tx:
+            if unit is not None:
+                saved = await unit.apply(tx, app._envelopes_of(context), app._publication_of(context))
+            if not await tx.mark_handled(self.group, record.envelope.id):
+                raise _AlreadyHandled
+            if redrive:
+                await tx.settle_dead_letter(redrive, "redriven")
+            if partition is not None:
+                await self._checkpoint(tx, partition, record.position)
+        for aggregate, version in saved:
+            aggregate._saved(version)
+        if unit is not None and (unit.aggregates or unit.publications):
+            app.notify()
+
+    async def _dead(
+        self,
+        partition: int | None,
+        record: RecordedEvent,
+        reason: str,
+        error: str,
+        trace: str,
+        attempts: int,
+        first_failure: datetime | None,
+        redrive: int,
+    ) -> None:
+        envelope = record.envelope
+        log.error("group %s: dead-lettering %s (%s): %s", self.group, envelope.id, reason, error)
+        try:
+            document = to_structured(envelope)
+        except MalformedEvent:
+            document = None
+        letter = DeadLetter(
+            group=self.group,
+            reason=reason,
+            error=error,
+            traceback=trace,
+            attempts=attempts,
+            event_id=envelope.id,
+            position=record.position,
+            stream=record.stream,
+            topic=envelope.topic,
+            envelope=document,
+            raw=None if document else envelope.data,
+            first_failed=first_failure,
+            dead_at=self.app.clock.now(),
+        )
+        async with self.app.store.transaction() as tx:
+            if redrive:
+                await tx.settle_dead_letter(redrive, "dead")
+            else:
+                await tx.dead_letter(letter)
+            if partition is not None:
+                await self._checkpoint(tx, partition, record.position)
+
+    async def _redrive(self) -> None:
+        """Hand the group's dead letters that an operator asked to redrive to its handler again;
+        only this group sees them, whatever other groups read the same event."""
+        for letter in await self.app.log.dead_letters(self.group, state="redrive", limit=100):
+            if letter.envelope is None:
+                await self.app.log.set_dead_letter_state([letter.id], "dead")
+                continue
+            envelope = from_structured(letter.envelope, max_size=self.app.codec.max_size)
+            record = RecordedEvent(envelope, letter.stream or "", 0, letter.position or 0)
+            with contextlib.suppress(ConcurrencyError):
+                await self._process(None, record, redrive=letter.id)

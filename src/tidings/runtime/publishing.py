@@ -1,0 +1,72 @@
+"""Publishing: events become envelopes with their routing (key, deadline) and their lineage
+(correlation and causation), and are appended to the log."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from tidings.domain.aggregate import Aggregate
+from tidings.domain.envelope import Envelope
+from tidings.domain.ids import uuid7
+from tidings.errors import InvalidArgument
+from tidings.runtime.codec import Codec
+from tidings.runtime.unit_of_work import Publication
+
+
+@dataclass(frozen=True, slots=True)
+class Lineage:
+    """Where new events come from: the correlation they join and the event that caused them."""
+
+    correlation_id: str | None = None
+    causation_id: str | None = None
+
+
+def deadline(now: datetime, ttl: timedelta | None, expires_at: datetime | None) -> datetime | None:
+    if ttl is not None and expires_at is not None:
+        raise InvalidArgument("give ttl or expires_at, not both")
+    if ttl is not None:
+        if ttl <= timedelta(0):
+            raise InvalidArgument(f"ttl must be positive, got {ttl}")
+        return now + ttl
+    if expires_at is not None and expires_at.tzinfo is None:
+        raise InvalidArgument("expires_at needs a time zone")
+    return expires_at
+
+
+def publication_envelope(
+    codec: Codec, publication: Publication, now: datetime, lineage: Lineage
+) -> tuple[str, Envelope]:
+    """The stream and envelope of a published event.
+
+    With a key, the event joins the key's stream, so events of one key keep their order; without
+    one, it is a stream of its own (its id), spread over the partitions.
+    """
+    event_id = uuid7()
+    stream = publication.key or event_id
+    envelope = codec.encode(
+        publication.event,
+        event_id=event_id,
+        subject=stream,
+        time=now,
+        correlation_id=lineage.correlation_id,
+        causation_id=lineage.causation_id,
+        expires_at=deadline(now, publication.ttl, publication.expires_at),
+        partition_key=publication.key,
+    )
+    return stream, envelope
+
+
+def aggregate_envelopes(
+    codec: Codec, aggregate: Aggregate, now: datetime, lineage: Lineage
+) -> list[Envelope]:
+    return [
+        codec.encode(
+            event,
+            subject=aggregate.stream,
+            time=now,
+            correlation_id=lineage.correlation_id,
+            causation_id=lineage.causation_id,
+        )
+        for event in aggregate.pending
+    ]

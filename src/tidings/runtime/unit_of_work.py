@@ -1,0 +1,106 @@
+"""The unit of work: what a handler changes, committed in one transaction with the group's inbox
+record and checkpoint, so that its effects happen exactly once however often the event arrives.
+
+Aggregates saved and events published through it are appended at commit; document writes are
+buffered (and read back by the same unit of work) and applied at commit. The transaction is
+short: it opens at commit time, not while the handler awaits other things.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, TypeVar
+
+import msgspec
+
+from tidings.domain.aggregate import Aggregate
+from tidings.domain.envelope import Envelope
+from tidings.domain.events import Event
+from tidings.ports import StoreTransaction
+
+A = TypeVar("A", bound=Aggregate)
+T = TypeVar("T")
+
+_DELETED = object()
+
+
+@dataclass
+class Publication:
+    event: Event
+    key: str | None = None
+    ttl: timedelta | None = None
+    expires_at: datetime | None = None
+
+
+@dataclass
+class UnitOfWork:
+    """Collects a handler's effects; ``commit`` writes them with the inbox and checkpoint."""
+
+    loader: Callable[[type[Any], str], Awaitable[Any]]
+    document_reader: Callable[[str, str], Awaitable[bytes | None]]
+    aggregates: list[Aggregate] = field(default_factory=list)
+    publications: list[Publication] = field(default_factory=list)
+    documents: dict[tuple[str, str], object] = field(default_factory=dict)
+
+    async def load(self, cls: type[A], id: str) -> A:
+        """Load an aggregate; saving it later checks that nobody saved it meanwhile."""
+        aggregate: A = await self.loader(cls, id)
+        return aggregate
+
+    def save(self, aggregate: Aggregate) -> None:
+        """Save the aggregate's new events at commit (with optimistic concurrency)."""
+        if aggregate not in self.aggregates:
+            self.aggregates.append(aggregate)
+
+    def publish(
+        self,
+        event: Event,
+        *,
+        key: str | None = None,
+        ttl: timedelta | None = None,
+        expires_at: datetime | None = None,
+    ) -> None:
+        """Publish an event at commit; it inherits the handled event's correlation."""
+        self.publications.append(Publication(event, key, ttl, expires_at))
+
+    async def get(self, collection: str, key: str, type: type[T]) -> T | None:
+        value = self.documents.get((collection, key))
+        if value is _DELETED:
+            return None
+        if value is not None:
+            return msgspec.convert(value, type)
+        raw = await self.document_reader(collection, key)
+        return None if raw is None else msgspec.json.decode(raw, type=type)
+
+    def put(self, collection: str, key: str, value: object) -> None:
+        self.documents[(collection, key)] = msgspec.to_builtins(value)
+
+    def delete(self, collection: str, key: str) -> None:
+        self.documents[(collection, key)] = _DELETED
+
+    async def apply(
+        self,
+        tx: StoreTransaction,
+        envelopes_of: Callable[[Aggregate], list[Envelope]],
+        publish: Callable[[Publication], tuple[str, Envelope]],
+    ) -> list[tuple[Aggregate, int]]:
+        """Write every effect inside ``tx``; returns each saved aggregate with its new version,
+        to be marked saved once the transaction has committed."""
+        saved: list[tuple[Aggregate, int]] = []
+        for aggregate in self.aggregates:
+            if aggregate.pending:
+                records = await tx.append(
+                    aggregate.stream, envelopes_of(aggregate), expected_version=aggregate.version
+                )
+                saved.append((aggregate, records[-1].version))
+        for publication in self.publications:
+            stream, envelope = publish(publication)
+            await tx.append(stream, [envelope])
+        for (collection, key), value in self.documents.items():
+            if value is _DELETED:
+                await tx.delete_document(collection, key)
+            else:
+                await tx.put_document(collection, key, msgspec.json.encode(value))
+        return saved

@@ -1,0 +1,284 @@
+"""The bus: consumer groups over the log, asserted on every backend."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+
+import msgspec
+
+from tidings.domain.envelope import Envelope
+from tidings.runtime.app import App
+from tidings.runtime.consuming import Context
+from tidings.runtime.retries import Retry
+from tidings.testing.clock import ManualClock
+from tidings.testing.conformance.events import Alarm, Ping, Pong, unique
+from tidings.testing.eventually import eventually
+
+_running: dict[int, contextlib.AbstractAsyncContextManager[App]] = {}
+
+
+async def stack_running(app: App) -> None:
+    """Start an app's consumers in the middle of a test (``stop_running`` ends them)."""
+    _running[id(app)] = app.running(**RUN)
+    await _running[id(app)].__aenter__()
+
+
+async def stop_running(app: App) -> None:
+    await _running.pop(id(app)).__aexit__(None, None, None)
+
+
+FAST = Retry(attempts=3, backoff=0.01, max_backoff=0.02)
+RUN = {"lease_ttl": 2.0, "poll": 0.02}
+
+
+async def test_every_group_gets_every_matching_event(store_url: str) -> None:
+    app = App("bus", store=store_url)
+    seen: dict[str, list[int]] = defaultdict(list)
+
+    @app.subscribe("conformance.bus.*", group="audit")
+    async def audit(event: Ping, ctx: Context) -> None:
+        seen["audit"].append(event.n)
+
+    @app.subscribe("conformance.bus.ping", group="billing")
+    async def billing(event: Ping, ctx: Context) -> None:
+        seen["billing"].append(event.n)
+
+    async with app, app.running(**RUN):
+        for n in range(20):
+            await app.publish(Ping(key=f"k{n % 4}", n=n), key=f"k{n % 4}")
+        await app.publish(Alarm(level=1))  # matches neither pattern
+        await eventually(lambda: len(seen["audit"]) == 20 and len(seen["billing"]) == 20)
+    assert sorted(seen["audit"]) == sorted(seen["billing"]) == list(range(20))
+
+
+async def test_order_per_key_with_competing_members(store_url: str) -> None:
+    """Two members share the partitions (the second joins while the first works, so partitions
+    move); each key's effects land once each, in publishing order."""
+    members: dict[str, set[str]] = defaultdict(set)
+    apps = [App(f"worker{i}", store=store_url) for i in range(2)]
+    keys = [f"order-{k}" for k in range(12)]
+    for app in apps:
+
+        @app.subscribe("conformance.bus.ping", group="workers")
+        async def work(event: Ping, ctx: Context, app: App = app) -> None:
+            members[app.name].add(event.key)
+            async with ctx.unit_of_work() as uow:
+                seen = await uow.get("order", event.key, list[int]) or []
+                uow.put("order", event.key, [*seen, event.n])
+
+    async def all_done() -> bool:
+        for key in keys:
+            if await apps[0].store.get_document("order", key) != msgspec.json.encode(list(range(10))):
+                return False
+        return True
+
+    async with apps[0], apps[1], apps[0].running(**RUN):
+        for n in range(10):
+            for key in keys:
+                await apps[n % 2].publish(Ping(key=key, n=n), key=key)
+            if n == 3:
+                await stack_running(apps[1])
+        await eventually(all_done, within=20)
+        await stop_running(apps[1])
+    assert all(members.values()), "both members should have had partitions"
+
+
+async def test_a_new_group_replays_from_the_start_at_its_own_pace(store_url: str) -> None:
+    publisher = App("publisher", store=store_url)
+    async with publisher:
+        for n in range(15):
+            await publisher.publish(Ping(key="k", n=n), key="k")
+    late = App("late", store=store_url)
+    got: list[int] = []
+
+    @late.subscribe("conformance.>", group="late-joiner")
+    async def catch_up(event: Ping, ctx: Context) -> None:
+        got.append(event.n)
+
+    async with late, late.running(**RUN):
+        await eventually(lambda: len(got) == 15)
+        await late.publish(Ping(key="k", n=15), key="k")
+        await eventually(lambda: len(got) == 16)
+    assert got == list(range(16))
+
+
+async def test_effects_through_the_unit_of_work_happen_once(store_url: str) -> None:
+    app = App("bus", store=store_url)
+    calls: list[int] = []
+
+    @app.subscribe("conformance.bus.ping", group="counter")
+    async def count(event: Ping, ctx: Context) -> None:
+        calls.append(event.n)
+        async with ctx.unit_of_work() as uow:
+            total = await uow.get("totals", event.key, int) or 0
+            uow.put("totals", event.key, total + event.n)
+            uow.publish(Pong(key=event.key, n=event.n), key=event.key)
+
+    async with app:
+        async with app.running(**RUN):
+            for n in range(1, 6):
+                await app.publish(Ping(key="sum", n=n), key="sum")
+            await eventually(lambda: len(calls) == 5)
+            await eventually(lambda: app_total(app, "sum", 15))
+        # Redelivery: the group's checkpoints go back to 0; the inbox recognises every event.
+        async with app.store.transaction() as tx:
+            for partition in range(app.log.partitions):
+                await tx.set_checkpoint(f"group:counter:{partition}", 0)
+        async with app.running(**RUN):
+            await asyncio.sleep(0.5)
+        assert calls == [1, 2, 3, 4, 5]
+        assert await app.store.get_document("totals", "sum") == b"15"
+        pongs = [s.event async for s in app.read_log(pattern="conformance.bus.pong")]
+        assert [p.n for p in pongs if isinstance(p, Pong)] == [1, 2, 3, 4, 5]
+
+
+async def app_total(app: App, key: str, expected: int) -> bool:
+    return await app.store.get_document("totals", key) == str(expected).encode()
+
+
+async def test_published_events_carry_correlation_and_causation(store_url: str) -> None:
+    app = App("bus", store=store_url)
+
+    @app.subscribe("conformance.bus.ping", group="replier")
+    async def reply(event: Ping, ctx: Context) -> None:
+        async with ctx.unit_of_work() as uow:
+            uow.publish(Pong(key=event.key, n=event.n), key=event.key)
+
+    async with app, app.running(**RUN):
+        first = await app.publish(Ping(key="c", n=1), key="c", correlation_id="journey-7")
+        second = await app.publish(Ping(key="c", n=2), key="c")
+
+        async def pongs() -> list[Envelope]:
+            return [s.envelope async for s in app.read_log(pattern="conformance.bus.pong")]
+
+        await eventually(lambda: _count(pongs, 2))
+        replies = await pongs()
+    assert [(e.correlationid, e.causationid) for e in replies] == [
+        ("journey-7", first.envelope.id),
+        (second.envelope.id, second.envelope.id),
+    ]
+
+
+async def _count(source: object, n: int) -> bool:
+    assert callable(source)
+    return len(await source()) == n
+
+
+async def test_a_poison_event_is_dead_lettered_and_does_not_block_others(store_url: str) -> None:
+    app = App("bus", store=store_url)
+    handled: list[tuple[str, int]] = []
+    attempts: list[int] = []
+
+    @app.subscribe("conformance.bus.ping", group="picky", retry=FAST)
+    async def picky(event: Ping, ctx: Context) -> None:
+        if event.n == 3:
+            attempts.append(ctx.attempt)
+            raise ValueError("three is right out")
+        handled.append((event.key, event.n))
+
+    async with app, app.running(**RUN):
+        for n in range(6):
+            await app.publish(Ping(key="a", n=n), key="a")
+            await app.publish(Ping(key="b", n=n), key="b")
+        await eventually(lambda: len(handled) == 10)
+        letters = await app.dead_letters("picky")
+    assert sorted(attempts) == [1, 1, 2, 2, 3, 3]  # two keys, failing side by side
+    assert sorted(handled) == sorted((k, n) for k in "ab" for n in range(6) if n != 3)
+    assert len(letters) == 2 and {letter.reason for letter in letters} == {"failed"}
+    letter = letters[0]
+    assert letter.attempts == 3 and "three is right out" in letter.error
+    assert "ValueError" in letter.traceback and letter.envelope is not None
+    assert letter.first_failed is not None and letter.first_failed <= letter.dead_at
+
+
+async def test_redrive_goes_to_the_dead_lettering_group_only(store_url: str) -> None:
+    app = App("bus", store=store_url)
+    broken = {"on": True}
+    fixed: list[int] = []
+    bystander: list[int] = []
+
+    @app.subscribe("conformance.bus.ping", group="fragile", retry=Retry(attempts=1))
+    async def fragile(event: Ping, ctx: Context) -> None:
+        if broken["on"]:
+            raise RuntimeError("downstream is down")
+        fixed.append(event.n)
+
+    @app.subscribe("conformance.bus.ping", group="bystander")
+    async def other(event: Ping, ctx: Context) -> None:
+        bystander.append(event.n)
+
+    async with app, app.running(**RUN):
+        await app.publish(Ping(key="r", n=7), key="r")
+        await eventually(lambda: _letters(app, "fragile", 1))
+        broken["on"] = False
+        (letter,) = await app.dead_letters("fragile")
+        assert await app.redrive([letter.id]) == 1
+        await eventually(lambda: fixed == [7])
+
+        async def settled() -> bool:  # the handler ran; its commit settles the letter
+            return [x.state for x in await app.dead_letters("fragile", state=None)] == ["redriven"]
+
+        await eventually(settled)
+        assert await app.dead_letters("fragile") == []
+    assert bystander == [7]
+
+
+async def _letters(app: App, group: str, n: int) -> bool:
+    return len(await app.dead_letters(group)) == n
+
+
+async def test_an_expired_event_never_reaches_a_handler(store_url: str) -> None:
+    clock = ManualClock(datetime.now(UTC))
+    app = App("bus", store=store_url, clock=clock)
+    handled: list[int] = []
+
+    @app.subscribe("conformance.bus.ping", group="timely", max_age=timedelta(minutes=5))
+    async def timely(event: Ping, ctx: Context) -> None:
+        handled.append(event.n)
+
+    async with app:
+        await app.publish(Ping(key="t", n=1), key="t", ttl=timedelta(seconds=30))
+        await app.publish(Ping(key="t", n=2), key="t")  # no deadline of its own: max_age holds
+        await app.publish(Ping(key="t", n=3), key="t", ttl=timedelta(hours=1))
+        clock.advance(timedelta(minutes=2))  # past the first one's ttl, within max_age
+        async with app.running(**RUN):
+            await eventually(lambda: handled == [2, 3])
+        clock.advance(timedelta(minutes=10))  # everything is older than max_age now
+        await app.publish(Ping(key="t", n=4), key="t")
+        clock.advance(timedelta(minutes=6))
+        async with app.running(**RUN):
+            await eventually(lambda: _letters(app, "timely", 2))
+        letters = await app.dead_letters("timely")
+    assert handled == [2, 3]
+    assert [letter.reason for letter in letters] == ["expired", "expired"]
+    assert "expired 90.000 s" in letters[0].error  # 2 min after a 30 s ttl
+    assert "expired 60.000 s" in letters[1].error  # 6 min after it was published, max_age 5 min
+
+
+async def test_an_undecodable_event_is_dead_lettered_as_malformed(store_url: str) -> None:
+    app = App("bus", store=store_url)
+    handled: list[int] = []
+
+    @app.subscribe("conformance.bus.>", group="sturdy")
+    async def sturdy(event: Ping, ctx: Context) -> None:
+        handled.append(event.n)
+
+    stray = Envelope(
+        id=unique("stray"),
+        source="elsewhere",
+        type="conformance.NobodyKnowsMe",
+        topic="conformance.bus.stray",
+        time=datetime.now(UTC),
+        data=b'{"what":"ever"}',
+    )
+    async with app, app.running(**RUN):
+        await app.publish(Ping(key="m", n=1), key="m")
+        await app.store.append("m", [stray])
+        await app.publish(Ping(key="m", n=2), key="m")
+        await eventually(lambda: handled == [1, 2])
+        letters = await app.dead_letters("sturdy")
+    assert [(x.reason, x.event_id) for x in letters] == [("malformed", stray.id)]
+    assert "unknown event type" in letters[0].error
