@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 import time
 from collections.abc import Callable, Sequence
@@ -25,9 +26,13 @@ from tidings.errors import ConcurrencyError
 from tidings.ports import DeadLetter, ExpectedVersion, Snapshot
 
 T = TypeVar("T")
+log = logging.getLogger("tidings.sqlite")
 
 
 def begin(connection: sqlite3.Connection) -> None:
+    if connection.in_transaction:  # never expected; would otherwise wedge every later write
+        log.error("the SQLite writer was left inside a transaction; rolling it back")
+        connection.execute("ROLLBACK")
     connection.execute("BEGIN IMMEDIATE")
 
 
@@ -41,7 +46,7 @@ def rollback(connection: sqlite3.Connection) -> None:
 
 
 def in_transaction(connection: sqlite3.Connection, step: Callable[..., T], *args: Any) -> T:
-    connection.execute("BEGIN IMMEDIATE")
+    begin(connection)
     try:
         result = step(connection, *args)
         connection.execute("COMMIT")

@@ -353,15 +353,17 @@ class SqliteStore:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
         async with self._write_lock:
-            await self._write(steps.begin)
-            tx = SqliteTransaction(self)
             try:
-                yield tx
+                await self._write(steps.begin)
+                yield SqliteTransaction(self)
+                await self._write(steps.commit)
             except BaseException:
+                # Also when cancelled while BEGIN or COMMIT was running on the writer thread:
+                # the connection must never be handed on inside a transaction (it would hold
+                # the database's write lock). The thread runs the rollback even if we are
+                # cancelled again while waiting for it; it is a no-op outside a transaction.
                 await asyncio.shield(self._write(steps.rollback))
                 raise
-            else:
-                await self._write(steps.commit)
 
     # -- integrity -------------------------------------------------------------------------
 
