@@ -58,7 +58,7 @@ class StoreTransaction(Protocol):
         """Whether ``member`` still holds the partition: checked before a checkpoint commits,
         so that a member that lost its lease (paused, partitioned away) cannot move it."""
 
-    async def mark_handled(self, group: str, event_id: str) -> bool:
+    async def mark_handled(self, group: str, event_id: str, attempts: int = 1) -> bool:
         """Record the event in the group's inbox; False if it was there already (a duplicate)."""
 
     async def dead_letter(self, letter: DeadLetter) -> int:
@@ -88,6 +88,22 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     state: str = "dead"  # "dead", "redrive" (asked for), "redriven" (handled), "purged"
 
 
+class Handling(msgspec.Struct, frozen=True):
+    """How one group dealt with one event: handled (and when, after how many attempts) or
+    dead-lettered (and why)."""
+
+    group: str
+    event_id: str
+    outcome: str  # "handled" or the dead letter's reason
+    attempts: int
+    at: datetime
+
+
+class Trace(msgspec.Struct, frozen=True):
+    events: list[RecordedEvent]
+    handlings: list[Handling]
+
+
 @runtime_checkable
 class Log(Protocol):
     """The log as consumer groups read it: partitions, leases and per-group checkpoints."""
@@ -109,6 +125,9 @@ class Log(Protocol):
 
     async def handled(self, group: str, event_id: str) -> bool:
         """Whether the event is in the group's inbox (handled before: a duplicate)."""
+
+    async def trace(self, correlation_id: str, *, limit: int = 1000) -> Trace:
+        """Every event of a correlation (and its root), with how each group dealt with it."""
 
     async def dead_letters(
         self, group: str | None = None, *, state: str | None = None, limit: int = 100

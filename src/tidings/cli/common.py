@@ -109,14 +109,16 @@ def run_with_store(
     *,
     interrupt_code: int = EXIT_INTERRUPTED,
     exit_codes: Mapping[type[TidingsError], int] | None = None,
+    writable: bool = False,
 ) -> T:
     """Open the store at ``url`` (never creating one), run ``work`` on it, close it.
 
     Every ``TidingsError`` becomes one red line and exit code 2 (or the code ``exit_codes`` gives
-    its class); Ctrl-C exits quietly with ``interrupt_code``.
+    its class); Ctrl-C exits quietly with ``interrupt_code``. ``writable`` opens a store that
+    must exist already for writing (dead letter commands); otherwise it is opened read-only.
     """
     try:
-        return asyncio.run(_on_store(url, work))
+        return asyncio.run(_on_store(url, work, writable))
     except TidingsError as exc:
         code = next((code for kind, code in (exit_codes or {}).items() if isinstance(exc, kind)), EXIT_ERROR)
         fail(scrub(str(exc) or type(exc).__name__, url), code=code)
@@ -124,8 +126,12 @@ def run_with_store(
         raise typer.Exit(interrupt_code) from None
 
 
-async def _on_store(url: str, work: Callable[[EventStore], Awaitable[T]]) -> T:
+async def _on_store(url: str, work: Callable[[EventStore], Awaitable[T]], writable: bool) -> T:
     store = open_store(url, create=False)
+    if writable:  # it must exist (checked read-only first); then it is opened for writing
+        await store.open()
+        await store.close()
+        store = open_store(url, create=True)
     try:
         await store.open()
         result = await work(store)

@@ -28,6 +28,7 @@ from tidings.cli.common import (
     run_with_store,
     stdout,
 )
+from tidings.cli.operations import dlq_app, run, trace
 from tidings.cli.render import (
     events_table,
     log_line,
@@ -50,6 +51,11 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_show_locals=False,  # a local may hold a store URL with its password
 )
+
+
+app.add_typer(dlq_app, name="dlq")
+app.command("run")(run)
+app.command("trace")(trace)
 
 
 def _package_version() -> str:

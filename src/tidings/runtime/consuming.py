@@ -106,7 +106,13 @@ class GroupConsumer:
     """One member of a group: holds leases on some partitions and works through them."""
 
     def __init__(
-        self, app: App, subscription: Subscription, *, lease_ttl: float = 10.0, poll: float = 0.05
+        self,
+        app: App,
+        subscription: Subscription,
+        *,
+        lease_ttl: float = 10.0,
+        poll: float = 0.05,
+        grace: float = 5.0,
     ) -> None:
         self.app = app
         self.subscription = subscription
@@ -114,6 +120,7 @@ class GroupConsumer:
         self.member = member_id()
         self.lease_ttl = lease_ttl
         self.poll = poll
+        self.grace = grace
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
 
@@ -135,6 +142,11 @@ class GroupConsumer:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.lease_ttl / 3)
         finally:
+            # Graceful: each partition finishes the event in hand (its loop checks for the stop
+            # between events); what is still running after the grace period is cancelled, and
+            # its uncommitted event is redelivered to whoever takes the partition next.
+            if self._tasks:
+                await asyncio.wait(list(self._tasks.values()), timeout=self.grace)
             for partition in list(self._tasks):
                 await self._stop_partition(partition)
             with contextlib.suppress(TidingsError):
@@ -250,7 +262,7 @@ class GroupConsumer:
         async with app.store.transaction() as tx:
             if unit is not None:
                 saved = await unit.apply(tx, app._envelopes_of(context), app._publication_of(context))
-            if not await tx.mark_handled(self.group, record.envelope.id):
+            if not await tx.mark_handled(self.group, record.envelope.id, context.attempt):
                 raise _AlreadyHandled
             if redrive:
                 await tx.settle_dead_letter(redrive, "redriven")

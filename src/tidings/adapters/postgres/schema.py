@@ -22,6 +22,7 @@ CREATE: Final = (
         partition INTEGER NOT NULL,
         id TEXT NOT NULL UNIQUE,
         topic TEXT NOT NULL,
+        correlation_id TEXT,
         time_us BIGINT NOT NULL,
         meta BYTEA NOT NULL,
         data BYTEA NOT NULL,
@@ -54,6 +55,7 @@ CREATE: Final = (
         PRIMARY KEY (collection, key)
     )""",
     """CREATE INDEX IF NOT EXISTS tidings_events_by_partition ON tidings_events (partition, position)""",
+    "CREATE INDEX IF NOT EXISTS tidings_events_by_correlation ON tidings_events (correlation_id)",
     """CREATE TABLE IF NOT EXISTS tidings_members (
         group_name TEXT NOT NULL,
         member TEXT NOT NULL,
@@ -71,6 +73,7 @@ CREATE: Final = (
         group_name TEXT NOT NULL,
         event_id TEXT NOT NULL,
         handled_us BIGINT NOT NULL,
+        attempts INTEGER NOT NULL,
         PRIMARY KEY (group_name, event_id)
     )""",
     """CREATE TABLE IF NOT EXISTS tidings_dead_letters (
@@ -112,8 +115,8 @@ EXISTING_IDS: Final = f"SELECT {SELECT_COLUMNS} FROM tidings_events WHERE id = A
 # One statement for a whole batch: each column travels as one array, in binary.
 INSERT_EVENTS: Final = (
     f"INSERT INTO tidings_events ({INSERT_COLUMNS})"
-    " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::int[], %b::text[], %b::text[], %b::bigint[],"
-    " %b::bytea[], %b::bytea[], %b::bytea[])"
+    " SELECT * FROM unnest(%b::text[], %b::bigint[], %b::int[], %b::text[], %b::text[], %b::text[],"
+    " %b::bigint[], %b::bytea[], %b::bytea[], %b::bytea[])"
     " RETURNING version, position"
 )
 UPSERT_HEAD: Final = (

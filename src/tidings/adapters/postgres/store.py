@@ -29,6 +29,7 @@ from tidings.adapters.sql.consumers import (
     check_dead_letter_state,
     dead_letter_of,
     dead_letter_row,
+    handlings_of,
     plan_leases,
 )
 from tidings.adapters.sql.reads import StreamQuery, follow_log, snapshot_query
@@ -43,7 +44,7 @@ from tidings.errors import (
     IntegrityError,
     TidingsError,
 )
-from tidings.ports import ANY, DeadLetter, ExpectedVersion, Snapshot, StreamInfo
+from tidings.ports import ANY, DeadLetter, ExpectedVersion, Snapshot, StreamInfo, Trace
 
 CONSUMERS = ConsumerSql.dialect("%s", row_lock=" FOR UPDATE")
 ID_KEY = "tidings_events_id_key"  # the unique constraint on event ids, named by PostgreSQL
@@ -316,6 +317,17 @@ class PostgresStore:
             cursor = await connection.execute(CONSUMERS.handled, (group, event_id))
             return await cursor.fetchone() is not None
 
+    async def trace(self, correlation_id: str, *, limit: int = 1000) -> Trace:
+        key = (correlation_id, correlation_id)
+        async with self._connection() as connection, connection.cursor(binary=True) as cursor:
+            await cursor.execute(CONSUMERS.trace_events, (*key, limit))
+            events = records_of(await cursor.fetchall())
+            await cursor.execute(CONSUMERS.trace_inbox, key)
+            inbox = await cursor.fetchall()
+            await cursor.execute(CONSUMERS.trace_dead_letters, key)
+            dead = await cursor.fetchall()
+        return Trace(events=events, handlings=handlings_of(inbox, dead))
+
     async def dead_letters(
         self, group: str | None = None, *, state: str | None = None, limit: int = 100
     ) -> list[DeadLetter]:
@@ -396,9 +408,9 @@ class PostgresTransaction:
         cursor = await self._connection.execute(CONSUMERS.holds_lease, (group, partition, member, now))
         return await cursor.fetchone() is not None
 
-    async def mark_handled(self, group: str, event_id: str) -> bool:
+    async def mark_handled(self, group: str, event_id: str, attempts: int = 1) -> bool:
         cursor = await self._connection.execute(
-            CONSUMERS.mark_handled, (group, event_id, time.time_ns() // 1000)
+            CONSUMERS.mark_handled, (group, event_id, time.time_ns() // 1000, attempts)
         )
         return cursor.rowcount == 1
 

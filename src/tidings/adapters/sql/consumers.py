@@ -11,7 +11,7 @@ from typing import Any, Final, NamedTuple
 
 from tidings.adapters.sql.rows import LOG_COLUMNS, from_micros
 from tidings.errors import InvalidArgument
-from tidings.ports import DeadLetter
+from tidings.ports import DeadLetter, Handling
 
 #: Columns of ``tidings_dead_letters`` in the order they are written and read (after ``id``).
 DEAD_LETTER_COLUMNS: Final = (
@@ -39,6 +39,9 @@ class ConsumerSql(NamedTuple):
     insert_dead_letter: str
     dead_letters: str
     set_dead_letter_state: str
+    trace_events: str
+    trace_inbox: str
+    trace_dead_letters: str
 
     @classmethod
     def dialect(cls, m: str, row_lock: str = "") -> ConsumerSql:
@@ -75,7 +78,8 @@ class ConsumerSql(NamedTuple):
             ),
             handled=f"SELECT 1 FROM tidings_inbox WHERE group_name = {m} AND event_id = {m}",
             mark_handled=(
-                f"INSERT INTO tidings_inbox (group_name, event_id, handled_us) VALUES ({m}, {m}, {m})"
+                "INSERT INTO tidings_inbox (group_name, event_id, handled_us, attempts)"
+                f" VALUES ({m}, {m}, {m}, {m})"
                 " ON CONFLICT (group_name, event_id) DO NOTHING"
             ),
             insert_dead_letter=(
@@ -90,6 +94,18 @@ class ConsumerSql(NamedTuple):
                 f" ORDER BY id LIMIT {m}"
             ),
             set_dead_letter_state=f"UPDATE tidings_dead_letters SET state = {m} WHERE id = {m}",
+            trace_events=(
+                f"SELECT {LOG_COLUMNS} FROM tidings_events WHERE correlation_id = {m} OR id = {m}"
+                f" ORDER BY position LIMIT {m}"
+            ),
+            trace_inbox=(
+                "SELECT i.group_name, i.event_id, i.attempts, i.handled_us FROM tidings_inbox i"
+                f" JOIN tidings_events e ON e.id = i.event_id WHERE e.correlation_id = {m} OR e.id = {m}"
+            ),
+            trace_dead_letters=(
+                "SELECT d.group_name, d.event_id, d.reason, d.attempts, d.dead_us FROM tidings_dead_letters d"
+                f" JOIN tidings_events e ON e.id = d.event_id WHERE e.correlation_id = {m} OR e.id = {m}"
+            ),
         )
 
 
@@ -166,3 +182,16 @@ def check_dead_letter_state(state: str) -> None:
         raise InvalidArgument(
             f"dead letter state must be one of {', '.join(DEAD_LETTER_STATES)}, got {state!r}"
         )
+
+
+def handlings_of(inbox: Sequence[Sequence[Any]], dead: Sequence[Sequence[Any]]) -> list[Handling]:
+    """How groups dealt with traced events, from inbox rows and dead letter rows, by time."""
+    handled = [
+        Handling(group=group, event_id=event_id, outcome="handled", attempts=attempts, at=from_micros(at))
+        for group, event_id, attempts, at in inbox
+    ]
+    letters = [
+        Handling(group=group, event_id=event_id, outcome=reason, attempts=attempts, at=from_micros(at))
+        for group, event_id, reason, attempts, at in dead
+    ]
+    return sorted(handled + letters, key=lambda h: h.at)

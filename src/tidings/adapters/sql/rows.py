@@ -85,7 +85,7 @@ def unpack_meta(meta: bytes, position: int) -> Meta:
 
 
 #: Columns in the order rows are written.
-INSERT_COLUMNS: Final = "stream, version, partition, id, topic, time_us, meta, data, hash"
+INSERT_COLUMNS: Final = "stream, version, partition, id, topic, correlation_id, time_us, meta, data, hash"
 #: What a read of the log selects: where the event is, and the envelope.
 LOG_COLUMNS: Final = "position, stream, version, id, topic, meta, data"
 #: What a read of a stream selects: the same and the hash.
@@ -112,6 +112,7 @@ class NewRow(NamedTuple):
     partition: int
     id: str
     topic: str
+    correlation_id: str | None  # for `tidings trace`; the packed meta holds it too
     time_us: int
     meta: bytes
     data: bytes
@@ -141,6 +142,7 @@ def plan_rows(
                 partition_of(envelope.partitionkey or stream),
                 envelope.id,
                 envelope.topic,
+                envelope.correlationid or envelope.id,
                 to_micros(envelope.time),
                 meta,
                 envelope.data,

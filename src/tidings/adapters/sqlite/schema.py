@@ -22,6 +22,7 @@ CREATE: Final = (
         partition INTEGER NOT NULL,
         id TEXT NOT NULL UNIQUE,
         topic TEXT NOT NULL,
+        correlation_id TEXT,
         time_us INTEGER NOT NULL,
         meta BLOB NOT NULL,
         data BLOB NOT NULL,
@@ -54,6 +55,7 @@ CREATE: Final = (
         PRIMARY KEY (collection, key)
     )""",
     """CREATE INDEX IF NOT EXISTS tidings_events_by_partition ON tidings_events (partition, position)""",
+    "CREATE INDEX IF NOT EXISTS tidings_events_by_correlation ON tidings_events (correlation_id)",
     """CREATE TABLE IF NOT EXISTS tidings_members (
         group_name TEXT NOT NULL,
         member TEXT NOT NULL,
@@ -71,6 +73,7 @@ CREATE: Final = (
         group_name TEXT NOT NULL,
         event_id TEXT NOT NULL,
         handled_us INTEGER NOT NULL,
+        attempts INTEGER NOT NULL,
         PRIMARY KEY (group_name, event_id)
     )""",
     """CREATE TABLE IF NOT EXISTS tidings_dead_letters (

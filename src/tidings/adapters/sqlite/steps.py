@@ -16,14 +16,20 @@ from tidings.adapters.sql.common import (
     check_expected,
     unique_by_id,
 )
-from tidings.adapters.sql.consumers import ConsumerSql, dead_letter_of, dead_letter_row, plan_leases
+from tidings.adapters.sql.consumers import (
+    ConsumerSql,
+    dead_letter_of,
+    dead_letter_row,
+    handlings_of,
+    plan_leases,
+)
 from tidings.adapters.sql.reads import StreamQuery, snapshot_query
 from tidings.adapters.sql.rows import from_micros, plan_rows, record_of, records_of, to_micros
 from tidings.adapters.sqlite import schema
 from tidings.domain.envelope import Envelope, RecordedEvent
 from tidings.domain.integrity import IntegrityProblem, IntegrityReport
 from tidings.errors import ConcurrencyError
-from tidings.ports import DeadLetter, ExpectedVersion, Snapshot
+from tidings.ports import DeadLetter, ExpectedVersion, Snapshot, Trace
 
 T = TypeVar("T")
 log = logging.getLogger("tidings.sqlite")
@@ -227,14 +233,22 @@ def handled(connection: sqlite3.Connection, group: str, event_id: str) -> bool:
     return connection.execute(CONSUMERS.handled, (group, event_id)).fetchone() is not None
 
 
-def mark_handled(connection: sqlite3.Connection, group: str, event_id: str) -> bool:
-    cursor = connection.execute(CONSUMERS.mark_handled, (group, event_id, time.time_ns() // 1000))
+def mark_handled(connection: sqlite3.Connection, group: str, event_id: str, attempts: int) -> bool:
+    cursor = connection.execute(CONSUMERS.mark_handled, (group, event_id, time.time_ns() // 1000, attempts))
     return cursor.rowcount == 1
 
 
 def dead_letter(connection: sqlite3.Connection, letter: DeadLetter) -> int:
     (entry,) = connection.execute(CONSUMERS.insert_dead_letter, dead_letter_row(letter, to_micros)).fetchone()
     return int(entry)
+
+
+def trace(connection: sqlite3.Connection, correlation_id: str, limit: int) -> Trace:
+    key = (correlation_id, correlation_id)
+    events = records_of(connection.execute(CONSUMERS.trace_events, (*key, limit)).fetchall())
+    inbox = connection.execute(CONSUMERS.trace_inbox, key).fetchall()
+    dead = connection.execute(CONSUMERS.trace_dead_letters, key).fetchall()
+    return Trace(events=events, handlings=handlings_of(inbox, dead))
 
 
 def dead_letters(

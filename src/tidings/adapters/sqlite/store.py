@@ -33,7 +33,7 @@ from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent
 from tidings.domain.integrity import IntegrityReport
 from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError
-from tidings.ports import ANY, DeadLetter, ExpectedVersion, Snapshot, StreamInfo
+from tidings.ports import ANY, DeadLetter, ExpectedVersion, Snapshot, StreamInfo, Trace
 
 T = TypeVar("T")
 
@@ -340,6 +340,9 @@ class SqliteStore:
     async def handled(self, group: str, event_id: str) -> bool:
         return await self._read(steps.handled, group, event_id)
 
+    async def trace(self, correlation_id: str, *, limit: int = 1000) -> Trace:
+        return await self._read(steps.trace, correlation_id, limit)
+
     async def dead_letters(
         self, group: str | None = None, *, state: str | None = None, limit: int = 100
     ) -> list[DeadLetter]:
@@ -411,8 +414,8 @@ class SqliteTransaction:
     async def holds_lease(self, group: str, partition: int, member: str) -> bool:
         return await self._store._write(steps.holds_lease, group, partition, member)
 
-    async def mark_handled(self, group: str, event_id: str) -> bool:
-        return await self._store._write(steps.mark_handled, group, event_id)
+    async def mark_handled(self, group: str, event_id: str, attempts: int = 1) -> bool:
+        return await self._store._write(steps.mark_handled, group, event_id, attempts)
 
     async def dead_letter(self, letter: DeadLetter) -> int:
         return await self._store._write(steps.dead_letter, letter)

@@ -1,0 +1,234 @@
+"""Operating consumers: ``tidings run``, ``tidings dlq ...`` and ``tidings trace``."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from rich.text import Text
+from rich.tree import Tree
+
+from tidings.cli.common import EXIT_OK, LimitOption, StoreOption, fail, note, run_with_store, stdout
+from tidings.domain.envelope import RecordedEvent, format_time
+from tidings.errors import ConfigurationError
+from tidings.ports import DeadLetter, EventStore, Log, Trace
+from tidings.runtime.app import App
+
+dlq_app = typer.Typer(help="The dead letter queues of consumer groups.", no_args_is_help=True)
+
+GroupOption = Annotated[str | None, typer.Option("--group", help="Only this consumer group.")]
+
+
+def _log(store: EventStore) -> Log:
+    if not isinstance(store, Log):
+        raise ConfigurationError(f"the store at {store.url} has no consumer groups")
+    return store
+
+
+def load_app(target: str) -> App:
+    """``package.module:attribute`` (the attribute defaults to ``app``), imported from here."""
+    module_name, _, attribute = target.partition(":")
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        fail(f"cannot import {module_name!r}: {exc}")
+    app = getattr(module, attribute or "app", None)
+    if not isinstance(app, App):
+        fail(f"{target!r} is not a tidings.App (found {type(app).__name__})")
+    return app
+
+
+def run(
+    target: Annotated[
+        str, typer.Argument(metavar="MODULE:APP", help="Where the App is, e.g. shop.billing:app")
+    ],
+    workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes.")] = 1,
+    lease_ttl: Annotated[float, typer.Option("--lease-ttl", min=0.5, help="Seconds a lease lasts.")] = 10.0,
+) -> None:
+    """Run an App's consumer groups until SIGTERM or SIGINT (then finish in-flight work)."""
+    if workers == 1:
+        app = load_app(target)
+        note(f"running {app.name}: groups {', '.join(app.subscriptions) or '(none)'}")
+        try:
+            asyncio.run(app.run(lease_ttl=lease_ttl))
+        except ConfigurationError as exc:
+            fail(str(exc))
+        raise typer.Exit(EXIT_OK)
+    load_app(target)  # fail early, in the parent, if the target is wrong
+    command = [
+        sys.executable,
+        "-m",
+        "tidings",
+        "run",
+        target,
+        "--workers",
+        "1",
+        "--lease-ttl",
+        str(lease_ttl),
+    ]
+    children = [subprocess.Popen(command) for _ in range(workers)]  # noqa: S603 - our own command
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    codes = [child.wait() for child in children]
+    raise typer.Exit(max(codes, default=0) if any(codes) else EXIT_OK)
+
+
+@dlq_app.command("list")
+def dlq_list(
+    store: StoreOption,
+    group: GroupOption = None,
+    state: Annotated[str, typer.Option("--state", help="dead, redrive, redriven, purged or all.")] = "dead",
+    limit: LimitOption = 100,
+) -> None:
+    """Dead letters, oldest first."""
+
+    async def work(opened: EventStore) -> list[DeadLetter]:
+        return await _log(opened).dead_letters(
+            group, state=None if state == "all" else state, limit=limit or 100
+        )
+
+    letters = run_with_store(store, work)
+    table = Table(title=f"{len(letters)} dead letter(s)")
+    for column in ("id", "group", "reason", "attempts", "topic", "event", "dead at", "state", "error"):
+        table.add_column(column, overflow="fold")
+    for letter in letters:
+        table.add_row(
+            str(letter.id),
+            letter.group,
+            letter.reason,
+            str(letter.attempts),
+            letter.topic or "",
+            letter.event_id or "",
+            format_time(letter.dead_at),
+            letter.state,
+            Text(letter.error[:120]),
+        )
+    stdout().print(table)
+
+
+@dlq_app.command("show")
+def dlq_show(store: StoreOption, entry: Annotated[int, typer.Argument(help="The dead letter's id.")]) -> None:
+    """One dead letter: why, the traceback, and the original envelope."""
+
+    async def work(opened: EventStore) -> list[DeadLetter]:
+        return await _log(opened).dead_letters(None, state=None, limit=1_000_000)
+
+    found = [letter for letter in run_with_store(store, work) if letter.id == entry]
+    if not found:
+        fail(f"no dead letter {entry}")
+    letter = found[0]
+    console = stdout()
+    for label, value in (
+        ("group", letter.group),
+        ("reason", letter.reason),
+        ("state", letter.state),
+        ("attempts", str(letter.attempts)),
+        ("event", f"{letter.event_id} ({letter.topic}) at position {letter.position} of {letter.stream}"),
+        ("first failed", format_time(letter.first_failed) if letter.first_failed else "-"),
+        ("dead at", format_time(letter.dead_at)),
+        ("error", letter.error),
+    ):
+        console.print(Text(f"{label:>12}: ", style="bold"), Text(value), sep="")
+    if letter.traceback:
+        console.print(Text(letter.traceback))
+    if letter.envelope:
+        console.print(Text(letter.envelope.decode(errors="replace")))
+    elif letter.raw:
+        console.print(Text(f"raw bytes: {letter.raw[:400]!r}"))
+
+
+def _change(store: str, entries: list[int], group: str | None, every: bool, state: str) -> int:
+    if not entries and not (group and every):
+        fail("name dead letter ids, or --group GROUP --all")
+
+    async def work(opened: EventStore) -> int:
+        log = _log(opened)
+        chosen = entries or [x.id for x in await log.dead_letters(group, state="dead", limit=1_000_000)]
+        return await log.set_dead_letter_state(chosen, state)
+
+    return run_with_store(store, work, writable=True)
+
+
+EntriesArgument = Annotated[list[int] | None, typer.Argument(help="Dead letter ids.")]
+AllOption = Annotated[bool, typer.Option("--all", help="Every dead letter of --group.")]
+
+
+@dlq_app.command("redrive")
+def dlq_redrive(
+    store: StoreOption, entries: EntriesArgument = None, group: GroupOption = None, every: AllOption = False
+) -> None:
+    """Hand dead letters back to the group that dead-lettered them (its running consumers)."""
+    changed = _change(store, entries or [], group, every, "redrive")
+    stdout().print(f"{changed} dead letter(s) queued for redrive")
+
+
+@dlq_app.command("purge")
+def dlq_purge(
+    store: StoreOption, entries: EntriesArgument = None, group: GroupOption = None, every: AllOption = False
+) -> None:
+    """Mark dead letters as dealt with (they stay on record, out of the queue)."""
+    changed = _change(store, entries or [], group, every, "purged")
+    stdout().print(f"{changed} dead letter(s) purged")
+
+
+def trace(
+    store: StoreOption,
+    correlation_id: Annotated[str, typer.Argument(metavar="CORRELATION-ID")],
+) -> None:
+    """The causation tree of a correlation: each event, and how each group dealt with it."""
+
+    async def work(opened: EventStore) -> Trace:
+        return await _log(opened).trace(correlation_id)
+
+    found = run_with_store(store, work)
+    if not found.events:
+        fail(f"no events with correlation id {correlation_id!r}")
+    stdout().print(causation_tree(found))
+
+
+def causation_tree(found: Trace) -> Tree:
+    by_id = {record.envelope.id: record for record in found.events}
+    children: dict[str | None, list[RecordedEvent]] = {}
+    for record in found.events:
+        parent = record.envelope.causationid if record.envelope.causationid in by_id else None
+        children.setdefault(parent, []).append(record)
+    root = Tree(
+        Text(
+            f"correlation {found.events[0].envelope.correlationid or found.events[0].envelope.id}",
+            style="bold",
+        )
+    )
+
+    def add(node: Tree, record: RecordedEvent) -> None:
+        envelope = record.envelope
+        branch = node.add(
+            Text(f"{envelope.type} ({envelope.topic}) {envelope.id} at {format_time(envelope.time)}")
+        )
+        for handling in (h for h in found.handlings if h.event_id == envelope.id):
+            late = (handling.at - envelope.time).total_seconds() * 1000
+            style = "green" if handling.outcome == "handled" else "red"
+            outcome = f"{handling.outcome} after {handling.attempts} attempt(s), {late:.1f} ms"
+            branch.add(Text(f"{handling.group}: {outcome}", style=style))
+        for child in children.get(envelope.id, []):
+            add(branch, child)
+
+    for record in children.get(None, []):
+        add(root, record)
+    return root
+
+
+__all__ = ["dlq_app", "run", "trace"]

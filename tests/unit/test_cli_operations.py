@@ -1,0 +1,144 @@
+"""``tidings dlq``, ``tidings trace`` and ``tidings run`` against real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import msgspec
+from typer.testing import CliRunner
+
+from tidings.cli import app as cli
+from tidings.runtime.app import App
+from tidings.runtime.consuming import Context
+from tidings.runtime.retries import Retry
+from tidings.testing.conformance.events import Ping, Pong
+from tidings.testing.eventually import eventually
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tidings(*args: str, stored_traceback: bool = False) -> tuple[int, str]:
+    """Run the CLI; it never crashes with a traceback (``dlq show`` prints a stored one)."""
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    if not stored_traceback:
+        assert "Traceback" not in result.output
+    return result.exit_code, result.output
+
+
+async def _busy_store(url: str) -> str:
+    """A store where group "picky" handled some pings (replying with pongs) and dead-lettered one."""
+    app = App("ops", store=url)
+
+    @app.subscribe("conformance.bus.ping", group="picky", retry=Retry(attempts=2, backoff=0.01))
+    async def picky(event: Ping, ctx: Context) -> None:
+        if event.n == 3:
+            raise LookupError("no such thing as three")
+        async with ctx.unit_of_work() as uow:
+            uow.publish(Pong(key=event.key, n=event.n), key=event.key)
+
+    async with app, app.running(lease_ttl=2.0, poll=0.02):
+        first = await app.publish(Ping(key="k", n=1), key="k", correlation_id="journey-1")
+        await app.publish(Ping(key="k", n=3), key="k")
+
+        async def settled() -> bool:
+            return len(await app.dead_letters("picky")) == 1
+
+        await eventually(settled)
+    return first.envelope.id
+
+
+def test_dead_letters_listed_shown_redriven_and_purged(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ops.db'}"
+    asyncio.run(_busy_store(url))
+    code, out = tidings("dlq", "list", "--store", url)
+    assert code == 0 and "picky" in out and "failed" in out and "no such thing" in out
+    code, out = tidings("dlq", "show", "1", "--store", url, stored_traceback=True)
+    assert code == 0 and "LookupError: no such thing as three" in out
+    assert "in picky" in out  # the handler's frame in the stored traceback
+    assert '"n":3' in out  # the original envelope
+    code, out = tidings("dlq", "redrive", "1", "--store", url)
+    assert code == 0 and "1 dead letter(s) queued for redrive" in out
+    code, out = tidings("dlq", "list", "--store", url, "--state", "redrive")
+    assert "picky" in out
+    code, out = tidings("dlq", "purge", "--group", "picky", "--all", "--store", url)
+    assert code == 0 and "0 dead letter(s) purged" in out  # none is "dead" any more
+    code, out = tidings("dlq", "show", "99", "--store", url)
+    assert code == 2 and "no dead letter 99" in out
+    code, out = tidings("dlq", "redrive", "--store", url)
+    assert code == 2 and "--group GROUP --all" in out
+
+
+def test_trace_draws_the_causation_tree(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'trace.db'}"
+    asyncio.run(_busy_store(url))
+    code, out = tidings("trace", "journey-1", "--store", url)
+    assert code == 0, out
+    assert "correlation journey-1" in out
+    assert "conformance.Ping" in out and "conformance.Pong" in out
+    assert "picky: handled after 1 attempt(s)" in out
+    code, out = tidings("trace", "nobody-knows", "--store", url)
+    assert code == 2 and "no events with correlation id" in out
+
+
+def test_run_works_until_sigterm_and_shares_work_between_workers(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'run.db'}"
+    (tmp_path / "runapp.py").write_text(
+        textwrap.dedent(
+            f"""
+            from tidings.runtime.app import App
+            from tidings.testing.conformance.events import Ping
+
+            app = App("runner", store={url!r})
+
+            @app.subscribe("conformance.bus.ping", group="runners")
+            async def count(event: Ping, ctx) -> None:
+                async with ctx.unit_of_work() as uow:
+                    seen = await uow.get("seen", event.key, list) or []
+                    uow.put("seen", event.key, [*seen, event.n])
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    runner = subprocess.Popen(
+        [sys.executable, "-m", "tidings", "run", "runapp:app", "--workers", "2", "--lease-ttl", "1"],
+        cwd=tmp_path,
+        env=env,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    async def publish_and_wait() -> None:
+        app = App("publisher", store=url)
+        async with app:
+            for n in range(20):
+                for key in ("a", "b", "c"):
+                    await app.publish(Ping(key=key, n=n), key=key)
+
+            async def done() -> bool:
+                for key in ("a", "b", "c"):
+                    raw = await app.store.get_document("seen", key)
+                    if raw is None or msgspec.json.decode(raw) != list(range(20)):
+                        return False
+                return True
+
+            await eventually(done, within=30)
+
+    try:
+        asyncio.run(publish_and_wait())
+    finally:
+        runner.send_signal(signal.SIGTERM)
+        _, err = runner.communicate(timeout=30)
+    assert runner.returncode == 0, err
+    assert "Traceback" not in err
+
+
+def test_run_names_a_wrong_target(tmp_path: Path) -> None:
+    code, out = tidings("run", "no_such_module_here:app")
+    assert code == 2 and "cannot import 'no_such_module_here'" in out
