@@ -18,9 +18,11 @@ from tidings.errors import (
     TidingsError,
     UnknownEventType,
 )
-from tidings.ports import ANY, NO_STREAM, EventStore
+from tidings.ports import ANY, NO_STREAM, DeadLetter, EventStore
 from tidings.runtime.app import App
+from tidings.runtime.consuming import Context
 from tidings.runtime.projection import Projection, View
+from tidings.runtime.retries import Retry
 
 __all__ = [
     "ANY",
@@ -31,6 +33,8 @@ __all__ = [
     "BackendUnavailable",
     "ConcurrencyError",
     "ConfigurationError",
+    "Context",
+    "DeadLetter",
     "Envelope",
     "Event",
     "EventRegistry",
@@ -44,6 +48,7 @@ __all__ = [
     "Projection",
     "RecordedEvent",
     "RegistrationError",
+    "Retry",
     "Stored",
     "TidingsError",
     "UnknownEventType",
