@@ -72,7 +72,7 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     """An event that a group will not process, and why."""
 
     group: str
-    reason: str  # "failed", "expired", "malformed" or "undecryptable"
+    reason: str  # "failed", "expired", "malformed", "undecryptable", or "parked" (ordered groups)
     error: str
     traceback: str = ""
     attempts: int = 0
@@ -80,6 +80,7 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     position: int | None = None
     stream: str | None = None
     topic: str | None = None
+    key: str | None = None  # the partition key (or stream): what ``ordered`` groups park by
     envelope: bytes | None = None  # the original envelope, CloudEvents structured JSON
     raw: bytes | None = None  # undecodable bytes, as received
     first_failed: datetime | None = None
@@ -135,6 +136,12 @@ class Log(Protocol):
 
     async def set_dead_letter_state(self, entries: Sequence[int], state: str) -> int:
         """Ask for redrive or purge; returns how many entries changed."""
+
+    async def blocked_keys(self, group: str) -> set[str]:
+        """Keys with unresolved dead letters in the group: an ordered group parks their events."""
+
+    async def unpark(self, group: str, key: str) -> int:
+        """Queue the key's parked dead letters for redrive (its blocking event is resolved)."""
 
 
 class EventStore(Protocol):

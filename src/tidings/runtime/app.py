@@ -251,6 +251,7 @@ class App:
         retry: Retry | None = None,
         max_age: timedelta | None = None,
         batch_size: int = 100,
+        ordered: bool = False,
     ) -> Callable[[H], H]:
         """Register the decorated ``async def handler(event, ctx)`` for a consumer group."""
         compiled = compile_pattern(pattern)
@@ -261,7 +262,7 @@ class App:
             if group in self.subscriptions:
                 raise ConfigurationError(f"group {group!r} already has a handler in App {self.name!r}")
             self.subscriptions[group] = Subscription(
-                compiled, group, handler, retry or Retry(), max_age, batch_size
+                compiled, group, handler, retry or Retry(), max_age, batch_size, ordered
             )
             return handler
 

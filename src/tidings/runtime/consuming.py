@@ -48,6 +48,9 @@ class Subscription:
     retry: Retry = field(default_factory=Retry)
     max_age: timedelta | None = None
     batch_size: int = 100
+    #: Keep order per key through failures: once an event is dead-lettered, the later events of
+    #: its key are parked (dead-lettered as "parked") until it is resolved; other keys flow on.
+    ordered: bool = False
 
 
 class LeaseLost(TidingsError):
@@ -123,6 +126,7 @@ class GroupConsumer:
         self.grace = grace
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
+        self._blocked: set[str] = set()  # keys with unresolved dead letters (ordered groups)
 
     def checkpoint_name(self, partition: int) -> str:
         return f"group:{self.group}:{partition}"
@@ -154,6 +158,8 @@ class GroupConsumer:
             log.info("member %s of group %s stopped", self.member, self.group)
 
     async def _rebalance(self) -> None:
+        if self.subscription.ordered:
+            self._blocked = await self.app.log.blocked_keys(self.group)
         held = set(await self.app.log.lease(self.group, self.member, ttl=self.lease_ttl))
         for partition in list(self._tasks):
             if partition not in held or self._tasks[partition].done():
@@ -206,6 +212,14 @@ class GroupConsumer:
     async def _process(self, partition: int | None, record: RecordedEvent, redrive: int = 0) -> bool:
         """Handle one event to its end (done, skipped or dead-lettered); True if it was handled."""
         app, envelope = self.app, record.envelope
+        key = envelope.partitionkey or record.stream
+        if self.subscription.ordered and not redrive and key in self._blocked:
+            # The cache may be stale (the key may have drained since): ask the store.
+            self._blocked = await app.log.blocked_keys(self.group)
+        if self.subscription.ordered and not redrive and key in self._blocked:
+            error = "parked: an earlier event of this key is in the dead letter queue"
+            await self._dead(partition, record, "parked", error, "", 0, None, redrive)
+            return False
         try:
             event = app.codec.decode(envelope)
         except MalformedEvent as exc:
@@ -285,6 +299,9 @@ class GroupConsumer:
         redrive: int,
     ) -> None:
         envelope = record.envelope
+        key = envelope.partitionkey or record.stream
+        if self.subscription.ordered:
+            self._blocked.add(key)
         log.error("group %s: dead-lettering %s (%s): %s", self.group, envelope.id, reason, error)
         try:
             document = to_structured(envelope)
@@ -300,6 +317,7 @@ class GroupConsumer:
             position=record.position,
             stream=record.stream,
             topic=envelope.topic,
+            key=key,
             envelope=document,
             raw=None if document else envelope.data,
             first_failed=first_failure,
@@ -316,11 +334,21 @@ class GroupConsumer:
     async def _redrive(self) -> None:
         """Hand the group's dead letters that an operator asked to redrive to its handler again;
         only this group sees them, whatever other groups read the same event."""
+        failed_keys: set[str] = set()
         for letter in await self.app.log.dead_letters(self.group, state="redrive", limit=100):
-            if letter.envelope is None:
+            ordered_key = letter.key if self.subscription.ordered else None
+            if letter.envelope is None or (ordered_key is not None and ordered_key in failed_keys):
+                # Unusable, or an earlier event of its key failed again: it stays parked.
                 await self.app.log.set_dead_letter_state([letter.id], "dead")
                 continue
             envelope = from_structured(letter.envelope, max_size=self.app.codec.max_size)
             record = RecordedEvent(envelope, letter.stream or "", 0, letter.position or 0)
+            handled = False
             with contextlib.suppress(ConcurrencyError):
-                await self._process(None, record, redrive=letter.id)
+                handled = await self._process(None, record, redrive=letter.id)
+            if ordered_key is None:
+                continue
+            if handled:
+                await self.app.log.unpark(self.group, ordered_key)  # next of the key, in order
+            else:
+                failed_keys.add(ordered_key)

@@ -87,13 +87,15 @@ CREATE: Final = (
         position BIGINT,
         stream TEXT,
         topic TEXT,
+        partition_key TEXT,
         envelope BYTEA,
         raw BYTEA,
         first_failed_us BIGINT,
         dead_us BIGINT NOT NULL,
         state TEXT NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS tidings_dead_letters_by_group ON tidings_dead_letters (group_name, state)",
+    "CREATE INDEX IF NOT EXISTS tidings_dead_letters_by_group"
+    " ON tidings_dead_letters (group_name, state, partition_key)",
 )
 
 ALL_META: Final = "SELECT key, value FROM tidings_meta"

@@ -317,6 +317,16 @@ class PostgresStore:
             cursor = await connection.execute(CONSUMERS.handled, (group, event_id))
             return await cursor.fetchone() is not None
 
+    async def blocked_keys(self, group: str) -> set[str]:
+        async with self._connection() as connection:
+            cursor = await connection.execute(CONSUMERS.blocked_keys, (group,))
+            return {key for (key,) in await cursor.fetchall()}
+
+    async def unpark(self, group: str, key: str) -> int:
+        async with self._connection() as connection:
+            cursor = await connection.execute(CONSUMERS.unpark, (group, key))
+            return cursor.rowcount
+
     async def trace(self, correlation_id: str, *, limit: int = 1000) -> Trace:
         key = (correlation_id, correlation_id)
         async with self._connection() as connection, connection.cursor(binary=True) as cursor:

@@ -18,7 +18,7 @@ from tidings.errors import ConcurrencyError, IntegrityError, InvalidArgument
 from tidings.ports import ANY, NO_STREAM, ExpectedVersion
 
 DEFAULT_PARTITIONS: Final = 8
-SCHEMA_VERSION: Final = 5
+SCHEMA_VERSION: Final = 6
 #: Bigger than any position or version; also the most that SQLite and PostgreSQL can bind.
 MAX_NUMBER: Final = 2**63 - 1
 

@@ -16,7 +16,7 @@ from tidings.ports import DeadLetter, Handling
 #: Columns of ``tidings_dead_letters`` in the order they are written and read (after ``id``).
 DEAD_LETTER_COLUMNS: Final = (
     "group_name, reason, error, traceback, attempts, event_id, position, stream, topic,"
-    " envelope, raw, first_failed_us, dead_us, state"
+    " partition_key, envelope, raw, first_failed_us, dead_us, state"
 )
 DEAD_LETTER_STATES: Final = ("dead", "redrive", "redriven", "purged")
 
@@ -40,6 +40,8 @@ class ConsumerSql(NamedTuple):
     dead_letters: str
     set_dead_letter_state: str
     trace_events: str
+    blocked_keys: str
+    unpark: str
     trace_inbox: str
     trace_dead_letters: str
 
@@ -84,7 +86,7 @@ class ConsumerSql(NamedTuple):
             ),
             insert_dead_letter=(
                 f"INSERT INTO tidings_dead_letters ({DEAD_LETTER_COLUMNS})"
-                f" VALUES ({', '.join([m] * 14)}) RETURNING id"
+                f" VALUES ({', '.join([m] * 15)}) RETURNING id"
             ),
             dead_letters=(
                 f"SELECT id, {DEAD_LETTER_COLUMNS} FROM tidings_dead_letters"
@@ -94,6 +96,14 @@ class ConsumerSql(NamedTuple):
                 f" ORDER BY id LIMIT {m}"
             ),
             set_dead_letter_state=f"UPDATE tidings_dead_letters SET state = {m} WHERE id = {m}",
+            blocked_keys=(
+                "SELECT DISTINCT partition_key FROM tidings_dead_letters"
+                f" WHERE group_name = {m} AND state IN ('dead', 'redrive') AND partition_key IS NOT NULL"
+            ),
+            unpark=(
+                f"UPDATE tidings_dead_letters SET state = 'redrive' WHERE group_name = {m}"
+                f" AND partition_key = {m} AND reason = 'parked' AND state = 'dead'"
+            ),
             trace_events=(
                 f"SELECT {LOG_COLUMNS} FROM tidings_events WHERE correlation_id = {m} OR id = {m}"
                 f" ORDER BY position LIMIT {m}"
@@ -121,6 +131,7 @@ def dead_letter_row(letter: DeadLetter, to_micros: Any) -> tuple[Any, ...]:
         letter.position,
         letter.stream,
         letter.topic,
+        letter.key,
         letter.envelope,
         letter.raw,
         first,
@@ -131,7 +142,7 @@ def dead_letter_row(letter: DeadLetter, to_micros: Any) -> tuple[Any, ...]:
 
 def dead_letter_of(row: Sequence[Any]) -> DeadLetter:
     (entry, group, reason, error, traceback, attempts, event_id, position, stream, topic) = row[:10]
-    envelope, raw, first_us, dead_us, state = row[10:15]
+    key, envelope, raw, first_us, dead_us, state = row[10:16]
     return DeadLetter(
         id=entry,
         group=group,
@@ -143,6 +154,7 @@ def dead_letter_of(row: Sequence[Any]) -> DeadLetter:
         position=position,
         stream=stream,
         topic=topic,
+        key=key,
         envelope=None if envelope is None else bytes(envelope),
         raw=None if raw is None else bytes(raw),
         first_failed=None if first_us is None else from_micros(first_us),

@@ -87,13 +87,15 @@ CREATE: Final = (
         position INTEGER,
         stream TEXT,
         topic TEXT,
+        partition_key TEXT,
         envelope BLOB,
         raw BLOB,
         first_failed_us INTEGER,
         dead_us INTEGER NOT NULL,
         state TEXT NOT NULL
     )""",
-    "CREATE INDEX IF NOT EXISTS tidings_dead_letters_by_group ON tidings_dead_letters (group_name, state)",
+    "CREATE INDEX IF NOT EXISTS tidings_dead_letters_by_group"
+    " ON tidings_dead_letters (group_name, state, partition_key)",
 )
 
 ALL_META: Final = "SELECT key, value FROM tidings_meta"

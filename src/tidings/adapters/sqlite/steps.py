@@ -258,5 +258,13 @@ def dead_letters(
     return [dead_letter_of(row) for row in rows]
 
 
+def blocked_keys(connection: sqlite3.Connection, group: str) -> set[str]:
+    return {key for (key,) in connection.execute(CONSUMERS.blocked_keys, (group,))}
+
+
+def unpark(connection: sqlite3.Connection, group: str, key: str) -> int:
+    return connection.execute(CONSUMERS.unpark, (group, key)).rowcount
+
+
 def set_dead_letter_state(connection: sqlite3.Connection, entries: Sequence[int], state: str) -> int:
     return sum(connection.execute(CONSUMERS.set_dead_letter_state, (state, e)).rowcount for e in entries)

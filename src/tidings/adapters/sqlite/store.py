@@ -340,6 +340,13 @@ class SqliteStore:
     async def handled(self, group: str, event_id: str) -> bool:
         return await self._read(steps.handled, group, event_id)
 
+    async def blocked_keys(self, group: str) -> set[str]:
+        return await self._read(steps.blocked_keys, group)
+
+    async def unpark(self, group: str, key: str) -> int:
+        async with self._write_lock:
+            return await self._write(steps.in_transaction, steps.unpark, group, key)
+
     async def trace(self, correlation_id: str, *, limit: int = 1000) -> Trace:
         return await self._read(steps.trace, correlation_id, limit)
 

@@ -282,3 +282,37 @@ async def test_an_undecodable_event_is_dead_lettered_as_malformed(store_url: str
         letters = await app.dead_letters("sturdy")
     assert [(x.reason, x.event_id) for x in letters] == [("malformed", stray.id)]
     assert "unknown event type" in letters[0].error
+
+
+async def test_ordered_groups_park_a_key_behind_its_dead_letter(store_url: str) -> None:
+    app = App("bus", store=store_url)
+    broken = {"on": True}
+    handled: dict[str, list[int]] = defaultdict(list)
+
+    @app.subscribe("conformance.bus.ping", group="strict", retry=Retry(attempts=1), ordered=True)
+    async def strict(event: Ping, ctx: Context) -> None:
+        if broken["on"] and (event.key, event.n) == ("a", 2):
+            raise RuntimeError("a2 cannot be handled yet")
+        handled[event.key].append(event.n)
+
+    async def letters(reason: str) -> list[int]:
+        return [x.id for x in await app.dead_letters("strict") if x.reason == reason]
+
+    async with app, app.running(**RUN):
+        for n in range(6):
+            await app.publish(Ping(key="a", n=n), key="a")
+            await app.publish(Ping(key="b", n=n), key="b")
+        await eventually(lambda: handled["b"] == list(range(6)))
+
+        async def parked() -> bool:
+            return len(await letters("parked")) == 3
+
+        await eventually(parked)
+        assert handled["a"] == [0, 1], "the key stops at its dead letter"
+        broken["on"] = False
+        await app.redrive(await letters("failed"))
+        await eventually(lambda: handled["a"] == list(range(6)), within=20)
+        # Once the key has drained, its new events flow again.
+        await app.publish(Ping(key="a", n=6), key="a")
+        await eventually(lambda: handled["a"] == list(range(7)), within=20)
+    assert handled["b"] == list(range(6))
