@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Final, Literal, Protocol, runtime_checkable
@@ -136,6 +136,10 @@ class Log(Protocol):
 
     async def set_dead_letter_state(self, entries: Sequence[int], state: str) -> int:
         """Ask for redrive or purge; returns how many entries changed."""
+
+    async def watch(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` soon after any process appends, until cancelled (LISTEN/NOTIFY on
+        PostgreSQL, a low-latency poll of the file's change counter on SQLite)."""
 
     async def blocked_keys(self, group: str) -> set[str]:
         """Keys with unresolved dead letters in the group: an ordered group parks their events."""

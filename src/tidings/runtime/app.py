@@ -72,7 +72,9 @@ class App:
         self._log: Log | None = None
         self._repository: Repository | None = None
         self._consumers: list[GroupConsumer] = []
-        self._appended = asyncio.Event()
+        #: Counts appends seen (``notify``); a reader that saw nothing waits for it to move.
+        self.appends = 0
+        self._waiters: set[asyncio.Future[None]] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -280,21 +282,38 @@ class App:
 
     def notify(self) -> None:
         """Wake this process's consumers: new events are in the log."""
-        self._appended.set()
+        self.appends += 1
+        self.wake()
 
-    async def wait_for_events(self, poll: float) -> None:
-        """Until this process appends, or ``poll`` seconds pass (other processes' appends are
-        found by polling at that interval)."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._appended.wait(), poll)
-        self._appended.clear()
+    def wake(self) -> None:
+        """Wake every idle consumer of this process (to see new events, or that it must stop)."""
+        for waiter in self._waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._waiters.clear()
+
+    async def wait_for_events(self, poll: float, since: int) -> None:
+        """Until an append after the ``since`` count of ``appends`` (at once if one happened
+        already: a reader takes the count before it reads), or ``poll`` seconds pass."""
+        if self.appends != since:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter, poll)
+        except TimeoutError:
+            self._waiters.discard(waiter)
 
     # -- running consumers -------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def running(self, *, lease_ttl: float = 10.0, poll: float = 0.05) -> AsyncIterator[App]:
-        """Run every group's consumer in the background for the duration of the block."""
+    async def running(self, *, lease_ttl: float = 10.0, poll: float = 1.0) -> AsyncIterator[App]:
+        """Run every group's consumer in the background for the duration of the block.
+
+        Appends by any process wake the consumers at once (``Log.watch``); ``poll`` is only the
+        fallback interval at which an idle partition looks again."""
         await self.open()
+        watcher = asyncio.create_task(self.log.watch(self.notify)) if self.subscriptions else None
         consumers = [
             GroupConsumer(self, s, lease_ttl=lease_ttl, poll=poll) for s in self.subscriptions.values()
         ]
@@ -308,8 +327,12 @@ class App:
             await asyncio.gather(*tasks, return_exceptions=True)
             for consumer in consumers:
                 self._consumers.remove(consumer)
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
 
-    async def run(self, *, lease_ttl: float = 10.0, poll: float = 0.05) -> None:
+    async def run(self, *, lease_ttl: float = 10.0, poll: float = 1.0) -> None:
         """Run the consumers until SIGTERM or SIGINT; then finish the events in hand, release
         the leases and close."""
         loop = asyncio.get_running_loop()

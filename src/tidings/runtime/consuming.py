@@ -169,6 +169,7 @@ class GroupConsumer:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.app.wake()  # idle partitions notice at once instead of at their next poll
 
     async def _stop_partition(self, partition: int) -> None:
         task = self._tasks.pop(partition)
@@ -184,11 +185,12 @@ class GroupConsumer:
         name = self.checkpoint_name(partition)
         after = await self.app.store.get_checkpoint(name)
         while not self._stopping.is_set():
+            seen = self.app.appends
             batch = await self.app.log.read_partition(
                 partition, after=after, limit=self.subscription.batch_size
             )
             if not batch:
-                await self.app.wait_for_events(self.poll)
+                await self.app.wait_for_events(self.poll, seen)
                 continue
             skipped = None
             for record in batch:

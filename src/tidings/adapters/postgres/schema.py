@@ -110,6 +110,8 @@ PUT_META: Final = "INSERT INTO tidings_meta (key, value) VALUES (%s, %s) ON CONF
 # transaction committed (visible) before it releases its locks, so when the next appender gets
 # the lock, every lower position is already visible or rolled back. The cost is that appends
 # serialise, which batched appends amortise.
+CHANNEL: Final = "tidings_log"
+NOTIFY: Final = f"SELECT pg_notify('{CHANNEL}', '')"
 LOCK_APPENDS: Final = f"SELECT pg_advisory_xact_lock({APPEND_LOCK})"
 
 HEAD: Final = "SELECT version, hash FROM tidings_streams WHERE stream = %s"

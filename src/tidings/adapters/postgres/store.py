@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -47,7 +49,8 @@ from tidings.errors import (
 from tidings.ports import ANY, DeadLetter, ExpectedVersion, Snapshot, StreamInfo, Trace
 
 CONSUMERS = ConsumerSql.dialect("%s", row_lock=" FOR UPDATE")
-ID_KEY = "tidings_events_id_key"  # the unique constraint on event ids, named by PostgreSQL
+ID_KEY = "tidings_events_id_key"
+log = logging.getLogger("tidings.postgres")  # the unique constraint on event ids, named by PostgreSQL
 _OWN_OPTIONS = ("partitions", "pool_size", "connect_timeout")
 
 
@@ -317,6 +320,21 @@ class PostgresStore:
             cursor = await connection.execute(CONSUMERS.handled, (group, event_id))
             return await cursor.fetchone() is not None
 
+    async def watch(self, wake: Callable[[], None]) -> None:
+        while True:
+            try:
+                async with await psycopg.AsyncConnection.connect(
+                    self.settings.conninfo, autocommit=True
+                ) as connection:
+                    await connection.execute(f"LISTEN {schema.CHANNEL}")
+                    wake()  # appends made while (re)connecting
+                    async for _ in connection.notifies():
+                        wake()
+            except psycopg.OperationalError as exc:
+                log.warning("listening for appends on %s failed (%s); retrying", self.url, exc)
+                wake()
+                await asyncio.sleep(1.0)
+
     async def blocked_keys(self, group: str) -> set[str]:
         async with self._connection() as connection:
             cursor = await connection.execute(CONSUMERS.blocked_keys, (group,))
@@ -496,6 +514,7 @@ async def _insert(
     await connection.execute(
         schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].time_us, last.time_us)
     )
+    await connection.execute(schema.NOTIFY)  # delivered when, and only if, the append commits
     return [
         RecordedEvent(
             envelope=envelope, stream=stream, version=row.version, position=position_of[row.version]

@@ -258,6 +258,11 @@ def dead_letters(
     return [dead_letter_of(row) for row in rows]
 
 
+def data_version(connection: sqlite3.Connection) -> int:
+    """SQLite's counter of commits made by other connections (to this file)."""
+    return int(connection.execute("PRAGMA data_version").fetchone()[0])
+
+
 def blocked_keys(connection: sqlite3.Connection, group: str) -> set[str]:
     return {key for (key,) in connection.execute(CONSUMERS.blocked_keys, (group,))}
 

@@ -36,6 +36,7 @@ from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityErro
 from tidings.ports import ANY, DeadLetter, ExpectedVersion, Snapshot, StreamInfo, Trace
 
 T = TypeVar("T")
+WATCH_INTERVAL = 0.005  # seconds between looks at the file's change counter
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +340,17 @@ class SqliteStore:
 
     async def handled(self, group: str, event_id: str) -> bool:
         return await self._read(steps.handled, group, event_id)
+
+    async def watch(self, wake: Callable[[], None]) -> None:
+        # PRAGMA data_version changes whenever another connection (in this process or another)
+        # commits to the file; reading it costs no table access, so it can be polled often.
+        last = await self._read(steps.data_version)
+        while True:
+            await asyncio.sleep(WATCH_INTERVAL)
+            version = await self._read(steps.data_version)
+            if version != last:
+                last = version
+                wake()
 
     async def blocked_keys(self, group: str) -> set[str]:
         return await self._read(steps.blocked_keys, group)

@@ -31,7 +31,7 @@ async def stop_running(app: App) -> None:
 
 
 FAST = Retry(attempts=3, backoff=0.01, max_backoff=0.02)
-RUN = {"lease_ttl": 2.0, "poll": 0.02}
+RUN = {"lease_ttl": 2.0, "poll": 0.5}
 
 
 async def test_every_group_gets_every_matching_event(store_url: str) -> None:
@@ -316,3 +316,20 @@ async def test_ordered_groups_park_a_key_behind_its_dead_letter(store_url: str) 
         await app.publish(Ping(key="a", n=6), key="a")
         await eventually(lambda: handled["a"] == list(range(7)), within=20)
     assert handled["b"] == list(range(6))
+
+
+async def test_appends_by_another_process_wake_consumers(store_url: str) -> None:
+    """The consumer's fallback poll is 30 s here: only the store's change signal (LISTEN/NOTIFY,
+    or SQLite's change counter) can bring the other App's event in time."""
+    consumer, producer = App("consumer", store=store_url), App("producer", store=store_url)
+    got: list[int] = []
+
+    @consumer.subscribe("conformance.bus.ping", group="woken")
+    async def woken(event: Ping, ctx: Context) -> None:
+        got.append(event.n)
+
+    async with consumer, producer, consumer.running(lease_ttl=2.0, poll=30.0):
+        await asyncio.sleep(0.3)  # the consumer is idle, waiting
+        for n in range(3):
+            await producer.publish(Ping(key="w", n=n), key="w")
+            await eventually(lambda n=n: got == list(range(n + 1)), within=5)
