@@ -127,6 +127,10 @@ class GroupConsumer:
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._stopping = asyncio.Event()
         self._blocked: set[str] = set()  # keys with unresolved dead letters (ordered groups)
+        #: Per partition, events handled without a unit of work whose inbox records (and the
+        #: checkpoint past them) are written by the partition's next commit.
+        self._acks: dict[int, list[tuple[str, int]]] = {}
+        self._committed: dict[int, int] = {}  # the last checkpoint written, per partition
 
     def checkpoint_name(self, partition: int) -> str:
         return f"group:{self.group}:{partition}"
@@ -183,7 +187,8 @@ class GroupConsumer:
 
     async def _work(self, partition: int) -> None:
         name = self.checkpoint_name(partition)
-        after = await self.app.store.get_checkpoint(name)
+        after = self._committed[partition] = await self.app.store.get_checkpoint(name)
+        self._acks.pop(partition, None)
         while not self._stopping.is_set():
             seen = self.app.appends
             batch = await self.app.log.read_partition(
@@ -192,24 +197,26 @@ class GroupConsumer:
             if not batch:
                 await self.app.wait_for_events(self.poll, seen)
                 continue
-            skipped = None
             for record in batch:
                 if self._stopping.is_set():
                     break
-                if not self.subscription.pattern.matches(record.envelope.topic):
-                    skipped = record.position  # not for this group: only the checkpoint moves
-                    after = record.position
-                    continue
-                await self._process(partition, record)
-                after, skipped = record.position, None
-            if skipped is not None:
+                if self.subscription.pattern.matches(record.envelope.topic):
+                    await self._process(partition, record)
+                after = record.position  # done, or not for this group: the checkpoint moves on
+            if self._committed.get(partition) != after or self._acks.get(partition):
                 async with self.app.store.transaction() as tx:
-                    await self._checkpoint(tx, partition, skipped)
+                    await self._checkpoint(tx, partition, after)
 
     async def _checkpoint(self, tx: StoreTransaction, partition: int, position: int) -> None:
+        """Move the partition's checkpoint inside ``tx``, with the inbox records of the events
+        handled since the last commit, and only while this member holds the lease."""
         if not await tx.holds_lease(self.group, partition, self.member):
+            self._acks.pop(partition, None)  # never committed: they will be delivered again
             raise LeaseLost(f"member {self.member} lost partition {partition} of group {self.group}")
+        for event_id, attempts in self._acks.pop(partition, []):
+            await tx.mark_handled(self.group, event_id, attempts)
         await tx.set_checkpoint(self.checkpoint_name(partition), position)
+        self._committed[partition] = position
 
     async def _process(self, partition: int | None, record: RecordedEvent, redrive: int = 0) -> bool:
         """Handle one event to its end (done, skipped or dead-lettered); True if it was handled."""
@@ -274,6 +281,12 @@ class GroupConsumer:
         self, partition: int | None, record: RecordedEvent, context: Context, redrive: int
     ) -> None:
         app, unit = self.app, context._unit
+        if unit is None and not redrive and partition is not None:
+            # Nothing of the handler's to commit: its inbox record waits for the next commit of
+            # the partition (at the latest, the end of the batch). Delivery stays at least once;
+            # a crash before that commit redelivers the batch's events.
+            self._acks.setdefault(partition, []).append((record.envelope.id, context.attempt))
+            return
         saved: list[Any] = []
         async with app.store.transaction() as tx:
             if unit is not None:
