@@ -37,6 +37,7 @@ test: lint
 
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.store
+	$(BIN)/python -m benchmarks.bus
 
 clean:
 	rm -rf $(VENV) .tidings .pytest_cache .mypy_cache .ruff_cache
