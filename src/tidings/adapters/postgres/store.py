@@ -15,15 +15,12 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 import psycopg_pool
 
-from tidings.adapters.postgres import schema
+from tidings.adapters.postgres import schema, steps
 from tidings.adapters.sql.common import (
     DEFAULT_PARTITIONS,
     SCHEMA_VERSION,
-    Head,
     Partitioner,
     StoreAudit,
-    check_expected,
-    unique_by_id,
     validate_stream_name,
 )
 from tidings.adapters.sql.consumers import (
@@ -34,14 +31,13 @@ from tidings.adapters.sql.consumers import (
     handlings_of,
     plan_leases,
 )
-from tidings.adapters.sql.reads import StreamQuery, follow_log, snapshot_query
-from tidings.adapters.sql.rows import from_micros, plan_rows, record_of, records_of, to_micros
+from tidings.adapters.sql.reads import StreamQuery, follow_log
+from tidings.adapters.sql.rows import from_micros, records_of, to_micros
 from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent
 from tidings.domain.integrity import IntegrityReport
 from tidings.errors import (
     BackendUnavailable,
-    ConcurrencyError,
     ConfigurationError,
     IntegrityError,
     TidingsError,
@@ -49,7 +45,6 @@ from tidings.errors import (
 from tidings.ports import ANY, DeadLetter, ExpectedVersion, Snapshot, StreamInfo, Trace
 
 CONSUMERS = ConsumerSql.dialect("%s", row_lock=" FOR UPDATE")
-ID_KEY = "tidings_events_id_key"
 log = logging.getLogger("tidings.postgres")  # the unique constraint on event ids, named by PostgreSQL
 _OWN_OPTIONS = ("partitions", "pool_size", "connect_timeout")
 
@@ -189,7 +184,7 @@ class PostgresStore:
     ) -> list[RecordedEvent]:
         validate_stream_name(stream)
         async with self._connection() as connection, connection.transaction():
-            return await _append(
+            return await steps.append(
                 connection, stream, envelopes, expected_version, self._partition_of, self.settings.max_size
             )
 
@@ -215,7 +210,7 @@ class PostgresStore:
         self, stream: str, *, to_version: int | None = None, at: datetime | None = None
     ) -> tuple[Snapshot | None, list[RecordedEvent]]:
         async with self._connection() as connection, connection.cursor(binary=True) as cursor:
-            snapshot = await _load_snapshot(cursor, stream, to_version, at)
+            snapshot = await steps.load_snapshot(cursor, stream, to_version, at)
             start = snapshot.version + 1 if snapshot else 1
             query = StreamQuery.build("%s", stream, start, to_version, at, False, None)
             await cursor.execute(query.sql, query.args)
@@ -248,7 +243,7 @@ class PostgresStore:
 
     async def stream_version(self, stream: str) -> int:
         async with self._connection() as connection:
-            head = await _head(connection, stream)
+            head = await steps.read_head(connection, stream)
         return head.version if head else 0
 
     async def list_streams(self, *, prefix: str = "", limit: int | None = None) -> list[StreamInfo]:
@@ -268,15 +263,15 @@ class PostgresStore:
         self, stream: str, *, max_version: int | None = None, at: datetime | None = None
     ) -> Snapshot | None:
         async with self._connection() as connection, connection.cursor(binary=True) as cursor:
-            return await _load_snapshot(cursor, stream, max_version, at)
+            return await steps.load_snapshot(cursor, stream, max_version, at)
 
     async def get_document(self, collection: str, key: str) -> bytes | None:
         async with self._connection() as connection:
-            return await _get_document(connection, collection, key)
+            return await steps.get_document(connection, collection, key)
 
     async def get_checkpoint(self, name: str) -> int:
         async with self._connection() as connection:
-            return await _get_checkpoint(connection, name)
+            return await steps.get_checkpoint(connection, name)
 
     # -- the log, as consumer groups read it --------------------------------------------------
 
@@ -404,7 +399,7 @@ class PostgresTransaction:
     ) -> list[RecordedEvent]:
         validate_stream_name(stream)
         store = self._store
-        return await _append(
+        return await steps.append(
             self._connection,
             stream,
             envelopes,
@@ -414,7 +409,7 @@ class PostgresTransaction:
         )
 
     async def get_document(self, collection: str, key: str) -> bytes | None:
-        return await _get_document(self._connection, collection, key)
+        return await steps.get_document(self._connection, collection, key)
 
     async def put_document(self, collection: str, key: str, value: bytes) -> None:
         await self._connection.execute(schema.PUT_DOCUMENT, (collection, key, value))
@@ -426,7 +421,7 @@ class PostgresTransaction:
         await self._connection.execute(schema.CLEAR_COLLECTION, (collection,))
 
     async def get_checkpoint(self, name: str) -> int:
-        return await _get_checkpoint(self._connection, name)
+        return await steps.get_checkpoint(self._connection, name)
 
     async def set_checkpoint(self, name: str, position: int) -> None:
         await self._connection.execute(schema.PUT_CHECKPOINT, (name, position))
@@ -452,92 +447,3 @@ class PostgresTransaction:
     async def settle_dead_letter(self, entry: int, state: str) -> None:
         check_dead_letter_state(state)
         await self._connection.execute(CONSUMERS.set_dead_letter_state, (state, entry))
-
-
-async def _head(connection: psycopg.AsyncConnection[Any], stream: str) -> Head | None:
-    cursor = await connection.execute(schema.HEAD, (stream,))
-    row = await cursor.fetchone()
-    return Head(row[0], bytes(row[1])) if row else None
-
-
-async def _append(
-    connection: psycopg.AsyncConnection[Any],
-    stream: str,
-    envelopes: Sequence[Envelope],
-    expected: ExpectedVersion,
-    partition_of: Partitioner,
-    max_size: int,
-) -> list[RecordedEvent]:
-    """Append optimistically; only a conflict (a retry, most likely) looks up stored ids.
-
-    The caller holds a transaction open; the attempt runs under a savepoint, so a conflict rolls
-    back only the attempt.
-    """
-    await connection.execute(schema.LOCK_APPENDS)
-    unique = unique_by_id(envelopes)
-    stored: dict[str, RecordedEvent] = {}
-    try:
-        async with connection.transaction():
-            appended = await _insert(connection, stream, unique, expected, partition_of, max_size)
-    except (ConcurrencyError, psycopg.errors.UniqueViolation) as exc:
-        if isinstance(exc, psycopg.errors.UniqueViolation) and exc.diag.constraint_name != ID_KEY:
-            raise
-        async with connection.cursor(binary=True) as cursor:
-            await cursor.execute(schema.EXISTING_IDS, ([e.id for e in unique],))
-            for row in await cursor.fetchall():
-                record = record_of(row)
-                stored[record.envelope.id] = record
-        if not stored:
-            raise
-        fresh = [e for e in unique if e.id not in stored]
-        appended = await _insert(connection, stream, fresh, expected, partition_of, max_size) if fresh else []
-    by_id = {record.envelope.id: record for record in appended}
-    by_id.update(stored)
-    return [by_id[e.id] for e in envelopes]
-
-
-async def _insert(
-    connection: psycopg.AsyncConnection[Any],
-    stream: str,
-    envelopes: list[Envelope],
-    expected: ExpectedVersion,
-    partition_of: Partitioner,
-    max_size: int,
-) -> list[RecordedEvent]:
-    head = await _head(connection, stream)
-    check_expected(stream, expected, head.version if head else 0)
-    rows = plan_rows(stream, envelopes, head, partition_of, max_size)
-    columns = [list(column) for column in zip(*rows, strict=True)]
-    cursor = await connection.execute(schema.INSERT_EVENTS, columns)
-    position_of = dict(await cursor.fetchall())
-    last = rows[-1]
-    await connection.execute(
-        schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].time_us, last.time_us)
-    )
-    await connection.execute(schema.NOTIFY)  # delivered when, and only if, the append commits
-    return [
-        RecordedEvent(
-            envelope=envelope, stream=stream, version=row.version, position=position_of[row.version]
-        )
-        for row, envelope in zip(rows, envelopes, strict=True)
-    ]
-
-
-async def _load_snapshot(
-    cursor: psycopg.AsyncCursor[Any], stream: str, max_version: int | None, at: datetime | None
-) -> Snapshot | None:
-    await cursor.execute(*snapshot_query("%s", stream, max_version, at))
-    row = await cursor.fetchone()
-    return None if row is None else Snapshot(row[0], row[1], row[2], from_micros(row[3]), bytes(row[4]))
-
-
-async def _get_document(connection: psycopg.AsyncConnection[Any], collection: str, key: str) -> bytes | None:
-    cursor = await connection.execute(schema.GET_DOCUMENT, (collection, key))
-    row = await cursor.fetchone()
-    return bytes(row[0]) if row else None
-
-
-async def _get_checkpoint(connection: psycopg.AsyncConnection[Any], name: str) -> int:
-    cursor = await connection.execute(schema.GET_CHECKPOINT, (name,))
-    row = await cursor.fetchone()
-    return int(row[0]) if row else 0
