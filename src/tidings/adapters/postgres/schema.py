@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from tidings.adapters.sql.consumers import consumer_tables
 from tidings.adapters.sql.rows import AUDIT_COLUMNS, INSERT_COLUMNS, LOG_COLUMNS, SELECT_COLUMNS
 
 # Advisory lock keys (arbitrary constants, "tidings" in ASCII plus a suffix).
@@ -54,48 +55,9 @@ CREATE: Final = (
         value BYTEA NOT NULL,
         PRIMARY KEY (collection, key)
     )""",
-    """CREATE INDEX IF NOT EXISTS tidings_events_by_partition ON tidings_events (partition, position)""",
-    "CREATE INDEX IF NOT EXISTS tidings_events_by_correlation ON tidings_events (correlation_id)",
-    """CREATE TABLE IF NOT EXISTS tidings_members (
-        group_name TEXT NOT NULL,
-        member TEXT NOT NULL,
-        expires_us BIGINT NOT NULL,
-        PRIMARY KEY (group_name, member)
-    )""",
-    """CREATE TABLE IF NOT EXISTS tidings_leases (
-        group_name TEXT NOT NULL,
-        partition INTEGER NOT NULL,
-        member TEXT NOT NULL,
-        expires_us BIGINT NOT NULL,
-        PRIMARY KEY (group_name, partition)
-    )""",
-    """CREATE TABLE IF NOT EXISTS tidings_inbox (
-        group_name TEXT NOT NULL,
-        event_id TEXT NOT NULL,
-        handled_us BIGINT NOT NULL,
-        attempts INTEGER NOT NULL,
-        PRIMARY KEY (group_name, event_id)
-    )""",
-    """CREATE TABLE IF NOT EXISTS tidings_dead_letters (
-        id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-        group_name TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        error TEXT NOT NULL,
-        traceback TEXT NOT NULL,
-        attempts INTEGER NOT NULL,
-        event_id TEXT,
-        position BIGINT,
-        stream TEXT,
-        topic TEXT,
-        partition_key TEXT,
-        envelope BYTEA,
-        raw BYTEA,
-        first_failed_us BIGINT,
-        dead_us BIGINT NOT NULL,
-        state TEXT NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS tidings_dead_letters_by_group"
-    " ON tidings_dead_letters (group_name, state, partition_key)",
+)
+CREATE_CONSUMERS: Final = consumer_tables(
+    bigint="BIGINT", blob="BYTEA", auto_id="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
 )
 
 ALL_META: Final = "SELECT key, value FROM tidings_meta"

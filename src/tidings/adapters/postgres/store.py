@@ -141,7 +141,7 @@ class PostgresStore:
             if self.settings.create:
                 # CREATE TABLE IF NOT EXISTS races with itself across processes; a lock orders them.
                 await connection.execute(f"SELECT pg_advisory_xact_lock({schema.SCHEMA_LOCK})")
-                for statement in schema.CREATE:
+                for statement in (*schema.CREATE, *schema.CREATE_CONSUMERS):
                     await connection.execute(statement)
                 await connection.execute(schema.PUT_META, ("schema_version", str(SCHEMA_VERSION)))
                 await connection.execute(schema.PUT_META, ("partitions", str(self.settings.partitions)))

@@ -21,6 +21,54 @@ DEAD_LETTER_COLUMNS: Final = (
 DEAD_LETTER_STATES: Final = ("dead", "redrive", "redriven", "purged")
 
 
+def consumer_tables(*, bigint: str, blob: str, auto_id: str) -> tuple[str, ...]:
+    """The tables and indexes of consumer groups, in a dialect's column types."""
+    return (
+        "CREATE INDEX IF NOT EXISTS tidings_events_by_partition ON tidings_events (partition, position)",
+        "CREATE INDEX IF NOT EXISTS tidings_events_by_correlation ON tidings_events (correlation_id)",
+        f"""CREATE TABLE IF NOT EXISTS tidings_members (
+            group_name TEXT NOT NULL,
+            member TEXT NOT NULL,
+            expires_us {bigint} NOT NULL,
+            PRIMARY KEY (group_name, member)
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS tidings_leases (
+            group_name TEXT NOT NULL,
+            partition INTEGER NOT NULL,
+            member TEXT NOT NULL,
+            expires_us {bigint} NOT NULL,
+            PRIMARY KEY (group_name, partition)
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS tidings_inbox (
+            group_name TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            handled_us {bigint} NOT NULL,
+            attempts INTEGER NOT NULL,
+            PRIMARY KEY (group_name, event_id)
+        )""",
+        f"""CREATE TABLE IF NOT EXISTS tidings_dead_letters (
+            id {auto_id},
+            group_name TEXT NOT NULL,
+            reason TEXT NOT NULL,
+            error TEXT NOT NULL,
+            traceback TEXT NOT NULL,
+            attempts INTEGER NOT NULL,
+            event_id TEXT,
+            position {bigint},
+            stream TEXT,
+            topic TEXT,
+            partition_key TEXT,
+            envelope {blob},
+            raw {blob},
+            first_failed_us {bigint},
+            dead_us {bigint} NOT NULL,
+            state TEXT NOT NULL
+        )""",
+        "CREATE INDEX IF NOT EXISTS tidings_dead_letters_by_group"
+        " ON tidings_dead_letters (group_name, state, partition_key)",
+    )
+
+
 class ConsumerSql(NamedTuple):
     read_partition: str
     upsert_member: str

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Final
 
+from tidings.adapters.sql.consumers import consumer_tables
 from tidings.adapters.sql.rows import AUDIT_COLUMNS, INSERT_COLUMNS, LOG_COLUMNS, SELECT_COLUMNS
 
 # AUTOINCREMENT keeps positions from ever being reused, even after the newest row is deleted.
@@ -54,48 +55,9 @@ CREATE: Final = (
         value BLOB NOT NULL,
         PRIMARY KEY (collection, key)
     )""",
-    """CREATE INDEX IF NOT EXISTS tidings_events_by_partition ON tidings_events (partition, position)""",
-    "CREATE INDEX IF NOT EXISTS tidings_events_by_correlation ON tidings_events (correlation_id)",
-    """CREATE TABLE IF NOT EXISTS tidings_members (
-        group_name TEXT NOT NULL,
-        member TEXT NOT NULL,
-        expires_us INTEGER NOT NULL,
-        PRIMARY KEY (group_name, member)
-    )""",
-    """CREATE TABLE IF NOT EXISTS tidings_leases (
-        group_name TEXT NOT NULL,
-        partition INTEGER NOT NULL,
-        member TEXT NOT NULL,
-        expires_us INTEGER NOT NULL,
-        PRIMARY KEY (group_name, partition)
-    )""",
-    """CREATE TABLE IF NOT EXISTS tidings_inbox (
-        group_name TEXT NOT NULL,
-        event_id TEXT NOT NULL,
-        handled_us INTEGER NOT NULL,
-        attempts INTEGER NOT NULL,
-        PRIMARY KEY (group_name, event_id)
-    )""",
-    """CREATE TABLE IF NOT EXISTS tidings_dead_letters (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        group_name TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        error TEXT NOT NULL,
-        traceback TEXT NOT NULL,
-        attempts INTEGER NOT NULL,
-        event_id TEXT,
-        position INTEGER,
-        stream TEXT,
-        topic TEXT,
-        partition_key TEXT,
-        envelope BLOB,
-        raw BLOB,
-        first_failed_us INTEGER,
-        dead_us INTEGER NOT NULL,
-        state TEXT NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS tidings_dead_letters_by_group"
-    " ON tidings_dead_letters (group_name, state, partition_key)",
+)
+CREATE_CONSUMERS: Final = consumer_tables(
+    bigint="INTEGER", blob="BLOB", auto_id="INTEGER PRIMARY KEY AUTOINCREMENT"
 )
 
 ALL_META: Final = "SELECT key, value FROM tidings_meta"

@@ -160,7 +160,7 @@ class SqliteStore:
                 raise IntegrityError(
                     f"{self.url} is an SQLite database of something else; tidings will not write into it"
                 )
-            for statement in schema.CREATE:
+            for statement in (*schema.CREATE, *schema.CREATE_CONSUMERS):
                 connection.execute(statement)
             connection.execute(schema.PUT_META, ("schema_version", str(SCHEMA_VERSION)))
             connection.execute(schema.PUT_META, ("partitions", str(self.settings.partitions)))
