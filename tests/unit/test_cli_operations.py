@@ -142,3 +142,12 @@ def test_run_works_until_sigterm_and_shares_work_between_workers(tmp_path: Path)
 def test_run_names_a_wrong_target(tmp_path: Path) -> None:
     code, out = tidings("run", "no_such_module_here:app")
     assert code == 2 and "cannot import 'no_such_module_here'" in out
+
+
+def test_dead_letter_commands_take_the_store_from_the_environment(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'env.db'}"
+    asyncio.run(_busy_store(url))
+    result = CliRunner().invoke(cli, ["dlq", "list"], env={"TIDINGS_STORE": url})
+    assert result.exit_code == 0 and "picky" in result.output
+    result = CliRunner().invoke(cli, ["trace", "journey-1"], env={"TIDINGS_STORE": url})
+    assert result.exit_code == 0 and "correlation journey-1" in result.output

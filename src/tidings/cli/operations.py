@@ -19,7 +19,7 @@ from tidings.cli.common import EXIT_OK, LimitOption, StoreOption, fail, note, ru
 from tidings.domain.envelope import RecordedEvent, format_time
 from tidings.errors import ConfigurationError
 from tidings.ports import DeadLetter, EventStore, Log, Trace
-from tidings.runtime.app import App
+from tidings.runtime.app import DEFAULT_STORE, App
 
 dlq_app = typer.Typer(help="The dead letter queues of consumer groups.", no_args_is_help=True)
 
@@ -89,7 +89,7 @@ def run(
 
 @dlq_app.command("list")
 def dlq_list(
-    store: StoreOption,
+    store: StoreOption = DEFAULT_STORE,
     group: GroupOption = None,
     state: Annotated[str, typer.Option("--state", help="dead, redrive, redriven, purged or all.")] = "dead",
     limit: LimitOption = 100,
@@ -121,7 +121,9 @@ def dlq_list(
 
 
 @dlq_app.command("show")
-def dlq_show(store: StoreOption, entry: Annotated[int, typer.Argument(help="The dead letter's id.")]) -> None:
+def dlq_show(
+    entry: Annotated[int, typer.Argument(help="The dead letter's id.")], store: StoreOption = DEFAULT_STORE
+) -> None:
     """One dead letter: why, the traceback, and the original envelope."""
 
     async def work(opened: EventStore) -> list[DeadLetter]:
@@ -169,7 +171,10 @@ AllOption = Annotated[bool, typer.Option("--all", help="Every dead letter of --g
 
 @dlq_app.command("redrive")
 def dlq_redrive(
-    store: StoreOption, entries: EntriesArgument = None, group: GroupOption = None, every: AllOption = False
+    entries: EntriesArgument = None,
+    store: StoreOption = DEFAULT_STORE,
+    group: GroupOption = None,
+    every: AllOption = False,
 ) -> None:
     """Hand dead letters back to the group that dead-lettered them (its running consumers)."""
     changed = _change(store, entries or [], group, every, "redrive")
@@ -178,7 +183,10 @@ def dlq_redrive(
 
 @dlq_app.command("purge")
 def dlq_purge(
-    store: StoreOption, entries: EntriesArgument = None, group: GroupOption = None, every: AllOption = False
+    entries: EntriesArgument = None,
+    store: StoreOption = DEFAULT_STORE,
+    group: GroupOption = None,
+    every: AllOption = False,
 ) -> None:
     """Mark dead letters as dealt with (they stay on record, out of the queue)."""
     changed = _change(store, entries or [], group, every, "purged")
@@ -186,8 +194,8 @@ def dlq_purge(
 
 
 def trace(
-    store: StoreOption,
     correlation_id: Annotated[str, typer.Argument(metavar="CORRELATION-ID")],
+    store: StoreOption = DEFAULT_STORE,
 ) -> None:
     """The causation tree of a correlation: each event, and how each group dealt with it."""
 
