@@ -148,6 +148,19 @@ class Log(Protocol):
         """Queue the key's parked dead letters for redrive (its blocking event is resolved)."""
 
 
+class Bus(Protocol):
+    """A broker that the relay feeds from the store's log (distributed mode)."""
+
+    url: str
+
+    async def open(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def publish(self, records: Sequence[RecordedEvent]) -> None:
+        """Publish in order; return once the broker has stored every one."""
+
+
 class EventStore(Protocol):
     """An append-only store of streams whose events also form one totally ordered log."""
 

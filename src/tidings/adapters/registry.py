@@ -6,7 +6,7 @@ from urllib.parse import urlsplit
 
 from tidings.adapters.urls import redact_url
 from tidings.errors import ConfigurationError
-from tidings.ports import EventStore
+from tidings.ports import Bus, EventStore
 
 STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
 
@@ -34,4 +34,20 @@ def open_store(url: str, *, create: bool = True) -> EventStore:
     raise ConfigurationError(
         f"unknown store URL scheme {scheme!r} in {redact_url(url)!r}; "
         f"expected one of: {', '.join(s + '://' for s in STORE_SCHEMES)}"
+    )
+
+
+def open_bus(url: str) -> Bus:
+    """A bus for ``url`` (``nats://`` or ``tls://``), not yet opened."""
+    scheme = urlsplit(url).scheme
+    if scheme in ("nats", "tls"):
+        try:
+            from tidings.adapters.nats import NatsBus, NatsSettings
+        except ImportError as exc:
+            raise ConfigurationError(
+                f"the NATS bus needs its client ({exc.name} is missing): pip install 'tidings[nats]'"
+            ) from None
+        return NatsBus(NatsSettings.from_url(url))
+    raise ConfigurationError(
+        f"unknown bus URL scheme {scheme!r} in {redact_url(url)!r}; expected nats:// or tls://"
     )

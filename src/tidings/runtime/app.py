@@ -14,17 +14,18 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from tidings.adapters.registry import open_store
+from tidings.adapters.registry import open_bus, open_store
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, Stored
 from tidings.domain.events import Event, EventRegistry, default_registry
 from tidings.domain.integrity import IntegrityReport
 from tidings.domain.topics import compile_pattern
-from tidings.errors import ConfigurationError
+from tidings.errors import ConfigurationError, TidingsError
 from tidings.ports import ANY, DeadLetter, EventStore, ExpectedVersion, Log
 from tidings.runtime.codec import Codec
 from tidings.runtime.consuming import Context, GroupConsumer, Subscription
 from tidings.runtime.deadlines import Clock, SystemClock
+from tidings.runtime.outbox import Relay
 from tidings.runtime.projection import Projection, reset_projection, run_projection
 from tidings.runtime.publishing import Lineage, aggregate_envelopes, publication_envelope
 from tidings.runtime.repository import Repository
@@ -56,6 +57,7 @@ class App:
         name: str,
         *,
         store: str | None = None,
+        bus: str | None = None,
         registry: EventRegistry = default_registry,
         max_event_size: int = DEFAULT_MAX_SIZE,
         clock: Clock | None = None,
@@ -64,6 +66,8 @@ class App:
             raise ConfigurationError("an App needs a name (it becomes the events' source)")
         self.name = name
         self.store_url = os.environ.get("TIDINGS_STORE") or store or DEFAULT_STORE
+        #: Distributed mode: the relay publishes the store's log to this bus (``TIDINGS_BUS``).
+        self.bus_url = os.environ.get("TIDINGS_BUS") or bus
         self.codec = Codec(source=name, registry=registry, max_size=max_event_size)
         self.clock: Clock = clock or SystemClock()
         self.state = AppState.CREATED
@@ -314,6 +318,12 @@ class App:
         fallback interval at which an idle partition looks again."""
         await self.open()
         watcher = asyncio.create_task(self.log.watch(self.notify)) if self.subscriptions else None
+        relay, relay_task = None, None
+        if self.bus_url:
+            bus = open_bus(self.bus_url)
+            await bus.open()
+            relay = Relay(self, bus)
+            relay_task = asyncio.create_task(relay.run())
         consumers = [
             GroupConsumer(self, s, lease_ttl=lease_ttl, poll=poll) for s in self.subscriptions.values()
         ]
@@ -331,6 +341,15 @@ class App:
                 watcher.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await watcher
+            if relay is not None and relay_task is not None:
+                relay.stopping = True
+                self.wake()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(relay_task), 5.0)
+                relay_task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, TidingsError):
+                    await relay_task
+                await relay.bus.close()
 
     async def run(self, *, lease_ttl: float = 10.0, poll: float = 1.0) -> None:
         """Run the consumers until SIGTERM or SIGINT; then finish the events in hand, release
