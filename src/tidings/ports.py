@@ -124,8 +124,8 @@ class Log(Protocol):
     async def release(self, group: str, member: str) -> None:
         """Give up every lease of the member (on shutdown), so others take over at once."""
 
-    async def handled(self, group: str, event_id: str) -> bool:
-        """Whether the event is in the group's inbox (handled before: a duplicate)."""
+    async def handled(self, group: str, event_ids: Sequence[str]) -> set[str]:
+        """Those of the events that are in the group's inbox (handled before: duplicates)."""
 
     async def trace(self, correlation_id: str, *, limit: int = 1000) -> Trace:
         """Every event of a correlation (and its root), with how each group dealt with it."""

@@ -197,11 +197,14 @@ class GroupConsumer:
             if not batch:
                 await self.app.wait_for_events(self.poll, seen)
                 continue
+            mine = [r for r in batch if self.subscription.pattern.matches(r.envelope.topic)]
+            # One look at the inbox for the whole batch (redeliveries after a crash or handover).
+            duplicates = await self.app.log.handled(self.group, [r.envelope.id for r in mine])
             for record in batch:
                 if self._stopping.is_set():
                     break
                 if self.subscription.pattern.matches(record.envelope.topic):
-                    await self._process(partition, record)
+                    await self._process(partition, record, duplicate=record.envelope.id in duplicates)
                 after = record.position  # done, or not for this group: the checkpoint moves on
             if self._committed.get(partition) != after or self._acks.get(partition):
                 async with self.app.store.transaction() as tx:
@@ -218,7 +221,9 @@ class GroupConsumer:
         await tx.set_checkpoint(self.checkpoint_name(partition), position)
         self._committed[partition] = position
 
-    async def _process(self, partition: int | None, record: RecordedEvent, redrive: int = 0) -> bool:
+    async def _process(
+        self, partition: int | None, record: RecordedEvent, redrive: int = 0, duplicate: bool = False
+    ) -> bool:
         """Handle one event to its end (done, skipped or dead-lettered); True if it was handled."""
         app, envelope = self.app, record.envelope
         key = envelope.partitionkey or record.stream
@@ -239,7 +244,7 @@ class GroupConsumer:
             error = f"expired {late.total_seconds():.3f} s before it could be handled"
             await self._dead(partition, record, "expired", error, "", 0, None, redrive)
             return False
-        if not redrive and await app.log.handled(self.group, envelope.id):
+        if duplicate:
             if partition is not None:
                 async with app.store.transaction() as tx:
                     await self._checkpoint(tx, partition, record.position)

@@ -60,6 +60,7 @@ CREATE_CONSUMERS: Final = consumer_tables(
     bigint="BIGINT", blob="BYTEA", auto_id="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
 )
 
+HANDLED: Final = "SELECT event_id FROM tidings_inbox WHERE group_name = %s AND event_id = ANY(%s)"
 ALL_META: Final = "SELECT key, value FROM tidings_meta"
 TABLES_EXIST: Final = "SELECT to_regclass('tidings_meta') IS NOT NULL"
 PUT_META: Final = "INSERT INTO tidings_meta (key, value) VALUES (%s, %s) ON CONFLICT DO NOTHING"

@@ -310,10 +310,12 @@ class PostgresStore:
             await connection.execute(CONSUMERS.release_leases, (group, member))
             await connection.execute(CONSUMERS.forget_member, (group, member))
 
-    async def handled(self, group: str, event_id: str) -> bool:
+    async def handled(self, group: str, event_ids: Sequence[str]) -> set[str]:
+        if not event_ids:
+            return set()
         async with self._connection() as connection:
-            cursor = await connection.execute(CONSUMERS.handled, (group, event_id))
-            return await cursor.fetchone() is not None
+            cursor = await connection.execute(schema.HANDLED, (group, list(event_ids)))
+            return {event_id for (event_id,) in await cursor.fetchall()}
 
     async def watch(self, wake: Callable[[], None]) -> None:
         while True:

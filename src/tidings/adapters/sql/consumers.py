@@ -82,7 +82,6 @@ class ConsumerSql(NamedTuple):
     release_leases: str
     forget_member: str
     holds_lease: str
-    handled: str
     mark_handled: str
     insert_dead_letter: str
     dead_letters: str
@@ -126,7 +125,6 @@ class ConsumerSql(NamedTuple):
                 f"SELECT 1 FROM tidings_leases WHERE group_name = {m} AND partition = {m}"
                 f" AND member = {m} AND expires_us >= {m}{row_lock}"
             ),
-            handled=f"SELECT 1 FROM tidings_inbox WHERE group_name = {m} AND event_id = {m}",
             mark_handled=(
                 "INSERT INTO tidings_inbox (group_name, event_id, handled_us, attempts)"
                 f" VALUES ({m}, {m}, {m}, {m})"

@@ -60,6 +60,7 @@ CREATE_CONSUMERS: Final = consumer_tables(
     bigint="INTEGER", blob="BLOB", auto_id="INTEGER PRIMARY KEY AUTOINCREMENT"
 )
 
+HANDLED: Final = "SELECT event_id FROM tidings_inbox WHERE group_name = ? AND event_id IN ({marks})"
 ALL_META: Final = "SELECT key, value FROM tidings_meta"
 PUT_META: Final = "INSERT OR IGNORE INTO tidings_meta (key, value) VALUES (?, ?)"
 

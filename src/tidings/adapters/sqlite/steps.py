@@ -229,8 +229,13 @@ def holds_lease(connection: sqlite3.Connection, group: str, partition: int, memb
     return connection.execute(CONSUMERS.holds_lease, (group, partition, member, now)).fetchone() is not None
 
 
-def handled(connection: sqlite3.Connection, group: str, event_id: str) -> bool:
-    return connection.execute(CONSUMERS.handled, (group, event_id)).fetchone() is not None
+def handled(connection: sqlite3.Connection, group: str, event_ids: Sequence[str]) -> set[str]:
+    found: set[str] = set()
+    for start in range(0, len(event_ids), 500):  # stay below SQLite's bound-parameter limit
+        chunk = list(event_ids[start : start + 500])
+        query = schema.HANDLED.format(marks=",".join("?" * len(chunk)))
+        found.update(event_id for (event_id,) in connection.execute(query, (group, *chunk)))
+    return found
 
 
 def mark_handled(connection: sqlite3.Connection, group: str, event_id: str, attempts: int) -> bool:

@@ -338,8 +338,10 @@ class SqliteStore:
         async with self._write_lock:
             await self._write(steps.in_transaction, steps.release, group, member)
 
-    async def handled(self, group: str, event_id: str) -> bool:
-        return await self._read(steps.handled, group, event_id)
+    async def handled(self, group: str, event_ids: Sequence[str]) -> set[str]:
+        if not event_ids:
+            return set()
+        return await self._read(steps.handled, group, event_ids)
 
     async def watch(self, wake: Callable[[], None]) -> None:
         # PRAGMA data_version changes whenever another connection (in this process or another)
