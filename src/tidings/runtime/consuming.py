@@ -114,7 +114,7 @@ class GroupConsumer:
         subscription: Subscription,
         *,
         lease_ttl: float = 10.0,
-        poll: float = 0.05,
+        poll: float = 1.0,
         grace: float = 5.0,
     ) -> None:
         self.app = app
@@ -200,12 +200,13 @@ class GroupConsumer:
             mine = [r for r in batch if self.subscription.pattern.matches(r.envelope.topic)]
             # One look at the inbox for the whole batch (redeliveries after a crash or handover).
             duplicates = await self.app.log.handled(self.group, [r.envelope.id for r in mine])
-            for record in batch:
+            for record in mine:
                 if self._stopping.is_set():
                     break
-                if self.subscription.pattern.matches(record.envelope.topic):
-                    await self._process(partition, record, duplicate=record.envelope.id in duplicates)
-                after = record.position  # done, or not for this group: the checkpoint moves on
+                await self._process(partition, record, duplicate=record.envelope.id in duplicates)
+                after = record.position
+            if not self._stopping.is_set():
+                after = batch[-1].position  # events not for this group move the checkpoint too
             if self._committed.get(partition) != after or self._acks.get(partition):
                 async with self.app.store.transaction() as tx:
                     await self._checkpoint(tx, partition, after)
@@ -227,10 +228,11 @@ class GroupConsumer:
         """Handle one event to its end (done, skipped or dead-lettered); True if it was handled."""
         app, envelope = self.app, record.envelope
         key = envelope.partitionkey or record.stream
-        if self.subscription.ordered and not redrive and key in self._blocked:
+        parks = self.subscription.ordered and not redrive
+        if parks and key in self._blocked:
             # The cache may be stale (the key may have drained since): ask the store.
             self._blocked = await app.log.blocked_keys(self.group)
-        if self.subscription.ordered and not redrive and key in self._blocked:
+        if parks and key in self._blocked:
             error = "parked: an earlier event of this key is in the dead letter queue"
             await self._dead(partition, record, "parked", error, "", 0, None, redrive)
             return False

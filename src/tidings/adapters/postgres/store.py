@@ -21,6 +21,7 @@ from tidings.adapters.sql.common import (
     SCHEMA_VERSION,
     Partitioner,
     StoreAudit,
+    partitions_of_store,
     validate_stream_name,
 )
 from tidings.adapters.sql.consumers import (
@@ -39,7 +40,6 @@ from tidings.domain.integrity import IntegrityReport
 from tidings.errors import (
     BackendUnavailable,
     ConfigurationError,
-    IntegrityError,
     TidingsError,
 )
 from tidings.ports import ANY, DeadLetter, ExpectedVersion, Snapshot, StreamInfo, Trace
@@ -151,14 +151,7 @@ class PostgresStore:
             if exists and exists[0]:
                 cursor = await connection.execute(schema.ALL_META)
                 meta = dict(await cursor.fetchall())
-        if "partitions" not in meta:
-            raise IntegrityError(f"{self.url} holds no tidings store")
-        if meta.get("schema_version") != str(SCHEMA_VERSION):
-            raise IntegrityError(
-                f"{self.url} has store schema {meta.get('schema_version')}; "
-                f"this tidings reads schema {SCHEMA_VERSION}"
-            )
-        self._partition_of = Partitioner(int(meta["partitions"]))
+        self._partition_of = Partitioner(partitions_of_store(self.url, meta))
 
     def _translate(self, exc: psycopg.Error) -> TidingsError:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

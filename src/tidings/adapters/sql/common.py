@@ -23,6 +23,18 @@ SCHEMA_VERSION: Final = 6
 MAX_NUMBER: Final = 2**63 - 1
 
 
+def partitions_of_store(url: str, meta: dict[str, str]) -> int:
+    """The partition count a store was created with, once its ``tidings_meta`` proves it is a
+    tidings store of the schema this code reads."""
+    if "partitions" not in meta:
+        raise IntegrityError(f"{url} holds no tidings store")
+    if meta.get("schema_version") != str(SCHEMA_VERSION):
+        raise IntegrityError(
+            f"{url} has store schema {meta.get('schema_version')}; this tidings reads schema {SCHEMA_VERSION}"
+        )
+    return int(meta["partitions"])
+
+
 class Partitioner:
     """Maps a partition key to one of a fixed number of partitions.
 

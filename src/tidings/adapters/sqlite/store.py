@@ -23,6 +23,7 @@ from tidings.adapters.sql.common import (
     DEFAULT_PARTITIONS,
     SCHEMA_VERSION,
     Partitioner,
+    partitions_of_store,
     validate_stream_name,
 )
 from tidings.adapters.sql.consumers import check_dead_letter_state
@@ -181,14 +182,7 @@ class SqliteStore:
                 meta = dict(connection.execute(schema.ALL_META).fetchall())
             except sqlite3.OperationalError:  # no tables at all
                 meta = {}
-        if "partitions" not in meta:
-            raise IntegrityError(f"{self.url} is not a tidings store")
-        if meta.get("schema_version") != str(SCHEMA_VERSION):
-            raise IntegrityError(
-                f"{self.url} has store schema {meta.get('schema_version')}; "
-                f"this tidings reads schema {SCHEMA_VERSION}"
-            )
-        return int(meta["partitions"])
+        return partitions_of_store(self.url, meta)
 
     def _append_step(
         self,

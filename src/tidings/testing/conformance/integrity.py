@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tidings.errors import IntegrityError
+from tidings.adapters.registry import open_store
+from tidings.errors import IntegrityError, TidingsError
 from tidings.ports import EventStore
 from tidings.testing.conformance.events import items, unique
 from tidings.testing.raw import raw_execute
@@ -97,3 +98,18 @@ async def test_a_forged_time_column_is_reported(store: EventStore, store_url: st
     report = await store.verify()
     assert [(p.stream, p.version) for p in report.problems] == [(victim, 2)]
     assert "time" in report.problems[0].problem
+
+
+async def test_inspecting_a_place_without_a_store_is_an_error_and_creates_nothing(store_url: str) -> None:
+    inspector = open_store(store_url, create=False)
+    with pytest.raises(TidingsError, match=r"no tidings store"):
+        await inspector.open()
+    await inspector.close()
+    creator = open_store(store_url)  # the place is still empty: a store can be created there
+    await creator.open()
+    assert await creator.head_position() == 0
+    await creator.close()
+    inspector = open_store(store_url, create=False)
+    await inspector.open()
+    assert (await inspector.verify()).ok
+    await inspector.close()
