@@ -111,6 +111,10 @@ class Log(Protocol):
 
     partitions: int
 
+    def checkpoint_name(self, group: str, partition: int) -> str:
+        """Where the group's checkpoint in this log's positions is kept (positions of different
+        logs, such as the store's and a JetStream stream's, are not interchangeable)."""
+
     async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
         """Events of one partition after a position, in log order."""
 
@@ -149,16 +153,22 @@ class Log(Protocol):
 
 
 class Bus(Protocol):
-    """A broker that the relay feeds from the store's log (distributed mode)."""
+    """A broker that the relay feeds from the store's log, and consumer groups read from
+    (distributed mode). It keeps the store's partitions: an event goes to its partition there."""
 
     url: str
 
-    async def open(self) -> None: ...
+    async def open(self, partitions: int) -> None:
+        """Connect, and create the broker's stream for ``partitions`` partitions if missing."""
 
     async def close(self) -> None: ...
 
-    async def publish(self, records: Sequence[RecordedEvent]) -> None:
-        """Publish in order; return once the broker has stored every one."""
+    async def publish(self, partition: int, records: Sequence[RecordedEvent]) -> None:
+        """Publish one partition's events in log order; return once the broker stored them."""
+
+    def log(self, store_log: Log) -> Log:
+        """The log that consumer groups read: partitions from the broker; leases, inbox,
+        checkpoints and dead letters stay in the store, so effects commit with them."""
 
 
 class EventStore(Protocol):

@@ -1,3 +1,13 @@
-"""Runs the bus part of the conformance suite on every backend."""
+"""Runs the bus part of the conformance suite on the SQLite log, the PostgreSQL log and
+JetStream (PostgreSQL as the store, the relay feeding a nats-server)."""
+
+import pytest
 
 from tidings.testing.conformance.bus import *  # noqa: F403
+from tidings.testing.plugin import BUS_BACKENDS
+
+
+@pytest.fixture(params=BUS_BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name

@@ -75,6 +75,14 @@ class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
     position: int
 
 
+class Undecodable(RecordedEvent, frozen=True, gc=False):
+    """A message read from a broker that is no valid envelope (anyone may publish to a subject):
+    ``envelope`` holds what could be read of it, ``error`` says what is wrong; consumers
+    dead-letter it as ``malformed`` with its raw body."""
+
+    error: str = ""
+
+
 _ABSENT: Final = msgspec.Raw(b"")
 
 

@@ -20,12 +20,13 @@ from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, S
 from tidings.domain.events import Event, EventRegistry, default_registry
 from tidings.domain.integrity import IntegrityReport
 from tidings.domain.topics import compile_pattern
-from tidings.errors import ConfigurationError, TidingsError
-from tidings.ports import ANY, DeadLetter, EventStore, ExpectedVersion, Log
+from tidings.errors import ConfigurationError
+from tidings.ports import ANY, Bus, DeadLetter, EventStore, ExpectedVersion, Log
 from tidings.runtime.codec import Codec
 from tidings.runtime.consuming import Context, GroupConsumer, Subscription
 from tidings.runtime.deadlines import Clock, SystemClock
-from tidings.runtime.outbox import Relay
+from tidings.runtime.leasing import PartitionMember
+from tidings.runtime.outbox import RESERVED_GROUP_PREFIX, Relay
 from tidings.runtime.projection import Projection, reset_projection, run_projection
 from tidings.runtime.publishing import Lineage, aggregate_envelopes, publication_envelope
 from tidings.runtime.repository import Repository
@@ -74,8 +75,10 @@ class App:
         self.subscriptions: dict[str, Subscription] = {}
         self._store: EventStore | None = None
         self._log: Log | None = None
+        self._bus: Bus | None = None
+        self._feed: Log | None = None  # what consumer groups read: the bus's log, else the store's
         self._repository: Repository | None = None
-        self._consumers: list[GroupConsumer] = []
+        self._members: list[PartitionMember] = []
         #: Counts appends seen (``notify``); a reader that saw nothing waits for it to move.
         self.appends = 0
         self._waiters: set[asyncio.Future[None]] = set()
@@ -93,12 +96,22 @@ class App:
         self._log = store if isinstance(store, Log) else None
         self._repository = Repository(store, self.codec)
         self.state = AppState.OPEN
+        if self.bus_url:
+            try:
+                bus = open_bus(self.bus_url)
+                await bus.open(self.log.partitions)
+            except BaseException:
+                await self.close()
+                raise
+            self._bus, self._feed = bus, bus.log(self.log)
         return self
 
     async def close(self) -> None:
+        if self._bus is not None:
+            await self._bus.close()
         if self._store is not None:
             await self._store.close()
-        self._store = None
+        self._store = self._bus = self._feed = None
         self.state = AppState.CLOSED
 
     async def __aenter__(self) -> App:
@@ -128,6 +141,12 @@ class App:
                 f"the store at {self.store.url} cannot serve as a log for consumer groups"
             )
         return self._log
+
+    @property
+    def feed(self) -> Log:
+        """The log that this App's consumer groups read: in distributed mode the bus's, whose
+        partitions the relay fills from the store's log; else the store's log itself."""
+        return self._feed or self.log
 
     @property
     def repository(self) -> Repository:
@@ -263,6 +282,8 @@ class App:
         compiled = compile_pattern(pattern)
         if not group or any(c.isspace() for c in group):
             raise ConfigurationError(f"a group needs a name without spaces, got {group!r}")
+        if group.startswith(RESERVED_GROUP_PREFIX):
+            raise ConfigurationError(f"group names starting {RESERVED_GROUP_PREFIX!r} are tidings' own")
 
         def register(handler: H) -> H:
             if group in self.subscriptions:
@@ -317,39 +338,31 @@ class App:
         Appends by any process wake the consumers at once (``Log.watch``); ``poll`` is only the
         fallback interval at which an idle partition looks again."""
         await self.open()
-        watcher = asyncio.create_task(self.log.watch(self.notify)) if self.subscriptions else None
-        relay, relay_task = None, None
-        if self.bus_url:
-            bus = open_bus(self.bus_url)
-            await bus.open()
-            relay = Relay(self, bus)
-            relay_task = asyncio.create_task(relay.run())
-        consumers = [
-            GroupConsumer(self, s, lease_ttl=lease_ttl, poll=poll) for s in self.subscriptions.values()
+        # Wake-ups: the store's change signal (new events for a relay, or for consumers of the
+        # store's log) and, in distributed mode, the bus's doorbell (new events on the bus).
+        watched = [self.log] if self.subscriptions or self._bus else []
+        if self._bus is not None and self.subscriptions:
+            watched.append(self.feed)
+        members: list[PartitionMember] = [
+            GroupConsumer(self, s, log=self.feed, lease_ttl=lease_ttl, poll=poll)
+            for s in self.subscriptions.values()
         ]
-        tasks = [asyncio.create_task(consumer.run()) for consumer in consumers]
-        self._consumers.extend(consumers)
+        if self._bus is not None:
+            members.append(Relay(self, self._bus, lease_ttl=lease_ttl, poll=poll))
+        watchers = [asyncio.create_task(log.watch(self.notify)) for log in watched]
+        tasks = [asyncio.create_task(member.run()) for member in members]
+        self._members.extend(members)
         try:
             yield self
         finally:
-            for consumer in consumers:
-                consumer.stop()
+            for member in members:
+                member.stop()
             await asyncio.gather(*tasks, return_exceptions=True)
-            for consumer in consumers:
-                self._consumers.remove(consumer)
-            if watcher is not None:
+            for member in members:
+                self._members.remove(member)
+            for watcher in watchers:
                 watcher.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await watcher
-            if relay is not None and relay_task is not None:
-                relay.stopping = True
-                self.wake()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(relay_task), 5.0)
-                relay_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, TidingsError):
-                    await relay_task
-                await relay.bus.close()
+            await asyncio.gather(*watchers, return_exceptions=True)
 
     async def run(self, *, lease_ttl: float = 10.0, poll: float = 1.0) -> None:
         """Run the consumers until SIGTERM or SIGINT; then finish the events in hand, release

@@ -12,21 +12,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 import traceback
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from tidings.domain.envelope import RecordedEvent, from_structured, to_structured
+from tidings.domain.envelope import RecordedEvent, Undecodable, from_structured, to_structured
 from tidings.domain.events import Event
 from tidings.domain.topics import Pattern
-from tidings.errors import ConcurrencyError, MalformedEvent, TidingsError
-from tidings.ports import DeadLetter, StoreTransaction
+from tidings.errors import ConcurrencyError, MalformedEvent
+from tidings.ports import DeadLetter, Log, StoreTransaction
 from tidings.runtime.deadlines import lateness
+from tidings.runtime.leasing import LeaseLost, PartitionMember
 from tidings.runtime.retries import Retry
 from tidings.runtime.unit_of_work import UnitOfWork
 
@@ -51,10 +49,6 @@ class Subscription:
     #: Keep order per key through failures: once an event is dead-lettered, the later events of
     #: its key are parked (dead-lettered as "parked") until it is resolved; other keys flow on.
     ordered: bool = False
-
-
-class LeaseLost(TidingsError):
-    """This member no longer holds the partition: another member processes it now."""
 
 
 class _AlreadyHandled(Exception):
@@ -101,11 +95,7 @@ class Context:
         )
 
 
-def member_id() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-class GroupConsumer:
+class GroupConsumer(PartitionMember):
     """One member of a group: holds leases on some partitions and works through them."""
 
     def __init__(
@@ -113,19 +103,15 @@ class GroupConsumer:
         app: App,
         subscription: Subscription,
         *,
+        log: Log | None = None,
         lease_ttl: float = 10.0,
         poll: float = 1.0,
         grace: float = 5.0,
     ) -> None:
+        super().__init__(log or app.log, subscription.group, lease_ttl=lease_ttl, grace=grace)
         self.app = app
         self.subscription = subscription
-        self.group = subscription.group
-        self.member = member_id()
-        self.lease_ttl = lease_ttl
         self.poll = poll
-        self.grace = grace
-        self._tasks: dict[int, asyncio.Task[None]] = {}
-        self._stopping = asyncio.Event()
         self._blocked: set[str] = set()  # keys with unresolved dead letters (ordered groups)
         #: Per partition, events handled without a unit of work whose inbox records (and the
         #: checkpoint past them) are written by the partition's next commit.
@@ -133,79 +119,35 @@ class GroupConsumer:
         self._committed: dict[int, int] = {}  # the last checkpoint written, per partition
 
     def checkpoint_name(self, partition: int) -> str:
-        return f"group:{self.group}:{partition}"
+        return self.log.checkpoint_name(self.group, partition)
 
-    async def run(self) -> None:
-        """Hold leases and work until ``stop``; then finish the event in hand and release."""
-        log.info("member %s of group %s starting", self.member, self.group)
-        try:
-            while not self._stopping.is_set():
-                try:
-                    await self._rebalance()
-                    await self._redrive()
-                except Exception:
-                    # The store may be down for a while: keep trying; leases held meanwhile
-                    # expire, and other members take the partitions over.
-                    log.exception("group %s: member %s could not renew its leases", self.group, self.member)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), self.lease_ttl / 3)
-        finally:
-            # Graceful: each partition finishes the event in hand (its loop checks for the stop
-            # between events); what is still running after the grace period is cancelled, and
-            # its uncommitted event is redelivered to whoever takes the partition next.
-            if self._tasks:
-                await asyncio.wait(list(self._tasks.values()), timeout=self.grace)
-            for partition in list(self._tasks):
-                await self._stop_partition(partition)
-            with contextlib.suppress(TidingsError):
-                await self.app.log.release(self.group, self.member)
-            log.info("member %s of group %s stopped", self.member, self.group)
-
-    async def _rebalance(self) -> None:
+    async def between_leases(self) -> None:
+        await self._redrive()
         if self.subscription.ordered:
-            self._blocked = await self.app.log.blocked_keys(self.group)
-        held = set(await self.app.log.lease(self.group, self.member, ttl=self.lease_ttl))
-        for partition in list(self._tasks):
-            if partition not in held or self._tasks[partition].done():
-                await self._stop_partition(partition)
-        for partition in held - set(self._tasks):
-            self._tasks[partition] = asyncio.create_task(self._work(partition))
+            self._blocked = await self.log.blocked_keys(self.group)
 
-    def stop(self) -> None:
-        self._stopping.set()
+    def on_stop(self) -> None:
         self.app.wake()  # idle partitions notice at once instead of at their next poll
 
-    async def _stop_partition(self, partition: int) -> None:
-        task = self._tasks.pop(partition)
-        task.cancel()
-        try:
-            await task
-        except (asyncio.CancelledError, LeaseLost):
-            pass
-        except Exception:
-            log.exception("group %s: partition %d stopped on an error", self.group, partition)
-
-    async def _work(self, partition: int) -> None:
+    async def work(self, partition: int) -> None:
         name = self.checkpoint_name(partition)
         after = self._committed[partition] = await self.app.store.get_checkpoint(name)
         self._acks.pop(partition, None)
-        while not self._stopping.is_set():
+        while not self.stopping:
             seen = self.app.appends
-            batch = await self.app.log.read_partition(
-                partition, after=after, limit=self.subscription.batch_size
-            )
+            batch = await self.log.read_partition(partition, after=after, limit=self.subscription.batch_size)
             if not batch:
                 await self.app.wait_for_events(self.poll, seen)
                 continue
             mine = [r for r in batch if self.subscription.pattern.matches(r.envelope.topic)]
             # One look at the inbox for the whole batch (redeliveries after a crash or handover).
-            duplicates = await self.app.log.handled(self.group, [r.envelope.id for r in mine])
+            duplicates = await self.log.handled(self.group, [r.envelope.id for r in mine])
             for record in mine:
-                if self._stopping.is_set():
+                if self.stopping:
                     break
                 await self._process(partition, record, duplicate=record.envelope.id in duplicates)
                 after = record.position
-            if not self._stopping.is_set():
+            if not self.stopping:
                 after = batch[-1].position  # events not for this group move the checkpoint too
             if self._committed.get(partition) != after or self._acks.get(partition):
                 async with self.app.store.transaction() as tx:
@@ -214,9 +156,11 @@ class GroupConsumer:
     async def _checkpoint(self, tx: StoreTransaction, partition: int, position: int) -> None:
         """Move the partition's checkpoint inside ``tx``, with the inbox records of the events
         handled since the last commit, and only while this member holds the lease."""
-        if not await tx.holds_lease(self.group, partition, self.member):
+        try:
+            await self.fence(tx, partition)
+        except LeaseLost:
             self._acks.pop(partition, None)  # never committed: they will be delivered again
-            raise LeaseLost(f"member {self.member} lost partition {partition} of group {self.group}")
+            raise
         for event_id, attempts in self._acks.pop(partition, []):
             await tx.mark_handled(self.group, event_id, attempts)
         await tx.set_checkpoint(self.checkpoint_name(partition), position)
@@ -231,10 +175,13 @@ class GroupConsumer:
         parks = self.subscription.ordered and not redrive
         if parks and key in self._blocked:
             # The cache may be stale (the key may have drained since): ask the store.
-            self._blocked = await app.log.blocked_keys(self.group)
+            self._blocked = await self.log.blocked_keys(self.group)
         if parks and key in self._blocked:
             error = "parked: an earlier event of this key is in the dead letter queue"
             await self._dead(partition, record, "parked", error, "", 0, None, redrive)
+            return False
+        if isinstance(record, Undecodable):
+            await self._dead(partition, record, "malformed", record.error, "", 0, None, redrive)
             return False
         try:
             event = app.codec.decode(envelope)
@@ -325,10 +272,10 @@ class GroupConsumer:
         if self.subscription.ordered:
             self._blocked.add(key)
         log.error("group %s: dead-lettering %s (%s): %s", self.group, envelope.id, reason, error)
-        try:
-            document = to_structured(envelope)
-        except MalformedEvent:
-            document = None
+        document = None
+        if not isinstance(record, Undecodable):
+            with contextlib.suppress(MalformedEvent):
+                document = to_structured(envelope)
         letter = DeadLetter(
             group=self.group,
             reason=reason,
@@ -357,11 +304,11 @@ class GroupConsumer:
         """Hand the group's dead letters that an operator asked to redrive to its handler again;
         only this group sees them, whatever other groups read the same event."""
         failed_keys: set[str] = set()
-        for letter in await self.app.log.dead_letters(self.group, state="redrive", limit=100):
+        for letter in await self.log.dead_letters(self.group, state="redrive", limit=100):
             ordered_key = letter.key if self.subscription.ordered else None
             if letter.envelope is None or (ordered_key is not None and ordered_key in failed_keys):
                 # Unusable, or an earlier event of its key failed again: it stays parked.
-                await self.app.log.set_dead_letter_state([letter.id], "dead")
+                await self.log.set_dead_letter_state([letter.id], "dead")
                 continue
             envelope = from_structured(letter.envelope, max_size=self.app.codec.max_size)
             record = RecordedEvent(envelope, letter.stream or "", 0, letter.position or 0)
@@ -371,6 +318,6 @@ class GroupConsumer:
             if ordered_key is None:
                 continue
             if handled:
-                await self.app.log.unpark(self.group, ordered_key)  # next of the key, in order
+                await self.log.unpark(self.group, ordered_key)  # next of the key, in order
             else:
                 failed_keys.add(ordered_key)

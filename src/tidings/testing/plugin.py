@@ -2,8 +2,11 @@
 
 ``backend`` is parametrised over every store engine (ids ``sqlite`` and ``postgres``); ``store_url``
 is a fresh, empty store of that engine for one test (a new file, or a new database on the session's
-PostgreSQL server), and ``store`` the same, opened. With ``CI`` set, a PostgreSQL that cannot be
-had is an error; elsewhere its tests are skipped with the reason.
+PostgreSQL server), and ``store`` the same, opened. A module that overrides ``backend`` with
+``BUS_BACKENDS`` also runs on ``nats``: PostgreSQL as the store and a fresh JetStream stream on
+the session's nats-server as the bus (``TIDINGS_BUS`` is set for the test, so every App of the
+test uses it). With ``CI`` set, a server that cannot be had is an error; elsewhere its tests are
+skipped with the reason.
 """
 
 from __future__ import annotations
@@ -20,9 +23,11 @@ import pytest_asyncio
 
 from tidings.adapters.registry import open_store
 from tidings.ports import EventStore
+from tidings.testing.nats import nats_servers
 from tidings.testing.servers import postgres_server
 
 BACKENDS = ("sqlite", "postgres")
+BUS_BACKENDS = ("sqlite", "postgres", "nats")
 
 
 def _in_ci() -> bool:
@@ -31,8 +36,10 @@ def _in_ci() -> bool:
 
 @pytest.fixture(autouse=True)
 def _no_store_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``TIDINGS_STORE`` overrides every App's store: a test must not follow it to a real one."""
+    """``TIDINGS_STORE`` and ``TIDINGS_BUS`` override every App's: a test must not follow them
+    to real ones."""
     monkeypatch.delenv("TIDINGS_STORE", raising=False)
+    monkeypatch.delenv("TIDINGS_BUS", raising=False)
 
 
 @pytest.fixture(scope="session")
@@ -46,6 +53,25 @@ def postgres_url() -> Iterator[str]:
                 raise
             pytest.skip(f"no PostgreSQL for the conformance suite: {exc}")
         yield url
+
+
+@pytest.fixture(scope="session")
+def nats_url() -> Iterator[str]:
+    """A nats-server with JetStream for the whole session (see ``tidings.testing.nats``)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            (server,) = stack.enter_context(nats_servers(1))
+        except Exception as exc:
+            if _in_ci():
+                raise
+            pytest.skip(f"no nats-server for the bus suite: {exc}")
+        yield server.url
+
+
+def fresh_bus_url(server_url: str) -> str:
+    """A stream and subject prefix of their own on the server, for one test."""
+    tag = uuid.uuid4().hex[:12]
+    return f"{server_url}?stream=T_{tag}&prefix=t{tag}"
 
 
 @contextlib.contextmanager
@@ -76,13 +102,17 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def store_url(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[str]:
-    """A fresh, empty store URL of the engine under test."""
+def store_url(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A fresh, empty store URL of the engine under test (and on ``nats``, a fresh bus)."""
     if backend == "sqlite":
         yield sqlite_url(tmp_path)
         return
     server: str = request.getfixturevalue("postgres_url")
     with fresh_postgres_database(server) as url:
+        if backend == "nats":
+            monkeypatch.setenv("TIDINGS_BUS", fresh_bus_url(request.getfixturevalue("nats_url")))
         yield url
 
 

@@ -29,6 +29,7 @@ from tidings.adapters.sql.consumers import (
     check_dead_letter_state,
     dead_letter_of,
     dead_letter_row,
+    group_checkpoint,
     handlings_of,
     plan_leases,
 )
@@ -271,6 +272,9 @@ class PostgresStore:
     @property
     def partitions(self) -> int:
         return self._partition_of.partitions
+
+    def checkpoint_name(self, group: str, partition: int) -> str:
+        return group_checkpoint(group, partition)
 
     async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
         async with self._connection() as connection, connection.cursor(binary=True) as cursor:

@@ -21,6 +21,11 @@ DEAD_LETTER_COLUMNS: Final = (
 DEAD_LETTER_STATES: Final = ("dead", "redrive", "redriven", "purged")
 
 
+def group_checkpoint(group: str, partition: int) -> str:
+    """The name of a group's checkpoint in the store's own log."""
+    return f"group:{group}:{partition}"
+
+
 def consumer_tables(*, bigint: str, blob: str, auto_id: str) -> tuple[str, ...]:
     """The tables and indexes of consumer groups, in a dialect's column types."""
     return (

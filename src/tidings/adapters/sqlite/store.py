@@ -26,7 +26,7 @@ from tidings.adapters.sql.common import (
     partitions_of_store,
     validate_stream_name,
 )
-from tidings.adapters.sql.consumers import check_dead_letter_state
+from tidings.adapters.sql.consumers import check_dead_letter_state, group_checkpoint
 from tidings.adapters.sql.reads import StreamQuery, follow_log
 from tidings.adapters.sql.rows import from_micros, to_micros
 from tidings.adapters.sqlite import schema, steps
@@ -318,6 +318,9 @@ class SqliteStore:
     @property
     def partitions(self) -> int:
         return self._partition_of.partitions
+
+    def checkpoint_name(self, group: str, partition: int) -> str:
+        return group_checkpoint(group, partition)
 
     async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
         return await self._read(steps.read_partition, partition, after, limit)

@@ -126,7 +126,7 @@ async def test_effects_through_the_unit_of_work_happen_once(store_url: str) -> N
         # Redelivery: the group's checkpoints go back to 0; the inbox recognises every event.
         async with app.store.transaction() as tx:
             for partition in range(app.log.partitions):
-                await tx.set_checkpoint(f"group:counter:{partition}", 0)
+                await tx.set_checkpoint(app.feed.checkpoint_name("counter", partition), 0)
         async with app.running(**RUN):
             await asyncio.sleep(0.5)
         assert calls == [1, 2, 3, 4, 5]

@@ -1,0 +1,59 @@
+"""The log that consumer groups read in distributed mode: partitions from JetStream, the rest
+(leases, inbox, checkpoints, dead letters, traces) from the store, so that a handler's effects,
+its inbox record and the group's checkpoint still commit in one store transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+from tidings.domain.envelope import RecordedEvent
+from tidings.ports import DeadLetter, Log, Trace
+
+if TYPE_CHECKING:
+    from tidings.adapters.nats.bus import NatsBus
+
+
+class JetStreamLog:
+    """``Log`` whose positions are the JetStream stream's sequence numbers."""
+
+    def __init__(self, bus: NatsBus, store_log: Log) -> None:
+        self.bus = bus
+        self.store_log = store_log
+        self.partitions = store_log.partitions
+
+    def checkpoint_name(self, group: str, partition: int) -> str:
+        # Stream sequences, not store positions: kept apart from the embedded log's checkpoints.
+        return f"group:{group}@nats:{self.bus.settings.stream}:{partition}"
+
+    async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
+        return await self.bus.read_partition(partition, after=after, limit=limit)
+
+    async def watch(self, wake: Callable[[], None]) -> None:
+        await self.bus.watch(wake)
+
+    async def lease(self, group: str, member: str, *, ttl: float) -> list[int]:
+        return await self.store_log.lease(group, member, ttl=ttl)
+
+    async def release(self, group: str, member: str) -> None:
+        await self.store_log.release(group, member)
+
+    async def handled(self, group: str, event_ids: Sequence[str]) -> set[str]:
+        return await self.store_log.handled(group, event_ids)
+
+    async def trace(self, correlation_id: str, *, limit: int = 1000) -> Trace:
+        return await self.store_log.trace(correlation_id, limit=limit)
+
+    async def dead_letters(
+        self, group: str | None = None, *, state: str | None = None, limit: int = 100
+    ) -> list[DeadLetter]:
+        return await self.store_log.dead_letters(group, state=state, limit=limit)
+
+    async def set_dead_letter_state(self, entries: Sequence[int], state: str) -> int:
+        return await self.store_log.set_dead_letter_state(entries, state)
+
+    async def blocked_keys(self, group: str) -> set[str]:
+        return await self.store_log.blocked_keys(group)
+
+    async def unpark(self, group: str, key: str) -> int:
+        return await self.store_log.unpark(group, key)

@@ -1,0 +1,109 @@
+"""Members of a group sharing a log's partitions: one task per partition held, leases renewed.
+
+Consumer groups and the outbox relay are both such members: each holds a lease on some
+partitions, works through them in order, and moves a checkpoint only while the lease is still
+its own (``StoreTransaction.holds_lease``, checked in the transaction that writes the checkpoint).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+import uuid
+
+from tidings.errors import TidingsError
+from tidings.ports import Log, StoreTransaction
+
+log = logging.getLogger("tidings.leasing")
+
+
+class LeaseLost(TidingsError):
+    """This member no longer holds the partition: another member processes it now."""
+
+
+def member_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class PartitionMember:
+    """One member of ``group`` on ``log``: renews its leases every third of ``lease_ttl`` and runs
+    ``work(partition)`` for each partition it holds, until ``stop``."""
+
+    def __init__(self, log: Log, group: str, *, lease_ttl: float = 10.0, grace: float = 5.0) -> None:
+        self.log = log
+        self.group = group
+        self.member = member_id()
+        self.lease_ttl = lease_ttl
+        self.grace = grace
+        self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._stopping = asyncio.Event()
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
+
+    async def work(self, partition: int) -> None:
+        """Process the partition until ``stopping`` (or until cancelled)."""
+        raise NotImplementedError
+
+    async def between_leases(self) -> None:
+        """Done once per lease renewal, before it (housekeeping of subclasses)."""
+
+    def on_stop(self) -> None:
+        """Wake whatever the partition tasks wait on, so that they see ``stopping`` at once."""
+
+    async def run(self) -> None:
+        """Hold leases and work until ``stop``; then finish the work in hand and release."""
+        log.info("member %s of %s starting", self.member, self.group)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    await self.between_leases()
+                    await self._rebalance()
+                except Exception:
+                    # The store may be down for a while: keep trying; leases held meanwhile
+                    # expire, and other members take the partitions over.
+                    log.exception("%s: member %s could not renew its leases", self.group, self.member)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), self.lease_ttl / 3)
+        finally:
+            # Graceful: each partition finishes the item in hand (its loop checks for the stop
+            # between items); what still runs after the grace period is cancelled, and its
+            # uncommitted work is redone by whoever takes the partition next.
+            if self._tasks:
+                await asyncio.wait(list(self._tasks.values()), timeout=self.grace)
+            for partition in list(self._tasks):
+                await self._stop_partition(partition)
+            with contextlib.suppress(TidingsError):
+                await self.log.release(self.group, self.member)
+            log.info("member %s of %s stopped", self.member, self.group)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.on_stop()
+
+    async def fence(self, tx: StoreTransaction, partition: int) -> None:
+        """Raise ``LeaseLost`` inside ``tx`` unless this member still holds the partition."""
+        if not await tx.holds_lease(self.group, partition, self.member):
+            raise LeaseLost(f"member {self.member} lost partition {partition} of {self.group}")
+
+    async def _rebalance(self) -> None:
+        held = set(await self.log.lease(self.group, self.member, ttl=self.lease_ttl))
+        for partition in list(self._tasks):
+            if partition not in held or self._tasks[partition].done():
+                await self._stop_partition(partition)
+        for partition in held - set(self._tasks):
+            self._tasks[partition] = asyncio.create_task(self.work(partition))
+
+    async def _stop_partition(self, partition: int) -> None:
+        task = self._tasks.pop(partition)
+        task.cancel()
+        try:
+            await task
+        except (asyncio.CancelledError, LeaseLost):
+            pass
+        except Exception:
+            log.exception("%s: partition %d stopped on an error", self.group, partition)
