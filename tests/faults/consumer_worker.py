@@ -2,17 +2,51 @@
 
 Usage: python -m tests.faults.consumer_worker STORE_URL GROUP
 Runs until killed. Each ``Ping(key, n)`` appends ``n`` to the document of its key, so the test
-can tell lost, repeated and reordered effects apart.
+can tell lost, repeated and reordered effects apart. With ``TIDINGS_FAULT_POINT`` set, the
+worker SIGKILLs itself at that point:
+
+- ``effect``: in the handler of the event with ``n == TIDINGS_FAULT_AT``, after its effect is
+  made in the unit of work, before the commit;
+- ``committed``: right after that event's unit of work is committed, before anything else;
+- ``relay-before-publish``: in the relay, with a batch read from the store, before publishing;
+- ``relay-before-checkpoint``: in the relay, after the bus stored a batch, before the checkpoint.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
+import os
+import signal
 import sys
 
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.consuming import COMMITTED, Context
+from tidings.runtime.outbox import PUBLISHED, PUBLISHING
 from tidings.testing.conformance.events import Ping
+
+FAULT_POINT = os.environ.get("TIDINGS_FAULT_POINT", "")
+FAULT_AT = int(os.environ.get("TIDINGS_FAULT_AT", "-1"))
+_LOGGED_POINTS = {
+    COMMITTED: "committed",
+    PUBLISHING: "relay-before-publish",
+    PUBLISHED: "relay-before-checkpoint",
+}
+_marked: set[str] = set()  # ids of the events at which to die
+
+
+def die() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+class KillAtPoint(logging.Handler):
+    """Dies when the runtime logs the chosen point (logging is the runtime's observation hook)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if _LOGGED_POINTS.get(str(record.msg)) != FAULT_POINT:
+            return
+        if record.msg != COMMITTED or (isinstance(record.args, tuple) and record.args[1] in _marked):
+            die()
 
 
 def build(url: str, group: str) -> App:
@@ -23,11 +57,19 @@ def build(url: str, group: str) -> App:
         async with ctx.unit_of_work() as uow:
             seen = await uow.get("effects", event.key, list[int]) or []
             uow.put("effects", event.key, [*seen, event.n])
+            if event.n == FAULT_AT:
+                _marked.add(ctx.envelope.id)
+                if FAULT_POINT == "effect":
+                    die()
 
     return app
 
 
 async def main(url: str, group: str) -> None:
+    if FAULT_POINT:
+        logger = logging.getLogger("tidings")
+        logger.setLevel(logging.DEBUG)
+        logger.addHandler(KillAtPoint())
     app = build(url, group)
     async with app, app.running(lease_ttl=0.6, poll=0.02):
         sys.stdout.write("ready\n")

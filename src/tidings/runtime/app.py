@@ -101,7 +101,10 @@ class App:
                 bus = open_bus(self.bus_url)
                 await bus.open(self.log.partitions)
             except BaseException:
-                await self.close()
+                # Not open after all: the store is released and ``open`` may be tried again.
+                await store.close()
+                self._store = self._log = self._repository = None
+                self.state = AppState.CREATED
                 raise
             self._bus, self._feed = bus, bus.log(self.log)
         return self

@@ -34,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tidings.consumer")
 
 Handler = Callable[[Any, "Context"], Awaitable[None]]
+#: Logged (debug) once an event's unit of work is committed; fault tests kill a worker on it.
+COMMITTED = "group %s: committed %s"
 
 
 @dataclass(frozen=True)
@@ -251,6 +253,7 @@ class GroupConsumer(PartitionMember):
                 await tx.settle_dead_letter(redrive, "redriven")
             if partition is not None:
                 await self._checkpoint(tx, partition, record.position)
+        log.debug(COMMITTED, self.group, record.envelope.id)
         for aggregate, version in saved:
             aggregate._saved(version)
         if unit is not None and (unit.aggregates or unit.publications):

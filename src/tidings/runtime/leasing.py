@@ -14,7 +14,7 @@ import os
 import socket
 import uuid
 
-from tidings.errors import TidingsError
+from tidings.errors import BackendUnavailable, TidingsError
 from tidings.ports import Log, StoreTransaction
 
 log = logging.getLogger("tidings.leasing")
@@ -96,7 +96,21 @@ class PartitionMember:
             if partition not in held or self._tasks[partition].done():
                 await self._stop_partition(partition)
         for partition in held - set(self._tasks):
-            self._tasks[partition] = asyncio.create_task(self.work(partition))
+            self._tasks[partition] = asyncio.create_task(self._supervise(partition))
+
+    async def _supervise(self, partition: int) -> None:
+        """Run ``work``; while a backend is unavailable (a broker's leader election, a store's
+        restart), retry with a growing pause instead of giving the partition up."""
+        pause = 0.05
+        while not self._stopping.is_set():
+            try:
+                await self.work(partition)
+                return
+            except BackendUnavailable as exc:
+                log.warning("%s: partition %d: %s (again in %.2f s)", self.group, partition, exc, pause)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopping.wait(), pause)
+                pause = min(pause * 2, self.lease_ttl / 3)
 
     async def _stop_partition(self, partition: int) -> None:
         task = self._tasks.pop(partition)

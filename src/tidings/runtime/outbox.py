@@ -26,6 +26,9 @@ log = logging.getLogger("tidings.outbox")
 
 #: Groups of tidings' own members (such as relays); applications' groups may not start so.
 RESERVED_GROUP_PREFIX = "tidings:"
+#: Logged (debug) around each publish; fault tests kill a relay on them.
+PUBLISHING = "relay: partition %d, publishing positions %d to %d"
+PUBLISHED = "relay: partition %d, published up to position %d"
 
 
 class Relay(PartitionMember):
@@ -62,8 +65,10 @@ class Relay(PartitionMember):
             if not batch:
                 await self.app.wait_for_events(self.poll, seen)
                 continue
+            log.debug(PUBLISHING, partition, batch[0].position, batch[-1].position)
             await self.bus.publish(partition, batch)
             after = batch[-1].position
+            log.debug(PUBLISHED, partition, after)
             async with store.transaction() as tx:
                 await self.fence(tx, partition)
                 await tx.set_checkpoint(name, after)
