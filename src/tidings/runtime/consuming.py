@@ -5,6 +5,13 @@ Per event: undecodable -> DLQ ``malformed``; past its deadline -> DLQ ``expired`
 already -> skipped; else the handler runs, retried with backoff up to its budget, then DLQ
 ``failed``. Whatever the outcome, the inbox record and the checkpoint commit in one transaction
 with the handler's unit of work, and only while this member still holds the partition's lease.
+
+Commits are shared: the units of work of a batch's events (each with its own inbox record) wait
+and commit together with the checkpoint, in one transaction, when the batch ends or another
+event's outcome must commit at once (a unit that saves aggregates, whose optimistic concurrency
+check may send its handler round again; a dead letter). Later handlers of the batch read the
+documents that waiting units write. Each event's effects stay atomic with its inbox record: if
+the shared commit fails, the waiting units commit one by one and only the one at fault fails.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from tidings.domain.envelope import RecordedEvent, Undecodable, from_structured, to_structured
 from tidings.domain.events import Event
 from tidings.domain.topics import Pattern
-from tidings.errors import ConcurrencyError, MalformedEvent
+from tidings.errors import BackendUnavailable, ConcurrencyError, MalformedEvent
 from tidings.ports import DeadLetter, Log, StoreTransaction
 from tidings.runtime.deadlines import lateness
 from tidings.runtime.leasing import LeaseLost, PartitionMember
@@ -53,14 +60,34 @@ class Subscription:
     ordered: bool = False
 
 
-class _AlreadyHandled(Exception):
-    """The inbox says the event was handled (by another delivery): roll back, move on."""
+class _SharedCommitFailed(Exception):
+    """A commit of several events' units of work failed: handle them again one at a time."""
+
+    def __init__(self, upto: int) -> None:
+        super().__init__(f"a shared commit up to position {upto} failed")
+        self.upto = upto
+
+
+@dataclass(frozen=True, slots=True)
+class _Handled:
+    """An event handled, whose inbox record and unit of work (if any) wait for the partition's
+    next commit."""
+
+    record: RecordedEvent
+    context: Context
 
 
 class Context:
     """What a handler knows: the envelope, where it is stored, the attempt, and its unit of work."""
 
-    def __init__(self, app: App, group: str, record: RecordedEvent, attempt: int) -> None:
+    def __init__(
+        self,
+        app: App,
+        group: str,
+        record: RecordedEvent,
+        attempt: int,
+        new_unit: Callable[[], UnitOfWork] | None = None,
+    ) -> None:
         self.app = app
         self.group = group
         self.record = record
@@ -69,13 +96,16 @@ class Context:
         self.correlation_id = record.envelope.correlationid or record.envelope.id
         self.log = logging.LoggerAdapter(log, {"group": group, "event": record.envelope.id})
         self._unit: UnitOfWork | None = None
+        self._new_unit = new_unit or (
+            lambda: UnitOfWork(loader=app.load, document_reader=app.store.get_document)
+        )
 
     @contextlib.asynccontextmanager
     async def unit_of_work(self) -> Any:
         """Effects made through it commit once, with the inbox record and the checkpoint."""
         if self._unit is not None:
             raise RuntimeError("a handler has one unit of work")
-        self._unit = UnitOfWork(loader=self.app.load, document_reader=self.app.store.get_document)
+        self._unit = self._new_unit()
         yield self._unit
 
     async def publish(
@@ -115,10 +145,13 @@ class GroupConsumer(PartitionMember):
         self.subscription = subscription
         self.poll = poll
         self._blocked: set[str] = set()  # keys with unresolved dead letters (ordered groups)
-        #: Per partition, events handled without a unit of work whose inbox records (and the
+        #: Per partition, events handled whose inbox records and units of work (and the
         #: checkpoint past them) are written by the partition's next commit.
-        self._acks: dict[int, list[tuple[str, int]]] = {}
+        self._waiting: dict[int, list[_Handled]] = {}
         self._committed: dict[int, int] = {}  # the last checkpoint written, per partition
+        #: Per partition, up to which position each event commits alone (after a shared
+        #: commit failed).
+        self._alone_until: dict[int, int] = {}
 
     def checkpoint_name(self, partition: int) -> str:
         return self.log.checkpoint_name(self.group, partition)
@@ -134,7 +167,7 @@ class GroupConsumer(PartitionMember):
     async def work(self, partition: int) -> None:
         name = self.checkpoint_name(partition)
         after = self._committed[partition] = await self.app.store.get_checkpoint(name)
-        self._acks.pop(partition, None)
+        self._waiting.pop(partition, None)
         while not self.stopping:
             seen = self.app.appends
             batch = await self.log.read_partition(partition, after=after, limit=self.subscription.batch_size)
@@ -144,29 +177,97 @@ class GroupConsumer(PartitionMember):
             mine = [r for r in batch if self.subscription.pattern.matches(r.envelope.topic)]
             # One look at the inbox for the whole batch (redeliveries after a crash or handover).
             duplicates = await self.log.handled(self.group, [r.envelope.id for r in mine])
-            for record in mine:
-                if self.stopping:
-                    break
-                await self._process(partition, record, duplicate=record.envelope.id in duplicates)
-                after = record.position
-            if not self.stopping:
-                after = batch[-1].position  # events not for this group move the checkpoint too
-            if self._committed.get(partition) != after or self._acks.get(partition):
-                async with self.app.store.transaction() as tx:
-                    await self._checkpoint(tx, partition, after)
+            try:
+                for record in mine:
+                    if self.stopping:
+                        break
+                    await self._process(partition, record, duplicate=record.envelope.id in duplicates)
+                    after = record.position
+                if not self.stopping:
+                    after = batch[-1].position  # events not for this group move the checkpoint too
+                if self._committed.get(partition) != after or self._waiting.get(partition):
+                    await self._settle(partition, after)
+            except _SharedCommitFailed as failed:
+                log.warning(
+                    "group %s: partition %d: %s; handling again one by one", self.group, partition, failed
+                )
+                self._alone_until[partition] = failed.upto
+                after = self._committed[partition]
 
-    async def _checkpoint(self, tx: StoreTransaction, partition: int, position: int) -> None:
-        """Move the partition's checkpoint inside ``tx``, with the inbox records of the events
-        handled since the last commit, and only while this member holds the lease."""
+    def _new_unit(self, partition: int | None) -> UnitOfWork:
+        """A unit of work that reads what the partition's waiting units write."""
+
+        async def read_document(collection: str, key: str) -> bytes | None:
+            for handled in reversed(self._waiting.get(partition, []) if partition is not None else []):
+                unit = handled.context._unit
+                if unit is not None:
+                    written, value = unit.staged(collection, key)
+                    if written:
+                        return value
+            return await self.app.store.get_document(collection, key)
+
+        async def load(cls: type[Any], id: str) -> Any:
+            # A waiting unit's publications may append to the stream being loaded: commit first.
+            waiting = self._waiting.get(partition, []) if partition is not None else []
+            if partition is not None and any(
+                h.context._unit and h.context._unit.publications for h in waiting
+            ):
+                await self._settle(partition, waiting[-1].record.position)
+            return await self.app.load(cls, id)
+
+        return UnitOfWork(loader=load, document_reader=read_document)
+
+    async def _settle(
+        self,
+        partition: int | None,
+        position: int,
+        write: Callable[[StoreTransaction], Awaitable[list[tuple[Any, int]]]] | None = None,
+    ) -> None:
+        """One transaction, fenced by the partition's lease: the waiting events' inbox records and
+        units of work, then ``write`` (the effects of an event that commits at once), then the
+        checkpoint at ``position``. Without a partition (a redrive): ``write`` alone."""
+        waiting = self._waiting.pop(partition, []) if partition is not None else []
+        saved: list[tuple[Any, int]] = []
         try:
-            await self.fence(tx, partition)
-        except LeaseLost:
-            self._acks.pop(partition, None)  # never committed: they will be delivered again
-            raise
-        for event_id, attempts in self._acks.pop(partition, []):
-            await tx.mark_handled(self.group, event_id, attempts)
-        await tx.set_checkpoint(self.checkpoint_name(partition), position)
-        self._committed[partition] = position
+            async with self.app.store.transaction() as tx:
+                if partition is not None:
+                    await self.fence(tx, partition)
+                for handled in waiting:
+                    saved += await self._apply(tx, handled.record, handled.context)
+                if write is not None:
+                    saved += await write(tx)
+                if partition is not None:
+                    await tx.set_checkpoint(self.checkpoint_name(partition), position)
+        except (LeaseLost, BackendUnavailable, asyncio.CancelledError):
+            raise  # the waiting events were not committed: they are delivered again
+        except Exception as exc:
+            if partition is None or not waiting:
+                raise
+            # Some unit cannot commit, and later units may have read what earlier ones wrote:
+            # none of them is kept, and their events are handled again, each committing alone,
+            # so that only the one at fault fails (retried, then dead-lettered on its own).
+            raise _SharedCommitFailed(position) from exc
+        if partition is not None:
+            self._committed[partition] = position
+        for handled in waiting:
+            log.debug(COMMITTED, self.group, handled.record.envelope.id)
+        for aggregate, version in saved:
+            aggregate._saved(version)
+        if any(
+            h.context._unit and (h.context._unit.publications or h.context._unit.aggregates) for h in waiting
+        ):
+            self.app.notify()
+
+    async def _apply(
+        self, tx: StoreTransaction, record: RecordedEvent, context: Context
+    ) -> list[tuple[Any, int]]:
+        """The event's inbox record and its unit of work, inside ``tx``; the saved aggregates."""
+        if not await tx.mark_handled(self.group, record.envelope.id, context.attempt):
+            return []  # handled by another delivery meanwhile: its effects happened then
+        unit = context._unit
+        if unit is None:
+            return []
+        return await unit.apply(tx, self.app._envelopes_of(context), self.app._publication_of(context))
 
     async def _process(
         self, partition: int | None, record: RecordedEvent, redrive: int = 0, duplicate: bool = False
@@ -196,21 +297,16 @@ class GroupConsumer(PartitionMember):
             await self._dead(partition, record, "expired", error, "", 0, None, redrive)
             return False
         if duplicate:
-            if partition is not None:
-                async with app.store.transaction() as tx:
-                    await self._checkpoint(tx, partition, record.position)
-            return False
+            return False  # the checkpoint moves past it with the partition's next commit
         retry = self.subscription.retry
         first_failure: datetime | None = None
         for attempt in range(1, retry.attempts + 1):
-            context = Context(app, self.group, record, attempt)
+            context = Context(app, self.group, record, attempt, lambda: self._new_unit(partition))
             try:
                 await self.subscription.handler(event, context)
                 await self._commit(partition, record, context, redrive)
-            except (LeaseLost, asyncio.CancelledError):
+            except (LeaseLost, _SharedCommitFailed, asyncio.CancelledError):
                 raise
-            except _AlreadyHandled:
-                return False
             except Exception as exc:
                 first_failure = first_failure or app.clock.now()
                 if attempt == retry.attempts:
@@ -236,28 +332,28 @@ class GroupConsumer(PartitionMember):
     async def _commit(
         self, partition: int | None, record: RecordedEvent, context: Context, redrive: int
     ) -> None:
-        app, unit = self.app, context._unit
-        if unit is None and not redrive and partition is not None:
-            # Nothing of the handler's to commit: its inbox record waits for the next commit of
-            # the partition (at the latest, the end of the batch). Delivery stays at least once;
-            # a crash before that commit redelivers the batch's events.
-            self._acks.setdefault(partition, []).append((record.envelope.id, context.attempt))
+        unit = context._unit
+        if (
+            partition is not None
+            and not redrive
+            and record.position > self._alone_until.get(partition, 0)
+            and (unit is None or not unit.aggregates)
+        ):
+            # Its effects cannot conflict: they wait for the partition's next commit (at the
+            # latest, the end of the batch). A crash before it redelivers the batch's events.
+            self._waiting.setdefault(partition, []).append(_Handled(record, context))
             return
-        saved: list[Any] = []
-        async with app.store.transaction() as tx:
-            if unit is not None:
-                saved = await unit.apply(tx, app._envelopes_of(context), app._publication_of(context))
-            if not await tx.mark_handled(self.group, record.envelope.id, context.attempt):
-                raise _AlreadyHandled
+
+        async def write(tx: StoreTransaction) -> list[tuple[Any, int]]:
+            saved = await self._apply(tx, record, context)
             if redrive:
                 await tx.settle_dead_letter(redrive, "redriven")
-            if partition is not None:
-                await self._checkpoint(tx, partition, record.position)
+            return saved
+
+        await self._settle(partition, record.position, write)
         log.debug(COMMITTED, self.group, record.envelope.id)
-        for aggregate, version in saved:
-            aggregate._saved(version)
         if unit is not None and (unit.aggregates or unit.publications):
-            app.notify()
+            self.app.notify()
 
     async def _dead(
         self,
@@ -295,13 +391,15 @@ class GroupConsumer(PartitionMember):
             first_failed=first_failure,
             dead_at=self.app.clock.now(),
         )
-        async with self.app.store.transaction() as tx:
+
+        async def write(tx: StoreTransaction) -> list[tuple[Any, int]]:
             if redrive:
                 await tx.settle_dead_letter(redrive, "dead")
             else:
                 await tx.dead_letter(letter)
-            if partition is not None:
-                await self._checkpoint(tx, partition, record.position)
+            return []
+
+        await self._settle(partition, record.position, write)
 
     async def _redrive(self) -> None:
         """Hand the group's dead letters that an operator asked to redrive to its handler again;

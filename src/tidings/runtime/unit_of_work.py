@@ -24,6 +24,7 @@ A = TypeVar("A", bound=Aggregate)
 T = TypeVar("T")
 
 _DELETED = object()
+_ABSENT = object()
 
 
 @dataclass
@@ -73,6 +74,13 @@ class UnitOfWork:
             return msgspec.convert(value, type)
         raw = await self.document_reader(collection, key)
         return None if raw is None else msgspec.json.decode(raw, type=type)
+
+    def staged(self, collection: str, key: str) -> tuple[bool, bytes | None]:
+        """Whether this unit writes the document, and what (``None``: deletes it)."""
+        value = self.documents.get((collection, key), _ABSENT)
+        if value is _ABSENT:
+            return False, None
+        return True, None if value is _DELETED else msgspec.json.encode(value)
 
     def put(self, collection: str, key: str, value: object) -> None:
         self.documents[(collection, key)] = msgspec.to_builtins(value)

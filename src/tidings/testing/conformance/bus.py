@@ -135,6 +135,37 @@ async def test_effects_through_the_unit_of_work_happen_once(store_url: str) -> N
         assert [p.n for p in pongs if isinstance(p, Pong)] == [1, 2, 3, 4, 5]
 
 
+async def test_a_unit_that_cannot_commit_fails_alone(store_url: str) -> None:
+    """Units of work of one batch commit together; one whose effects the store refuses (here a
+    publication over the size limit) is dead-lettered on its own, and the others commit once."""
+    app = App("bus", store=store_url, max_event_size=4096)
+    calls: list[int] = []
+
+    @app.subscribe("conformance.bus.ping", group="batched", retry=Retry(attempts=1))
+    async def note(event: Ping, ctx: Context) -> None:
+        calls.append(event.n)
+        async with ctx.unit_of_work() as uow:
+            seen = await uow.get("notes", event.key, list[int]) or []
+            uow.put("notes", event.key, [*seen, event.n])
+            uow.publish(Pong(key="x" * 5000 if event.n == 3 else event.key, n=event.n), key=event.key)
+
+    async with app:
+        for n in range(6):
+            await app.publish(Ping(key="b", n=n), key="b")
+        async with app.running(**RUN):
+            await eventually(lambda: _count(lambda: app.dead_letters("batched"), 1))
+            await eventually(lambda: app_document(app, "notes", "b", [0, 1, 2, 4, 5]))
+        letters = await app.dead_letters("batched")
+        pongs = [s.event async for s in app.read_log(pattern="conformance.bus.pong")]
+    assert [(x.reason, x.error.split(":")[0]) for x in letters] == [("failed", "PayloadTooLarge")]
+    assert [p.n for p in pongs if isinstance(p, Pong)] == [0, 1, 2, 4, 5]
+    assert sorted(set(calls)) == list(range(6))
+
+
+async def app_document(app: App, collection: str, key: str, expected: object) -> bool:
+    return await app.store.get_document(collection, key) == msgspec.json.encode(expected)
+
+
 async def app_total(app: App, key: str, expected: int) -> bool:
     return await app.store.get_document("totals", key) == str(expected).encode()
 
