@@ -1,11 +1,12 @@
-"""The bus benchmark on the SQL logs, ``python -m benchmarks.bus`` (part of ``make bench``).
+"""The bus benchmark, ``python -m benchmarks.bus`` (part of ``make bench``).
 
-For the SQLite log and the PostgreSQL log, with 200-byte payloads:
-1. transport: a backlog worked through by a group whose handler does nothing (each event still
-   commits its inbox record and checkpoint);
+For each bus (the SQLite log, the PostgreSQL log, PostgreSQL + relay -> JetStream), with
+200-byte payloads, all in one run:
+1. transport: events published and consumed end to end by a group whose handler does nothing
+   (each event still commits its inbox record and the checkpoint);
 2. full runtime: every handler commits a unit of work (inbox + checkpoint + one document);
-3. publish -> handler latency, p50 and p99, at a steady 1,000 events/s from another App.
-The JetStream rows (and raw nats-py and FastStream beside them) come with the NATS bus.
+3. publish -> handler latency, p50 and p99, at a steady 1,000 events/s from another process.
+Beside them, on the same nats-server: raw nats-py and FastStream (``benchmarks/peers.py``).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import sys
 import tempfile
@@ -24,7 +26,9 @@ from rich.console import Console
 from rich.table import Table
 
 import tidings
+from benchmarks import peers
 from benchmarks.store import DEFAULT_POSTGRES, drop_database, throwaway_database
+from tidings.testing.nats import nats_servers
 
 
 class Tick(tidings.Event, topic="bench.bus.tick", type="bench.Tick"):
@@ -33,23 +37,26 @@ class Tick(tidings.Event, topic="bench.bus.tick", type="bench.Tick"):
     note: str
 
 
-def tick(n: int) -> Tick:
-    return Tick(key=f"k{n % 16}", n=n, note="x" * 160)  # about 200 bytes of JSON
+def tick(n: int, run: str = "") -> Tick:
+    """About 200 bytes of JSON; ``run`` tells one row's events from an earlier row's."""
+    return Tick(key=f"k{n % 16}", n=n, note=(run + "x" * 160)[:160])
 
 
-async def backlog_rate(url: str, count: int, *, with_unit: bool) -> float:
-    """Events per second through one group, from a backlog of ``count`` events."""
+async def end_to_end(url: str, count: int, *, with_unit: bool, bus: str | None = None) -> float:
+    """Events per second through one group, from the first publish to the last handled: a
+    producer appends ``count`` events (500 per call, each call a stream of its own) while the
+    group consumes them (in distributed mode, through the relay and JetStream)."""
     producer = tidings.App("bench-producer", store=url)
-    async with producer:
-        for start in range(0, count, 500):
-            await producer.append(f"tick-{start}", [tick(n) for n in range(start, min(start + 500, count))])
-    consumer = tidings.App("bench-consumer", store=url)
+    consumer = tidings.App("bench-consumer", store=url, bus=bus)
     done = asyncio.Event()
     handled = 0
+    run = f"run{time.monotonic_ns()}:"
 
     @consumer.subscribe("bench.bus.>", group=f"g{with_unit:d}{time.monotonic_ns()}", batch_size=500)
     async def handle(event: Tick, ctx: tidings.Context) -> None:
         nonlocal handled
+        if not event.note.startswith(run):
+            return  # an earlier row's events, which a new group replays first
         if with_unit:
             async with ctx.unit_of_work() as uow:
                 uow.put("bench", event.key, event.n)
@@ -57,12 +64,14 @@ async def backlog_rate(url: str, count: int, *, with_unit: bool) -> float:
         if handled == count:
             done.set()
 
-    async with consumer:
+    async with producer, consumer, consumer.running(lease_ttl=5.0):
+        await asyncio.sleep(1.0)  # leases taken, earlier rows' events replayed
         started = time.perf_counter()
-        async with consumer.running(lease_ttl=5.0):
-            await asyncio.wait_for(done.wait(), 600)
-            elapsed = time.perf_counter() - started
-    return count / elapsed
+        for start in range(0, count, 500):
+            stream = f"tick-{time.monotonic_ns()}"
+            await producer.append(stream, [tick(n, run) for n in range(start, min(start + 500, count))])
+        await asyncio.wait_for(done.wait(), 600)
+        return count / (time.perf_counter() - started)
 
 
 PRODUCER = """
@@ -81,10 +90,10 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 """
 
 
-async def latency(url: str, seconds: float, rate: int) -> tuple[float, float]:
+async def latency(url: str, seconds: float, rate: int, bus: str | None = None) -> tuple[float, float]:
     """p50 and p99 of publish -> handler latency, in ms, at a steady ``rate`` per second, the
     producer being another process (as it would be)."""
-    consumer = tidings.App("bench-consumer", store=url)
+    consumer = tidings.App("bench-consumer", store=url, bus=bus)
     delays: list[float] = []
     total = int(seconds * rate)
     done = asyncio.Event()
@@ -109,35 +118,56 @@ async def latency(url: str, seconds: float, rate: int) -> tuple[float, float]:
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-async def rows_for(urls: tuple[str, str], count: int, seconds: float) -> list[str]:
-    """The backlog rows on one store, the latency row on a fresh one (no backlog to replay)."""
-    transport = await backlog_rate(urls[0], count, with_unit=False)
-    runtime = await backlog_rate(urls[0], count, with_unit=True)
-    p50, p99 = await latency(urls[1], seconds, 1000)
+async def rows_for(urls: tuple[str, str], count: int, seconds: float, bus: str | None = None) -> list[str]:
+    """The throughput rows on one store, the latency row on a fresh one (no backlog to replay)."""
+    transport = await end_to_end(urls[0], count, with_unit=False, bus=bus)
+    runtime = await end_to_end(urls[0], count, with_unit=True, bus=bus)
+    p50, p99 = await latency(urls[1], seconds, 1000, bus=bus)
     return [f"{transport:,.0f}", f"{runtime:,.0f}", f"{p50:.1f}", f"{p99:.1f}"]
 
 
 async def main_async(quick: bool, postgres: str) -> None:
-    count, seconds = (500, 1.0) if quick else (3000, 3.0)
-    title = f"tidings bus on the SQL logs: backlog of {count:,} events; latency at 1,000 events/s"
+    os.environ.pop("TIDINGS_STORE", None)  # it would override the store URL each App is given
+    os.environ.pop("TIDINGS_BUS", None)
+    count, seconds = (1000, 1.0) if quick else (20000, 5.0)
+    title = f"tidings bus: {count:,} events end to end; latency at 1,000 events/s for {seconds:.0f} s"
     table = Table(title=title)
-    for column in ("log", "transport ev/s", "full runtime ev/s", "latency p50 ms", "latency p99 ms"):
+    for column in ("bus", "transport ev/s", "full runtime ev/s", "latency p50 ms", "latency p99 ms"):
         table.add_column(column, justify="right")
     with tempfile.TemporaryDirectory() as directory:
         files = (f"sqlite:///{Path(directory) / 'bus.db'}", f"sqlite:///{Path(directory) / 'latency.db'}")
-        table.add_row("SQLite", *await rows_for(files, count, seconds))
+        table.add_row("SQLite log", *await rows_for(files, count, seconds))
     try:
         first, first_url, _ = throwaway_database(postgres)
         second, second_url, _ = throwaway_database(postgres)
     except Exception as exc:
-        Console(stderr=True).print(f"PostgreSQL not reachable ({type(exc).__name__}); its row is left out")
-    else:
-        try:
-            table.add_row("PostgreSQL", *await rows_for((first_url, second_url), count, seconds))
-        finally:
-            drop_database(postgres, first)
-            drop_database(postgres, second)
-    Console().print(table)
+        Console(stderr=True).print(f"PostgreSQL not reachable ({type(exc).__name__}); its rows are left out")
+        Console(width=130).print(table)
+        return
+    try:
+        table.add_row("PostgreSQL log", *await rows_for((first_url, second_url), count, seconds))
+        with nats_servers(1) as (server,):
+            bus = f"{server.url}?stream=BENCH&prefix=bench"
+            clean = await asyncio.gather(*(_fresh(postgres) for _ in range(2)))
+            try:
+                urls = (clean[0][1], clean[1][1])
+                table.add_row("PostgreSQL + JetStream", *await rows_for(urls, count, seconds, bus=bus))
+            finally:
+                for name, _ in clean:
+                    drop_database(postgres, name)
+            raw = await peers.raw_nats(server.url, count, "1")
+            fast = await peers.faststream(server.url, count, "1")
+            table.add_row("raw nats-py (transport)", f"{raw:,.0f}", "-", "-", "-")
+            table.add_row("FastStream (plain, no exactly-once)", f"{fast:,.0f}", f"{fast:,.0f}", "-", "-")
+    finally:
+        drop_database(postgres, first)
+        drop_database(postgres, second)
+    Console(width=130).print(table)
+
+
+async def _fresh(postgres: str) -> tuple[str, str]:
+    name, url, _ = throwaway_database(postgres)
+    return name, url
 
 
 def main() -> None:

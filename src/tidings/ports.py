@@ -163,8 +163,12 @@ class Bus(Protocol):
 
     async def close(self) -> None: ...
 
+    async def published(self, partition: int) -> int:
+        """The log position of the partition's last event that the broker holds (0: none):
+        the relay publishes on from there, so the broker itself is the relay's checkpoint."""
+
     async def publish(self, partition: int, records: Sequence[RecordedEvent]) -> None:
-        """Publish one partition's events in log order; return once the broker stored them."""
+        """Publish one partition's next events in log order; return once the broker stored them."""
 
     def log(self, store_log: Log) -> Log:
         """The log that consumer groups read: partitions from the broker; leases, inbox,

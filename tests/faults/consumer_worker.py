@@ -9,7 +9,7 @@ worker SIGKILLs itself at that point:
   made in the unit of work, before the commit;
 - ``committed``: right after that event's unit of work is committed, before anything else;
 - ``relay-before-publish``: in the relay, with a batch read from the store, before publishing;
-- ``relay-before-checkpoint``: in the relay, after the bus stored a batch, before the checkpoint.
+- ``relay-after-publish``: in the relay, right after the bus stored a batch.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ FAULT_AT = int(os.environ.get("TIDINGS_FAULT_AT", "-1"))
 _LOGGED_POINTS = {
     COMMITTED: "committed",
     PUBLISHING: "relay-before-publish",
-    PUBLISHED: "relay-before-checkpoint",
+    PUBLISHED: "relay-after-publish",
 }
 _marked: set[str] = set()  # ids of the events at which to die
 

@@ -1,6 +1,6 @@
-"""Distributed mode on a three-node JetStream cluster (stream replicated three times): the node
-that leads the stream is SIGKILLed while the relay publishes. No event the store acknowledged
-is lost, none is handled twice, order per key holds, and the stream holds each event once."""
+"""Distributed mode on a three-node JetStream cluster (streams replicated three times): the node
+that leads a partition's stream is SIGKILLed while the relay publishes. No event the store acknowledged
+is lost, none is handled twice, order per key holds, and the streams hold each event once."""
 
 from __future__ import annotations
 
@@ -38,11 +38,13 @@ async def _open(app: App) -> None:
 
 
 async def _stream_leader(url: str) -> tuple[str, int]:
+    """The node that leads partition 0's stream, and how many events the partitions hold."""
     client = await nats.connect(url, connect_timeout=5)
     try:
-        info = await client.jetstream().stream_info(STREAM)
-        assert info.cluster is not None and info.cluster.leader
-        return info.cluster.leader, info.state.messages
+        js = client.jetstream()
+        infos = [await js.stream_info(f"{STREAM}_{partition}") for partition in range(8)]
+        assert infos[0].cluster is not None and infos[0].cluster.leader
+        return infos[0].cluster.leader, sum(info.state.messages for info in infos)
     finally:
         await client.close()
 

@@ -1,14 +1,13 @@
 """The outbox relay: the store's log is the outbox. Every appended event is committed in the
-append's own transaction; the relay publishes the log to the bus in order, after its own
-checkpoint, and moves the checkpoint only once the bus has stored what it published.
+append's own transaction; the relay publishes the log to the bus in order per partition.
 
 Relays in several processes share the work as members of one group: each holds leases on some
-of the log's partitions and publishes those, in order per partition (the order that per-key
-delivery needs), with a checkpoint per partition fenced by the lease. A relay killed between
-publishing and moving its checkpoint publishes those events again; the bus drops them as
-duplicates of their event id (and consumers' inboxes catch any that the bus's duplicate window
-no longer remembers). Nothing committed is ever skipped: readers of the log never pass over an
-event that commits late.
+of the log's partitions and publishes those, in order (the order that per-key delivery needs).
+Where to go on from is asked of the bus (``Bus.published``), not of a checkpoint of the relay's:
+a relay killed after the bus stored a batch, or one that lost its lease unawares, can neither
+skip an event nor publish one twice (the NATS bus refuses a publish that does not follow its
+partition's last event). Nothing committed is ever skipped: readers of the log never pass over
+an event that commits late.
 """
 
 from __future__ import annotations
@@ -50,15 +49,11 @@ class Relay(PartitionMember):
         self.batch_size = batch_size
         self.poll = poll
 
-    def checkpoint_name(self, partition: int) -> str:
-        return f"{self.group}:{partition}"
-
     def on_stop(self) -> None:
         self.app.wake()
 
     async def work(self, partition: int) -> None:
-        store, name = self.app.store, self.checkpoint_name(partition)
-        after = await store.get_checkpoint(name)
+        after = await self.bus.published(partition)
         while not self.stopping:
             seen = self.app.appends
             batch = await self.log.read_partition(partition, after=after, limit=self.batch_size)
@@ -69,6 +64,3 @@ class Relay(PartitionMember):
             await self.bus.publish(partition, batch)
             after = batch[-1].position
             log.debug(PUBLISHED, partition, after)
-            async with store.transaction() as tx:
-                await self.fence(tx, partition)
-                await tx.set_checkpoint(name, after)

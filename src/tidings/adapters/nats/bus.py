@@ -1,14 +1,14 @@
-"""JetStream as the bus: one file-backed stream, a subject per partition and topic.
+"""JetStream as the bus: a file-backed stream per partition of the store's log.
 
-An event's subject is ``<prefix>.<partition>.<topic>`` (``tidings.3.order.placed``): the
-partition is the store's (a hash of the partition key), so a group's members can share the
-partitions and keep order per key, as on the SQL log. The stream takes exactly the subjects
-``<prefix>.0.>`` … ``<prefix>.<n-1>.>``; a publish to any other subject gets no stream ack.
+An event's subject is ``<prefix>.<partition>.<topic>`` (``tidings.3.order.placed``), stored in
+stream ``<stream>_<partition>``: the partition is the store's (a hash of the partition key), so
+a group's members share the partitions and keep order per key, as on the SQL log. The streams
+take exactly the subjects ``<prefix>.0.>`` … ``<prefix>.<n-1>.>``; a publish to any other
+subject under the prefix gets no stream ack.
 
-Messages are CloudEvents in binary mode (``ce-*`` headers), with ``Nats-Msg-Id`` = the event id:
-a relay that publishes again after a crash is deduplicated by the server within the stream's
-duplicate window (and by the consumers' inbox after it). ``Tidings-Stream`` and
-``Tidings-Version`` say where the event is stored.
+Messages are CloudEvents in binary mode (``ce-*`` headers), with ``Nats-Msg-Id`` = the event id;
+``Tidings-Stream``, ``Tidings-Version`` and ``Tidings-Position`` say where the event is stored.
+How a partition is published in order and once: see ``publish.py``.
 
 After each batch the relay rings a doorbell (a core NATS message on ``<prefix>.wake``, not
 stored): idle consumers in every process read at once instead of at their next poll.
@@ -29,15 +29,16 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
 
-from tidings.adapters.nats.reads import DirectReader
+from tidings.adapters.nats.inbox import Inbox
+from tidings.adapters.nats.publish import publish_in_order, resync
+from tidings.adapters.nats.reads import POSITION_HEADER, STREAM_HEADER, VERSION_HEADER, direct_get, record_of
 from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import RecordedEvent, to_binary
 from tidings.errors import BackendUnavailable, ConfigurationError
 from tidings.ports import Log
 
 _OWN_OPTIONS = ("stream", "prefix", "replicas", "duplicate_window", "connect_timeout")
-STREAM_HEADER = "Tidings-Stream"
-VERSION_HEADER = "Tidings-Version"
+PARTITIONS_KEY = "tidings_partitions"  # in each stream's metadata
 #: What a broker error is, as far as the bus is concerned: the server is not there for us.
 DRIVER_ERRORS = (NatsError, JetStreamError, OSError, TimeoutError)
 
@@ -79,8 +80,11 @@ class NatsSettings:
         except ValueError as exc:
             raise ConfigurationError(f"bad NATS URL option in {redact_url(url)!r}: {exc}") from None
 
-    def subjects(self, partitions: int) -> list[str]:
-        return [f"{self.prefix}.{partition}.>" for partition in range(partitions)]
+    def stream_of(self, partition: int) -> str:
+        return f"{self.stream}_{partition}"
+
+    def subject_of(self, partition: int) -> str:
+        return f"{self.prefix}.{partition}.>"
 
     @property
     def doorbell(self) -> str:
@@ -88,14 +92,17 @@ class NatsSettings:
 
 
 class NatsBus:
-    """``Bus`` on JetStream: one file-backed stream holds every partition under the prefix."""
+    """``Bus`` on JetStream: a file-backed stream per partition under the prefix."""
 
     def __init__(self, settings: NatsSettings) -> None:
         self.settings = settings
         self.url = settings.display_url
         self.partitions = 0
         self._client: Client | None = None
-        self._reader: DirectReader | None = None
+        self._inbox: Inbox | None = None
+        #: Per partition, its stream's last sequence as this bus last saw it (unknown after a
+        #: failed publish: ``published`` asks the stream again).
+        self._tails: dict[int, int] = {}
 
     async def open(self, partitions: int) -> None:
         if self._client is not None:
@@ -108,8 +115,9 @@ class NatsBus:
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,
             )
-            await self._ensure_stream(client)
-            self._reader = await DirectReader.start(client, self.settings.stream, self.settings.prefix)
+            for partition in range(partitions):
+                await self._ensure_stream(client, partition)
+            self._inbox = await Inbox.open(client)
         except DRIVER_ERRORS as exc:
             await self.close()
             raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
@@ -117,64 +125,83 @@ class NatsBus:
             await self.close()
             raise
 
-    async def _ensure_stream(self, client: Client) -> None:
+    async def _ensure_stream(self, client: Client, partition: int) -> None:
         js = client.jetstream()
-        name, subjects = self.settings.stream, self.settings.subjects(self.partitions)
+        name, subject = self.settings.stream_of(partition), self.settings.subject_of(partition)
         try:
             info = await js.stream_info(name)
         except NotFoundError:
             await js.add_stream(
                 StreamConfig(
                     name=name,
-                    subjects=subjects,
+                    subjects=[subject],
                     storage=StorageType.FILE,
                     num_replicas=self.settings.replicas,
                     duplicate_window=self.settings.duplicate_window,
                     allow_direct=True,  # consumers read partitions with batched direct gets
+                    metadata={PARTITIONS_KEY: str(self.partitions)},
                 )
             )
             return
-        if sorted(info.config.subjects or []) != sorted(subjects) or not info.config.allow_direct:
+        made_for = (info.config.metadata or {}).get(PARTITIONS_KEY)
+        if (
+            info.config.subjects != [subject]
+            or not info.config.allow_direct
+            or made_for != str(self.partitions)
+        ):
             raise ConfigurationError(
-                f"JetStream stream {name!r} at {self.url} takes subjects {info.config.subjects} "
-                f"(direct reads {'on' if info.config.allow_direct else 'off'}); this store has "
-                f"{self.partitions} partitions and needs {subjects[0]} … {subjects[-1]} with direct "
-                "reads: use another stream (?stream=NAME) or delete this one"
+                f"JetStream stream {name!r} at {self.url} was not made for this store, which has "
+                f"{self.partitions} partitions (the stream: subjects {info.config.subjects}, made for "
+                f"{made_for or 'unknown'} partitions): use another stream name (?stream=NAME) or delete it"
             )
 
     async def close(self) -> None:
         if self._client is not None:
-            client, self._client, self._reader = self._client, None, None
+            client, self._client, self._inbox = self._client, None, None
+            self._tails.clear()
             try:
                 await client.drain()
             except DRIVER_ERRORS:
                 await client.close()
 
-    def _connected(self) -> tuple[Client, DirectReader]:
-        if self._client is None or self._reader is None:
+    def _connected(self) -> tuple[Client, Inbox]:
+        if self._client is None or self._inbox is None:
             raise BackendUnavailable(f"bus {self.url} is not open (call open() first)")
-        return self._client, self._reader
+        return self._client, self._inbox
 
     def subject(self, partition: int, topic: str) -> str:
         return f"{self.settings.prefix}.{partition}.{topic}"
 
+    async def published(self, partition: int) -> int:
+        """The store position of the partition's last event on the bus (0: none yet)."""
+        client, inbox = self._connected()
+        try:
+            self._tails[partition], position = await resync(client, inbox, self.settings.stream_of(partition))
+        except DRIVER_ERRORS as exc:
+            raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
+        return position
+
     async def publish(self, partition: int, records: Sequence[RecordedEvent]) -> None:
-        """Publish in order, each after the previous one is stored (acknowledged): a publish
-        that fails leaves nothing after it stored, so order per partition holds through retries."""
-        client, _ = self._connected()
-        js = client.jetstream()
+        """Publish the partition's events after those it holds (``published``), in order; returns
+        once all are stored. On failure, ask ``published`` again before publishing more."""
+        client, inbox = self._connected()
+        last = self._tails.pop(partition, None)
+        if last is None:
+            raise BackendUnavailable(
+                f"partition {partition} on {self.url}: ask where it stands (published) first"
+            )
+        messages = []
         for record in records:
             headers, body = to_binary(record.envelope)
             headers["Nats-Msg-Id"] = record.envelope.id
             headers[STREAM_HEADER] = record.stream
             headers[VERSION_HEADER] = str(record.version)
-            try:
-                await js.publish(self.subject(partition, record.envelope.topic), body, headers=headers)
-            except DRIVER_ERRORS as exc:
-                what = f"{type(exc).__name__}: {exc}"
-                raise BackendUnavailable(
-                    f"NATS at {self.url} did not store event {record.envelope.id}: {what}"
-                ) from None
+            headers[POSITION_HEADER] = str(record.position)
+            messages.append((self.subject(partition, record.envelope.topic), body, headers))
+        try:
+            self._tails[partition] = await publish_in_order(client, inbox, messages, last=last)
+        except DRIVER_ERRORS as exc:
+            raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
         if records:
             # The doorbell only saves consumers a poll: the events are stored either way.
             with contextlib.suppress(*DRIVER_ERRORS):
@@ -182,11 +209,13 @@ class NatsBus:
 
     async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
         """Messages of one partition after stream sequence ``after``, in stream order."""
-        _, reader = self._connected()
+        client, inbox = self._connected()
+        request = {"seq": after + 1, "next_by_subj": self.settings.subject_of(partition), "batch": limit}
         try:
-            return await reader.read(partition, after=after, limit=limit)
+            found = await direct_get(client, inbox, self.settings.stream_of(partition), request, limit)
         except DRIVER_ERRORS as exc:
             raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
+        return [record_of(message, self.settings.prefix) for message in found]
 
     async def watch(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` on every doorbell, until cancelled."""

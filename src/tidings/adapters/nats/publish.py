@@ -1,0 +1,101 @@
+"""Publishing a partition's events in order, many in flight, each stored exactly once.
+
+A partition has a stream of its own, and every message names the sequence its stream must be at
+before it is stored (``Nats-Expected-Last-Sequence``). So a batch goes out pipelined, yet only a
+prefix of it can ever be stored, in order: a message lost in a leader change makes every later
+one of the batch fail its expectation instead of overtaking it. A second relay on the same
+partition (one that lost its lease without knowing) fails the same way. After any failure the
+publisher asks the stream where it stands (``resync``): the last message's ``Tidings-Position``
+says which event of the store's log it holds last, and publishing continues after it, so nothing
+is published twice and the stream itself is the relay's checkpoint.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Final
+
+import msgspec
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.errors import NotFoundError
+
+from tidings.adapters.nats.inbox import Inbox
+from tidings.adapters.nats.reads import POSITION_HEADER, direct_get
+from tidings.errors import BackendUnavailable
+
+ACK_TIMEOUT: Final = 10.0
+#: How far back from a stream's end ``resync`` looks for a message of tidings' own (others may
+#: publish to the partition's subjects too).
+RESYNC_SCAN: Final = 1000
+
+Message = tuple[str, bytes, dict[str, str]]
+
+
+class _Ack(msgspec.Struct):
+    seq: int = 0
+    error: dict[str, object] | None = None
+
+
+async def publish_in_order(client: Client, inbox: Inbox, messages: list[Message], *, last: int) -> int:
+    """Publish ``messages`` to a stream whose last sequence is ``last``; returns its new last
+    sequence. Raises ``BackendUnavailable`` naming the first message that was not stored."""
+    loop = asyncio.get_running_loop()
+    replies: list[asyncio.Future[Msg]] = []
+    forgets = []
+    try:
+        for offset, (subject, body, headers) in enumerate(messages):
+            reply: asyncio.Future[Msg] = loop.create_future()
+            subject_to, forget = inbox.reply_to(_resolver(reply))
+            replies.append(reply)
+            forgets.append(forget)
+            headers["Nats-Expected-Last-Sequence"] = str(last + offset)
+            await client.publish(subject, body, reply=subject_to, headers=headers)
+        done, _ = await asyncio.wait(replies, timeout=ACK_TIMEOUT)
+    finally:
+        for forget in forgets:
+            forget()
+    for offset, reply in enumerate(replies):
+        what = f"message {offset + 1} of {len(messages)} on {messages[offset][0]!r}"
+        if reply not in done:
+            raise BackendUnavailable(f"JetStream did not acknowledge {what} within {ACK_TIMEOUT:.0f} s")
+        answer = reply.result()
+        status = (answer.headers or {}).get("Status")
+        if status is not None:
+            raise BackendUnavailable(f"JetStream did not store {what}: status {status} (no stream?)")
+        ack = msgspec.json.decode(answer.data or b"{}", type=_Ack)
+        if ack.error is not None:
+            raise BackendUnavailable(
+                f"JetStream did not store {what}: {ack.error.get('description', ack.error)}"
+            )
+    return last + len(messages)
+
+
+def _resolver(reply: asyncio.Future[Msg]) -> Callable[[Msg], None]:
+    def resolve(message: Msg) -> None:
+        if not reply.done():
+            reply.set_result(message)
+
+    return resolve
+
+
+async def resync(client: Client, inbox: Inbox, stream: str) -> tuple[int, int]:
+    """The stream's last sequence, and the store position of the last event it holds (0: none)."""
+    try:
+        state = (await client.jetstream().stream_info(stream)).state
+    except NotFoundError:
+        raise BackendUnavailable(f"JetStream stream {stream!r} is gone") from None
+    sequence = state.last_seq
+    while sequence >= max(state.first_seq, 1) and state.last_seq - sequence < RESYNC_SCAN:
+        found = await direct_get(client, inbox, stream, {"seq": sequence}, 1)
+        position = (found[0].headers or {}).get(POSITION_HEADER) if found else None
+        if position is not None and position.isdigit():
+            return state.last_seq, int(position)
+        sequence -= 1
+    if state.messages and sequence >= state.first_seq:
+        raise BackendUnavailable(
+            f"JetStream stream {stream!r}: none of its last {RESYNC_SCAN} messages is an event "
+            "published by tidings; cannot tell where the relay stopped"
+        )
+    return state.last_seq, 0
