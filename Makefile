@@ -38,6 +38,7 @@ test: lint
 bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.store
 	$(BIN)/python -m benchmarks.bus
+	$(BIN)/python -m benchmarks.backlog
 
 clean:
 	rm -rf $(VENV) .tidings .pytest_cache .mypy_cache .ruff_cache

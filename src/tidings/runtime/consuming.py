@@ -33,7 +33,7 @@ from tidings.ports import DeadLetter, Log, StoreTransaction
 from tidings.runtime.deadlines import lateness
 from tidings.runtime.leasing import LeaseLost, PartitionMember
 from tidings.runtime.retries import Retry
-from tidings.runtime.unit_of_work import UnitOfWork
+from tidings.runtime.unit_of_work import UnitOfWork, write_documents
 
 if TYPE_CHECKING:
     from tidings.runtime.app import App
@@ -221,21 +221,35 @@ class GroupConsumer(PartitionMember):
         self,
         partition: int | None,
         position: int,
-        write: Callable[[StoreTransaction], Awaitable[list[tuple[Any, int]]]] | None = None,
+        now: _Handled | None = None,
+        extra: Callable[[StoreTransaction], Awaitable[None]] | None = None,
     ) -> None:
-        """One transaction, fenced by the partition's lease: the waiting events' inbox records and
-        units of work, then ``write`` (the effects of an event that commits at once), then the
-        checkpoint at ``position``. Without a partition (a redrive): ``write`` alone."""
+        """One transaction, fenced by the partition's lease: the inbox records and units of work
+        of the waiting events and of ``now`` (an event that commits at once), then ``extra`` (a
+        dead letter's row), then the checkpoint at ``position``. Without a partition (a redrive):
+        ``now`` and ``extra`` alone."""
         waiting = self._waiting.pop(partition, []) if partition is not None else []
+        handled = waiting + ([now] if now is not None else [])
         saved: list[tuple[Any, int]] = []
         try:
             async with self.app.store.transaction() as tx:
                 if partition is not None:
                     await self.fence(tx, partition)
-                for handled in waiting:
-                    saved += await self._apply(tx, handled.record, handled.context)
-                if write is not None:
-                    saved += await write(tx)
+                units: list[tuple[Context, UnitOfWork]] = []
+                for done in handled:
+                    # Not in the inbox yet, else another delivery made its effects already.
+                    fresh = await tx.mark_handled(self.group, done.record.envelope.id, done.context.attempt)
+                    if fresh and done.context._unit is not None:
+                        units.append((done.context, done.context._unit))
+                for context, unit in units:
+                    envelopes_of, publication_of = (
+                        self.app._envelopes_of(context),
+                        self.app._publication_of(context),
+                    )
+                    saved += await unit.append_events(tx, envelopes_of, publication_of)
+                await write_documents(tx, [unit for _, unit in units])
+                if extra is not None:
+                    await extra(tx)
                 if partition is not None:
                     await tx.set_checkpoint(self.checkpoint_name(partition), position)
         except (LeaseLost, BackendUnavailable, asyncio.CancelledError):
@@ -249,25 +263,14 @@ class GroupConsumer(PartitionMember):
             raise _SharedCommitFailed(position) from exc
         if partition is not None:
             self._committed[partition] = position
-        for handled in waiting:
-            log.debug(COMMITTED, self.group, handled.record.envelope.id)
+        for done in handled:
+            log.debug(COMMITTED, self.group, done.record.envelope.id)
         for aggregate, version in saved:
             aggregate._saved(version)
         if any(
-            h.context._unit and (h.context._unit.publications or h.context._unit.aggregates) for h in waiting
+            d.context._unit and (d.context._unit.publications or d.context._unit.aggregates) for d in handled
         ):
             self.app.notify()
-
-    async def _apply(
-        self, tx: StoreTransaction, record: RecordedEvent, context: Context
-    ) -> list[tuple[Any, int]]:
-        """The event's inbox record and its unit of work, inside ``tx``; the saved aggregates."""
-        if not await tx.mark_handled(self.group, record.envelope.id, context.attempt):
-            return []  # handled by another delivery meanwhile: its effects happened then
-        unit = context._unit
-        if unit is None:
-            return []
-        return await unit.apply(tx, self.app._envelopes_of(context), self.app._publication_of(context))
 
     async def _process(
         self, partition: int | None, record: RecordedEvent, redrive: int = 0, duplicate: bool = False
@@ -344,16 +347,12 @@ class GroupConsumer(PartitionMember):
             self._waiting.setdefault(partition, []).append(_Handled(record, context))
             return
 
-        async def write(tx: StoreTransaction) -> list[tuple[Any, int]]:
-            saved = await self._apply(tx, record, context)
-            if redrive:
-                await tx.settle_dead_letter(redrive, "redriven")
-            return saved
+        async def settle_redrive(tx: StoreTransaction) -> None:
+            await tx.settle_dead_letter(redrive, "redriven")
 
-        await self._settle(partition, record.position, write)
-        log.debug(COMMITTED, self.group, record.envelope.id)
-        if unit is not None and (unit.aggregates or unit.publications):
-            self.app.notify()
+        await self._settle(
+            partition, record.position, _Handled(record, context), settle_redrive if redrive else None
+        )
 
     async def _dead(
         self,
@@ -392,14 +391,13 @@ class GroupConsumer(PartitionMember):
             dead_at=self.app.clock.now(),
         )
 
-        async def write(tx: StoreTransaction) -> list[tuple[Any, int]]:
+        async def write(tx: StoreTransaction) -> None:
             if redrive:
                 await tx.settle_dead_letter(redrive, "dead")
             else:
                 await tx.dead_letter(letter)
-            return []
 
-        await self._settle(partition, record.position, write)
+        await self._settle(partition, record.position, extra=write)
 
     async def _redrive(self) -> None:
         """Hand the group's dead letters that an operator asked to redrive to its handler again;

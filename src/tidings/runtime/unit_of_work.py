@@ -2,7 +2,7 @@
 record and checkpoint, so that its effects happen exactly once however often the event arrives.
 
 Aggregates saved and events published through it are appended at commit; document writes are
-buffered (and read back by the same unit of work) and applied at commit. The transaction is
+buffered (and read back by the same unit of work) and written at commit, after the appends. The transaction is
 short: it opens at commit time, not while the handler awaits other things.
 """
 
@@ -88,14 +88,14 @@ class UnitOfWork:
     def delete(self, collection: str, key: str) -> None:
         self.documents[(collection, key)] = _DELETED
 
-    async def apply(
+    async def append_events(
         self,
         tx: StoreTransaction,
         envelopes_of: Callable[[Aggregate], list[Envelope]],
         publish: Callable[[Publication], tuple[str, Envelope]],
     ) -> list[tuple[Aggregate, int]]:
-        """Write every effect inside ``tx``; returns each saved aggregate with its new version,
-        to be marked saved once the transaction has committed."""
+        """Append the saved aggregates' new events and the publications inside ``tx``; returns
+        each saved aggregate with its new version, to be marked saved once ``tx`` commits."""
         saved: list[tuple[Aggregate, int]] = []
         for aggregate in self.aggregates:
             if aggregate.pending:
@@ -106,9 +106,18 @@ class UnitOfWork:
         for publication in self.publications:
             stream, envelope = publish(publication)
             await tx.append(stream, [envelope])
-        for (collection, key), value in self.documents.items():
-            if value is _DELETED:
-                await tx.delete_document(collection, key)
-            else:
-                await tx.put_document(collection, key, msgspec.json.encode(value))
         return saved
+
+
+async def write_documents(tx: StoreTransaction, units: list[UnitOfWork]) -> None:
+    """The units' document writes inside ``tx``, a later unit's over an earlier one's, in key
+    order: transactions that write documents in one order cannot deadlock one another."""
+    merged: dict[tuple[str, str], object] = {}
+    for unit in units:
+        merged.update(unit.documents)
+    for collection, key in sorted(merged):
+        value = merged[(collection, key)]
+        if value is _DELETED:
+            await tx.delete_document(collection, key)
+        else:
+            await tx.put_document(collection, key, msgspec.json.encode(value))
