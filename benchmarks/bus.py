@@ -118,11 +118,14 @@ async def latency(url: str, seconds: float, rate: int, bus: str | None = None) -
     return statistics.median(ordered), ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]
 
 
-async def rows_for(urls: tuple[str, str], count: int, seconds: float, bus: str | None = None) -> list[str]:
-    """The throughput rows on one store, the latency row on a fresh one (no backlog to replay)."""
-    transport = await end_to_end(urls[0], count, with_unit=False, bus=bus)
-    runtime = await end_to_end(urls[0], count, with_unit=True, bus=bus)
-    p50, p99 = await latency(urls[1], seconds, 1000, bus=bus)
+async def rows_for(
+    urls: tuple[str, str], count: int, seconds: float, buses: tuple[str | None, str | None] = (None, None)
+) -> list[str]:
+    """The throughput rows on one store, the latency row on a fresh one (no backlog to replay);
+    in distributed mode each store has streams of its own."""
+    transport = await end_to_end(urls[0], count, with_unit=False, bus=buses[0])
+    runtime = await end_to_end(urls[0], count, with_unit=True, bus=buses[0])
+    p50, p99 = await latency(urls[1], seconds, 1000, bus=buses[1])
     return [f"{transport:,.0f}", f"{runtime:,.0f}", f"{p50:.1f}", f"{p99:.1f}"]
 
 
@@ -147,11 +150,11 @@ async def main_async(quick: bool, postgres: str) -> None:
     try:
         table.add_row("PostgreSQL log", *await rows_for((first_url, second_url), count, seconds))
         with nats_servers(1) as (server,):
-            bus = f"{server.url}?stream=BENCH&prefix=bench"
+            buses = (f"{server.url}?stream=BENCH&prefix=bench", f"{server.url}?stream=LATENCY&prefix=latency")
             clean = await asyncio.gather(*(_fresh(postgres) for _ in range(2)))
             try:
                 urls = (clean[0][1], clean[1][1])
-                table.add_row("PostgreSQL + JetStream", *await rows_for(urls, count, seconds, bus=bus))
+                table.add_row("PostgreSQL + JetStream", *await rows_for(urls, count, seconds, buses))
             finally:
                 for name, _ in clean:
                     drop_database(postgres, name)

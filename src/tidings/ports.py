@@ -110,6 +110,8 @@ class Log(Protocol):
     """The log as consumer groups read it: partitions, leases and per-group checkpoints."""
 
     partitions: int
+    #: Made with the log (the store): a broker that carries a log checks it carries this one.
+    log_id: str
 
     def checkpoint_name(self, group: str, partition: int) -> str:
         """Where the group's checkpoint in this log's positions is kept (positions of different
@@ -158,8 +160,9 @@ class Bus(Protocol):
 
     url: str
 
-    async def open(self, partitions: int) -> None:
-        """Connect, and create the broker's stream for ``partitions`` partitions if missing."""
+    async def open(self, log: Log) -> None:
+        """Connect, and create the broker's streams for the log's partitions if missing; refuse
+        streams made for another log."""
 
     async def close(self) -> None: ...
 

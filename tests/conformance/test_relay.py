@@ -82,8 +82,8 @@ async def test_a_second_publisher_of_a_partition_can_neither_repeat_nor_reorder(
         records = [await app.publish(Ping(key="same", n=n), key="same") for n in range(4)]
         partition = Partitioner(app.log.partitions)("same")
         first, second = open_bus(bus_url), open_bus(bus_url)
-        await first.open(app.log.partitions)
-        await second.open(app.log.partitions)
+        await first.open(app.log)
+        await second.open(app.log)
         try:
             assert await first.published(partition) == await second.published(partition) == 0
             await first.publish(partition, records[:2])
@@ -109,4 +109,16 @@ async def test_a_stream_made_for_other_partitions_is_refused(tmp_path: Path, nat
         pass
     with pytest.raises(ConfigurationError, match=r"has 4 partitions .* made for 8 partitions"):
         async with App("second", store=f"sqlite:///{tmp_path / 'b.db'}?partitions=4", bus=bus_url):
+            pass
+
+
+async def test_a_stream_carrying_another_stores_log_is_refused(tmp_path: Path, nats_url: str) -> None:
+    """Positions of one store mean nothing in another: a relay must never go on after them."""
+    bus_url = fresh_bus_url(nats_url)
+    async with App("first", store=f"sqlite:///{tmp_path / 'a.db'}", bus=bus_url):
+        pass
+    async with App("again", store=f"sqlite:///{tmp_path / 'a.db'}", bus=bus_url):
+        pass  # the same store again is welcome
+    with pytest.raises(ConfigurationError, match="carries the log of another store"):
+        async with App("second", store=f"sqlite:///{tmp_path / 'b.db'}", bus=bus_url):
             pass

@@ -99,7 +99,7 @@ class App:
         if self.bus_url:
             try:
                 bus = open_bus(self.bus_url)
-                await bus.open(self.log.partitions)
+                await bus.open(self.log)
             except BaseException:
                 # Not open after all: the store is released and ``open`` may be tried again.
                 await store.close()

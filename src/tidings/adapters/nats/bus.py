@@ -38,7 +38,8 @@ from tidings.errors import BackendUnavailable, ConfigurationError
 from tidings.ports import Log
 
 _OWN_OPTIONS = ("stream", "prefix", "replicas", "duplicate_window", "connect_timeout")
-PARTITIONS_KEY = "tidings_partitions"  # in each stream's metadata
+PARTITIONS_KEY = "tidings_partitions"  # in each stream's metadata: the log's partition count
+LOG_KEY = "tidings_log"  # and the id of the log it carries
 #: What a broker error is, as far as the bus is concerned: the server is not there for us.
 DRIVER_ERRORS = (NatsError, JetStreamError, OSError, TimeoutError)
 
@@ -98,16 +99,17 @@ class NatsBus:
         self.settings = settings
         self.url = settings.display_url
         self.partitions = 0
+        self.log_id = ""
         self._client: Client | None = None
         self._inbox: Inbox | None = None
         #: Per partition, its stream's last sequence as this bus last saw it (unknown after a
         #: failed publish: ``published`` asks the stream again).
         self._tails: dict[int, int] = {}
 
-    async def open(self, partitions: int) -> None:
+    async def open(self, log: Log) -> None:
         if self._client is not None:
             return
-        self.partitions = partitions
+        self.partitions, self.log_id = log.partitions, log.log_id
         try:
             client = self._client = await nats.connect(
                 servers=list(self.settings.servers),
@@ -115,7 +117,7 @@ class NatsBus:
                 max_reconnect_attempts=-1,
                 allow_reconnect=True,
             )
-            for partition in range(partitions):
+            for partition in range(self.partitions):
                 await self._ensure_stream(client, partition)
             self._inbox = await Inbox.open(client)
         except DRIVER_ERRORS as exc:
@@ -139,20 +141,22 @@ class NatsBus:
                     num_replicas=self.settings.replicas,
                     duplicate_window=self.settings.duplicate_window,
                     allow_direct=True,  # consumers read partitions with batched direct gets
-                    metadata={PARTITIONS_KEY: str(self.partitions)},
+                    metadata={PARTITIONS_KEY: str(self.partitions), LOG_KEY: self.log_id},
                 )
             )
             return
-        made_for = (info.config.metadata or {}).get(PARTITIONS_KEY)
-        if (
-            info.config.subjects != [subject]
-            or not info.config.allow_direct
-            or made_for != str(self.partitions)
-        ):
+        metadata = info.config.metadata or {}
+        made_for, carries = metadata.get(PARTITIONS_KEY), metadata.get(LOG_KEY)
+        if info.config.subjects != [subject] or not info.config.allow_direct or made_for != str(self.partitions):
             raise ConfigurationError(
                 f"JetStream stream {name!r} at {self.url} was not made for this store, which has "
                 f"{self.partitions} partitions (the stream: subjects {info.config.subjects}, made for "
                 f"{made_for or 'unknown'} partitions): use another stream name (?stream=NAME) or delete it"
+            )
+        if carries != self.log_id:
+            raise ConfigurationError(
+                f"JetStream stream {name!r} at {self.url} carries the log of another store ({carries}; "
+                f"this one is {self.log_id}): use another stream name (?stream=NAME) per store"
             )
 
     async def close(self) -> None:

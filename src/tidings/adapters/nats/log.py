@@ -21,6 +21,7 @@ class JetStreamLog:
         self.bus = bus
         self.store_log = store_log
         self.partitions = store_log.partitions
+        self.log_id = store_log.log_id
 
     def checkpoint_name(self, group: str, partition: int) -> str:
         # Stream sequences, not store positions: kept apart from the embedded log's checkpoints.

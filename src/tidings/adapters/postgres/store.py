@@ -18,10 +18,10 @@ import psycopg_pool
 from tidings.adapters.postgres import schema, steps
 from tidings.adapters.sql.common import (
     DEFAULT_PARTITIONS,
-    SCHEMA_VERSION,
     Partitioner,
     StoreAudit,
-    partitions_of_store,
+    identity_of_store,
+    new_meta,
     validate_stream_name,
 )
 from tidings.adapters.sql.consumers import (
@@ -98,6 +98,7 @@ class PostgresStore:
         self.url = settings.display_url or redact_url(settings.conninfo)
         self._pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self._partition_of = Partitioner(settings.partitions)
+        self.log_id = ""
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -144,15 +145,17 @@ class PostgresStore:
                 await connection.execute(f"SELECT pg_advisory_xact_lock({schema.SCHEMA_LOCK})")
                 for statement in (*schema.CREATE, *schema.CREATE_CONSUMERS):
                     await connection.execute(statement)
-                await connection.execute(schema.PUT_META, ("schema_version", str(SCHEMA_VERSION)))
-                await connection.execute(schema.PUT_META, ("partitions", str(self.settings.partitions)))
+                for row in new_meta(self.settings.partitions):
+                    await connection.execute(schema.PUT_META, row)
             cursor = await connection.execute(schema.TABLES_EXIST)
             exists = await cursor.fetchone()
             meta: dict[str, str] = {}
             if exists and exists[0]:
                 cursor = await connection.execute(schema.ALL_META)
                 meta = dict(await cursor.fetchall())
-        self._partition_of = Partitioner(partitions_of_store(self.url, meta))
+        identity = identity_of_store(self.url, meta)
+        self._partition_of = Partitioner(identity.partitions)
+        self.log_id = identity.log_id
 
     def _translate(self, exc: psycopg.Error) -> TidingsError:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -7,6 +7,7 @@ the way a transaction is driven differ, and those stay in each adapter.
 
 from __future__ import annotations
 
+import uuid
 import zlib
 from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
@@ -23,16 +24,30 @@ SCHEMA_VERSION: Final = 6
 MAX_NUMBER: Final = 2**63 - 1
 
 
-def partitions_of_store(url: str, meta: dict[str, str]) -> int:
-    """The partition count a store was created with, once its ``tidings_meta`` proves it is a
-    tidings store of the schema this code reads."""
+class StoreIdentity(NamedTuple):
+    partitions: int  # fixed when the store was created
+    log_id: str  # made when the store was created: a bus stream names the log it carries
+
+
+def identity_of_store(url: str, meta: dict[str, str]) -> StoreIdentity:
+    """What a store's ``tidings_meta`` says of it, once it proves to be a tidings store of the
+    schema this code reads."""
     if "partitions" not in meta:
         raise IntegrityError(f"{url} holds no tidings store")
     if meta.get("schema_version") != str(SCHEMA_VERSION):
         raise IntegrityError(
             f"{url} has store schema {meta.get('schema_version')}; this tidings reads schema {SCHEMA_VERSION}"
         )
-    return int(meta["partitions"])
+    return StoreIdentity(int(meta["partitions"]), meta.get("log_id", ""))
+
+
+def new_meta(partitions: int) -> list[tuple[str, str]]:
+    """The ``tidings_meta`` rows of a new store (a store that has them keeps its own)."""
+    return [
+        ("schema_version", str(SCHEMA_VERSION)),
+        ("partitions", str(partitions)),
+        ("log_id", uuid.uuid4().hex),
+    ]
 
 
 class Partitioner:

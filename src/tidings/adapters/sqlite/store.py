@@ -21,9 +21,10 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 from tidings.adapters.sql.common import (
     DEFAULT_PARTITIONS,
-    SCHEMA_VERSION,
     Partitioner,
-    partitions_of_store,
+    StoreIdentity,
+    identity_of_store,
+    new_meta,
     validate_stream_name,
 )
 from tidings.adapters.sql.consumers import check_dead_letter_state, group_checkpoint
@@ -93,6 +94,7 @@ class SqliteStore:
         self.settings = settings
         self.url = f"sqlite:///{settings.path}"
         self._partition_of = Partitioner(settings.partitions)
+        self.log_id = ""
         self._writer: sqlite3.Connection | None = None
         self._reader: sqlite3.Connection | None = None
         self._write_thread = ThreadPoolExecutor(1, thread_name_prefix="tidings-sqlite-write")
@@ -148,7 +150,9 @@ class SqliteStore:
             connection.execute(f"PRAGMA busy_timeout={int(self.settings.busy_timeout * 1000)}")
             if writer and not inspecting:
                 self._create_schema(connection)
-            self._partition_of = Partitioner(self._check_schema(connection))
+            identity = self._check_schema(connection)
+            self._partition_of = Partitioner(identity.partitions)
+            self.log_id = identity.log_id
         except BaseException:
             connection.close()
             raise
@@ -163,8 +167,7 @@ class SqliteStore:
                 )
             for statement in (*schema.CREATE, *schema.CREATE_CONSUMERS):
                 connection.execute(statement)
-            connection.execute(schema.PUT_META, ("schema_version", str(SCHEMA_VERSION)))
-            connection.execute(schema.PUT_META, ("partitions", str(self.settings.partitions)))
+            connection.executemany(schema.PUT_META, new_meta(self.settings.partitions))
             connection.execute("COMMIT")
         except BaseException:
             connection.execute("ROLLBACK")
@@ -175,14 +178,14 @@ class SqliteStore:
         tables = {name for (name,) in connection.execute("SELECT name FROM sqlite_master")}
         return bool(tables) and "tidings_meta" not in tables
 
-    def _check_schema(self, connection: sqlite3.Connection) -> int:
+    def _check_schema(self, connection: sqlite3.Connection) -> StoreIdentity:
         meta: dict[str, str] = {}
         if not self._is_foreign(connection):
             try:
                 meta = dict(connection.execute(schema.ALL_META).fetchall())
             except sqlite3.OperationalError:  # no tables at all
                 meta = {}
-        return partitions_of_store(self.url, meta)
+        return identity_of_store(self.url, meta)
 
     def _append_step(
         self,
