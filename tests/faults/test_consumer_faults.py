@@ -43,9 +43,10 @@ async def test_killed_consumers_lose_nothing_and_repeat_nothing(store_url: str) 
         deadline = time.monotonic() + 360
         workers = [start_worker(store_url, "survivors"), start_worker(store_url, "survivors")]
         # Kill at random moments, but only once the workers have made progress since the last
-        # kill (a random amount, at most a fiftieth of the work): every kill hits a worker at
-        # work, and the 50 kills all happen before the work is done, however fast it goes.
-        spacing = max(1, total // (KILLS + 1))
+        # kill (a random amount, on average an eighth of an even share, since progress is only
+        # sampled and runs on past the mark): every kill hits a worker at work, and all the
+        # kills happen before the work is done, however fast it goes.
+        spacing = max(1, total // (KILLS * 4))
         next_kill = rng.randint(1, spacing)
         try:
             while (done := await progress(app, KEYS)) < total:
