@@ -147,7 +147,8 @@ class NatsBus:
             return
         metadata = info.config.metadata or {}
         made_for, carries = metadata.get(PARTITIONS_KEY), metadata.get(LOG_KEY)
-        if info.config.subjects != [subject] or not info.config.allow_direct or made_for != str(self.partitions):
+        fits = info.config.subjects == [subject] and info.config.allow_direct
+        if not fits or made_for != str(self.partitions):
             raise ConfigurationError(
                 f"JetStream stream {name!r} at {self.url} was not made for this store, which has "
                 f"{self.partitions} partitions (the stream: subjects {info.config.subjects}, made for "
