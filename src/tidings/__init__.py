@@ -4,6 +4,7 @@ from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import Envelope, RecordedEvent, Stored
 from tidings.domain.events import Event, EventRegistry
 from tidings.domain.integrity import IntegrityReport
+from tidings.domain.saga import Saga, SagaData, SagaInstance
 from tidings.errors import (
     AggregateNotFound,
     BackendUnavailable,
@@ -49,6 +50,9 @@ __all__ = [
     "RecordedEvent",
     "RegistrationError",
     "Retry",
+    "Saga",
+    "SagaData",
+    "SagaInstance",
     "Stored",
     "TidingsError",
     "UnknownEventType",

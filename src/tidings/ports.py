@@ -54,6 +54,14 @@ class StoreTransaction(Protocol):
 
     async def set_checkpoint(self, name: str, position: int) -> None: ...
 
+    async def schedule_timer(self, timer_id: str, due: datetime, stream: str, envelope: Envelope) -> None:
+        """At ``due``, append ``envelope`` to ``stream`` (a timer of the same id is replaced)."""
+
+    async def cancel_timer(self, timer_id: str) -> None: ...
+
+    async def due_timers(self, now: datetime, limit: int) -> list[Timer]:
+        """Timers due by ``now``, soonest first, held by this transaction until it ends."""
+
     async def holds_lease(self, group: str, partition: int, member: str) -> bool:
         """Whether ``member`` still holds the partition: checked before a checkpoint commits,
         so that a member that lost its lease (paused, partitioned away) cannot move it."""
@@ -66,6 +74,12 @@ class StoreTransaction(Protocol):
 
     async def settle_dead_letter(self, entry: int, state: str) -> None:
         """Move a dead letter to another state (``redriven`` once its redrive succeeded)."""
+
+
+class Timer(msgspec.Struct, frozen=True):
+    id: str
+    stream: str
+    envelope: Envelope
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
@@ -238,6 +252,9 @@ class EventStore(Protocol):
     async def get_document(self, collection: str, key: str) -> bytes | None: ...
 
     async def get_checkpoint(self, name: str) -> int: ...
+
+    async def next_timer_due(self) -> datetime | None:
+        """When the soonest timer is due (None: no timer)."""
 
     def transaction(self) -> AbstractAsyncContextManager[StoreTransaction]: ...
 

@@ -114,3 +114,17 @@ def _describe(text: str, token: str, *, wildcards: bool) -> str:
     if not wildcards and token in ("*", ">"):
         return f"{text!r}: wildcard {token!r} is allowed in patterns, not in topics"
     return f"{text!r}: token {token!r} may contain only letters, digits, '_' and '-'"
+
+
+class AnyOf:
+    """Matches a topic that any of its patterns matches: a group that listens to several topics
+    (a saga: its start, its replies, its timeouts)."""
+
+    __slots__ = ("patterns", "text")
+
+    def __init__(self, patterns: list[str]) -> None:
+        self.patterns = tuple(Pattern(text) for text in patterns)
+        self.text = " | ".join(sorted(pattern.text for pattern in self.patterns))
+
+    def matches(self, topic: str) -> bool:
+        return any(pattern.matches(topic) for pattern in self.patterns)

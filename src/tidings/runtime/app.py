@@ -19,6 +19,7 @@ from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, Stored
 from tidings.domain.events import Event, EventRegistry, default_registry
 from tidings.domain.integrity import IntegrityReport
+from tidings.domain.saga import Saga
 from tidings.domain.topics import compile_pattern
 from tidings.errors import ConfigurationError
 from tidings.ports import ANY, Bus, DeadLetter, EventStore, ExpectedVersion, Log
@@ -31,6 +32,8 @@ from tidings.runtime.projection import Projection, reset_projection, run_project
 from tidings.runtime.publishing import Lineage, aggregate_envelopes, publication_envelope
 from tidings.runtime.repository import Repository
 from tidings.runtime.retries import Retry
+from tidings.runtime.saga_engine import SagaEngine
+from tidings.runtime.timers import TimerWorker
 from tidings.runtime.unit_of_work import Publication
 
 A = TypeVar("A", bound=Aggregate)
@@ -73,6 +76,7 @@ class App:
         self.clock: Clock = clock or SystemClock()
         self.state = AppState.CREATED
         self.subscriptions: dict[str, Subscription] = {}
+        self.sagas: dict[str, SagaEngine] = {}
         self._store: EventStore | None = None
         self._log: Log | None = None
         self._bus: Bus | None = None
@@ -298,6 +302,17 @@ class App:
 
         return register
 
+    def add_saga(self, saga: Saga) -> None:
+        """Run the saga's instances in this App: a consumer group of its own reads its starting
+        events, the replies of its steps and its timeouts (see ``runtime/saga_engine.py``)."""
+        engine = SagaEngine(saga, self.codec.registry, self.clock.now)
+        if engine.group in self.subscriptions:
+            raise ConfigurationError(f"saga {saga.name!r} is already added to App {self.name!r}")
+        if not saga.steps:
+            raise ConfigurationError(f"saga {saga.name!r} has no steps")
+        self.sagas[saga.name] = engine
+        self.subscriptions[engine.group] = Subscription(engine.pattern, engine.group, engine.handle)
+
     def _envelopes_of(self, context: Context) -> Callable[[Aggregate], list[Envelope]]:
         lineage = Lineage(context.correlation_id, context.envelope.id)
         now = self.clock.now()
@@ -354,12 +369,17 @@ class App:
             members.append(Relay(self, self._bus, lease_ttl=lease_ttl, poll=poll))
         watchers = [asyncio.create_task(log.watch(self.notify)) for log in watched]
         tasks = [asyncio.create_task(member.run()) for member in members]
+        timers = TimerWorker(self, poll=min(poll, 0.2)) if self.subscriptions else None
+        if timers is not None:
+            watchers.append(asyncio.create_task(timers.run()))
         self._members.extend(members)
         try:
             yield self
         finally:
             for member in members:
                 member.stop()
+            if timers is not None:
+                timers.stop()
             await asyncio.gather(*tasks, return_exceptions=True)
             for member in members:
                 self._members.remove(member)

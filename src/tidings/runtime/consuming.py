@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from tidings.domain.envelope import RecordedEvent, Undecodable, from_structured, to_structured
 from tidings.domain.events import Event
-from tidings.domain.topics import Pattern
+from tidings.domain.topics import AnyOf, Pattern
 from tidings.errors import BackendUnavailable, ConcurrencyError, MalformedEvent
 from tidings.ports import DeadLetter, Log, StoreTransaction
 from tidings.runtime.deadlines import lateness
@@ -49,7 +49,7 @@ COMMITTED = "group %s: committed %s"
 class Subscription:
     """A group's handler for the events whose topic matches ``pattern``."""
 
-    pattern: Pattern
+    pattern: Pattern | AnyOf
     group: str
     handler: Handler
     retry: Retry = field(default_factory=Retry)
@@ -248,6 +248,14 @@ class GroupConsumer(PartitionMember):
                     )
                     saved += await unit.append_events(tx, envelopes_of, publication_of)
                 await write_documents(tx, [unit for _, unit in units])
+                for context, unit in units:
+                    for error in unit.dead_letters:
+                        log.error(
+                            "group %s: dead-lettering %s (stuck): %s", self.group, context.envelope.id, error
+                        )
+                        await tx.dead_letter(
+                            self._letter(context.record, "stuck", error, "", context.attempt, None)
+                        )
                 if extra is not None:
                     await extra(tx)
                 if partition is not None:
@@ -365,16 +373,34 @@ class GroupConsumer(PartitionMember):
         first_failure: datetime | None,
         redrive: int,
     ) -> None:
-        envelope = record.envelope
-        key = envelope.partitionkey or record.stream
         if self.subscription.ordered:
-            self._blocked.add(key)
-        log.error("group %s: dead-lettering %s (%s): %s", self.group, envelope.id, reason, error)
+            self._blocked.add(record.envelope.partitionkey or record.stream)
+        log.error("group %s: dead-lettering %s (%s): %s", self.group, record.envelope.id, reason, error)
+        letter = self._letter(record, reason, error, trace, attempts, first_failure)
+
+        async def write(tx: StoreTransaction) -> None:
+            if redrive:
+                await tx.settle_dead_letter(redrive, "dead")
+            else:
+                await tx.dead_letter(letter)
+
+        await self._settle(partition, record.position, extra=write)
+
+    def _letter(
+        self,
+        record: RecordedEvent,
+        reason: str,
+        error: str,
+        trace: str,
+        attempts: int,
+        first_failure: datetime | None,
+    ) -> DeadLetter:
+        envelope = record.envelope
         document = None
         if not isinstance(record, Undecodable):
             with contextlib.suppress(MalformedEvent):
                 document = to_structured(envelope)
-        letter = DeadLetter(
+        return DeadLetter(
             group=self.group,
             reason=reason,
             error=error,
@@ -384,20 +410,12 @@ class GroupConsumer(PartitionMember):
             position=record.position,
             stream=record.stream,
             topic=envelope.topic,
-            key=key,
+            key=envelope.partitionkey or record.stream,
             envelope=document,
             raw=None if document else envelope.data,
             first_failed=first_failure,
             dead_at=self.app.clock.now(),
         )
-
-        async def write(tx: StoreTransaction) -> None:
-            if redrive:
-                await tx.settle_dead_letter(redrive, "dead")
-            else:
-                await tx.dead_letter(letter)
-
-        await self._settle(partition, record.position, extra=write)
 
     async def _redrive(self) -> None:
         """Hand the group's dead letters that an operator asked to redrive to its handler again;

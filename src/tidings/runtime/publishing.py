@@ -42,7 +42,7 @@ def publication_envelope(
     With a key, the event joins the key's stream, so events of one key keep their order; without
     one, it is a stream of its own (its id), spread over the partitions.
     """
-    event_id = uuid7()
+    event_id = publication.id or uuid7()
     stream = publication.key or event_id
     envelope = codec.encode(
         publication.event,

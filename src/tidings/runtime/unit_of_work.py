@@ -33,6 +33,10 @@ class Publication:
     key: str | None = None
     ttl: timedelta | None = None
     expires_at: datetime | None = None
+    #: An id of the caller's making (a retry that publishes the same id again is a no-op).
+    id: str | None = None
+    #: Published at this moment, by a durable timer, instead of at commit.
+    at: datetime | None = None
 
 
 @dataclass
@@ -44,6 +48,7 @@ class UnitOfWork:
     aggregates: list[Aggregate] = field(default_factory=list)
     publications: list[Publication] = field(default_factory=list)
     documents: dict[tuple[str, str], object] = field(default_factory=dict)
+    dead_letters: list[str] = field(default_factory=list)
 
     async def load(self, cls: type[A], id: str) -> A:
         """Load an aggregate; saving it later checks that nobody saved it meanwhile."""
@@ -62,9 +67,21 @@ class UnitOfWork:
         key: str | None = None,
         ttl: timedelta | None = None,
         expires_at: datetime | None = None,
+        id: str | None = None,
     ) -> None:
-        """Publish an event at commit; it inherits the handled event's correlation."""
-        self.publications.append(Publication(event, key, ttl, expires_at))
+        """Publish an event at commit; it inherits the handled event's correlation. An ``id`` of
+        the caller's making makes publishing it again a no-op."""
+        self.publications.append(Publication(event, key, ttl, expires_at, id))
+
+    def dead_letter(self, error: str) -> None:
+        """Put the handled event in the group's dead letter queue at commit (reason ``stuck``),
+        for an operator, while the rest of the unit commits as usual."""
+        self.dead_letters.append(error)
+
+    def schedule(self, event: Event, *, at: datetime, key: str | None = None, id: str | None = None) -> None:
+        """Publish an event at ``at``, by a durable timer set at commit (it survives restarts and
+        fires once); a timer with the same ``id`` is replaced."""
+        self.publications.append(Publication(event, key, id=id, at=at))
 
     async def get(self, collection: str, key: str, type: type[T]) -> T | None:
         value = self.documents.get((collection, key))
@@ -105,7 +122,10 @@ class UnitOfWork:
                 saved.append((aggregate, records[-1].version))
         for publication in self.publications:
             stream, envelope = publish(publication)
-            await tx.append(stream, [envelope])
+            if publication.at is None:
+                await tx.append(stream, [envelope])
+            else:
+                await tx.schedule_timer(envelope.id, publication.at, stream, envelope)
         return saved
 
 

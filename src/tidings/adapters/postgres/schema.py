@@ -6,6 +6,7 @@ from typing import Final
 
 from tidings.adapters.sql.consumers import consumer_tables
 from tidings.adapters.sql.rows import AUDIT_COLUMNS, INSERT_COLUMNS, LOG_COLUMNS, SELECT_COLUMNS
+from tidings.adapters.sql.timers import timer_tables
 
 # Advisory lock keys (arbitrary constants, "tidings" in ASCII plus a suffix).
 SCHEMA_LOCK: Final = 0x7469_6469_6E67_7301
@@ -56,8 +57,11 @@ CREATE: Final = (
         PRIMARY KEY (collection, key)
     )""",
 )
-CREATE_CONSUMERS: Final = consumer_tables(
-    bigint="BIGINT", blob="BYTEA", auto_id="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+CREATE_CONSUMERS: Final = (
+    *consumer_tables(
+        bigint="BIGINT", blob="BYTEA", auto_id="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
+    ),
+    *timer_tables(bigint="BIGINT", blob="BYTEA"),
 )
 
 HANDLED: Final = "SELECT event_id FROM tidings_inbox WHERE group_name = %s AND event_id = ANY(%s)"

@@ -35,17 +35,19 @@ from tidings.adapters.sql.consumers import (
 )
 from tidings.adapters.sql.reads import StreamQuery, follow_log
 from tidings.adapters.sql.rows import from_micros, records_of, to_micros
+from tidings.adapters.sql.timers import TimerSql, timers_of
 from tidings.adapters.urls import redact_url
-from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent
+from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, to_structured
 from tidings.domain.integrity import IntegrityReport
 from tidings.errors import (
     BackendUnavailable,
     ConfigurationError,
     TidingsError,
 )
-from tidings.ports import ANY, DeadLetter, ExpectedVersion, Snapshot, StreamInfo, Trace
+from tidings.ports import ANY, DeadLetter, ExpectedVersion, Snapshot, StreamInfo, Timer, Trace
 
 CONSUMERS = ConsumerSql.dialect("%s", row_lock=" FOR UPDATE")
+TIMERS = TimerSql.dialect("%s", skip_locked=" FOR UPDATE SKIP LOCKED")
 log = logging.getLogger("tidings.postgres")  # the unique constraint on event ids, named by PostgreSQL
 _OWN_OPTIONS = ("partitions", "pool_size", "connect_timeout")
 
@@ -270,6 +272,12 @@ class PostgresStore:
         async with self._connection() as connection:
             return await steps.get_checkpoint(connection, name)
 
+    async def next_timer_due(self) -> datetime | None:
+        async with self._connection() as connection:
+            cursor = await connection.execute(TIMERS.next_due)
+            row = await cursor.fetchone()
+        return None if row is None or row[0] is None else from_micros(row[0])
+
     # -- the log, as consumer groups read it --------------------------------------------------
 
     @property
@@ -427,6 +435,17 @@ class PostgresTransaction:
 
     async def set_checkpoint(self, name: str, position: int) -> None:
         await self._connection.execute(schema.PUT_CHECKPOINT, (name, position))
+
+    async def schedule_timer(self, timer_id: str, due: datetime, stream: str, envelope: Envelope) -> None:
+        row = (timer_id, to_micros(due), stream, to_structured(envelope))
+        await self._connection.execute(TIMERS.schedule, row)
+
+    async def cancel_timer(self, timer_id: str) -> None:
+        await self._connection.execute(TIMERS.cancel, (timer_id,))
+
+    async def due_timers(self, now: datetime, limit: int) -> list[Timer]:
+        cursor = await self._connection.execute(TIMERS.due, (to_micros(now), limit))
+        return timers_of(await cursor.fetchall(), self._store.settings.max_size)
 
     async def holds_lease(self, group: str, partition: int, member: str) -> bool:
         now = time.time_ns() // 1000

@@ -6,6 +6,7 @@ from typing import Final
 
 from tidings.adapters.sql.consumers import consumer_tables
 from tidings.adapters.sql.rows import AUDIT_COLUMNS, INSERT_COLUMNS, LOG_COLUMNS, SELECT_COLUMNS
+from tidings.adapters.sql.timers import timer_tables
 
 # AUTOINCREMENT keeps positions from ever being reused, even after the newest row is deleted.
 # The write connection takes the database lock with BEGIN IMMEDIATE before reading a stream's
@@ -56,8 +57,9 @@ CREATE: Final = (
         PRIMARY KEY (collection, key)
     )""",
 )
-CREATE_CONSUMERS: Final = consumer_tables(
-    bigint="INTEGER", blob="BLOB", auto_id="INTEGER PRIMARY KEY AUTOINCREMENT"
+CREATE_CONSUMERS: Final = (
+    *consumer_tables(bigint="INTEGER", blob="BLOB", auto_id="INTEGER PRIMARY KEY AUTOINCREMENT"),
+    *timer_tables(bigint="INTEGER", blob="BLOB"),
 )
 
 HANDLED: Final = "SELECT event_id FROM tidings_inbox WHERE group_name = ? AND event_id IN ({marks})"

@@ -30,15 +30,19 @@ from tidings.adapters.sql.common import (
 from tidings.adapters.sql.consumers import check_dead_letter_state, group_checkpoint
 from tidings.adapters.sql.reads import StreamQuery, follow_log
 from tidings.adapters.sql.rows import from_micros, to_micros
+from tidings.adapters.sql.timers import TimerSql, timers_of
 from tidings.adapters.sqlite import schema, steps
 from tidings.adapters.urls import redact_url
-from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent
+from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, to_structured
 from tidings.domain.integrity import IntegrityReport
 from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError
-from tidings.ports import ANY, DeadLetter, ExpectedVersion, Snapshot, StreamInfo, Trace
+from tidings.ports import ANY, DeadLetter, ExpectedVersion, Snapshot, StreamInfo, Timer, Trace
 
 T = TypeVar("T")
 WATCH_INTERVAL = 0.005  # seconds between looks at the file's change counter
+
+
+TIMERS = TimerSql.dialect("?")
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,6 +378,10 @@ class SqliteStore:
         async with self._write_lock:
             return await self._write(steps.in_transaction, steps.set_dead_letter_state, list(entries), state)
 
+    async def next_timer_due(self) -> datetime | None:
+        (due,) = await self._read(lambda c: c.execute(TIMERS.next_due).fetchone())
+        return None if due is None else from_micros(due)
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[SqliteTransaction]:
         async with self._write_lock:
@@ -431,6 +439,17 @@ class SqliteTransaction:
 
     async def set_checkpoint(self, name: str, position: int) -> None:
         await self._store._write(lambda c: c.execute(schema.PUT_CHECKPOINT, (name, position)))
+
+    async def schedule_timer(self, timer_id: str, due: datetime, stream: str, envelope: Envelope) -> None:
+        row = (timer_id, to_micros(due), stream, to_structured(envelope))
+        await self._store._write(lambda c: c.execute(TIMERS.schedule, row))
+
+    async def cancel_timer(self, timer_id: str) -> None:
+        await self._store._write(lambda c: c.execute(TIMERS.cancel, (timer_id,)))
+
+    async def due_timers(self, now: datetime, limit: int) -> list[Timer]:
+        rows = await self._store._write(lambda c: c.execute(TIMERS.due, (to_micros(now), limit)).fetchall())
+        return timers_of(rows, self._store.settings.max_size)
 
     async def holds_lease(self, group: str, partition: int, member: str) -> bool:
         return await self._store._write(steps.holds_lease, group, partition, member)

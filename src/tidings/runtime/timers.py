@@ -1,0 +1,54 @@
+"""Firing durable timers: a due timer's event is appended, and the timer deleted, in one
+transaction. Every App that runs sagas fires timers; racing workers cannot fire one twice (a
+timer's event id is fixed when it is set, and appending a stored id again is a no-op)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+
+from tidings.errors import TidingsError
+
+if TYPE_CHECKING:
+    from tidings.runtime.app import App
+
+log = logging.getLogger("tidings.timers")
+
+
+class TimerWorker:
+    def __init__(self, app: App, *, poll: float = 0.2, batch: int = 100) -> None:
+        self.app = app
+        self.poll = poll
+        self.batch = batch
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    async def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                wait = await self.fire()
+            except TidingsError as exc:
+                log.warning("timers: %s", exc)
+                wait = self.poll
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), wait)
+
+    async def fire(self) -> float:
+        """Fire what is due; returns how long to wait before looking again."""
+        store, now = self.app.store, self.app.clock.now()
+        due = await store.next_timer_due()
+        if due is None or due > now:
+            until = self.poll if due is None else (due - now).total_seconds()
+            return max(0.001, min(self.poll, until))
+        async with store.transaction() as tx:
+            timers = await tx.due_timers(now, self.batch)
+            for timer in timers:
+                await tx.append(timer.stream, [timer.envelope])
+                await tx.cancel_timer(timer.id)
+        if timers:
+            self.app.notify()
+        return 0.0  # look again at once: more may be due
