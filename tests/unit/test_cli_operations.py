@@ -14,10 +14,13 @@ import msgspec
 from typer.testing import CliRunner
 
 from tidings.cli import app as cli
+from tidings.domain.saga import SagaInstance
+from tidings.errors import AggregateNotFound
 from tidings.runtime.app import App
 from tidings.runtime.consuming import Context
 from tidings.runtime.retries import Retry
 from tidings.testing.conformance.events import Ping, Pong
+from tidings.testing.conformance.sagas import OrderPlaced, Shop, fulfilment
 from tidings.testing.eventually import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -151,3 +154,39 @@ def test_dead_letter_commands_take_the_store_from_the_environment(tmp_path: Path
     assert result.exit_code == 0 and "picky" in result.output
     result = CliRunner().invoke(cli, ["trace", "journey-1"], env={"TIDINGS_STORE": url})
     assert result.exit_code == 0 and "correlation journey-1" in result.output
+
+
+async def _sagas(url: str) -> tuple[str, str]:
+    """One completed and one compensated instance of a saga."""
+    app = App("shop", store=url)
+    Shop(app)
+    app.add_saga(fulfilment("cli"))
+    async with app, app.running(lease_ttl=2.0, poll=0.2):
+        await app.publish(OrderPlaced(order_id="fine", amount=5), key="fine")
+        await app.publish(OrderPlaced(order_id="broke", amount=5, trouble="decline"), key="broke")
+
+        async def ended() -> bool:
+            try:
+                states = [(await app.load(SagaInstance, f"cli:{key}")).status for key in ("fine", "broke")]
+            except AggregateNotFound:
+                return False
+            return states == ["completed", "compensated"]
+
+        await eventually(ended, within=20)
+    return "cli:fine", "cli:broke"
+
+
+def test_sagas_are_listed_and_shown(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'sagas.db'}"
+    fine, broke = asyncio.run(_sagas(url))
+    code, listing = tidings("sagas", "list", "--store", url)
+    assert code == 0 and fine in listing and broke in listing and "compensated" in listing
+    code, only = tidings("sagas", "list", "--store", url, "--state", "compensated")
+    assert code == 0 and broke in only and fine not in only
+    code, shown = tidings("sagas", "show", broke, "--store", url)
+    assert code == 0
+    for line in ("started by conformance.OrderPlaced", "step 1: failed", "compensation Release sent"):
+        assert line in shown, shown
+    assert "ended: compensated" in shown
+    code, missing = tidings("sagas", "show", "cli:nobody", "--store", url)
+    assert code == 2 and "no saga instance" in missing

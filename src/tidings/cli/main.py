@@ -37,6 +37,7 @@ from tidings.cli.render import (
     streams_table,
     write_json_line,
 )
+from tidings.cli.sagas import sagas_app
 from tidings.domain.envelope import RecordedEvent
 from tidings.errors import IntegrityError
 from tidings.ports import EventStore
@@ -54,6 +55,7 @@ app = typer.Typer(
 
 
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(sagas_app, name="sagas")
 app.command("run")(run)
 app.command("trace")(trace)
 
