@@ -25,7 +25,7 @@ $(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
 	touch $@
 
 demo: $(VENV)/.installed-base
-	$(BIN)/python -m examples.store_demo
+	$(BIN)/python -m examples.shop.demo
 
 lint: $(VENV)/.installed-test
 	$(BIN)/ruff check .

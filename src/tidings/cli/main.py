@@ -28,7 +28,7 @@ from tidings.cli.common import (
     run_with_store,
     stdout,
 )
-from tidings.cli.operations import dlq_app, run, trace
+from tidings.cli.operations import demo, dlq_app, run, trace
 from tidings.cli.render import (
     events_table,
     log_line,
@@ -58,6 +58,7 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(sagas_app, name="sagas")
 app.command("run")(run)
 app.command("trace")(trace)
+app.command("demo")(demo)
 
 
 def _package_version() -> str:

@@ -7,6 +7,7 @@ import importlib
 import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -15,9 +16,18 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from tidings.cli.common import EXIT_OK, LimitOption, StoreOption, fail, note, run_with_store, stdout
+from tidings.cli.common import (
+    EXIT_OK,
+    EXIT_PROBLEMS,
+    LimitOption,
+    StoreOption,
+    fail,
+    note,
+    run_with_store,
+    stdout,
+)
 from tidings.domain.envelope import RecordedEvent, format_time
-from tidings.errors import ConfigurationError
+from tidings.errors import ConfigurationError, TidingsError
 from tidings.ports import DeadLetter, EventStore, Log, Trace
 from tidings.runtime.app import DEFAULT_STORE, App
 
@@ -208,12 +218,21 @@ def trace(
     stdout().print(causation_tree(found))
 
 
-def causation_tree(found: Trace) -> Tree:
+def causation_tree(found: Trace, *, hide: Callable[[RecordedEvent], bool] | None = None) -> Tree:
+    """The events of a trace as a tree of causes; ``hide`` leaves events out (their effects hang
+    from their nearest shown cause)."""
     by_id = {record.envelope.id: record for record in found.events}
+
+    def shown_cause(record: RecordedEvent) -> str | None:
+        cause = by_id.get(record.envelope.causationid or "")
+        while cause is not None and hide is not None and hide(cause):
+            cause = by_id.get(cause.envelope.causationid or "")
+        return None if cause is None else cause.envelope.id
+
     children: dict[str | None, list[RecordedEvent]] = {}
     for record in found.events:
-        parent = record.envelope.causationid if record.envelope.causationid in by_id else None
-        children.setdefault(parent, []).append(record)
+        if hide is None or not hide(record):
+            children.setdefault(shown_cause(record), []).append(record)
     root = Tree(
         Text(
             f"correlation {found.events[0].envelope.correlationid or found.events[0].envelope.id}",
@@ -239,4 +258,24 @@ def causation_tree(found: Trace) -> Tree:
     return root
 
 
-__all__ = ["dlq_app", "run", "trace"]
+def demo(
+    store: Annotated[str, typer.Option("--store", help="Store URL (an embedded one is made fresh).")] = (
+        "sqlite:///.tidings/shop.db"
+    ),
+    bus: Annotated[str | None, typer.Option("--bus", help="A nats:// URL: distributed mode.")] = None,
+    orders: Annotated[int, typer.Option("--orders", min=1, help="How many orders to place.")] = 300,
+) -> None:
+    """Run the shop demo (four services, a saga per order) from the repository's examples."""
+    sys.path.insert(0, str(Path.cwd()))
+    try:
+        shop_demo = importlib.import_module("examples.shop.demo")
+    except ImportError as exc:
+        fail(f"the demo lives in the repository (examples/shop); run this from its root ({exc})")
+    try:
+        passed = shop_demo.run(store, bus, orders)
+    except TidingsError as exc:
+        fail(str(exc))
+    raise typer.Exit(EXIT_OK if passed else EXIT_PROBLEMS)
+
+
+__all__ = ["demo", "dlq_app", "run", "trace"]

@@ -166,6 +166,7 @@ class Step:
     compensate: Callable[[SagaData], Event] | None
     compensated: type[Event] | None
     timeout: timedelta
+    deadline: timedelta | None = None
 
 
 @dataclass
@@ -194,15 +195,18 @@ class Saga:
         compensate: Callable[[SagaData], Event] | None = None,
         compensated: type[Event] | None = None,
         timeout: timedelta = timedelta(seconds=30),
+        deadline: timedelta | None = None,
     ) -> Saga:
-        """Add a step; returns the saga, so that steps can be chained."""
+        """Add a step; returns the saga, so that steps can be chained. ``deadline`` gives the
+        command a time to live: a service that gets to it later dead-letters it (``expired``),
+        and the step times out."""
         if any(step.name == name for step in self.steps):
             raise ConfigurationError(f"saga {self.name!r} already has a step {name!r}")
         if compensated is not None and compensate is None:
             raise ConfigurationError(f"step {name!r}: a compensated reply needs a compensate command")
         if timeout <= timedelta(0):
             raise ConfigurationError(f"step {name!r}: the timeout must be positive")
-        self.steps.append(Step(name, send, success, failure, compensate, compensated, timeout))
+        self.steps.append(Step(name, send, success, failure, compensate, compensated, timeout, deadline))
         return self
 
     def reply_types(self) -> set[type[Event]]:

@@ -209,7 +209,7 @@ class SagaEngine:
             return
         command = builder(self.data(instance))
         sent_id = command_id(instance.id, index, kind, attempt)
-        uow.publish(command, key=instance.key, id=sent_id)
+        uow.publish(command, key=instance.key, id=sent_id, ttl=step.deadline if kind == "do" else None)
         if not await_reply:
             return
         instance.record(

@@ -1,0 +1,78 @@
+"""The inventory service: finite stock per SKU, reserved and released for orders.
+
+Stock is an event-sourced aggregate per SKU: two orders of one SKU handled at once by different
+partitions cannot both take its last unit (the second save fails its concurrency check, and its
+handler runs again on the new level).
+"""
+
+from __future__ import annotations
+
+import tidings
+from examples.shop.events import (
+    ReleaseStock,
+    ReserveStock,
+    StockChanged,
+    StockRejected,
+    StockReleased,
+    StockReserved,
+)
+from tidings.runtime.unit_of_work import UnitOfWork
+
+
+class Stock(tidings.Aggregate, category="stock"):
+    level: int = 0
+
+    def receive(self, quantity: int) -> None:
+        self.record(StockChanged(sku=self.id, change=quantity, why="received"))
+
+    def reserve(self, order_id: str, quantity: int) -> bool:
+        if quantity > self.level:
+            return False
+        self.record(StockChanged(sku=self.id, change=-quantity, why="reserved", order_id=order_id))
+        return True
+
+    def release(self, order_id: str, quantity: int) -> None:
+        self.record(StockChanged(sku=self.id, change=quantity, why="released", order_id=order_id))
+
+    def apply(self, event: tidings.Event) -> None:
+        if isinstance(event, StockChanged):
+            self.level += event.change
+
+
+app = tidings.App("inventory")
+
+
+async def stock_of(uow: UnitOfWork, sku: str) -> Stock:
+    try:
+        return await uow.load(Stock, sku)
+    except tidings.AggregateNotFound:
+        return Stock(sku)
+
+
+@app.subscribe("inventory.reserve", group="inventory", retry=tidings.Retry(attempts=20, backoff=0.01))
+async def reserve(command: ReserveStock, ctx: tidings.Context) -> None:
+    async with ctx.unit_of_work() as uow:
+        stock = await stock_of(uow, command.sku)
+        if stock.reserve(command.order_id, command.quantity):
+            uow.save(stock)
+            uow.publish(
+                StockReserved(order_id=command.order_id, sku=command.sku, quantity=command.quantity),
+                key=command.order_id,
+            )
+        else:
+            reason = f"only {stock.level} left"
+            uow.publish(
+                StockRejected(order_id=command.order_id, sku=command.sku, reason=reason), key=command.order_id
+            )
+
+
+@app.subscribe("inventory.release", group="inventory-release", retry=tidings.Retry(attempts=20, backoff=0.01))
+async def release(command: ReleaseStock, ctx: tidings.Context) -> None:
+    async with ctx.unit_of_work() as uow:
+        stock = await stock_of(uow, command.sku)
+        stock.release(command.order_id, command.quantity)
+        uow.save(stock)
+        uow.publish(
+            StockReleased(order_id=command.order_id, sku=command.sku, quantity=command.quantity),
+            key=command.order_id,
+        )
