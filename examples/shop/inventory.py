@@ -2,10 +2,13 @@
 
 Stock is an event-sourced aggregate per SKU: two orders of one SKU handled at once by different
 partitions cannot both take its last unit (the second save fails its concurrency check, and its
-handler runs again on the new level).
+handler runs again on the new level). What an order holds is a document of the order's key
+(always handled in the order's partition), so that a release sent twice releases once.
 """
 
 from __future__ import annotations
+
+import msgspec
 
 import tidings
 from examples.shop.events import (
@@ -49,29 +52,39 @@ async def stock_of(uow: UnitOfWork, sku: str) -> Stock:
         return Stock(sku)
 
 
+class Reservation(msgspec.Struct):
+    """Per order: what it holds. Compensations may come more than once; a release acts once."""
+
+    sku: str
+    quantity: int
+    released: bool = False
+
+
 @app.subscribe("inventory.reserve", group="inventory", retry=tidings.Retry(attempts=20, backoff=0.01))
 async def reserve(command: ReserveStock, ctx: tidings.Context) -> None:
     async with ctx.unit_of_work() as uow:
         stock = await stock_of(uow, command.sku)
         if stock.reserve(command.order_id, command.quantity):
             uow.save(stock)
-            uow.publish(
-                StockReserved(order_id=command.order_id, sku=command.sku, quantity=command.quantity),
-                key=command.order_id,
+            uow.put("reservations", command.order_id, Reservation(command.sku, command.quantity))
+            reply: tidings.Event = StockReserved(
+                order_id=command.order_id, sku=command.sku, quantity=command.quantity
             )
         else:
             reason = f"only {stock.level} left"
-            uow.publish(
-                StockRejected(order_id=command.order_id, sku=command.sku, reason=reason), key=command.order_id
-            )
+            reply = StockRejected(order_id=command.order_id, sku=command.sku, reason=reason)
+        uow.publish(reply, key=command.order_id)
 
 
 @app.subscribe("inventory.release", group="inventory-release", retry=tidings.Retry(attempts=20, backoff=0.01))
 async def release(command: ReleaseStock, ctx: tidings.Context) -> None:
     async with ctx.unit_of_work() as uow:
-        stock = await stock_of(uow, command.sku)
-        stock.release(command.order_id, command.quantity)
-        uow.save(stock)
+        held = await uow.get("reservations", command.order_id, Reservation)
+        if held is not None and not held.released:
+            stock = await stock_of(uow, held.sku)
+            stock.release(command.order_id, held.quantity)
+            uow.save(stock)
+            uow.put("reservations", command.order_id, Reservation(held.sku, held.quantity, released=True))
         uow.publish(
             StockReleased(order_id=command.order_id, sku=command.sku, quantity=command.quantity),
             key=command.order_id,

@@ -1,6 +1,11 @@
-"""The payments service: charges orders (declining a configurable share) and refunds them."""
+"""The payments service: charges orders (declining a configurable share) and refunds them.
+
+The ledger of an order is a document of the order's key: its charge and its refund, each once.
+"""
 
 from __future__ import annotations
+
+import msgspec
 
 import tidings
 from examples.shop import settings
@@ -15,6 +20,13 @@ from examples.shop.events import (
 app = tidings.App("payments")
 
 
+class Ledger(msgspec.Struct):
+    """Per order: what was charged and refunded. A refund sent twice refunds once."""
+
+    charged: int = 0
+    refunded: int = 0
+
+
 @app.subscribe("payment.charge", group="payments")
 async def charge(command: ChargePayment, ctx: tidings.Context) -> None:
     async with ctx.unit_of_work() as uow:
@@ -22,7 +34,10 @@ async def charge(command: ChargePayment, ctx: tidings.Context) -> None:
             uow.publish(
                 PaymentDeclined(order_id=command.order_id, reason="card declined"), key=command.order_id
             )
-        else:
+            return
+        ledger = await uow.get("ledgers", command.order_id, Ledger) or Ledger()
+        uow.put("ledgers", command.order_id, Ledger(charged=command.amount, refunded=ledger.refunded))
+        for _ in range(replies(command.order_id, "charge")):
             uow.publish(
                 PaymentCharged(order_id=command.order_id, amount=command.amount), key=command.order_id
             )
@@ -31,4 +46,15 @@ async def charge(command: ChargePayment, ctx: tidings.Context) -> None:
 @app.subscribe("payment.refund", group="refunds")
 async def refund(command: RefundPayment, ctx: tidings.Context) -> None:
     async with ctx.unit_of_work() as uow:
-        uow.publish(PaymentRefunded(order_id=command.order_id, amount=command.amount), key=command.order_id)
+        ledger = await uow.get("ledgers", command.order_id, Ledger) or Ledger()
+        if not ledger.refunded:
+            uow.put("ledgers", command.order_id, Ledger(charged=ledger.charged, refunded=command.amount))
+        for _ in range(replies(command.order_id, "refund")):
+            uow.publish(
+                PaymentRefunded(order_id=command.order_id, amount=command.amount), key=command.order_id
+            )
+
+
+def replies(order_id: str, what: str) -> int:
+    """Usually one reply; sometimes two (the saga must act on one)."""
+    return 2 if settings.chance(order_id, f"twice:{what}") < settings.DUPLICATE_RATE else 1

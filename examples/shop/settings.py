@@ -14,6 +14,8 @@ SHIPPING_STALL_RATE = float(os.environ.get("SHOP_SHIPPING_STALL_RATE", "0.02"))
 SHIPPING_STALL_SECONDS = float(os.environ.get("SHOP_SHIPPING_STALL_SECONDS", "1.5"))
 #: A shipping command older than this is dead-lettered unhandled (and its step times out).
 SHIPPING_DEADLINE_SECONDS = float(os.environ.get("SHOP_SHIPPING_DEADLINE_SECONDS", "1.0"))
+#: Share of replies that payments and shipping send twice (as a retrying producer might).
+DUPLICATE_RATE = float(os.environ.get("SHOP_DUPLICATE_RATE", "0"))
 STEP_TIMEOUT_SECONDS = float(os.environ.get("SHOP_STEP_TIMEOUT_SECONDS", "3.0"))
 
 

@@ -21,4 +21,5 @@ async def schedule(command: ScheduleShipment, ctx: tidings.Context) -> None:
             reply: tidings.Event = ShipmentFailed(order_id=command.order_id, reason="no courier")
         else:
             reply = ShipmentScheduled(order_id=command.order_id, sku=command.sku, quantity=command.quantity)
-        uow.publish(reply, key=command.order_id)
+        for _ in range(2 if settings.chance(command.order_id, "twice:ship") < settings.DUPLICATE_RATE else 1):
+            uow.publish(reply, key=command.order_id)
