@@ -39,6 +39,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.store
 	$(BIN)/python -m benchmarks.bus
 	$(BIN)/python -m benchmarks.backlog
+	$(BIN)/python -m benchmarks.sagas
 
 clean:
 	rm -rf $(VENV) .tidings .pytest_cache .mypy_cache .ruff_cache

@@ -101,3 +101,11 @@ class ShipmentScheduled(tidings.Event, topic="shipping.scheduled", type="shop.Sh
 class ShipmentFailed(tidings.Event, topic="shipping.failed", type="shop.ShipmentFailed"):
     order_id: str
     reason: str
+
+
+class CancelShipment(tidings.Event, topic="shipping.cancel", type="shop.CancelShipment"):
+    order_id: str
+
+
+class ShipmentCancelled(tidings.Event, topic="shipping.cancelled", type="shop.ShipmentCancelled"):
+    order_id: str

@@ -11,6 +11,7 @@ from datetime import timedelta
 import tidings
 from examples.shop import settings
 from examples.shop.events import (
+    CancelShipment,
     ChargePayment,
     OrderPlaced,
     PaymentCharged,
@@ -20,6 +21,7 @@ from examples.shop.events import (
     ReleaseStock,
     ReserveStock,
     ScheduleShipment,
+    ShipmentCancelled,
     ShipmentFailed,
     ShipmentScheduled,
     StockRejected,
@@ -58,6 +60,8 @@ fulfilment.step(
     send=lambda s: ScheduleShipment(order_id=s.key, sku=order(s).sku, quantity=order(s).quantity),
     success=ShipmentScheduled,
     failure=ShipmentFailed,
+    compensate=lambda s: CancelShipment(order_id=s.key),  # for a shipment scheduled too late
+    compensated=ShipmentCancelled,
     timeout=timeout,
     deadline=timedelta(seconds=settings.SHIPPING_DEADLINE_SECONDS),
 )

@@ -275,6 +275,17 @@ class App:
         self.notify()
         return record
 
+    async def publish_all(self, events: Sequence[tuple[Event, str | None]]) -> list[RecordedEvent]:
+        """Publish several ``(event, key)`` at once, in one transaction (all or none)."""
+        now, lineage = self.clock.now(), Lineage(None, None)
+        prepared = [publication_envelope(self.codec, Publication(e, key), now, lineage) for e, key in events]
+        records: list[RecordedEvent] = []
+        async with self.store.transaction() as tx:
+            for stream, envelope in prepared:
+                records += await tx.append(stream, [envelope])
+        self.notify()
+        return records
+
     def subscribe(
         self,
         pattern: str,

@@ -8,10 +8,11 @@ with the handler's unit of work, and only while this member still holds the part
 
 Commits are shared: the units of work of a batch's events (each with its own inbox record) wait
 and commit together with the checkpoint, in one transaction, when the batch ends or another
-event's outcome must commit at once (a unit that saves aggregates, whose optimistic concurrency
-check may send its handler round again; a dead letter). Later handlers of the batch read the
-documents that waiting units write. Each event's effects stay atomic with its inbox record: if
-the shared commit fails, the waiting units commit one by one and only the one at fault fails.
+event's outcome must commit at once (a dead letter). Later handlers of the batch read the
+documents that waiting units write, and a load of an aggregate whose stream a waiting unit
+appends to commits the waiting units first. Each event's effects stay atomic with its inbox
+record: if the shared commit fails (a concurrency conflict, a refused write), the batch's events
+are handled again one at a time, so that only the one at fault fails.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -43,6 +45,8 @@ log = logging.getLogger("tidings.consumer")
 Handler = Callable[[Any, "Context"], Awaitable[None]]
 #: Logged (debug) once an event's unit of work is committed; fault tests kill a worker on it.
 COMMITTED = "group %s: committed %s"
+#: Seconds a checkpoint may trail the events a group passed over without handling any.
+CHECKPOINT_LAG = 1.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +153,7 @@ class GroupConsumer(PartitionMember):
         #: checkpoint past them) are written by the partition's next commit.
         self._waiting: dict[int, list[_Handled]] = {}
         self._committed: dict[int, int] = {}  # the last checkpoint written, per partition
+        self._committed_at: dict[int, float] = {}  # and when (monotonic seconds)
         #: Per partition, up to which position each event commits alone (after a shared
         #: commit failed).
         self._alone_until: dict[int, int] = {}
@@ -185,7 +190,7 @@ class GroupConsumer(PartitionMember):
                     after = record.position
                 if not self.stopping:
                     after = batch[-1].position  # events not for this group move the checkpoint too
-                if self._committed.get(partition) != after or self._waiting.get(partition):
+                if self._waiting.get(partition) or self._lagging(partition, after):
                     await self._settle(partition, after)
             except _SharedCommitFailed as failed:
                 log.warning(
@@ -193,6 +198,16 @@ class GroupConsumer(PartitionMember):
                 )
                 self._alone_until[partition] = failed.upto
                 after = self._committed[partition]
+
+    def _lagging(self, partition: int, after: int) -> bool:
+        """Whether to commit a checkpoint that only passes events of other groups. Not after
+        every batch: with many groups on a log, most batches hold nothing for a given group,
+        and a commit each would cost a write apiece. At most ``CHECKPOINT_LAG`` seconds later
+        (or on stopping) it is written; until then a restart reads those events again, and
+        passes them again."""
+        if self._committed.get(partition) == after:
+            return False
+        return self.stopping or time.monotonic() - self._committed_at.get(partition, 0.0) > CHECKPOINT_LAG
 
     def _new_unit(self, partition: int | None) -> UnitOfWork:
         """A unit of work that reads what the partition's waiting units write."""
@@ -207,11 +222,12 @@ class GroupConsumer(PartitionMember):
             return await self.app.store.get_document(collection, key)
 
         async def load(cls: type[Any], id: str) -> Any:
-            # A waiting unit's publications may append to the stream being loaded: commit first.
+            # A waiting unit that appends to the stream being loaded commits first, so that the
+            # load sees its events (and saving on top of them passes the version check).
             waiting = self._waiting.get(partition, []) if partition is not None else []
-            if partition is not None and any(
-                h.context._unit and h.context._unit.publications for h in waiting
-            ):
+            stream = cls.stream_of(id)
+            touched = any(h.context._unit and stream in h.context._unit.streams() for h in waiting)
+            if partition is not None and touched:
                 await self._settle(partition, waiting[-1].record.position)
             return await self.app.load(cls, id)
 
@@ -241,6 +257,8 @@ class GroupConsumer(PartitionMember):
                     fresh = await tx.mark_handled(self.group, done.record.envelope.id, done.context.attempt)
                     if fresh and done.context._unit is not None:
                         units.append((done.context, done.context._unit))
+                for context, unit in units:  # timers before appends: see write_timers
+                    await unit.write_timers(tx, self.app._publication_of(context))
                 for context, unit in units:
                     envelopes_of, publication_of = (
                         self.app._envelopes_of(context),
@@ -271,6 +289,7 @@ class GroupConsumer(PartitionMember):
             raise _SharedCommitFailed(position) from exc
         if partition is not None:
             self._committed[partition] = position
+            self._committed_at[partition] = time.monotonic()
         for done in handled:
             log.debug(COMMITTED, self.group, done.record.envelope.id)
         for aggregate, version in saved:
@@ -343,15 +362,11 @@ class GroupConsumer(PartitionMember):
     async def _commit(
         self, partition: int | None, record: RecordedEvent, context: Context, redrive: int
     ) -> None:
-        unit = context._unit
-        if (
-            partition is not None
-            and not redrive
-            and record.position > self._alone_until.get(partition, 0)
-            and (unit is None or not unit.aggregates)
-        ):
-            # Its effects cannot conflict: they wait for the partition's next commit (at the
-            # latest, the end of the batch). A crash before it redelivers the batch's events.
+        if partition is not None and not redrive and record.position > self._alone_until.get(partition, 0):
+            # Its effects wait for the partition's next commit (at the latest, the end of the
+            # batch). A crash before it redelivers the batch's events; a concurrency conflict
+            # of a saved aggregate fails the shared commit, and the batch's events are then
+            # handled again one at a time, each with its retries.
             self._waiting.setdefault(partition, []).append(_Handled(record, context))
             return
 

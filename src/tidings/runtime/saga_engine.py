@@ -119,7 +119,7 @@ class SagaEngine:
             reply_type=reply.type,
             reply_data=reply.data.decode(),
         )
-        if instance.awaiting != reply.causationid:
+        if not self._answers(instance, answered):
             # A duplicate, or the answer to a command given up already. Only a late success of
             # a step is acted on: what the step did must be undone.
             late = kind == "do" and succeeded and index in instance.given_up
@@ -128,12 +128,20 @@ class SagaEngine:
                 self._publish(instance, index, "undo", 1, uow, await_reply=False)
                 uow.save(instance)
             return
+        uow.cancel(f"timeout:{instance.awaiting}")  # answered in time: its timeout will not fire
         instance.record(answer)
         if kind == "do" and succeeded:
             self._advance(instance, index + 1, uow)
         else:
             self._compensate_next(instance, uow)
         uow.save(instance)
+
+    @staticmethod
+    def _answers(instance: SagaInstance, answered: tuple[str, int, Kind, int]) -> bool:
+        """Whether a reply answers what the instance awaits: the command of its step in hand, of
+        any attempt (a compensation sent again may be confirmed for an earlier sending)."""
+        awaited = parse_command_id(instance.awaiting)
+        return awaited is not None and awaited[:3] == answered[:3]
 
     # -- timeouts ----------------------------------------------------------------------------------
 

@@ -49,6 +49,7 @@ class UnitOfWork:
     publications: list[Publication] = field(default_factory=list)
     documents: dict[tuple[str, str], object] = field(default_factory=dict)
     dead_letters: list[str] = field(default_factory=list)
+    cancelled: list[str] = field(default_factory=list)
 
     async def load(self, cls: type[A], id: str) -> A:
         """Load an aggregate; saving it later checks that nobody saved it meanwhile."""
@@ -92,6 +93,16 @@ class UnitOfWork:
         raw = await self.document_reader(collection, key)
         return None if raw is None else msgspec.json.decode(raw, type=type)
 
+    def streams(self) -> set[str]:
+        """The streams this unit appends to at commit (that a later load must see)."""
+        found = {aggregate.stream for aggregate in self.aggregates}
+        found.update(p.key or p.id or "" for p in self.publications if p.at is None)
+        return found
+
+    def cancel(self, timer_id: str) -> None:
+        """Cancel a durable timer at commit (a timer that fired already is gone anyway)."""
+        self.cancelled.append(timer_id)
+
     def staged(self, collection: str, key: str) -> tuple[bool, bytes | None]:
         """Whether this unit writes the document, and what (``None``: deletes it)."""
         value = self.documents.get((collection, key), _ABSENT)
@@ -111,8 +122,9 @@ class UnitOfWork:
         envelopes_of: Callable[[Aggregate], list[Envelope]],
         publish: Callable[[Publication], tuple[str, Envelope]],
     ) -> list[tuple[Aggregate, int]]:
-        """Append the saved aggregates' new events and the publications inside ``tx``; returns
-        each saved aggregate with its new version, to be marked saved once ``tx`` commits."""
+        """Append the saved aggregates' new events and the publications (not the scheduled ones)
+        inside ``tx``; returns each saved aggregate with its new version, to be marked saved once
+        ``tx`` commits."""
         saved: list[tuple[Aggregate, int]] = []
         for aggregate in self.aggregates:
             if aggregate.pending:
@@ -121,12 +133,23 @@ class UnitOfWork:
                 )
                 saved.append((aggregate, records[-1].version))
         for publication in self.publications:
-            stream, envelope = publish(publication)
             if publication.at is None:
+                stream, envelope = publish(publication)
                 await tx.append(stream, [envelope])
-            else:
-                await tx.schedule_timer(envelope.id, publication.at, stream, envelope)
         return saved
+
+    async def write_timers(
+        self, tx: StoreTransaction, publish: Callable[[Publication], tuple[str, Envelope]]
+    ) -> None:
+        """Cancel and set this unit's timers inside ``tx``. A transaction does this before any
+        append: a timer worker locks due timers and then appends, so the same order here keeps
+        the two from waiting on each other in a cycle (a deadlock on PostgreSQL)."""
+        for timer_id in self.cancelled:
+            await tx.cancel_timer(timer_id)
+        for publication in self.publications:
+            if publication.at is not None:
+                stream, envelope = publish(publication)
+                await tx.schedule_timer(envelope.id, publication.at, stream, envelope)
 
 
 async def write_documents(tx: StoreTransaction, units: list[UnitOfWork]) -> None:

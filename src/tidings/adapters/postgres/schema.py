@@ -67,6 +67,11 @@ CREATE_CONSUMERS: Final = (
 HANDLED: Final = "SELECT event_id FROM tidings_inbox WHERE group_name = %s AND event_id = ANY(%s)"
 ALL_META: Final = "SELECT key, value FROM tidings_meta"
 TABLES_EXIST: Final = "SELECT to_regclass('tidings_meta') IS NOT NULL"
+#: The newest table exists (all are created in one transaction) and the store has its meta.
+SCHEMA_READY: Final = (
+    "SELECT to_regclass('tidings_timers') IS NOT NULL"
+    " AND EXISTS (SELECT 1 FROM tidings_meta WHERE key = 'log_id')"
+)
 PUT_META: Final = "INSERT INTO tidings_meta (key, value) VALUES (%s, %s) ON CONFLICT DO NOTHING"
 
 # Concurrent transactions can commit in another order than the one in which they drew their

@@ -142,8 +142,11 @@ class PostgresStore:
 
     async def _create_schema(self, connection: psycopg.AsyncConnection[Any]) -> None:
         async with connection.transaction():
-            if self.settings.create:
+            if self.settings.create and not await self._schema_ready(connection):
                 # CREATE TABLE IF NOT EXISTS races with itself across processes; a lock orders them.
+                # It runs only for a new (or older) store: CREATE INDEX takes a share lock on its
+                # table even when the index exists, and a process that restarts while others
+                # write would deadlock with them.
                 await connection.execute(f"SELECT pg_advisory_xact_lock({schema.SCHEMA_LOCK})")
                 for statement in (*schema.CREATE, *schema.CREATE_CONSUMERS):
                     await connection.execute(statement)
@@ -158,6 +161,16 @@ class PostgresStore:
         identity = identity_of_store(self.url, meta)
         self._partition_of = Partitioner(identity.partitions)
         self.log_id = identity.log_id
+
+    @staticmethod
+    async def _schema_ready(connection: psycopg.AsyncConnection[Any]) -> bool:
+        cursor = await connection.execute(schema.TABLES_EXIST)
+        exists = await cursor.fetchone()
+        if not (exists and exists[0]):
+            return False
+        cursor = await connection.execute(schema.SCHEMA_READY)
+        ready = await cursor.fetchone()
+        return bool(ready and ready[0])
 
     def _translate(self, exc: psycopg.Error) -> TidingsError:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

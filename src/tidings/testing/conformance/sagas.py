@@ -126,40 +126,45 @@ class Shop:
         async def stock(event: Event, ctx: Context) -> None:
             if isinstance(event, Reserve):
                 self.seen["reserve", event.order_id] += 1
-                await ctx.publish(Reserved(order_id=event.order_id), key=event.order_id)
+                await reply(ctx, Reserved(order_id=event.order_id), key=event.order_id)
             elif isinstance(event, Release):
                 self.seen["release", event.order_id] += 1
                 if "stubborn" not in event.trouble:
-                    await ctx.publish(Released(order_id=event.order_id), key=event.order_id)
+                    await reply(ctx, Released(order_id=event.order_id), key=event.order_id)
 
         @app.subscribe("conformance.payment.*", group="payment")
         async def payment(event: Event, ctx: Context) -> None:
             if isinstance(event, Charge):
                 self.seen["charge", event.order_id] += 1
                 if "decline" in event.trouble:
-                    await ctx.publish(Declined(order_id=event.order_id), key=event.order_id)
+                    await reply(ctx, Declined(order_id=event.order_id), key=event.order_id)
                     return
                 if "slowpay" in event.trouble:
                     return
-                for _ in range(2 if "twice" in event.trouble else 1):
-                    await ctx.publish(
-                        Charged(order_id=event.order_id, amount=event.amount), key=event.order_id
-                    )
+                charged = Charged(order_id=event.order_id, amount=event.amount)
+                await reply(ctx, charged, key=event.order_id, times=2 if "twice" in event.trouble else 1)
             elif isinstance(event, Refund):
                 self.seen["refund", event.order_id] += 1
-                await ctx.publish(Refunded(order_id=event.order_id), key=event.order_id)
+                await reply(ctx, Refunded(order_id=event.order_id), key=event.order_id)
 
         @app.subscribe("conformance.shipping.ship", group="shipping")
         async def shipping(event: Ship, ctx: Context) -> None:
             self.seen["ship", event.order_id] += 1
             if "silent" in event.trouble:
                 return
-            reply: Event = (
+            outcome: Event = (
                 ShippingFailed(order_id=event.order_id)
                 if "fail" in event.trouble
                 else Shipped(order_id=event.order_id)
             )
-            await ctx.publish(reply, key=event.order_id)
+            await reply(ctx, outcome, key=event.order_id)
+
+
+async def reply(ctx: Context, event: Event, *, key: str, times: int = 1) -> None:
+    """Answer a command (``times`` over: a duplicate) with the handler's unit of work."""
+    async with ctx.unit_of_work() as uow:
+        for _ in range(times):
+            uow.publish(event, key=key)
 
 
 RUN = {"lease_ttl": 2.0, "poll": 0.2}
