@@ -19,9 +19,10 @@ from tidings.testing.eventually import eventually
 class OrderPlaced(Event, topic="conformance.order.placed", type="conformance.OrderPlaced"):
     order_id: str
     amount: int
-    #: How the services treat this order (words may combine): "decline" (payment declines),
-    #: "slowpay" (payment never answers), "twice" (payment answers twice), "fail" (shipping
-    #: fails), "silent" (shipping never answers), "stubborn" (stock is never confirmed released).
+    #: How the services treat this order (words may combine): "nostock" (stock refuses),
+    #: "decline" (payment declines), "slowpay" (payment never answers), "twice" (payment answers
+    #: twice), "fail" (shipping fails), "silent" (shipping never answers), "stubborn" (stock is
+    #: never confirmed released).
     trouble: str = ""
 
 
@@ -31,6 +32,10 @@ class Reserve(Event, topic="conformance.stock.reserve", type="conformance.Reserv
 
 
 class Reserved(Event, topic="conformance.stock.reserved", type="conformance.Reserved"):
+    order_id: str
+
+
+class OutOfStock(Event, topic="conformance.stock.out", type="conformance.OutOfStock"):
     order_id: str
 
 
@@ -91,6 +96,7 @@ def fulfilment(name: str) -> Saga:
         "reserve",
         send=lambda s: Reserve(order_id=s.key, trouble=start(s).trouble),
         success=Reserved,
+        failure=OutOfStock,
         compensate=lambda s: Release(order_id=s.key, trouble=start(s).trouble),
         compensated=Released,
         timeout=timedelta(seconds=30),
@@ -126,7 +132,8 @@ class Shop:
         async def stock(event: Event, ctx: Context) -> None:
             if isinstance(event, Reserve):
                 self.seen["reserve", event.order_id] += 1
-                await reply(ctx, Reserved(order_id=event.order_id), key=event.order_id)
+                answer = OutOfStock if "nostock" in event.trouble else Reserved
+                await reply(ctx, answer(order_id=event.order_id), key=event.order_id)
             elif isinstance(event, Release):
                 self.seen["release", event.order_id] += 1
                 if "stubborn" not in event.trouble:
@@ -196,6 +203,13 @@ async def test_a_saga_runs_its_steps_to_completion(store_url: str) -> None:
     assert instance.status == "completed"
     assert instance.done == [0, 1, 2]
     assert shop.seen == Counter({("reserve", order): 1, ("charge", order): 1, ("ship", order): 1})
+
+
+async def test_a_first_step_that_fails_leaves_nothing_to_undo(store_url: str) -> None:
+    instance, shop, order = await _run_order(store_url, "nostock")
+    assert instance.status == "compensated"
+    assert "step 0 failed: conformance.OutOfStock" in instance.reason
+    assert shop.seen == Counter({("reserve", order): 1})
 
 
 async def test_a_declined_payment_releases_the_stock(store_url: str) -> None:
