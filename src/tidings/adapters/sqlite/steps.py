@@ -35,11 +35,34 @@ T = TypeVar("T")
 log = logging.getLogger("tidings.sqlite")
 
 
+class WriterConnection(sqlite3.Connection):
+    """The write connection: it waits for the database's write lock itself (``begin``)."""
+
+    patience: float = 0.0  # seconds to wait for the write lock (the store's busy_timeout)
+
+
 def begin(connection: sqlite3.Connection) -> None:
     if connection.in_transaction:  # never expected; would otherwise wedge every later write
         log.error("the SQLite writer was left inside a transaction; rolling it back")
         connection.execute("ROLLBACK")
-    connection.execute("BEGIN IMMEDIATE")
+    patience = getattr(connection, "patience", 0.0)
+    if not patience:
+        connection.execute("BEGIN IMMEDIATE")
+        return
+    # SQLite's own busy handler sleeps up to 25-100 ms between tries once it has waited a
+    # while, though another process's write transaction usually ends within a millisecond or
+    # two: that sleep was the tail of publish -> handler latency. Polling every 0.1-2 ms instead
+    # takes the lock soon after it is free.
+    deadline, pause = time.monotonic() + patience, 0.0001
+    while True:
+        try:
+            connection.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.002)
 
 
 def commit(connection: sqlite3.Connection) -> None:

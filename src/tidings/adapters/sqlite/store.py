@@ -146,6 +146,7 @@ class SqliteStore:
             isolation_level=None,
             check_same_thread=False,
             uri=inspecting,
+            factory=steps.WriterConnection if writer else sqlite3.Connection,
         )
         try:
             if not inspecting:
@@ -154,6 +155,10 @@ class SqliteStore:
             connection.execute(f"PRAGMA busy_timeout={int(self.settings.busy_timeout * 1000)}")
             if writer and not inspecting:
                 self._create_schema(connection)
+                # From here on the writer waits for the write lock in ``steps.begin``.
+                if isinstance(connection, steps.WriterConnection):
+                    connection.execute("PRAGMA busy_timeout=0")
+                    connection.patience = self.settings.busy_timeout
             identity = self._check_schema(connection)
             self._partition_of = Partitioner(identity.partitions)
             self.log_id = identity.log_id
