@@ -108,7 +108,8 @@ def _describe(event: Event) -> str:
             return f"started by {event.start_type} (key {event.key})"
         case SagaCommandSent():
             what = "compensation" if event.kind == "undo" else "command"
-            return f"step {event.step}: {what} {event.command_type} sent (attempt {event.attempt})"
+            step = f"step {event.step} ({event.step_name})" if event.step_name else f"step {event.step}"
+            return f"{step}: {what} {event.command_type} sent (attempt {event.attempt})"
         case SagaReplied(late=True):
             return f"step {event.step}: late success {event.reply_type}; undoing it"
         case SagaReplied():

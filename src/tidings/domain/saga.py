@@ -52,6 +52,7 @@ class SagaCommandSent(Event, topic="tidings.saga.command_sent", type="tidings.Sa
     attempt: int
     command_id: str
     command_type: str
+    step_name: str = ""
 
 
 class SagaReplied(Event, topic="tidings.saga.replied", type="tidings.SagaReplied"):

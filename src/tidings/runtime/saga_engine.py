@@ -227,6 +227,7 @@ class SagaEngine:
                 attempt=attempt,
                 command_id=sent_id,
                 command_type=type(command).__name__,
+                step_name=step.name,
             )
         )
         wait = step.timeout * (2 ** (attempt - 1))
