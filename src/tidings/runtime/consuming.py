@@ -64,8 +64,10 @@ class Subscription:
     ordered: bool = False
 
 
-class _SharedCommitFailed(Exception):
-    """A commit of several events' units of work failed: handle them again one at a time."""
+class _SharedCommitFailed(BaseException):
+    """A commit of waiting units of work failed: their events are handled again. A
+    ``BaseException``, so that no handler's ``except Exception`` can swallow it (it may be
+    raised inside a handler, by a load that commits the waiting units first)."""
 
     def __init__(self, upto: int) -> None:
         super().__init__(f"a shared commit up to position {upto} failed")
@@ -193,6 +195,9 @@ class GroupConsumer(PartitionMember):
                 if self._waiting.get(partition) or self._lagging(partition, after):
                     await self._settle(partition, after)
             except _SharedCommitFailed as failed:
+                self._waiting.pop(partition, None)
+                if isinstance(failed.__cause__, BackendUnavailable):
+                    raise failed.__cause__ from None  # the store is away: back off, then restart
                 log.warning(
                     "group %s: partition %d: %s; handling again one by one", self.group, partition, failed
                 )
@@ -278,11 +283,13 @@ class GroupConsumer(PartitionMember):
                     await extra(tx)
                 if partition is not None:
                     await tx.set_checkpoint(self.checkpoint_name(partition), position)
-        except (LeaseLost, BackendUnavailable, asyncio.CancelledError):
-            raise  # the waiting events were not committed: they are delivered again
+        except (LeaseLost, asyncio.CancelledError):
+            raise  # the waiting events were not committed: the partition's next holder gets them
         except Exception as exc:
             if partition is None or not waiting:
                 raise
+            # Never just raise here: a caller inside a handler would retry the handler, and the
+            # waiting events (taken out above) would be passed over by the next checkpoint.
             # Some unit cannot commit, and later units may have read what earlier ones wrote:
             # none of them is kept, and their events are handled again, each committing alone,
             # so that only the one at fault fails (retried, then dead-lettered on its own).

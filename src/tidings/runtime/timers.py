@@ -9,8 +9,6 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from tidings.errors import TidingsError
-
 if TYPE_CHECKING:
     from tidings.runtime.app import App
 
@@ -28,12 +26,16 @@ class TimerWorker:
         self._stopping.set()
 
     async def run(self) -> None:
+        pause = self.poll
         while not self._stopping.is_set():
             try:
                 wait = await self.fire()
-            except TidingsError as exc:
-                log.warning("timers: %s", exc)
-                wait = self.poll
+                pause = self.poll
+            except Exception as exc:
+                # The store may be away, or a timer unreadable: keep going, ever more slowly
+                # while it lasts; a dead timer loop would leave every saga without timeouts.
+                log.warning("timers: %s: %s", type(exc).__name__, exc)
+                wait, pause = pause, min(pause * 2, 30.0)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), wait)
 
@@ -49,6 +51,7 @@ class TimerWorker:
             for timer in timers:
                 await tx.append(timer.stream, [timer.envelope])
                 await tx.cancel_timer(timer.id)
-        if timers:
-            self.app.notify()
+        if not timers:
+            return self.poll  # due, but another worker holds them (SKIP LOCKED)
+        self.app.notify()
         return 0.0  # look again at once: more may be due

@@ -8,6 +8,7 @@ short: it opens at commit time, not while the handler awaits other things.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -148,8 +149,13 @@ class UnitOfWork:
             await tx.cancel_timer(timer_id)
         for publication in self.publications:
             if publication.at is not None:
-                stream, envelope = publish(publication)
-                await tx.schedule_timer(envelope.id, publication.at, stream, envelope)
+                # The timer's id names the row (a later schedule of the same id replaces it);
+                # its event's id adds the moment, so that a timer set again after it fired
+                # fires again, while racing workers firing one row still append it once.
+                moment = round(publication.at.timestamp() * 1_000_000)
+                event_id = f"{publication.id}@{moment}" if publication.id else None
+                stream, envelope = publish(dataclasses.replace(publication, id=event_id))
+                await tx.schedule_timer(publication.id or envelope.id, publication.at, stream, envelope)
 
 
 async def write_documents(tx: StoreTransaction, units: list[UnitOfWork]) -> None:

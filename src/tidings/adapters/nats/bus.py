@@ -179,9 +179,9 @@ class NatsBus:
 
     async def published(self, partition: int) -> int:
         """The store position of the partition's last event on the bus (0: none yet)."""
-        client, inbox = self._connected()
+        client, _ = self._connected()
         try:
-            self._tails[partition], position = await resync(client, inbox, self.settings.stream_of(partition))
+            self._tails[partition], position = await resync(client, self.settings.stream_of(partition))
         except DRIVER_ERRORS as exc:
             raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
         return position

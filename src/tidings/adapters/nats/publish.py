@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from tidings.adapters.nats.inbox import Inbox
-from tidings.adapters.nats.reads import POSITION_HEADER, direct_get
+from tidings.adapters.nats.reads import POSITION_HEADER
 from tidings.errors import BackendUnavailable
 
 ACK_TIMEOUT: Final = 10.0
@@ -80,7 +80,7 @@ def _resolver(reply: asyncio.Future[Msg]) -> Callable[[Msg], None]:
     return resolve
 
 
-async def resync(client: Client, inbox: Inbox, stream: str) -> tuple[int, int]:
+async def resync(client: Client, stream: str) -> tuple[int, int]:
     """The stream's last sequence, and the store position of the last event it holds (0: none)."""
     try:
         state = (await client.jetstream().stream_info(stream)).state
@@ -88,8 +88,13 @@ async def resync(client: Client, inbox: Inbox, stream: str) -> tuple[int, int]:
         raise BackendUnavailable(f"JetStream stream {stream!r} is gone") from None
     sequence = state.last_seq
     while sequence >= max(state.first_seq, 1) and state.last_seq - sequence < RESYNC_SCAN:
-        found = await direct_get(client, inbox, stream, {"seq": sequence}, 1)
-        position = (found[0].headers or {}).get(POSITION_HEADER) if found else None
+        # The stream's leader answers this get (a direct get may come from a lagging replica,
+        # whose "not found" would send the relay back to publish what is stored already).
+        try:
+            found = await client.jetstream().get_msg(stream, sequence)
+        except NotFoundError:
+            found = None
+        position = (found.headers or {}).get(POSITION_HEADER) if found is not None else None
         if position is not None and position.isdigit():
             return state.last_seq, int(position)
         sequence -= 1

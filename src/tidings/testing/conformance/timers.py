@@ -50,8 +50,26 @@ async def test_a_scheduled_event_is_published_when_due_and_once(store_url: str) 
         alarms = [s async for s in apps[0].read_log(pattern="conformance.alarm.*")]
         due = await apps[0].store.next_timer_due()
     assert got == [7]
-    assert len(alarms) == 1 and alarms[0].envelope.id == f"alarm-{key}"
+    assert len(alarms) == 1 and alarms[0].envelope.id.startswith(f"alarm-{key}@")
     assert due is None, "a fired timer is gone"
+
+
+async def test_a_timer_set_again_after_it_fired_fires_again(store_url: str) -> None:
+    clock = ManualClock()
+    app = App("timers", store=store_url, clock=clock)
+    got: list[int] = []
+    _scheduler(app, got, delay=timedelta(seconds=10))
+    key = unique("t")
+
+    async def scheduled() -> bool:
+        return await app.store.next_timer_due() is not None
+
+    async with app, app.running(**RUN):
+        for n in (1, 2):  # the same timer id both times
+            await app.publish(Ping(key=key, n=n), key=key)
+            await eventually(scheduled)
+            clock.advance(timedelta(seconds=11))
+            await eventually(lambda n=n: got == [1, 2][:n])
 
 
 async def test_a_timer_survives_a_restart(store_url: str) -> None:
