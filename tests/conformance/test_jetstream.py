@@ -3,6 +3,7 @@ send what is no event to the dead letter queue with its raw bytes, and go on."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -104,3 +105,39 @@ async def test_group_checkpoints_count_stream_sequences_apart_from_the_store(
         assert app.feed is not app.log
         assert app.feed.checkpoint_name("g", 3) != app.log.checkpoint_name("g", 3)
         assert app.feed.partitions == app.log.partitions
+
+
+async def test_a_copy_of_an_event_in_the_same_batch_is_handled_once(
+    tmp_path: Path, nats_url: str, raw_client: Client
+) -> None:
+    """JetStream can hold an event twice (published again after its duplicate window): the
+    second copy is skipped, also when it arrives in the same batch as the first."""
+    bus_url = fresh_bus_url(nats_url)
+    _, prefix = _parts(bus_url)
+    app = App("counter", store=f"sqlite:///{tmp_path / 's.db'}", bus=bus_url)
+
+    @app.subscribe("conformance.bus.ping", group="counter")
+    async def count(event: Ping, ctx: Context) -> None:
+        async with ctx.unit_of_work() as uow:
+            uow.put("counts", event.key, (await uow.get("counts", event.key, int) or 0) + 1)
+
+    async with app:
+        partition = Partitioner(app.log.partitions)("dup")
+        envelope = codec.encode(Ping(key="dup", n=1), partition_key="dup")
+        headers, body = to_binary(envelope)
+        js = raw_client.jetstream()
+        subject = f"{prefix}.{partition}.conformance.bus.ping"
+        for copy in range(2):  # distinct Nats-Msg-Ids: the server keeps both
+            await js.publish(subject, body, headers={**headers, "Nats-Msg-Id": f"c{copy}"})
+        later = codec.encode(Ping(key="dup", n=2), partition_key="dup")
+        headers, body = to_binary(later)
+        await js.publish(subject, body, headers=headers)
+        async with app.running(**RUN):
+
+            async def counted() -> bool:
+                return await app.store.get_document("counts", "dup") == b"2"
+
+            await eventually(counted)
+            await asyncio.sleep(0.5)
+            final = await app.store.get_document("counts", "dup")
+    assert final == b"2", "two events, one of them twice: counted twice"

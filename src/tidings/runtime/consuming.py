@@ -189,6 +189,9 @@ class GroupConsumer(PartitionMember):
                     if self.stopping:
                         break
                     await self._process(partition, record, duplicate=record.envelope.id in duplicates)
+                    # A second copy in the same batch (a broker may hold one) is a duplicate too:
+                    # it must not run on, and stage writes over, its first copy's waiting unit.
+                    duplicates.add(record.envelope.id)
                     after = record.position
                 if not self.stopping:
                     after = batch[-1].position  # events not for this group move the checkpoint too
