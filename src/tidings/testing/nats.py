@@ -52,6 +52,8 @@ class NatsServer:
     directory: Path
     routes: list[int] = field(default_factory=list)
     process: subprocess.Popen[bytes] | None = None
+    #: TLS with client certificates required: (certificate, key, CA) files.
+    tls: tuple[Path, Path, Path] | None = None
 
     @property
     def url(self) -> str:
@@ -64,6 +66,9 @@ class NatsServer:
             f"listen: 127.0.0.1:{self.port}",
             f'jetstream {{ store_dir: "{store}", sync_interval: always }}',
         ]
+        if self.tls is not None:
+            cert, key, ca = self.tls
+            lines.append(f'tls {{ cert_file: "{cert}", key_file: "{key}", ca_file: "{ca}", verify: true }}')
         if self.routes:
             routes = ", ".join(f"nats-route://127.0.0.1:{port}" for port in self.routes)
             lines.append(
@@ -114,8 +119,9 @@ class NatsServer:
 
 
 @contextlib.contextmanager
-def nats_servers(size: int = 1) -> Iterator[list[NatsServer]]:
-    """``size`` servers (1, or 3 for a JetStream cluster), stopped and removed afterwards."""
+def nats_servers(size: int = 1, *, tls: tuple[Path, Path, Path] | None = None) -> Iterator[list[NatsServer]]:
+    """``size`` servers (1, or 3 for a JetStream cluster), stopped and removed afterwards; with
+    ``tls`` (certificate, key, CA), clients must speak TLS and present a certificate."""
     root = Path(tempfile.mkdtemp(prefix="tidings-nats-"))
     ports = [(free_port(), free_port()) for _ in range(size)]
     servers = [
@@ -125,6 +131,7 @@ def nats_servers(size: int = 1) -> Iterator[list[NatsServer]]:
             cluster_port=cluster,
             directory=root / f"n{index + 1}",
             routes=[c for i, (_, c) in enumerate(ports) if i != index] if size > 1 else [],
+            tls=tls,
         )
         for index, (client, cluster) in enumerate(ports)
     ]

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
@@ -37,7 +38,16 @@ from tidings.domain.envelope import RecordedEvent, to_binary
 from tidings.errors import BackendUnavailable, ConfigurationError
 from tidings.ports import Log
 
-_OWN_OPTIONS = ("stream", "prefix", "replicas", "duplicate_window", "connect_timeout")
+_OWN_OPTIONS = (
+    "stream",
+    "prefix",
+    "replicas",
+    "duplicate_window",
+    "connect_timeout",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+)
 PARTITIONS_KEY = "tidings_partitions"  # in each stream's metadata: the log's partition count
 LOG_KEY = "tidings_log"  # and the id of the log it carries
 #: What a broker error is, as far as the bus is concerned: the server is not there for us.
@@ -52,12 +62,16 @@ class NatsSettings:
     replicas: int = 1
     duplicate_window: float = 120.0  # seconds within which JetStream drops a repeated event id
     connect_timeout: float = 5.0
+    tls_ca: str | None = None  # a CA file to verify the server with (else the system's CAs)
+    tls_cert: str | None = None  # a client certificate and its key, for mutual TLS
+    tls_key: str | None = None
     display_url: str = field(default="", compare=False)
 
     @classmethod
     def from_url(cls, url: str) -> NatsSettings:
         """``nats://host:4222[,host2:4222...]`` or ``tls://...``; options as query parameters:
-        ``stream``, ``prefix``, ``replicas``, ``duplicate_window`` (s), ``connect_timeout`` (s)."""
+        ``stream``, ``prefix``, ``replicas``, ``duplicate_window`` (s), ``connect_timeout`` (s),
+        and for TLS ``tls_ca``, ``tls_cert``, ``tls_key`` (file paths)."""
         parts = urlsplit(url)
         if parts.scheme not in ("nats", "tls") or not parts.netloc:
             raise ConfigurationError(f"not a NATS URL: {redact_url(url)!r} (expected nats://host:4222)")
@@ -76,10 +90,28 @@ class NatsSettings:
                 replicas=int(options.get("replicas", "1")),
                 duplicate_window=float(options.get("duplicate_window", "120")),
                 connect_timeout=float(options.get("connect_timeout", "5")),
+                tls_ca=options.get("tls_ca"),
+                tls_cert=options.get("tls_cert"),
+                tls_key=options.get("tls_key"),
                 display_url=redact_url(url),
             )
         except ValueError as exc:
             raise ConfigurationError(f"bad NATS URL option in {redact_url(url)!r}: {exc}") from None
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """TLS for ``tls://`` URLs or when TLS files are given: the server's certificate is
+        verified (against ``tls_ca``) and must name the host; a client certificate if given."""
+        if not (any(s.startswith("tls://") for s in self.servers) or self.tls_ca or self.tls_cert):
+            return None
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigurationError("tls_cert and tls_key go together (a client certificate and its key)")
+        try:
+            context = ssl.create_default_context(cafile=self.tls_ca)
+            if self.tls_cert and self.tls_key:
+                context.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigurationError(f"NATS TLS settings of {self.display_url}: {exc}") from None
+        return context
 
     def stream_of(self, partition: int) -> str:
         return f"{self.stream}_{partition}"
@@ -110,19 +142,35 @@ class NatsBus:
         if self._client is not None:
             return
         self.partitions, self.log_id = log.partitions, log.log_id
+        # The client reconnects forever once connected; the first connection has a deadline (a
+        # server it cannot talk to, such as one that wants TLS, would be retried forever), and
+        # the last error the client met says why it failed.
+        seen: list[Exception] = []
+
+        async def note(error: Exception) -> None:
+            seen[:] = [error]
+
         try:
-            client = self._client = await nats.connect(
-                servers=list(self.settings.servers),
-                connect_timeout=self.settings.connect_timeout,
-                max_reconnect_attempts=-1,
-                allow_reconnect=True,
+            tls = self.settings.tls_context()
+            client = self._client = await asyncio.wait_for(
+                nats.connect(
+                    servers=list(self.settings.servers),
+                    connect_timeout=self.settings.connect_timeout,
+                    max_reconnect_attempts=-1,
+                    allow_reconnect=True,
+                    tls=tls,
+                    tls_hostname=urlsplit(self.settings.servers[0]).hostname if tls else None,
+                    error_cb=note,
+                ),
+                self.settings.connect_timeout * (len(self.settings.servers) + 1),
             )
             for partition in range(self.partitions):
                 await self._ensure_stream(client, partition)
             self._inbox = await Inbox.open(client)
         except DRIVER_ERRORS as exc:
             await self.close()
-            raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
+            cause = seen[0] if isinstance(exc, TimeoutError) and seen else exc
+            raise BackendUnavailable(f"NATS at {self.url}: {type(cause).__name__}: {cause}") from None
         except ConfigurationError:
             await self.close()
             raise
