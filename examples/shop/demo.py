@@ -49,21 +49,31 @@ def fresh_store(url: str) -> None:
             Path(f"{path}{suffix}").unlink(missing_ok=True)
 
 
-def start_services(env: dict[str, str], logs: Path) -> list[subprocess.Popen[bytes]]:
+def start_service(
+    service: str, env: dict[str, str], logs: Path, *, lease_ttl: float = 3.0
+) -> subprocess.Popen[bytes]:
+    """One service as a ``tidings run`` worker process; its output is appended to ``logs``."""
     logs.mkdir(parents=True, exist_ok=True)
-    workers = []
-    for service in SERVICES:
-        log = (logs / f"{service}.log").open("wb")
-        workers.append(
-            subprocess.Popen(  # noqa: S603 - this interpreter running tidings itself
-                [sys.executable, "-m", "tidings", "run", f"examples.shop.{service}:app", "--lease-ttl", "3"],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+    with (logs / f"{service}.log").open("ab") as log:  # the child keeps its own descriptor
+        return subprocess.Popen(  # noqa: S603 - this interpreter running tidings itself
+            [
+                sys.executable,
+                "-m",
+                "tidings",
+                "run",
+                f"examples.shop.{service}:app",
+                "--lease-ttl",
+                str(lease_ttl),
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
         )
-    return workers
+
+
+def start_services(env: dict[str, str], logs: Path) -> list[subprocess.Popen[bytes]]:
+    return [start_service(service, env, logs) for service in SERVICES]
 
 
 async def drive(url: str, bus: str | None, orders: int, console: Console) -> Report:

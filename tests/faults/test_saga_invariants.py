@@ -11,12 +11,11 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from examples.shop.demo import SKUS, report
+from examples.shop.demo import SERVICES, SKUS, report, start_service
 from examples.shop.events import OrderPlaced
 from examples.shop.inventory import Stock
 
@@ -25,7 +24,6 @@ from tidings.runtime.app import App
 ROOT = Path(__file__).resolve().parents[2]
 ORDERS = int(os.environ.get("TIDINGS_SAGA_ORDERS", "1000"))
 KILLS = int(os.environ.get("TIDINGS_SAGA_KILLS", "12"))
-SERVICES = ("orders", "inventory", "payments", "shipping")
 WORLD = {
     "SHOP_DECLINE_RATE": "0.2",
     "SHOP_SHIPPING_FAILURE_RATE": "0.1",
@@ -36,15 +34,7 @@ WORLD = {
 
 
 def _start(service: str, store_url: str, logs: Path) -> subprocess.Popen[bytes]:
-    env = {**os.environ, **WORLD, "TIDINGS_STORE": store_url}
-    with (logs / f"{service}.log").open("ab") as log:  # the child keeps its own descriptor
-        return subprocess.Popen(
-            [sys.executable, "-m", "tidings", "run", f"examples.shop.{service}:app", "--lease-ttl", "2"],
-            cwd=ROOT,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    return start_service(service, {**os.environ, **WORLD, "TIDINGS_STORE": store_url}, logs, lease_ttl=2.0)
 
 
 async def _ended(app: App) -> int:

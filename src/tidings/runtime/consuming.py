@@ -265,14 +265,13 @@ class GroupConsumer(PartitionMember):
                     fresh = await tx.mark_handled(self.group, done.record.envelope.id, done.context.attempt)
                     if fresh and done.context._unit is not None:
                         units.append((done.context, done.context._unit))
-                for context, unit in units:  # timers before appends: see write_timers
-                    await unit.write_timers(tx, self.app._publication_of(context))
-                for context, unit in units:
-                    envelopes_of, publication_of = (
-                        self.app._envelopes_of(context),
-                        self.app._publication_of(context),
-                    )
-                    saved += await unit.append_events(tx, envelopes_of, publication_of)
+                publishers = [self.app._publication_of(context) for context, _ in units]
+                for (_, unit), publish in zip(
+                    units, publishers, strict=True
+                ):  # timers first: see write_timers
+                    await unit.write_timers(tx, publish)
+                for (context, unit), publish in zip(units, publishers, strict=True):
+                    saved += await unit.append_events(tx, self.app._envelopes_of(context), publish)
                 await write_documents(tx, [unit for _, unit in units])
                 for context, unit in units:
                     for error in unit.dead_letters:

@@ -15,6 +15,8 @@ and a dead letter names it for an operator.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -53,7 +55,7 @@ class SagaStuck(Exception):
 class SagaEngine:
     """Drives the instances of one saga."""
 
-    def __init__(self, saga: Saga, registry: EventRegistry, now: Any) -> None:
+    def __init__(self, saga: Saga, registry: EventRegistry, now: Callable[[], datetime]) -> None:
         self.saga = saga
         self.registry = registry
         self.now = now  # the App's clock.now
@@ -86,7 +88,7 @@ class SagaEngine:
         instance.record(
             SagaStarted(saga=self.saga.name, key=key, start_type=ctx.envelope.type, start_data=data)
         )
-        self._send(instance, 0, "do", 1, uow)
+        self._publish(instance, 0, "do", 1, uow, await_reply=True)
         uow.save(instance)
 
     # -- replies -----------------------------------------------------------------------------------
@@ -160,7 +162,7 @@ class SagaEngine:
         if kind == "do":
             self._compensate_next(instance, uow)
         elif attempt < self.saga.compensation_attempts:
-            self._send(instance, index, "undo", attempt + 1, uow)
+            self._publish(instance, index, "undo", attempt + 1, uow, await_reply=True)
         else:
             reason = (
                 f"step {self.saga.steps[index].name!r}: compensation unconfirmed after {attempt} attempts"
@@ -175,7 +177,7 @@ class SagaEngine:
 
     def _advance(self, instance: SagaInstance, index: int, uow: UnitOfWork) -> None:
         if index < len(self.saga.steps):
-            self._send(instance, index, "do", 1, uow)
+            self._publish(instance, index, "do", 1, uow, await_reply=True)
         else:
             instance.record(SagaEnded(outcome="completed"))
 
@@ -194,12 +196,9 @@ class SagaEngine:
                     )
                 )
                 continue
-            self._send(instance, index, "undo", 1, uow)
+            self._publish(instance, index, "undo", 1, uow, await_reply=True)
             return
         instance.record(SagaEnded(outcome="compensated"))
-
-    def _send(self, instance: SagaInstance, index: int, kind: Kind, attempt: int, uow: UnitOfWork) -> None:
-        self._publish(instance, index, kind, attempt, uow, await_reply=True)
 
     def _publish(
         self,
