@@ -16,6 +16,21 @@ ANY: Final = "any"
 NO_STREAM: Final = "no-stream"
 #: ``ANY`` skips the check, ``NO_STREAM`` (or 0) requires a new stream, a number the exact version.
 ExpectedVersion = int | Literal["any", "no-stream"]
+#: Called by a store's append for each new envelope with its stream and the version it gets there,
+#: under the append's lock: returns the envelope to store (its data encrypted, bound to both).
+Sealer = Callable[[str, int, Envelope], Envelope]
+
+
+class DataKeyRecord(msgspec.Struct, frozen=True, kw_only=True):
+    """One version of a scope's data key as stored: wrapped by a master-key version, never in
+    the clear; ``wrapped`` is None once the scope was shredded."""
+
+    scope: str
+    version: int
+    master_version: int
+    wrapped: bytes | None
+    uses: int  # encryptions reserved with this key so far
+    created: datetime
 
 
 class StreamInfo(msgspec.Struct, frozen=True):
@@ -39,8 +54,22 @@ class StoreTransaction(Protocol):
     """One transaction on the store: appends, documents and checkpoints commit together."""
 
     async def append(
-        self, stream: str, envelopes: Sequence[Envelope], *, expected_version: ExpectedVersion = ANY
+        self,
+        stream: str,
+        envelopes: Sequence[Envelope],
+        *,
+        expected_version: ExpectedVersion = ANY,
+        seal: Sealer | None = None,
     ) -> list[RecordedEvent]: ...
+
+    async def newest_data_key(self, scope: str) -> DataKeyRecord | None:
+        """The scope's data key of the highest version (shredded or not), if any."""
+
+    async def add_data_key(self, record: DataKeyRecord) -> DataKeyRecord:
+        """Store a new data key version unless that version exists; returns the stored one."""
+
+    async def reserve_data_key_uses(self, scope: str, version: int, count: int) -> int | None:
+        """Count ``count`` more encryptions with a key; the new total (None: shredded or absent)."""
 
     async def get_document(self, collection: str, key: str) -> bytes | None: ...
 
@@ -203,9 +232,15 @@ class EventStore(Protocol):
     async def close(self) -> None: ...
 
     async def append(
-        self, stream: str, envelopes: Sequence[Envelope], *, expected_version: ExpectedVersion = ANY
+        self,
+        stream: str,
+        envelopes: Sequence[Envelope],
+        *,
+        expected_version: ExpectedVersion = ANY,
+        seal: Sealer | None = None,
     ) -> list[RecordedEvent]:
-        """Append atomically; an envelope whose id is stored already is returned, not repeated."""
+        """Append atomically; an envelope whose id is stored already is returned, not repeated.
+        ``seal`` turns each new envelope into what is stored, once its version is known."""
 
     async def read_stream(
         self,
@@ -257,6 +292,19 @@ class EventStore(Protocol):
         """When the soonest timer is due (None: no timer)."""
 
     def transaction(self) -> AbstractAsyncContextManager[StoreTransaction]: ...
+
+    async def data_keys(self, scopes: Sequence[str]) -> list[DataKeyRecord]:
+        """Every version of the scopes' data keys."""
+
+    async def data_key_page(self, after: tuple[str, int], limit: int) -> list[DataKeyRecord]:
+        """Data keys after ``(scope, version)`` in that order: for walking the whole keyring."""
+
+    async def rewrap_data_key(self, record: DataKeyRecord, master_version: int, wrapped: bytes) -> bool:
+        """Replace a key's wrapping if it is still as ``record`` says; False if it changed."""
+
+    async def shred_data_keys(self, scope: str) -> int:
+        """Destroy every version of the scope's data key, also in the store's own files where the
+        engine allows (SQLite: overwritten and checkpointed); returns how many were destroyed."""
 
     async def verify(self) -> IntegrityReport:
         """Check every stream's hash chain and the storage itself; report the first breaks."""

@@ -17,8 +17,11 @@ from rich.text import Text
 
 from tidings.adapters.registry import open_store
 from tidings.adapters.urls import redact_url
+from tidings.cli import render
 from tidings.errors import TidingsError
 from tidings.ports import EventStore
+from tidings.runtime.encryption import Encryption
+from tidings.runtime.sealed_store import SealedStore
 
 T = TypeVar("T")
 
@@ -103,6 +106,18 @@ def parse_time(value: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
+def _with_keys(store: EventStore) -> EventStore:
+    """With a master key in the environment, the store as an encrypting App sees it: the data
+    of sealed events is shown opened (see ``render.data_text``)."""
+    encryption = Encryption.configured(None)
+    if encryption is None:
+        render.use_keys(None)
+        return store
+    keys = encryption.keyring(store)
+    render.use_keys(keys)
+    return SealedStore(store, keys)
+
+
 def run_with_store(
     url: str,
     work: Callable[[EventStore], Awaitable[T]],
@@ -134,7 +149,7 @@ async def _on_store(url: str, work: Callable[[EventStore], Awaitable[T]], writab
         store = open_store(url, create=True)
     try:
         await store.open()
-        result = await work(store)
+        result = await work(_with_keys(store))
     except BaseException:
         with contextlib.suppress(Exception):  # the first error is the one worth reporting
             await store.close()

@@ -29,6 +29,7 @@ from tidings.cli.common import (
     run_with_store,
     stdout,
 )
+from tidings.cli.keys import keys_app
 from tidings.cli.operations import demo, dlq_app, run, trace
 from tidings.cli.render import (
     events_table,
@@ -58,6 +59,7 @@ app = typer.Typer(
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(sagas_app, name="sagas")
 app.add_typer(certs_app, name="certs")
+app.add_typer(keys_app, name="keys")
 app.command("run")(run)
 app.command("trace")(trace)
 app.command("demo")(demo)

@@ -16,6 +16,8 @@ from rich.text import Text
 from tidings.domain.envelope import JSON, MSGPACK, Envelope, RecordedEvent, to_structured
 from tidings.domain.integrity import IntegrityReport
 from tidings.ports import StreamInfo
+from tidings.runtime.crypto import SEALED, Undecryptable
+from tidings.runtime.keyring import Erasure, KeyRing
 
 # C0 and C1 controls (ESC, CSI, ...) and the bidirectional overrides that reorder what is shown.
 _UNSAFE: Final = re.compile(r"[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
@@ -38,11 +40,28 @@ def when(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+_keys: KeyRing | None = None
+
+
+def use_keys(keys: KeyRing | None) -> None:
+    """Open sealed data with these keys from now on (the command's store loads them as it reads)."""
+    global _keys
+    _keys = keys
+
+
 def data_text(envelope: Envelope) -> str:
     """The event's data as compact JSON, decoded generically (no event classes needed)."""
     if not envelope.data:
         return ""
     kind = envelope.datacontenttype
+    if kind == SEALED and _keys is not None:
+        try:
+            opened = _keys.open_event(envelope)
+        except Undecryptable as exc:
+            return f"<undecryptable: {exc}>"
+        if isinstance(opened, Erasure):
+            return "<erased: its data key was shredded>"
+        envelope, kind = opened, opened.datacontenttype
     try:
         if kind == JSON or kind.endswith("+json"):
             value = msgspec.json.decode(envelope.data)

@@ -33,7 +33,7 @@ async def _instance(store: EventStore, stream: str) -> tuple[SagaInstance, list[
     instance = SagaInstance(stream.removeprefix(f"{SagaInstance.category}-"))
     history = []
     for record in await store.read_stream(stream):
-        event = codec.decode(record.envelope)
+        event = codec.decode(record.envelope, record.stream, record.version)
         instance.apply(event)
         history.append((record, event))
     instance.version = len(history)

@@ -150,3 +150,11 @@ def _same_definition(a: type[Event], b: type[Event]) -> bool:
 
 #: The registry that event classes join when they are declared.
 default_registry = EventRegistry()
+
+
+class Erased(Event, topic="tidings.erased", type="tidings.Erased"):
+    """What an event reads as once the data key of its scope was shredded: its data is gone for
+    good; its place in the stream and its envelope's metadata remain. Aggregates replay past it,
+    and consumer groups pass it by without calling their handler."""
+
+    erased_type: str

@@ -26,6 +26,9 @@ from tidings.ports import ANY, Bus, DeadLetter, EventStore, ExpectedVersion, Log
 from tidings.runtime.codec import Codec
 from tidings.runtime.consuming import Context, GroupConsumer, Subscription
 from tidings.runtime.deadlines import Clock, SystemClock
+from tidings.runtime.encryption import Encryption
+from tidings.runtime.key_admin import Rotation, rotate, shred
+from tidings.runtime.keyring import KeyRing
 from tidings.runtime.leasing import PartitionMember
 from tidings.runtime.outbox import RESERVED_GROUP_PREFIX, Relay
 from tidings.runtime.projection import Projection, reset_projection, run_projection
@@ -33,6 +36,7 @@ from tidings.runtime.publishing import Lineage, aggregate_envelopes, publication
 from tidings.runtime.repository import Repository
 from tidings.runtime.retries import Retry
 from tidings.runtime.saga_engine import SagaEngine
+from tidings.runtime.sealed_store import SealedLog, SealedStore
 from tidings.runtime.timers import TimerWorker
 from tidings.runtime.unit_of_work import Publication
 
@@ -65,6 +69,7 @@ class App:
         registry: EventRegistry = default_registry,
         max_event_size: int = DEFAULT_MAX_SIZE,
         clock: Clock | None = None,
+        encryption: Encryption | bool | None = None,
     ) -> None:
         if not name:
             raise ConfigurationError("an App needs a name (it becomes the events' source)")
@@ -73,6 +78,10 @@ class App:
         #: Distributed mode: the relay publishes the store's log to this bus (``TIDINGS_BUS``).
         self.bus_url = os.environ.get("TIDINGS_BUS") or bus
         self.codec = Codec(source=name, registry=registry, max_size=max_event_size)
+        #: Event data sealed at rest and on the bus; by default on when the environment holds a
+        #: master key (``TIDINGS_MASTER_KEY`` or ``TIDINGS_MASTER_KEY_FILE``).
+        self.encryption = Encryption.configured(encryption)
+        self.keys: KeyRing | None = None
         self.clock: Clock = clock or SystemClock()
         self.state = AppState.CREATED
         self.subscriptions: dict[str, Subscription] = {}
@@ -94,8 +103,12 @@ class App:
             return self
         if self.state is AppState.CLOSED:
             raise ConfigurationError(f"App {self.name!r} is closed; create a new App")
-        store = open_store(self.store_url)
-        await store.open()
+        raw = open_store(self.store_url)
+        await raw.open()
+        store: EventStore = raw
+        if self.encryption is not None:
+            self.keys = self.codec.keys = self.encryption.keyring(raw)
+            store = SealedStore(raw, self.keys)
         self._store = store
         self._log = store if isinstance(store, Log) else None
         self._repository = Repository(store, self.codec)
@@ -106,11 +119,12 @@ class App:
                 await bus.open(self.log)
             except BaseException:
                 # Not open after all: the store is released and ``open`` may be tried again.
-                await store.close()
+                await raw.close()
                 self._store = self._log = self._repository = None
                 self.state = AppState.CREATED
                 raise
-            self._bus, self._feed = bus, bus.log(self.log)
+            feed = bus.log(self.log)
+            self._bus, self._feed = bus, feed if self.keys is None else SealedLog(feed, self.keys)
         return self
 
     async def close(self) -> None:
@@ -249,6 +263,25 @@ class App:
 
     async def verify(self) -> IntegrityReport:
         return await self.store.verify()
+
+    # -- keys ----------------------------------------------------------------------------------
+
+    async def rotate_keys(self) -> Rotation:
+        """Rewrap every data key with the master key's current version (event data untouched)."""
+        return await rotate(self.store, self._keyring().master)
+
+    async def shred(self, scope: str) -> int:
+        """Destroy a scope's data keys (by default a scope is a stream): its events read as
+        ``Erased`` from now on, here at once and in other processes within a minute."""
+        destroyed = await shred(self.store, scope)
+        self._keyring().forget(scope)
+        return destroyed
+
+    def _keyring(self) -> KeyRing:
+        self.store  # noqa: B018 - raises the error that explains why
+        if self.keys is None:
+            raise ConfigurationError(f"App {self.name!r} has no encryption (no master key is configured)")
+        return self.keys
 
     # -- publish and subscribe ---------------------------------------------------------------
 

@@ -24,9 +24,12 @@ from tidings.domain.envelope import (
     Stored,
     check_size,
 )
-from tidings.domain.events import Event, EventRegistry, default_registry
+from tidings.domain.events import Erased, Event, EventRegistry, default_registry
 from tidings.domain.ids import uuid7
 from tidings.errors import MalformedEvent, UnknownEventType
+from tidings.runtime.crypto import SEALED, Undecryptable
+from tidings.runtime.keyring import Erasure, KeyRing
+from tidings.runtime.master_key import ENV_KEY, ENV_KEY_FILE
 
 
 class Codec:
@@ -46,6 +49,8 @@ class Codec:
         self._decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
         self._float_classes: dict[type[Event], bool] = {}
         self._fast: dict[str, tuple[msgspec.json.Decoder[Any], int]] = {}
+        #: Opens sealed data (an App with encryption sets it); without it sealed data fails.
+        self.keys: KeyRing | None = None
 
     def encode(
         self,
@@ -92,8 +97,11 @@ class Codec:
             partition_key,
         )
 
-    def decode(self, envelope: Envelope) -> Event:
-        """Decode an envelope's data into its event class, upcast to the current version."""
+    def decode(self, envelope: Envelope, stream: str | None = None, version: int | None = None) -> Event:
+        """Decode an envelope's data into its event class, upcast to the current version.
+
+        Sealed data is opened first; ``stream`` and ``version``, where the event was read from,
+        must be where it was sealed for. A shredded event decodes as ``Erased``."""
         # The common case first, on the hot path of every read: current version, JSON.
         fast = self._fast.get(envelope.type)
         if (
@@ -107,12 +115,25 @@ class Codec:
             except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
                 raise _malformed(envelope, exc) from None
             return event
+        if envelope.datacontenttype == SEALED:
+            opened = self._open(envelope, stream, version)
+            if isinstance(opened, Erasure):
+                return Erased(erased_type=envelope.type)
+            envelope = opened
         return self._decode(envelope)
+
+    def _open(self, envelope: Envelope, stream: str | None, version: int | None) -> Envelope | Erasure:
+        if self.keys is None:
+            raise Undecryptable(
+                f"event {envelope.id} ({envelope.type}) is encrypted and this App has no master key "
+                f"(set {ENV_KEY} or {ENV_KEY_FILE}, or pass encryption=)"
+            )
+        return self.keys.open_event(envelope, stream, version)
 
     def stored(self, record: RecordedEvent) -> Stored[Event]:
         """A recorded envelope with its event decoded: what applications read."""
         return Stored(
-            event=self.decode(record.envelope),
+            event=self.decode(record.envelope, record.stream, record.version),
             envelope=record.envelope,
             stream=record.stream,
             version=record.version,
@@ -193,6 +214,11 @@ class Codec:
 
     def decode_fields(self, envelope: Envelope) -> Mapping[str, Any]:
         """The data as plain fields, for tools that show events without their classes."""
+        if envelope.datacontenttype == SEALED:
+            opened = self._open(envelope, None, None)
+            if isinstance(opened, Erasure):
+                return {"erased": True}
+            envelope = opened
         with _Decoding(envelope):
             value = self._decode_untyped(envelope)
         return value if isinstance(value, dict) else {"value": value}

@@ -28,10 +28,11 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from tidings.domain.envelope import RecordedEvent, Undecodable, from_structured, to_structured
-from tidings.domain.events import Event
+from tidings.domain.events import Erased, Event
 from tidings.domain.topics import AnyOf, Pattern
 from tidings.errors import BackendUnavailable, ConcurrencyError, MalformedEvent
 from tidings.ports import DeadLetter, Log, StoreTransaction
+from tidings.runtime.crypto import Undecryptable
 from tidings.runtime.deadlines import lateness
 from tidings.runtime.leasing import LeaseLost, PartitionMember
 from tidings.runtime.retries import Retry
@@ -326,10 +327,15 @@ class GroupConsumer(PartitionMember):
             await self._dead(partition, record, "malformed", record.error, "", 0, None, redrive)
             return False
         try:
-            event = app.codec.decode(envelope)
+            event = app.codec.decode(envelope, record.stream, record.version)
         except MalformedEvent as exc:
             await self._dead(partition, record, "malformed", str(exc), "", 0, None, redrive)
             return False
+        except Undecryptable as exc:
+            await self._dead(partition, record, "undecryptable", str(exc), "", 0, None, redrive)
+            return False
+        if isinstance(event, Erased):
+            return False  # shredded: no data left to handle; the checkpoint moves past it
         late = None if redrive else lateness(envelope, app.clock.now(), self.subscription.max_age)
         if late is not None:
             error = f"expired {late.total_seconds():.3f} s before it could be handled"

@@ -13,7 +13,7 @@ from typing import Any, ClassVar, TypeVar
 import msgspec
 
 from tidings.domain.envelope import Stored
-from tidings.domain.events import Event
+from tidings.domain.events import Erased, Event
 from tidings.domain.topics import validate_pattern
 from tidings.ports import EventStore, StoreTransaction
 from tidings.runtime.codec import Codec
@@ -81,7 +81,9 @@ async def run_projection(
                 continue
             view = View(tx, projection.name)
             for record in batch:
-                await projection.handle(codec.stored(record), view)
+                stored = codec.stored(record)
+                if not isinstance(stored.event, Erased):  # shredded: its data is gone
+                    await projection.handle(stored, view)
             await tx.set_checkpoint(name, batch[-1].position)
         handled += len(batch)
 

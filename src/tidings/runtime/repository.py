@@ -11,6 +11,7 @@ import msgspec
 
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import RecordedEvent
+from tidings.domain.events import Erased
 from tidings.errors import AggregateNotFound
 from tidings.ports import EventStore, Snapshot
 from tidings.runtime.codec import Codec
@@ -46,7 +47,9 @@ class Repository:
         else:
             records = await self._store.read_stream(stream, to_version=version, at=at)
         for record in records:
-            aggregate.apply(self._codec.decode(record.envelope))
+            event = self._codec.decode(record.envelope, record.stream, record.version)
+            if not isinstance(event, Erased):  # shredded: nothing left to apply
+                aggregate.apply(event)
         if records:
             aggregate.version = records[-1].version
         if aggregate.version == 0:

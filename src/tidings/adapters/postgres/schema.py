@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from tidings.adapters.sql.consumers import consumer_tables
+from tidings.adapters.sql.keys import key_tables
 from tidings.adapters.sql.rows import AUDIT_COLUMNS, INSERT_COLUMNS, LOG_COLUMNS, SELECT_COLUMNS
 from tidings.adapters.sql.timers import timer_tables
 
@@ -62,6 +63,7 @@ CREATE_CONSUMERS: Final = (
         bigint="BIGINT", blob="BYTEA", auto_id="BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY"
     ),
     *timer_tables(bigint="BIGINT", blob="BYTEA"),
+    *key_tables(bigint="BIGINT", blob="BYTEA"),
 )
 
 HANDLED: Final = "SELECT event_id FROM tidings_inbox WHERE group_name = %s AND event_id = ANY(%s)"
@@ -69,7 +71,7 @@ ALL_META: Final = "SELECT key, value FROM tidings_meta"
 TABLES_EXIST: Final = "SELECT to_regclass('tidings_meta') IS NOT NULL"
 #: The newest table exists (all are created in one transaction) and the store has its meta.
 SCHEMA_READY: Final = (
-    "SELECT to_regclass('tidings_timers') IS NOT NULL"
+    "SELECT to_regclass('tidings_keys') IS NOT NULL"
     " AND EXISTS (SELECT 1 FROM tidings_meta WHERE key = 'log_id')"
 )
 PUT_META: Final = "INSERT INTO tidings_meta (key, value) VALUES (%s, %s) ON CONFLICT DO NOTHING"

@@ -14,7 +14,7 @@ from tidings.adapters.sql.reads import snapshot_query
 from tidings.adapters.sql.rows import from_micros, plan_rows, record_of
 from tidings.domain.envelope import Envelope, RecordedEvent
 from tidings.errors import ConcurrencyError
-from tidings.ports import ExpectedVersion, Snapshot
+from tidings.ports import ExpectedVersion, Sealer, Snapshot
 
 ID_KEY: Final = "tidings_events_id_key"  # the unique constraint on event ids, named by PostgreSQL
 
@@ -32,6 +32,7 @@ async def append(
     expected: ExpectedVersion,
     partition_of: Partitioner,
     max_size: int,
+    seal: Sealer | None = None,
 ) -> list[RecordedEvent]:
     """Append optimistically; only a conflict (a retry, most likely) looks up stored ids.
 
@@ -43,7 +44,7 @@ async def append(
     stored: dict[str, RecordedEvent] = {}
     try:
         async with connection.transaction():
-            appended = await insert(connection, stream, unique, expected, partition_of, max_size)
+            appended = await insert(connection, stream, unique, expected, partition_of, max_size, seal)
     except (ConcurrencyError, psycopg.errors.UniqueViolation) as exc:
         if isinstance(exc, psycopg.errors.UniqueViolation) and exc.diag.constraint_name != ID_KEY:
             raise
@@ -55,7 +56,9 @@ async def append(
         if not stored:
             raise
         fresh = [e for e in unique if e.id not in stored]
-        appended = await insert(connection, stream, fresh, expected, partition_of, max_size) if fresh else []
+        appended = (
+            await insert(connection, stream, fresh, expected, partition_of, max_size, seal) if fresh else []
+        )
     by_id = {record.envelope.id: record for record in appended}
     by_id.update(stored)
     return [by_id[e.id] for e in envelopes]
@@ -68,10 +71,11 @@ async def insert(
     expected: ExpectedVersion,
     partition_of: Partitioner,
     max_size: int,
+    seal: Sealer | None = None,
 ) -> list[RecordedEvent]:
     head = await read_head(connection, stream)
     check_expected(stream, expected, head.version if head else 0)
-    rows = plan_rows(stream, envelopes, head, partition_of, max_size)
+    rows = plan_rows(stream, envelopes, head, partition_of, max_size, seal)
     columns = [list(column) for column in zip(*rows, strict=True)]
     cursor = await connection.execute(schema.INSERT_EVENTS, columns)
     position_of = dict(await cursor.fetchall())

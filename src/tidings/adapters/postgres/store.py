@@ -33,6 +33,7 @@ from tidings.adapters.sql.consumers import (
     handlings_of,
     plan_leases,
 )
+from tidings.adapters.sql.keys import KeySql, key_row, keys_of
 from tidings.adapters.sql.reads import StreamQuery, follow_log
 from tidings.adapters.sql.rows import from_micros, records_of, to_micros
 from tidings.adapters.sql.timers import TimerSql, timers_of
@@ -44,10 +45,21 @@ from tidings.errors import (
     ConfigurationError,
     TidingsError,
 )
-from tidings.ports import ANY, DeadLetter, ExpectedVersion, Snapshot, StreamInfo, Timer, Trace
+from tidings.ports import (
+    ANY,
+    DataKeyRecord,
+    DeadLetter,
+    ExpectedVersion,
+    Sealer,
+    Snapshot,
+    StreamInfo,
+    Timer,
+    Trace,
+)
 
 CONSUMERS = ConsumerSql.dialect("%s", row_lock=" FOR UPDATE")
 TIMERS = TimerSql.dialect("%s", skip_locked=" FOR UPDATE SKIP LOCKED")
+KEYS = KeySql.dialect("%s", "= ANY(%s)")
 log = logging.getLogger("tidings.postgres")  # the unique constraint on event ids, named by PostgreSQL
 _OWN_OPTIONS = ("partitions", "pool_size", "connect_timeout")
 
@@ -101,6 +113,8 @@ class PostgresStore:
         self._pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
         self._partition_of = Partitioner(settings.partitions)
         self.log_id = ""
+        self._keys: psycopg.AsyncConnection[Any] | None = None
+        self._keys_lock = asyncio.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -136,6 +150,9 @@ class PostgresStore:
         self._pool = pool
 
     async def close(self) -> None:
+        if self._keys is not None:
+            await self._keys.close()
+            self._keys = None
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -192,12 +209,23 @@ class PostgresStore:
     # -- appending -------------------------------------------------------------------------
 
     async def append(
-        self, stream: str, envelopes: Sequence[Envelope], *, expected_version: ExpectedVersion = ANY
+        self,
+        stream: str,
+        envelopes: Sequence[Envelope],
+        *,
+        expected_version: ExpectedVersion = ANY,
+        seal: Sealer | None = None,
     ) -> list[RecordedEvent]:
         validate_stream_name(stream)
         async with self._connection() as connection, connection.transaction():
             return await steps.append(
-                connection, stream, envelopes, expected_version, self._partition_of, self.settings.max_size
+                connection,
+                stream,
+                envelopes,
+                expected_version,
+                self._partition_of,
+                self.settings.max_size,
+                seal,
             )
 
     # -- reading ---------------------------------------------------------------------------
@@ -390,6 +418,47 @@ class PostgresStore:
                 changed += cursor.rowcount
         return changed
 
+    # -- keyring ---------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def _keys_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        """One autocommit connection for the keyring's writes, outside every pool transaction."""
+        async with self._keys_lock:
+            try:
+                if self._keys is None or self._keys.closed:
+                    self._keys = await psycopg.AsyncConnection.connect(
+                        self.settings.conninfo,
+                        connect_timeout=max(1, round(self.settings.connect_timeout)),
+                        autocommit=True,
+                    )
+                yield self._keys
+            except psycopg.Error as exc:
+                raise self._translate(exc) from None
+
+    async def data_keys(self, scopes: Sequence[str]) -> list[DataKeyRecord]:
+        async with self._connection() as connection:
+            cursor = await connection.execute(KEYS.of_scopes, (list(scopes),))
+            return keys_of(await cursor.fetchall())
+
+    async def data_key_page(self, after: tuple[str, int], limit: int) -> list[DataKeyRecord]:
+        async with self._connection() as connection:
+            cursor = await connection.execute(KEYS.page, (*after, limit))
+            return keys_of(await cursor.fetchall())
+
+    async def rewrap_data_key(self, record: DataKeyRecord, master_version: int, wrapped: bytes) -> bool:
+        row = (master_version, wrapped, record.scope, record.version, record.master_version)
+        async with self._connection() as connection:
+            cursor = await connection.execute(KEYS.rewrap, row)
+            return cursor.rowcount > 0
+
+    async def shred_data_keys(self, scope: str) -> int:
+        async with self._connection() as connection:
+            cursor = await connection.execute(KEYS.shred, (scope,))
+            # Dead row versions still hold the wrapped keys: vacuum lets their space be reused.
+            # Copies in WAL segments and backups remain until recycled (docs/security.md).
+            await connection.execute("VACUUM tidings_keys")
+            return cursor.rowcount
+
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         async with self._connection() as connection, connection.transaction():
@@ -418,7 +487,12 @@ class PostgresTransaction:
         self._store = store
 
     async def append(
-        self, stream: str, envelopes: Sequence[Envelope], *, expected_version: ExpectedVersion = ANY
+        self,
+        stream: str,
+        envelopes: Sequence[Envelope],
+        *,
+        expected_version: ExpectedVersion = ANY,
+        seal: Sealer | None = None,
     ) -> list[RecordedEvent]:
         validate_stream_name(stream)
         store = self._store
@@ -429,7 +503,31 @@ class PostgresTransaction:
             expected_version,
             store._partition_of,
             store.settings.max_size,
+            seal,
         )
+
+    # The keyring's writes commit at once on a connection of their own: a key row locked until
+    # this transaction ends, while it waits for the append lock that another transaction holds
+    # and that one waits for the key row, would deadlock. A key that outlives a rolled-back
+    # transaction is harmless (the runtime adopts keys only once their transaction committed).
+
+    async def newest_data_key(self, scope: str) -> DataKeyRecord | None:
+        async with self._store._keys_connection() as connection:
+            cursor = await connection.execute(KEYS.newest, (scope,))
+            rows = await cursor.fetchall()
+        return keys_of(rows)[0] if rows else None
+
+    async def add_data_key(self, record: DataKeyRecord) -> DataKeyRecord:
+        async with self._store._keys_connection() as connection:
+            await connection.execute(KEYS.add, key_row(record, to_micros(record.created)))
+            cursor = await connection.execute(KEYS.exact, (record.scope, record.version))
+            return keys_of(await cursor.fetchall())[0]
+
+    async def reserve_data_key_uses(self, scope: str, version: int, count: int) -> int | None:
+        async with self._store._keys_connection() as connection:
+            cursor = await connection.execute(KEYS.reserve, (count, scope, version))
+            row = await cursor.fetchone()
+        return None if row is None else int(row[0])
 
     async def get_document(self, collection: str, key: str) -> bytes | None:
         return await steps.get_document(self._connection, collection, key)

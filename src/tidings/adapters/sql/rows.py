@@ -19,6 +19,7 @@ import msgspec
 from tidings.domain.envelope import JSON, SPEC_VERSION, Envelope, RecordedEvent, validate_envelope
 from tidings.domain.integrity import GENESIS, chain_hash
 from tidings.errors import IntegrityError, InvalidArgument
+from tidings.ports import Sealer
 
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -125,13 +126,15 @@ def plan_rows(
     head: tuple[int, bytes] | None,
     partition_of: Any,
     max_size: int,
+    seal: Sealer | None = None,
 ) -> list[NewRow]:
-    """Check, number and chain new envelopes after the stream's head."""
+    """Check, number, seal (if asked) and chain new envelopes after the stream's head."""
     version, previous = head if head is not None else (0, GENESIS)
     rows: list[NewRow] = []
-    for envelope in envelopes:
-        validate_envelope(envelope, max_size)
+    for given in envelopes:
+        validate_envelope(given, max_size)
         version += 1
+        envelope = given if seal is None else seal(stream, version, given)
         meta = pack_meta(envelope)
         content = (stream, version, envelope.id, envelope.topic, meta, envelope.data)
         previous = chain_hash(previous, _canonical.encode(content))

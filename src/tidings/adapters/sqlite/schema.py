@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from tidings.adapters.sql.consumers import consumer_tables
+from tidings.adapters.sql.keys import key_tables
 from tidings.adapters.sql.rows import AUDIT_COLUMNS, INSERT_COLUMNS, LOG_COLUMNS, SELECT_COLUMNS
 from tidings.adapters.sql.timers import timer_tables
 
@@ -60,6 +61,7 @@ CREATE: Final = (
 CREATE_CONSUMERS: Final = (
     *consumer_tables(bigint="INTEGER", blob="BLOB", auto_id="INTEGER PRIMARY KEY AUTOINCREMENT"),
     *timer_tables(bigint="INTEGER", blob="BLOB"),
+    *key_tables(bigint="INTEGER", blob="BLOB"),
 )
 
 HANDLED: Final = "SELECT event_id FROM tidings_inbox WHERE group_name = ? AND event_id IN ({marks})"

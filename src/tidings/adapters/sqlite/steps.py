@@ -29,7 +29,7 @@ from tidings.adapters.sqlite import schema
 from tidings.domain.envelope import Envelope, RecordedEvent
 from tidings.domain.integrity import IntegrityProblem, IntegrityReport
 from tidings.errors import ConcurrencyError
-from tidings.ports import DeadLetter, ExpectedVersion, Snapshot, Trace
+from tidings.ports import DeadLetter, ExpectedVersion, Sealer, Snapshot, Trace
 
 T = TypeVar("T")
 log = logging.getLogger("tidings.sqlite")
@@ -97,6 +97,7 @@ def append(
     expected: ExpectedVersion,
     partition_of: Partitioner,
     max_size: int,
+    seal: Sealer | None = None,
 ) -> list[RecordedEvent]:
     """Append optimistically; only a conflict (a retry, most likely) looks up stored ids.
 
@@ -108,7 +109,7 @@ def append(
     try:
         stored: dict[str, RecordedEvent] = {}
         try:
-            appended = insert(connection, stream, unique, expected, partition_of, max_size)
+            appended = insert(connection, stream, unique, expected, partition_of, max_size, seal)
         except (ConcurrencyError, sqlite3.IntegrityError) as exc:
             if isinstance(exc, sqlite3.IntegrityError) and "tidings_events.id" not in str(exc):
                 raise
@@ -117,7 +118,9 @@ def append(
             if not stored:
                 raise
             fresh = [e for e in unique if e.id not in stored]
-            appended = insert(connection, stream, fresh, expected, partition_of, max_size) if fresh else []
+            appended = (
+                insert(connection, stream, fresh, expected, partition_of, max_size, seal) if fresh else []
+            )
     except BaseException:
         connection.execute("ROLLBACK TO tidings_append")
         connection.execute("RELEASE tidings_append")
@@ -135,10 +138,11 @@ def insert(
     expected: ExpectedVersion,
     partition_of: Partitioner,
     max_size: int,
+    seal: Sealer | None = None,
 ) -> list[RecordedEvent]:
     head = read_head(connection, stream)
     check_expected(stream, expected, head.version if head else 0)
-    rows = plan_rows(stream, envelopes, head, partition_of, max_size)
+    rows = plan_rows(stream, envelopes, head, partition_of, max_size, seal)
     connection.executemany(schema.INSERT_EVENT, rows)
     # The write lock is held and AUTOINCREMENT gives each row the largest position so far plus
     # one, so the rows of this call hold consecutive positions ending at the last rowid.
@@ -301,3 +305,13 @@ def unpark(connection: sqlite3.Connection, group: str, key: str) -> int:
 
 def set_dead_letter_state(connection: sqlite3.Connection, entries: Sequence[int], state: str) -> int:
     return sum(connection.execute(CONSUMERS.set_dead_letter_state, (state, e)).rowcount for e in entries)
+
+
+def shred_keys(connection: sqlite3.Connection, statement: str, scope: str) -> int:
+    """Destroy a scope's wrapped keys; with secure_delete, SQLite overwrites the old bytes in the
+    pages it rewrites instead of leaving them in free space."""
+    connection.execute("PRAGMA secure_delete=ON")
+    try:
+        return connection.execute(statement, (scope,)).rowcount
+    finally:
+        connection.execute("PRAGMA secure_delete=OFF")

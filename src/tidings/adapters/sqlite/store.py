@@ -28,6 +28,7 @@ from tidings.adapters.sql.common import (
     validate_stream_name,
 )
 from tidings.adapters.sql.consumers import check_dead_letter_state, group_checkpoint
+from tidings.adapters.sql.keys import KeySql, key_row, keys_of
 from tidings.adapters.sql.reads import StreamQuery, follow_log
 from tidings.adapters.sql.rows import from_micros, to_micros
 from tidings.adapters.sql.timers import TimerSql, timers_of
@@ -36,13 +37,24 @@ from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, to_structured
 from tidings.domain.integrity import IntegrityReport
 from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError
-from tidings.ports import ANY, DeadLetter, ExpectedVersion, Snapshot, StreamInfo, Timer, Trace
+from tidings.ports import (
+    ANY,
+    DataKeyRecord,
+    DeadLetter,
+    ExpectedVersion,
+    Sealer,
+    Snapshot,
+    StreamInfo,
+    Timer,
+    Trace,
+)
 
 T = TypeVar("T")
 WATCH_INTERVAL = 0.005  # seconds between looks at the file's change counter
 
 
 TIMERS = TimerSql.dialect("?")
+KEYS = KeySql.dialect("?", "IN ({marks})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,7 +253,12 @@ class SqliteStore:
     # -- appending -------------------------------------------------------------------------
 
     async def append(
-        self, stream: str, envelopes: Sequence[Envelope], *, expected_version: ExpectedVersion = ANY
+        self,
+        stream: str,
+        envelopes: Sequence[Envelope],
+        *,
+        expected_version: ExpectedVersion = ANY,
+        seal: Sealer | None = None,
     ) -> list[RecordedEvent]:
         validate_stream_name(stream)
         async with self._write_lock:
@@ -253,6 +270,7 @@ class SqliteStore:
                 expected_version,
                 self._partition_of,
                 self.settings.max_size,
+                seal,
             )
 
     # -- reading ---------------------------------------------------------------------------
@@ -407,6 +425,33 @@ class SqliteStore:
     async def verify(self) -> IntegrityReport:
         return await self._read(steps.verify)
 
+    # -- keyring ---------------------------------------------------------------------------
+
+    async def data_keys(self, scopes: Sequence[str]) -> list[DataKeyRecord]:
+        found: list[Any] = []
+        for start in range(0, len(scopes), 500):  # below SQLite's bound-parameter limit
+            chunk = list(scopes[start : start + 500])
+            query = KEYS.of_scopes.format(marks=",".join("?" * len(chunk)))
+            found += await self._read(lambda c, q=query, p=chunk: c.execute(q, p).fetchall())
+        return keys_of(found)
+
+    async def data_key_page(self, after: tuple[str, int], limit: int) -> list[DataKeyRecord]:
+        return keys_of(await self._read(lambda c: c.execute(KEYS.page, (*after, limit)).fetchall()))
+
+    async def rewrap_data_key(self, record: DataKeyRecord, master_version: int, wrapped: bytes) -> bool:
+        row = (master_version, wrapped, record.scope, record.version, record.master_version)
+        async with self._write_lock:
+            changed = await self._write(steps.in_transaction, lambda c: c.execute(KEYS.rewrap, row).rowcount)
+        return bool(changed)
+
+    async def shred_data_keys(self, scope: str) -> int:
+        async with self._write_lock:
+            shredded = await self._write(steps.in_transaction, steps.shred_keys, KEYS.shred, scope)
+            # The wrapped keys also sit in the write-ahead log until it is checkpointed: fold it into
+            # the file (where secure_delete overwrote them) and cut it to nothing.
+            await self._write(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+        return int(shredded)
+
 
 class SqliteTransaction:
     """A transaction on the write connection; the store's write lock is held while it is open."""
@@ -415,7 +460,12 @@ class SqliteTransaction:
         self._store = store
 
     async def append(
-        self, stream: str, envelopes: Sequence[Envelope], *, expected_version: ExpectedVersion = ANY
+        self,
+        stream: str,
+        envelopes: Sequence[Envelope],
+        *,
+        expected_version: ExpectedVersion = ANY,
+        seal: Sealer | None = None,
     ) -> list[RecordedEvent]:
         validate_stream_name(stream)
         return await self._store._write(
@@ -425,7 +475,25 @@ class SqliteTransaction:
             expected_version,
             self._store._partition_of,
             self._store.settings.max_size,
+            seal,
         )
+
+    async def newest_data_key(self, scope: str) -> DataKeyRecord | None:
+        rows = await self._store._write(lambda c: c.execute(KEYS.newest, (scope,)).fetchall())
+        return keys_of(rows)[0] if rows else None
+
+    async def add_data_key(self, record: DataKeyRecord) -> DataKeyRecord:
+        row = key_row(record, to_micros(record.created))
+
+        def add(connection: sqlite3.Connection) -> list[Any]:
+            connection.execute(KEYS.add, row)
+            return connection.execute(KEYS.exact, (record.scope, record.version)).fetchall()
+
+        return keys_of(await self._store._write(add))[0]
+
+    async def reserve_data_key_uses(self, scope: str, version: int, count: int) -> int | None:
+        rows = await self._store._write(lambda c: c.execute(KEYS.reserve, (count, scope, version)).fetchall())
+        return int(rows[0][0]) if rows else None
 
     async def get_document(self, collection: str, key: str) -> bytes | None:
         return await self._store._write(steps.get_document, collection, key)

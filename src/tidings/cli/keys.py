@@ -1,0 +1,153 @@
+"""``tidings keys``: the master key file, rotation, shredding and a look at the keyring.
+
+Key material never reaches the terminal: ``init`` writes the key file (owner-only) and says
+where; ``list`` shows scopes, versions and counters, not keys.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from tidings.cli.common import fail, note, run_with_store, stdout
+from tidings.cli.render import cell, when
+from tidings.errors import ConfigurationError
+from tidings.ports import DataKeyRecord, EventStore
+from tidings.runtime.app import DEFAULT_STORE
+from tidings.runtime.key_admin import Rotation, rotate, shred
+from tidings.runtime.master_key import (
+    ENV_KEY,
+    ENV_KEY_FILE,
+    LocalMasterKey,
+    MasterKey,
+    new_master_key_entry,
+    write_key_file,
+)
+
+keys_app = typer.Typer(
+    help="Encryption keys: the master key file, rotation, crypto-shredding.", no_args_is_help=True
+)
+
+StoreOption = Annotated[
+    str, typer.Option("--store", envvar="TIDINGS_STORE", metavar="URL", help="The event store.")
+]
+KeyFileOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--key-file",
+        envvar=ENV_KEY_FILE,
+        help=f"The master key file (else {ENV_KEY} holds the key).",
+        show_envvar=True,
+    ),
+]
+
+
+@keys_app.command("init")
+def keys_init(path: Annotated[Path, typer.Argument(help="Where to write the new master key file.")]) -> None:
+    """Write a new master key file (version 1, readable by its owner only)."""
+    if path.exists():
+        fail(f"{path} exists; a master key file is never overwritten (it may be all that opens your data)")
+    write_key_file(path, new_master_key_entry(1) + "\n")
+    stdout().print(f"wrote master key version 1 to {path} (mode 600)")
+    note(f"use it with {ENV_KEY_FILE}={path}; keep a copy somewhere safe: without it the data is lost")
+
+
+def _master(key_file: Path | None) -> LocalMasterKey:
+    try:
+        if key_file is not None:
+            return LocalMasterKey.from_file(key_file)
+        master = LocalMasterKey.from_environment()
+    except ConfigurationError as exc:
+        fail(str(exc))
+    if master is None:
+        fail(f"no master key: set {ENV_KEY} or {ENV_KEY_FILE}, or give --key-file")
+    return master
+
+
+@keys_app.command("rotate")
+def keys_rotate(
+    store: StoreOption = DEFAULT_STORE,
+    key_file: KeyFileOption = None,
+) -> None:
+    """Start a new master key version and rewrap every data key with it (event data untouched).
+
+    With a key file, the new version is added to the file. With the key in the environment, add
+    the new version there first (``2:<key>,1:<old key>``); this rewraps with the highest one."""
+    master = _master(key_file)
+    if key_file is not None:
+        entry = new_master_key_entry(master.current_version + 1)
+        existing = key_file.read_text().rstrip("\n")
+        write_key_file(key_file, f"{existing}\n{entry}\n")
+        master = LocalMasterKey.from_file(key_file)
+        note(f"added master key version {master.current_version} to {key_file}")
+    rotation = run_with_store(store, lambda opened: _rotate(opened, master), writable=True)
+    stdout().print(
+        f"master key version {rotation.master_version}: {rotation.rewrapped} data keys rewrapped, "
+        f"{rotation.current} already current, {rotation.shredded} shredded"
+    )
+    if len(master.versions) > 1:
+        note(f"once every process uses the new version, older ones can go: {master.versions[:-1]}")
+
+
+async def _rotate(store: EventStore, master: MasterKey) -> Rotation:
+    return await rotate(store, master)
+
+
+@keys_app.command("shred")
+def keys_shred(
+    scope: Annotated[str, typer.Argument(help="The scope whose data keys to destroy (by default a stream).")],
+    store: StoreOption = DEFAULT_STORE,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Destroy a scope's data keys: its events then read as erased, for good."""
+    if not yes and not typer.confirm(
+        f"Destroy the data keys of {scope!r}? Its events become unreadable, for good"
+    ):
+        raise typer.Exit(1)
+
+    async def work(opened: EventStore) -> int:
+        return await shred(opened, scope)
+
+    destroyed = run_with_store(store, work, writable=True)
+    if not destroyed:
+        fail(f"no live data key for scope {scope!r} (never used, or shredded already)")
+    stdout().print(f"shredded {destroyed} data key version(s) of {scope!r}")
+    note("running processes stop using the key within a minute; snapshots of it are ignored from now on")
+
+
+@keys_app.command("list")
+def keys_list(
+    store: StoreOption = DEFAULT_STORE,
+    prefix: Annotated[str, typer.Option("--prefix", help="Only scopes starting with this.")] = "",
+    limit: Annotated[int, typer.Option("--limit", min=1, help="Show at most N keys.")] = 1000,
+) -> None:
+    """Data keys: scope, version, which master key version wraps it, encryptions reserved."""
+
+    async def work(opened: EventStore) -> list[DataKeyRecord]:
+        found: list[DataKeyRecord] = []
+        after = (prefix, 0)
+        # Pages come in scope order, so the scopes with the prefix are one run from ``prefix`` on.
+        while len(found) < limit and (page := await opened.data_key_page(after, 500)):
+            found += [r for r in page if r.scope.startswith(prefix)]
+            if not page[-1].scope.startswith(prefix):
+                break
+            after = (page[-1].scope, page[-1].version)
+        return found[:limit]
+
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("scope", "version", "master", "uses", "created", "state"):
+        table.add_column(column, overflow="fold")
+    for record in run_with_store(store, work):
+        state = "shredded" if record.wrapped is None else "live"
+        table.add_row(
+            cell(record.scope, "cyan"),
+            str(record.version),
+            str(record.master_version),
+            f"{record.uses:,}",
+            when(record.created),
+            cell(state, "red" if record.wrapped is None else "green"),
+        )
+    stdout().print(table)

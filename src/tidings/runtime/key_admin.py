@@ -1,0 +1,55 @@
+"""Operations on a store's keyring: rotating the master key and shredding a scope.
+
+Rotation rewraps data keys; it never touches event data, so it is quick and every old event stays
+readable. Shredding destroys a scope's wrapped data keys, and with them, for good, every event,
+snapshot and timer that they sealed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tidings.ports import EventStore
+from tidings.runtime.keyring import key_context
+from tidings.runtime.master_key import MasterKey
+
+_PAGE = 500
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    master_version: int  # what every live data key is wrapped by now
+    rewrapped: int
+    current: int  # were wrapped by it already
+    shredded: int  # have no key left to wrap
+
+
+async def rotate(store: EventStore, master: MasterKey) -> Rotation:
+    """Rewrap every data key that an older master-key version wrapped with the current one.
+
+    Each key is rewrapped with a compare-and-set, so running it twice, or beside running Apps,
+    is safe; the master key must still hold the old versions until this has finished."""
+    target = master.current_version
+    rewrapped = current = shredded = 0
+    after = ("", 0)
+    while page := await store.data_key_page(after, _PAGE):
+        for record in page:
+            if record.wrapped is None:
+                shredded += 1
+            elif record.master_version == target:
+                current += 1
+            else:
+                context = key_context(record.scope, record.version)
+                key = await master.unwrap(record.master_version, record.wrapped, context)
+                version, wrapped = await master.wrap(key, context)
+                if await store.rewrap_data_key(record, version, wrapped):
+                    rewrapped += 1
+                else:  # rewrapped or shredded meanwhile by someone else
+                    current += 1
+        after = (page[-1].scope, page[-1].version)
+    return Rotation(target, rewrapped, current, shredded)
+
+
+async def shred(store: EventStore, scope: str) -> int:
+    """Destroy every version of a scope's data key; returns how many versions were destroyed."""
+    return await store.shred_data_keys(scope)

@@ -1,0 +1,306 @@
+"""The keyring: data keys per scope, wrapped by the master key, cached unwrapped in memory.
+
+A scope is what one data key covers: by default a stream (so that shredding one entity's key
+erases that entity's events and nothing else); events published without a key, each a stream of
+its own, share one key per topic (``topic:<topic>``) instead of a key per event. An application
+can map streams to scopes of its own (``Encryption(scope=...)``: a customer, a tenant).
+
+Each scope has versions of its key. A process reserves encryptions with the newest version in
+blocks (a counter in the store) and moves to a new version once a version has been used
+``rotate_after`` times, far below the 2**32 encryptions that AES-GCM allows with random nonces.
+Old versions stay to open what they sealed.
+
+Sealing runs inside a store's append (it needs the stream version), so the keys it needs are
+prepared before: ``prepare`` makes sure the transaction has a key with room for its events.
+Opening is synchronous in the codec, so reads ``load`` the keys their records name first.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+import msgspec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tidings.domain.envelope import Envelope
+from tidings.errors import ConfigurationError
+from tidings.ports import DataKeyRecord, EventStore, StoreTransaction
+from tidings.runtime import crypto
+from tidings.runtime.crypto import SEALED, Header, Kind, Undecryptable
+from tidings.runtime.master_key import MasterKey
+
+#: Encryptions with one data key version before the next version is made (AES-GCM with random
+#: 96-bit nonces is safe to 2**32; this stays a factor of four below).
+ROTATE_AFTER: Final = 2**30
+#: Encryptions a process reserves at a time (one counter update per block).
+RESERVE: Final = 16_384
+#: How long a process trusts a loaded key before it looks again (a shred elsewhere shows then).
+REFRESH_SECONDS: Final = 60.0
+
+ScopeOf = Callable[[str], str]
+
+
+@dataclass(slots=True)
+class Reserved:
+    """A key version this process seals with, and how many encryptions it has left reserved."""
+
+    version: int
+    cipher: AESGCM
+    remaining: int
+
+
+class Erasure:
+    """What opening data of a shredded scope yields: the data is gone for good."""
+
+    def __init__(self, header: Header) -> None:
+        self.header = header
+
+
+def key_context(scope: str, version: int) -> bytes:
+    return f"{scope}\0{version}".encode()
+
+
+class KeyRing:
+    def __init__(
+        self,
+        store: EventStore,
+        master: MasterKey,
+        *,
+        scope: ScopeOf | None = None,
+        rotate_after: int = ROTATE_AFTER,
+        reserve: int = RESERVE,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._store = store
+        self.master = master
+        self._scope = scope or (lambda stream: stream)
+        self._rotate_after = rotate_after
+        self._reserve = min(reserve, rotate_after)
+        self._now = clock
+        self._ciphers: dict[tuple[str, int], AESGCM | None] = {}  # None: shredded
+        self._loaded_at: dict[str, float] = {}
+        self._reserved: dict[str, Reserved] = {}
+
+    # -- scopes ------------------------------------------------------------------------------
+
+    def scope_of(self, stream: str, envelope: Envelope) -> str:
+        if stream == envelope.id and envelope.partitionkey is None:
+            return f"topic:{envelope.topic}"  # an unkeyed publication: one stream per event
+        scope = self._scope(stream)
+        if not scope or len(scope) > 1000:
+            raise ConfigurationError(
+                f"the encryption scope of stream {stream!r} must be 1 to 1000 characters"
+            )
+        return scope
+
+    # -- sealing -----------------------------------------------------------------------------
+
+    async def prepare(
+        self, tx: StoreTransaction, stream: str, envelopes: Sequence[Envelope], staged: dict[str, Reserved]
+    ) -> None:
+        """Make sure ``staged`` (the transaction's keys) has room to seal ``envelopes``."""
+        wanted: dict[str, int] = {}
+        pending: list[Envelope] = []
+        for envelope in envelopes:
+            scope = self.scope_of(stream, envelope)
+            wanted[scope] = wanted.get(scope, 0) + 1
+            if envelope.datacontenttype == SEALED:
+                pending.append(envelope)
+        if pending:  # timers' events, sealed when they were set: opened and sealed again
+            await self.load(e.data for e in pending)
+        for scope, count in wanted.items():
+            await self.make_room(tx, scope, count, staged)
+
+    async def make_room(
+        self, tx: StoreTransaction, scope: str, count: int, staged: dict[str, Reserved]
+    ) -> Reserved:
+        reserved = staged.get(scope) or self._reserved.get(scope)
+        if reserved is None or reserved.remaining < count:
+            reserved = await self._reserve_in(tx, scope, count)
+        reserved.remaining -= count
+        staged[scope] = reserved
+        return reserved
+
+    async def _reserve_in(self, tx: StoreTransaction, scope: str, count: int) -> Reserved:
+        block = max(self._reserve, count)
+        newest = await tx.newest_data_key(scope)
+        if newest is not None and newest.wrapped is not None and newest.uses + block <= self._rotate_after:
+            total = await tx.reserve_data_key_uses(scope, newest.version, block)
+            if total is not None:
+                return Reserved(newest.version, await self._cipher_of(newest), block)
+        version = newest.version + 1 if newest is not None else 1
+        key = crypto.new_data_key()
+        master_version, wrapped = await self.master.wrap(key, key_context(scope, version))
+        record = DataKeyRecord(
+            scope=scope,
+            version=version,
+            master_version=master_version,
+            wrapped=wrapped,
+            uses=block,
+            created=self._now(),
+        )
+        stored = await tx.add_data_key(record)
+        if stored.wrapped != wrapped:  # another process made this version first: use theirs
+            return await self._reserve_in(tx, scope, count)
+        cipher = AESGCM(key)
+        self._ciphers[(scope, version)] = cipher
+        return Reserved(version, cipher, block)
+
+    def adopt(self, staged: dict[str, Reserved]) -> None:
+        """The transaction committed: its keys and reservations are this process's now."""
+        self._reserved.update(staged)
+
+    def sealer(self, staged: dict[str, Reserved]) -> Callable[[str, int, Envelope], Envelope]:
+        """The function that a store's append calls with each new envelope's version."""
+
+        def seal(stream: str, version: int, envelope: Envelope) -> Envelope:
+            if envelope.datacontenttype == SEALED:
+                envelope = self.open_pending(envelope)
+            return self._sealed(stream, envelope, staged, Kind.EVENT, version)
+
+        return seal
+
+    def seal_pending(self, stream: str, envelope: Envelope, staged: dict[str, Reserved]) -> Envelope:
+        """A timer's event, sealed until it fires (its stream version is not known yet)."""
+        return self._sealed(stream, envelope, staged, Kind.PENDING, 0)
+
+    def _sealed(
+        self, stream: str, envelope: Envelope, staged: dict[str, Reserved], kind: Kind, version: int
+    ) -> Envelope:
+        scope = self.scope_of(stream, envelope)
+        key = staged[scope]
+        data = crypto.seal(
+            key.cipher,
+            envelope.data,
+            kind=kind,
+            key_version=key.version,
+            version=version,
+            scope=scope,
+            stream=stream,
+            content_type=envelope.datacontenttype,
+            context=crypto.event_context(envelope.id, envelope.type, envelope.schemaversion),
+        )
+        return msgspec.structs.replace(envelope, datacontenttype=SEALED, data=data)
+
+    def snapshot_scope(self, stream: str) -> str:
+        return self._scope(stream)
+
+    def seal_snapshot(self, stream: str, version: int, schema: str, state: bytes, key: Reserved) -> bytes:
+        return crypto.seal(
+            key.cipher,
+            state,
+            kind=Kind.SNAPSHOT,
+            key_version=key.version,
+            version=version,
+            scope=self._scope(stream),
+            stream=stream,
+            content_type="",
+            context=crypto.snapshot_context(schema),
+        )
+
+    # -- opening -----------------------------------------------------------------------------
+
+    async def load(self, blobs: Iterable[bytes]) -> None:
+        """Load (unwrap) the keys that these sealed blobs name, unless known and fresh."""
+        now = time.monotonic()
+        missing: set[str] = set()
+        for blob in blobs:
+            try:
+                header = crypto.read_header(blob, "sealed data")
+            except Undecryptable:
+                continue  # opening it will say so, with the event's name
+            known = (header.scope, header.key_version) in self._ciphers
+            if not known or now - self._loaded_at.get(header.scope, 0.0) > REFRESH_SECONDS:
+                missing.add(header.scope)
+        if missing:
+            await self.reload(missing)
+
+    async def reload(self, scopes: Iterable[str]) -> None:
+        wanted = sorted(set(scopes))
+        now = time.monotonic()
+        for record in await self._store.data_keys(wanted):
+            self._ciphers[(record.scope, record.version)] = (
+                None if record.wrapped is None else await self._cipher_of(record)
+            )
+            if record.wrapped is None:
+                self._reserved.pop(record.scope, None)
+        for scope in wanted:
+            self._loaded_at[scope] = now
+
+    async def _cipher_of(self, record: DataKeyRecord) -> AESGCM:
+        known = self._ciphers.get((record.scope, record.version))
+        if known is not None:
+            return known
+        if record.wrapped is None:
+            raise Undecryptable(f"the data key of scope {record.scope!r} was shredded")
+        key = await self.master.unwrap(
+            record.master_version, record.wrapped, key_context(record.scope, record.version)
+        )
+        cipher = AESGCM(key)
+        self._ciphers[(record.scope, record.version)] = cipher
+        return cipher
+
+    def open_event(
+        self, envelope: Envelope, stream: str | None = None, version: int | None = None
+    ) -> Envelope | Erasure:
+        """The envelope with its data opened, checked against where it was found (``stream``,
+        ``version``: where known); an ``Erasure`` if its scope was shredded."""
+        what = f"event {envelope.id} ({envelope.type})"
+        header = crypto.read_header(envelope.data, what)
+        if header.kind is Kind.PENDING:
+            return self.open_pending(envelope)
+        if header.kind is not Kind.EVENT or (
+            stream is not None and (header.stream != stream or header.version != version)
+        ):
+            raise Undecryptable(
+                f"{what}: found in stream {stream!r} at version {version}, but it was sealed for "
+                f"{header.describe()}: rows were moved or swapped"
+            )
+        return self._open(envelope, header, what)
+
+    def open_pending(self, envelope: Envelope) -> Envelope:
+        what = f"timer event {envelope.id} ({envelope.type})"
+        header = crypto.read_header(envelope.data, what)
+        opened = self._open(envelope, header, what)
+        if isinstance(opened, Erasure):
+            raise Undecryptable(f"{what}: the data key of scope {header.scope!r} was shredded")
+        return opened
+
+    def _open(self, envelope: Envelope, header: Header, what: str) -> Envelope | Erasure:
+        cipher = self._cipher(header, what)
+        if cipher is None:
+            return Erasure(header)
+        context = crypto.event_context(envelope.id, envelope.type, envelope.schemaversion)
+        data = crypto.open_sealed(cipher, envelope.data, header, context, what)
+        return msgspec.structs.replace(envelope, data=data, datacontenttype=header.content_type)
+
+    def open_snapshot(self, stream: str, version: int, schema: str, blob: bytes) -> bytes | None:
+        """A snapshot's state, or None if its scope was shredded; ``Undecryptable`` if altered."""
+        what = f"snapshot of {stream!r} at version {version}"
+        header = crypto.read_header(blob, what)
+        if header.kind is not Kind.SNAPSHOT or header.stream != stream or header.version != version:
+            raise Undecryptable(f"{what}: it was sealed for the snapshot of {header.describe()}")
+        cipher = self._cipher(header, what)
+        if cipher is None:
+            return None
+        return crypto.open_sealed(cipher, blob, header, crypto.snapshot_context(schema), what)
+
+    def _cipher(self, header: Header, what: str) -> AESGCM | None:
+        try:
+            return self._ciphers[(header.scope, header.key_version)]
+        except KeyError:
+            raise Undecryptable(
+                f"{what}: data key {header.key_version} of scope {header.scope!r} is not in this "
+                "store's keyring"
+            ) from None
+
+    def forget(self, scope: str) -> None:
+        """Drop a scope's keys from memory (after shredding it here)."""
+        for known in [k for k in self._ciphers if k[0] == scope]:
+            del self._ciphers[known]
+        self._reserved.pop(scope, None)
+        self._loaded_at.pop(scope, None)

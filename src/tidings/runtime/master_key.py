@@ -1,0 +1,141 @@
+"""Master keys: what wraps the data keys. Never logged, never printed, never in an error.
+
+The local master key comes from ``TIDINGS_MASTER_KEY`` or from the file that
+``TIDINGS_MASTER_KEY_FILE`` names (refused if group or others may read it). Either holds one or
+more versions, ``<version>:<base64 of 32 bytes>``, separated by commas, spaces or new lines; a
+bare base64 key is version 1. The highest version wraps new data keys; the others stay to unwrap
+what they wrapped until ``tidings keys rotate`` has rewrapped everything.
+
+Another source (a KMS) plugs in by implementing ``MasterKey``.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import re
+import stat
+from pathlib import Path
+from typing import Final, Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from tidings.errors import ConfigurationError
+from tidings.runtime.crypto import KEY_SIZE, NONCE_SIZE, Undecryptable
+
+ENV_KEY: Final = "TIDINGS_MASTER_KEY"
+ENV_KEY_FILE: Final = "TIDINGS_MASTER_KEY_FILE"
+_ENTRY = re.compile(r"(?:(\d{1,9}):)?(\S+)")
+
+
+class MasterKey(Protocol):
+    """Wraps data keys for storage and unwraps them; ``context`` binds a wrapping to its key's
+    scope and version, so a wrapped key copied to another row does not unwrap."""
+
+    @property
+    def current_version(self) -> int: ...
+
+    async def wrap(self, key: bytes, context: bytes) -> tuple[int, bytes]:
+        """Wrap with the current version; returns (version, wrapped)."""
+
+    async def unwrap(self, version: int, wrapped: bytes, context: bytes) -> bytes: ...
+
+
+class LocalMasterKey:
+    """Master key versions held in this process (from the environment or a key file)."""
+
+    def __init__(self, versions: dict[int, bytes], origin: str) -> None:
+        if not versions:
+            raise ConfigurationError(f"{origin} holds no master key")
+        for version, key in versions.items():
+            if len(key) != KEY_SIZE:
+                raise ConfigurationError(
+                    f"{origin}: master key version {version} is {len(key)} bytes; it must be {KEY_SIZE}"
+                )
+        self.origin = origin
+        self._ciphers = {version: AESGCM(key) for version, key in versions.items()}
+
+    def __repr__(self) -> str:  # never the key material
+        return f"LocalMasterKey(origin={self.origin!r}, versions={sorted(self._ciphers)})"
+
+    @property
+    def current_version(self) -> int:
+        return max(self._ciphers)
+
+    @property
+    def versions(self) -> list[int]:
+        return sorted(self._ciphers)
+
+    async def wrap(self, key: bytes, context: bytes) -> tuple[int, bytes]:
+        version = self.current_version
+        nonce = os.urandom(NONCE_SIZE)
+        return version, nonce + self._ciphers[version].encrypt(nonce, key, b"data-key\0" + context)
+
+    async def unwrap(self, version: int, wrapped: bytes, context: bytes) -> bytes:
+        cipher = self._ciphers.get(version)
+        if cipher is None:
+            raise Undecryptable(
+                f"a data key is wrapped by master key version {version}, which {self.origin} does "
+                f"not hold (it holds {self.versions}); add that version back"
+            )
+        try:
+            return cipher.decrypt(wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], b"data-key\0" + context)
+        except InvalidTag:
+            raise Undecryptable(
+                f"a data key does not unwrap with master key version {version} of {self.origin}: "
+                "the key there is not the one that wrapped it, or the wrapped key was altered"
+            ) from None
+
+    @classmethod
+    def parse(cls, text: str, origin: str) -> LocalMasterKey:
+        versions: dict[int, bytes] = {}
+        for number, entry in enumerate(re.split(r"[\s,]+", text.strip()), start=1):
+            match = _ENTRY.fullmatch(entry)
+            if not entry or match is None:
+                raise ConfigurationError(f"{origin}: entry {number} is not <version>:<base64 key>")
+            version = int(match.group(1) or 1)
+            try:
+                key = base64.b64decode(match.group(2), validate=True)
+            except binascii.Error:
+                raise ConfigurationError(f"{origin}: master key version {version} is not base64") from None
+            if version in versions:
+                raise ConfigurationError(f"{origin}: master key version {version} is given twice")
+            versions[version] = key
+        return cls(versions, origin)
+
+    @classmethod
+    def from_file(cls, path: Path) -> LocalMasterKey:
+        try:
+            status = path.stat()
+        except OSError as exc:
+            raise ConfigurationError(f"master key file {path}: {exc.strerror}") from None
+        if status.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise ConfigurationError(
+                f"master key file {path} may be read by group or others "
+                f"(mode {stat.S_IMODE(status.st_mode):o}); `chmod 600 {path}` first"
+            )
+        return cls.parse(path.read_text(), f"master key file {path}")
+
+    @classmethod
+    def from_environment(cls) -> LocalMasterKey | None:
+        """The master key that the environment names, if any."""
+        if os.environ.get(ENV_KEY):
+            return cls.parse(os.environ[ENV_KEY], ENV_KEY)
+        if os.environ.get(ENV_KEY_FILE):
+            return cls.from_file(Path(os.environ[ENV_KEY_FILE]))
+        return None
+
+
+def new_master_key_entry(version: int) -> str:
+    """A fresh master key version in the text form above (for key files; never printed)."""
+    return f"{version}:{base64.b64encode(AESGCM.generate_key(bit_length=256)).decode()}"
+
+
+def write_key_file(path: Path, text: str) -> None:
+    """Write a key file readable by its owner only, from its creation on."""
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        file.write(text)
+    os.chmod(path, 0o600)

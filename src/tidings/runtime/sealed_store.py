@@ -1,0 +1,221 @@
+"""The store and logs as an App with encryption sees them: data sealed on the way in, keys
+loaded on the way out.
+
+Writes: every append (alone or in a transaction) first makes sure the transaction holds a data
+key with room for its events, then hands the store a sealer that encrypts each event once the
+store has given it its stream version. Timers' events and snapshots are sealed too. The relay and
+the dead letter queue pass sealed envelopes on as they are, so neither NATS nor a dead letter
+ever holds event data in the clear.
+
+Reads: records come back sealed, exactly as stored; the keys they name are loaded here, so that
+the codec can open them (synchronously) where the event is decoded. Whatever cannot be opened
+fails there, with the event named, and a consumer dead-letters it as ``undecryptable``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import Any
+
+import msgspec
+
+from tidings.domain.envelope import Envelope, RecordedEvent
+from tidings.ports import ANY, EventStore, ExpectedVersion, Log, Sealer, Snapshot, StoreTransaction, Trace
+from tidings.runtime.crypto import SEALED, Undecryptable
+from tidings.runtime.keyring import KeyRing, Reserved
+
+#: The schema a snapshot reports when its scope was shredded: no aggregate has it, so the
+#: repository ignores the snapshot and replays the stream.
+ERASED_SNAPSHOT = "tidings:erased"
+
+
+async def load_keys(keys: KeyRing, records: Sequence[RecordedEvent]) -> None:
+    await keys.load(r.envelope.data for r in records if r.envelope.datacontenttype == SEALED)
+
+
+class SealedLog:
+    """A log (the JetStream one in distributed mode) whose records' keys are loaded as read."""
+
+    def __init__(self, inner: Log, keys: KeyRing) -> None:
+        self._inner_log = inner
+        self._keys = keys
+        self.partitions = inner.partitions
+        self.log_id = inner.log_id  # the inner log is open: its id is known
+        self.checkpoint_name = inner.checkpoint_name
+        self.lease = inner.lease
+        self.release = inner.release
+        self.handled = inner.handled
+        self.dead_letters = inner.dead_letters
+        self.set_dead_letter_state = inner.set_dead_letter_state
+        self.watch = inner.watch
+        self.blocked_keys = inner.blocked_keys
+        self.unpark = inner.unpark
+
+    async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
+        records = await self._inner_log.read_partition(partition, after=after, limit=limit)
+        await load_keys(self._keys, records)
+        return records
+
+    async def trace(self, correlation_id: str, *, limit: int = 1000) -> Trace:
+        found = await self._inner_log.trace(correlation_id, limit=limit)
+        await load_keys(self._keys, found.events)
+        return found
+
+
+class SealedStore(SealedLog):
+    """The event store (and, for the SQL stores, its log) with sealing and key loading."""
+
+    def __init__(self, inner: Any, keys: KeyRing) -> None:
+        super().__init__(inner, keys)
+        store: EventStore = inner
+        self._inner = store
+        self.url = store.url
+        self.open = store.open
+        self.close = store.close
+        self.head_position = store.head_position
+        self.stream_version = store.stream_version
+        self.list_streams = store.list_streams
+        self.get_document = store.get_document
+        self.get_checkpoint = store.get_checkpoint
+        self.next_timer_due = store.next_timer_due
+        self.verify = store.verify
+        self.data_keys = store.data_keys
+        self.data_key_page = store.data_key_page
+        self.rewrap_data_key = store.rewrap_data_key
+        self.shred_data_keys = store.shred_data_keys
+
+    async def append(
+        self,
+        stream: str,
+        envelopes: Sequence[Envelope],
+        *,
+        expected_version: ExpectedVersion = ANY,
+        seal: Sealer | None = None,
+    ) -> list[RecordedEvent]:
+        async with self.transaction() as tx:
+            return await tx.append(stream, envelopes, expected_version=expected_version)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[StoreTransaction]:
+        staged: dict[str, Reserved] = {}
+        async with self._inner.transaction() as tx:
+            yield SealingTransaction(tx, self._keys, staged)
+        self._keys.adopt(staged)
+
+    async def read_stream(
+        self,
+        stream: str,
+        *,
+        from_version: int = 1,
+        to_version: int | None = None,
+        at: datetime | None = None,
+        backwards: bool = False,
+        limit: int | None = None,
+    ) -> list[RecordedEvent]:
+        records = await self._inner.read_stream(
+            stream, from_version=from_version, to_version=to_version, at=at, backwards=backwards, limit=limit
+        )
+        await load_keys(self._keys, records)
+        return records
+
+    async def read_from_snapshot(
+        self, stream: str, *, to_version: int | None = None, at: datetime | None = None
+    ) -> tuple[Snapshot | None, list[RecordedEvent]]:
+        snapshot, records = await self._inner.read_from_snapshot(stream, to_version=to_version, at=at)
+        await load_keys(self._keys, records)
+        return await self._opened(snapshot), records
+
+    async def read_log(
+        self,
+        *,
+        after: int = 0,
+        pattern: str | None = None,
+        batch_size: int = 1000,
+        limit: int | None = None,
+    ) -> AsyncIterator[RecordedEvent]:
+        batch: list[RecordedEvent] = []
+        async for record in self._inner.read_log(
+            after=after, pattern=pattern, batch_size=batch_size, limit=limit
+        ):
+            batch.append(record)
+            if len(batch) >= batch_size:
+                await load_keys(self._keys, batch)
+                for ready in batch:
+                    yield ready
+                batch = []
+        await load_keys(self._keys, batch)
+        for ready in batch:
+            yield ready
+
+    async def save_snapshot(self, snapshot: Snapshot) -> None:
+        staged: dict[str, Reserved] = {}
+        async with self._inner.transaction() as tx:
+            key = await self._keys.make_room(tx, self._keys.snapshot_scope(snapshot.stream), 1, staged)
+        self._keys.adopt(staged)
+        state = self._keys.seal_snapshot(
+            snapshot.stream, snapshot.version, snapshot.schema, snapshot.state, key
+        )
+        await self._inner.save_snapshot(msgspec.structs.replace(snapshot, state=state))
+
+    async def load_snapshot(
+        self, stream: str, *, max_version: int | None = None, at: datetime | None = None
+    ) -> Snapshot | None:
+        return await self._opened(await self._inner.load_snapshot(stream, max_version=max_version, at=at))
+
+    async def _opened(self, snapshot: Snapshot | None) -> Snapshot | None:
+        if snapshot is None:
+            return None
+        await self._keys.load([snapshot.state])
+        try:
+            state = self._keys.open_snapshot(
+                snapshot.stream, snapshot.version, snapshot.schema, snapshot.state
+            )
+        except Undecryptable:
+            state = None  # an altered snapshot is no reason to fail a load: replay the stream
+        if state is None:
+            return msgspec.structs.replace(snapshot, schema=ERASED_SNAPSHOT, state=b"")
+        return msgspec.structs.replace(snapshot, state=state)
+
+
+class SealingTransaction:
+    """A store transaction whose appends and timers seal their events."""
+
+    def __init__(self, inner: StoreTransaction, keys: KeyRing, staged: dict[str, Reserved]) -> None:
+        self._inner = inner
+        self._keys = keys
+        self._staged = staged
+        self.get_document = inner.get_document
+        self.put_document = inner.put_document
+        self.delete_document = inner.delete_document
+        self.clear_collection = inner.clear_collection
+        self.get_checkpoint = inner.get_checkpoint
+        self.set_checkpoint = inner.set_checkpoint
+        self.cancel_timer = inner.cancel_timer
+        self.due_timers = inner.due_timers
+        self.holds_lease = inner.holds_lease
+        self.mark_handled = inner.mark_handled
+        self.dead_letter = inner.dead_letter
+        self.settle_dead_letter = inner.settle_dead_letter
+        self.newest_data_key = inner.newest_data_key
+        self.add_data_key = inner.add_data_key
+        self.reserve_data_key_uses = inner.reserve_data_key_uses
+
+    async def append(
+        self,
+        stream: str,
+        envelopes: Sequence[Envelope],
+        *,
+        expected_version: ExpectedVersion = ANY,
+        seal: Sealer | None = None,
+    ) -> list[RecordedEvent]:
+        await self._keys.prepare(self._inner, stream, envelopes, self._staged)
+        return await self._inner.append(
+            stream, envelopes, expected_version=expected_version, seal=self._keys.sealer(self._staged)
+        )
+
+    async def schedule_timer(self, timer_id: str, due: datetime, stream: str, envelope: Envelope) -> None:
+        await self._keys.prepare(self._inner, stream, [envelope], self._staged)
+        sealed = self._keys.seal_pending(stream, envelope, self._staged)
+        await self._inner.schedule_timer(timer_id, due, stream, sealed)

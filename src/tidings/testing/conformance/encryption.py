@@ -1,0 +1,272 @@
+"""Encryption at rest, asserted on every backend: sealed on the way in, opened on the way out,
+nothing stored in the clear, tampering caught, keys rotated and shredded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+
+from tidings.domain.events import Erased, Event
+from tidings.errors import IntegrityError
+from tidings.runtime.app import App
+from tidings.runtime.consuming import Context
+from tidings.runtime.crypto import SEALED, Undecryptable, read_header
+from tidings.runtime.encryption import Encryption
+from tidings.runtime.master_key import LocalMasterKey
+from tidings.runtime.projection import Projection, View
+from tidings.testing.clock import ManualClock
+from tidings.testing.conformance.aggregates import Cart
+from tidings.testing.conformance.events import Ping, unique
+from tidings.testing.eventually import eventually
+from tidings.testing.raw import raw_execute
+
+RUN = {"lease_ttl": 2.0, "poll": 0.1}
+
+
+class Secret(Event, topic="conformance.secret.noted", type="conformance.Secret"):
+    owner: str
+    text: str
+
+
+def master(*versions: int) -> LocalMasterKey:
+    """Master key versions that are the same in every call of one test run."""
+    return LocalMasterKey({v: _MASTER_KEYS.setdefault(v, os.urandom(32)) for v in versions}, "test key")
+
+
+_MASTER_KEYS: dict[int, bytes] = {}
+
+
+def sealed_app(store_url: str, *versions: int, name: str = "secure", **options: object) -> App:
+    encryption = Encryption(master_key=master(*(versions or (1,))), **options)  # type: ignore[arg-type]
+    return App(name, store=store_url, encryption=encryption)
+
+
+@pytest_asyncio.fixture
+async def app(store_url: str) -> AsyncIterator[App]:
+    async with sealed_app(store_url) as opened:
+        yield opened
+
+
+def stored_blobs(store_url: str) -> bytes:
+    """Every column that holds event data, snapshots, timers or dead letters, raw."""
+    rows = raw_execute(store_url, "SELECT data FROM tidings_events")
+    rows += raw_execute(store_url, "SELECT state FROM tidings_snapshots")
+    rows += raw_execute(store_url, "SELECT envelope FROM tidings_timers")
+    rows += raw_execute(store_url, "SELECT envelope FROM tidings_dead_letters WHERE envelope IS NOT NULL")
+    return b"\n".join(bytes(row[0]) for row in rows)
+
+
+async def test_every_way_in_is_sealed_and_reads_back(store_url: str) -> None:
+    canary = f"canary-{uuid.uuid4().hex}"
+    clock = ManualClock()
+    app = App("secure", store=store_url, clock=clock, encryption=Encryption(master_key=master(1)))
+    got: list[str] = []
+
+    @app.subscribe("conformance.secret.*", group="readers")
+    async def read(event: Secret, ctx: Context) -> None:
+        got.append(event.text)
+        if event.text.endswith("timer"):
+            return
+        async with ctx.unit_of_work() as uow:
+            uow.schedule(
+                Secret(owner=event.owner, text=f"{canary}-timer"), at=clock.now() + timedelta(hours=1)
+            )
+
+    @app.subscribe("conformance.secret.*", group="refusers")
+    async def refuse(event: Secret, ctx: Context) -> None:
+        raise RuntimeError("refused")  # so its dead letters hold the envelopes
+
+    cart = Cart(unique("c"))
+    for n in range(60):  # past snapshot_every: a snapshot is taken
+        cart.add(f"{canary}-sku-{n}")
+    async with app:
+        await app.append(unique("s"), [Secret(owner="ann", text=f"{canary}-appended")])
+        await app.publish(Secret(owner="bob", text=f"{canary}-unkeyed"))
+        await app.publish(Secret(owner="cid", text=f"{canary}-keyed"), key=unique("k"))
+        await app.save(cart)
+        async with app.running(**RUN):
+            await eventually(lambda: len(got) == 3)
+
+            async def timers_set() -> bool:
+                rows = raw_execute(store_url, "SELECT count(*) FROM tidings_timers")
+                return bool(rows[0][0] == 3)
+
+            await eventually(timers_set)
+            blobs_with_timers = stored_blobs(store_url)
+            clock.advance(timedelta(hours=2))
+            await eventually(lambda: len(got) == 6)
+            await eventually(lambda: _letters(app, 6))
+        loaded = await app.load(Cart, cart.id)
+    assert sorted(got) == sorted(
+        [f"{canary}-{how}" for how in ("appended", "unkeyed", "keyed")] + [f"{canary}-timer"] * 3
+    )
+    assert loaded.items == {f"{canary}-sku-{n}": 1 for n in range(60)}
+    assert raw_execute(store_url, "SELECT count(*) FROM tidings_snapshots")[0][0] == 1
+    blobs = stored_blobs(store_url) + blobs_with_timers
+    assert blobs.count(b"sku-") == 0 and blobs.count(canary.encode()) == 0
+    sealed = raw_execute(store_url, "SELECT count(*) FROM tidings_events WHERE topic LIKE ?", "conformance.%")
+    assert sealed[0][0] >= 66
+
+
+async def _letters(app: App, count: int, group: str = "refusers") -> bool:
+    return len(await app.dead_letters(group)) >= count
+
+
+async def test_without_the_master_key_events_are_undecryptable_not_garbage(store_url: str) -> None:
+    stream = unique("s")
+    async with sealed_app(store_url) as app:
+        await app.append(stream, [Secret(owner="ann", text="hidden")])
+    async with App("plain", store=store_url, encryption=False) as plain:
+        with pytest.raises(Undecryptable, match="no master key"):
+            await plain.read_stream(stream)
+    async with sealed_app(store_url, 9) as other:  # a master key that did not wrap it
+        with pytest.raises(Undecryptable, match="version 1"):
+            await other.read_stream(stream)
+
+
+async def test_altered_or_swapped_data_is_dead_lettered_as_undecryptable(store_url: str) -> None:
+    key = unique("k")
+    app = sealed_app(store_url)
+    got: list[str] = []
+
+    @app.subscribe("conformance.secret.*", group="readers")
+    async def read(event: Secret, ctx: Context) -> None:
+        got.append(event.text)
+
+    texts = ["ciphertext", "tag", "nonce", "header", "swap-a", "swap-b", "intact"]
+    async with app:
+        records = [await app.publish(Secret(owner=key, text=t), key=key) for t in texts]
+        ids = [r.envelope.id for r in records]
+        data = {
+            i: bytes(raw_execute(store_url, "SELECT data FROM tidings_events WHERE id = ?", i)[0][0])
+            for i in ids
+        }
+        nonce_at = len(read_header(data[ids[2]], "test").raw)
+        changed = {
+            ids[0]: _flip(data[ids[0]], len(data[ids[0]]) - 20),  # in the ciphertext
+            ids[1]: _flip(data[ids[1]], len(data[ids[1]]) - 1),  # in the tag
+            ids[2]: _flip(data[ids[2]], nonce_at + 3),  # in the nonce
+            ids[3]: _flip(data[ids[3]], 16),  # in the header: the stream version it claims
+            ids[4]: data[ids[5]],  # two rows' data swapped
+            ids[5]: data[ids[4]],
+        }
+        for event_id, blob in changed.items():
+            raw_execute(store_url, "UPDATE tidings_events SET data = ? WHERE id = ?", blob, event_id)
+        with pytest.raises(IntegrityError):
+            await app.read_stream(key)  # the hash chain, checked on every stream read, breaks first
+        async with app.running(**RUN):
+            await eventually(lambda: len(got) >= 1)
+            assert got == ["intact"], got
+            await eventually(lambda: _letters(app, 6, "readers"))
+            letters = await app.dead_letters("readers")
+    assert sorted(letter.event_id or "" for letter in letters) == sorted(ids[:6])
+    assert {letter.reason for letter in letters} == {"undecryptable"}
+    errors = {letter.event_id: letter.error for letter in letters}
+    assert all("integrity check failed" in errors[i] for i in ids[:3])
+    assert all("moved or swapped" in errors[i] for i in ids[3:6])
+
+
+def _flip(blob: bytes, at: int) -> bytes:
+    return blob[:at] + bytes([blob[at] ^ 0x01]) + blob[at + 1 :]
+
+
+async def test_rotation_rewraps_keys_and_leaves_event_data_alone(store_url: str) -> None:
+    streams = [unique("s") for _ in range(5)]
+    async with sealed_app(store_url, 1) as app:
+        for stream in streams:
+            await app.append(stream, [Secret(owner=stream, text="before rotation")])
+    before = raw_execute(store_url, "SELECT id, data FROM tidings_events ORDER BY position")
+    async with sealed_app(store_url, 1, 2) as app:
+        rotation = await app.rotate_keys()
+        assert (rotation.master_version, rotation.rewrapped) == (2, 5)
+        assert (await app.rotate_keys()).rewrapped == 0  # nothing left to do
+        await app.append(streams[0], [Secret(owner=streams[0], text="after rotation")])
+    assert raw_execute(store_url, "SELECT id, data FROM tidings_events ORDER BY position")[:5] == before
+    assert {row[0] for row in raw_execute(store_url, "SELECT master_version FROM tidings_keys")} == {2}
+    async with sealed_app(store_url, 2) as app:  # the old master key version is gone
+        texts = [s.event.text for stream in streams for s in await app.read_stream(stream)]  # type: ignore[attr-defined]
+    assert texts == ["before rotation", "after rotation"] + ["before rotation"] * 4
+
+
+async def test_a_data_key_is_replaced_after_its_use_limit(store_url: str) -> None:
+    stream = unique("s")
+    async with sealed_app(store_url, rotate_after=4) as app:
+        for n in range(10):
+            await app.append(stream, [Secret(owner=stream, text=f"n{n}")])
+    versions = raw_execute(store_url, "SELECT version, uses FROM tidings_keys WHERE scope = ?", stream)
+    assert len(versions) >= 3 and all(uses <= 4 for _, uses in versions)
+    async with sealed_app(store_url) as app:  # a new process: loads every version
+        assert [s.event.text for s in await app.read_stream(stream)] == [f"n{n}" for n in range(10)]  # type: ignore[attr-defined]
+
+
+class Owners(Projection):
+    name = "conformance_owners"
+    pattern = "conformance.secret.*"
+
+    async def handle(self, stored: object, view: View) -> None:
+        event = stored.event  # type: ignore[attr-defined]
+        await view.put(event.owner, {"text": event.text})
+
+
+async def test_shredding_erases_a_scope_and_everything_still_rebuilds(store_url: str) -> None:
+    cart, kept = Cart(unique("c")), Cart(unique("c"))
+    for n in range(60):
+        cart.add(f"secret-{n}")
+    kept.add("plain")
+    gone, other = unique("ann"), unique("bob")
+    app = sealed_app(store_url)
+    got: list[Event] = []
+
+    @app.subscribe("conformance.secret.*", group="late")
+    async def late(event: Secret, ctx: Context) -> None:
+        got.append(event)
+
+    async with app:
+        await app.save(cart)
+        await app.save(kept)
+        await app.publish(Secret(owner=gone, text="to forget"), key=gone)
+        await app.publish(Secret(owner=other, text="to keep"), key=other)
+        await app.project(Owners())
+        wrapped = raw_execute(store_url, "SELECT wrapped FROM tidings_keys WHERE scope = ?", gone)[0][0]
+        assert await app.shred(gone) == 1
+        assert await app.shred(Cart.stream_of(cart.id)) == 1
+        assert raw_execute(store_url, "SELECT wrapped FROM tidings_keys WHERE scope = ?", gone) == [(None,)]
+        if store_url.startswith("sqlite"):  # while the store is open, its write-ahead log too
+            path = Path(store_url.removeprefix("sqlite:///"))
+            files = [path, path.with_name(path.name + "-wal")]
+            assert bytes(wrapped) not in b"".join(p.read_bytes() for p in files if p.exists())
+        erased = await app.read_stream(gone)
+        assert [(s.version, s.envelope.id, s.envelope.topic) for s in erased] == [
+            (1, erased[0].envelope.id, "conformance.secret.noted")
+        ]
+        assert erased[0].event == Erased(erased_type="conformance.Secret")
+        loaded = await app.load(Cart, cart.id)  # the snapshot is unreadable: replayed, all erased
+        assert (loaded.items, loaded.version) == ({}, 60)
+        assert (await app.load(Cart, kept.id)).items == {"plain": 1}
+        assert await app.rebuild(Owners()) >= 2
+        assert await app.read_model(Owners(), other, dict) == {"text": "to keep"}
+        assert await app.read_model(Owners(), gone, dict) is None
+        async with app.running(**RUN):
+            await eventually(lambda: len(got) == 1)
+            await asyncio.sleep(0.3)
+        assert [e.text for e in got] == ["to keep"]  # type: ignore[attr-defined]
+    async with sealed_app(store_url) as fresh:  # another process: the key is gone there too
+        assert (await fresh.read_stream(gone))[0].event == Erased(erased_type="conformance.Secret")
+
+
+async def test_sealed_envelopes_are_marked_and_keep_their_metadata(app: App) -> None:
+    key = unique("k")
+    record = await app.publish(Ping(key=key, n=1), key=key, ttl=timedelta(minutes=1))
+    query = "SELECT topic, correlation_id FROM tidings_events WHERE id = ?"
+    (row,) = raw_execute(app.store_url, query, record.envelope.id)
+    assert row == ("conformance.bus.ping", record.envelope.id)  # routing metadata stays clear
+    (stored,) = await app.read_stream(key)
+    assert stored.envelope.datacontenttype == SEALED and stored.envelope.expirytime is not None
+    assert stored.event == Ping(key=key, n=1)

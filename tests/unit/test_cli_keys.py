@@ -1,0 +1,107 @@
+"""``tidings keys`` and the CLI on an encrypted store, against real SQLite files."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import sqlite3
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+import tidings
+from tests.unit.test_cli import tidings_cli
+from tidings.cli import app
+from tidings.runtime.encryption import Encryption
+from tidings.runtime.master_key import ENV_KEY, ENV_KEY_FILE, LocalMasterKey
+
+
+class KeyNoted(tidings.Event, topic="clitest.key.noted", type="CliTestKeyNoted"):
+    text: str
+
+
+@pytest.fixture(autouse=True)
+def _no_key_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(ENV_KEY, raising=False)
+    monkeypatch.delenv(ENV_KEY_FILE, raising=False)
+    monkeypatch.delenv("TIDINGS_STORE", raising=False)
+
+
+@pytest.fixture
+def key_file(tmp_path: Path) -> Path:
+    path = tmp_path / "master.key"
+    result = tidings_cli("keys", "init", str(path))
+    assert result.exit_code == 0, result.output
+    return path
+
+
+def write(url: str, key_file: Path, entries: list[tuple[str, str]]) -> None:
+    async def append() -> None:
+        master = LocalMasterKey.from_file(key_file)
+        async with tidings.App("cli-keys", store=url, encryption=Encryption(master_key=master)) as app:
+            for stream, text in entries:
+                await app.append(stream, [KeyNoted(text=text)])
+
+    asyncio.run(append())
+
+
+def test_init_writes_an_owner_only_key_file_and_never_prints_it(tmp_path: Path) -> None:
+    path = tmp_path / "master.key"
+    result = tidings_cli("keys", "init", str(path))
+    assert result.exit_code == 0 and path.stat().st_mode & 0o777 == 0o600
+    version, key = path.read_text().strip().split(":")
+    assert version == "1" and len(base64.b64decode(key)) == 32
+    assert key not in result.output
+    again = tidings_cli("keys", "init", str(path))
+    assert again.exit_code == 2 and "never overwritten" in again.output
+    assert path.read_text().strip() == f"1:{key}"
+
+
+def test_a_key_file_others_may_read_is_refused(key_file: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    write(url, key_file, [("note-1", "one")])
+    key_file.chmod(0o644)
+    for command in (["events", "note-1"], ["keys", "rotate"]):
+        result = tidings_cli(*command, "--store", url, env={ENV_KEY_FILE: str(key_file)})
+        assert result.exit_code == 2 and "chmod 600" in result.output, result.output
+        assert key_file.read_text().split(":")[1].strip() not in result.output
+
+
+def test_events_show_opened_with_the_key_and_sealed_without(key_file: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    write(url, key_file, [("note-1", "visible with the key")])
+    with_key = tidings_cli("events", "note-1", "--store", url, env={ENV_KEY_FILE: str(key_file)})
+    assert "visible with the key" in with_key.output
+    without = tidings_cli("events", "note-1", "--store", url)
+    assert "visible" not in without.output and "application/vnd.tidings.sealed" in without.output
+
+
+def test_list_rotate_and_shred(key_file: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    write(url, key_file, [("note-1", "one"), ("note-2", "two")])
+    env: dict[str, str | None] = {ENV_KEY_FILE: str(key_file)}
+    listed = tidings_cli("keys", "list", "--store", url, env=env)
+    assert listed.exit_code == 0 and "note-1" in listed.output and "note-2" in listed.output
+    wrapped = sqlite3.connect(f"{tmp_path}/x.db").execute("SELECT wrapped FROM tidings_keys").fetchall()
+    assert all(base64.b64encode(w).decode() not in listed.output for (w,) in wrapped)
+
+    rotated = tidings_cli("keys", "rotate", "--store", url, env=env)
+    assert rotated.exit_code == 0, rotated.output
+    assert "master key version 2: 2 data keys rewrapped" in rotated.output
+    assert [line.split(":")[0] for line in key_file.read_text().split()] == ["1", "2"]
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    assert (
+        "visible" not in rotated.output
+        and "one" in tidings_cli("events", "note-1", "--store", url, env=env).output
+    )
+
+    shredded = tidings_cli("keys", "shred", "note-1", "--yes", "--store", url, env=env)
+    assert shredded.exit_code == 0 and "shredded 1" in shredded.output
+    assert "<erased" in tidings_cli("events", "note-1", "--store", url, env=env).output
+    assert "two" in tidings_cli("events", "note-2", "--store", url, env=env).output
+    again = tidings_cli("keys", "shred", "note-1", "--yes", "--store", url, env=env)
+    assert again.exit_code == 2 and "no live data key" in again.output
+    declined = CliRunner().invoke(app, ["keys", "shred", "note-2", "--store", url], input="n\n", env=env)
+    assert declined.exit_code == 1
+    assert "two" in tidings_cli("events", "note-2", "--store", url, env=env).output
