@@ -1,18 +1,24 @@
 """NATS over mutual TLS against a nats-server that requires it (certificates from ``tidings
 certs dev``): the right CA and a client certificate connect; plaintext, another CA, a missing
-client certificate and a certificate for another host are refused with clear errors."""
+client certificate, a certificate for another host and expired certificates (the server's, the
+client's) are refused with clear errors."""
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tidings.cli.certs import DevCertificates, make_dev_certificates
+from tidings.cli.certs import DEFAULT_HOSTS, DevCertificates, issue_certificate, make_dev_certificates
 from tidings.errors import BackendUnavailable
 from tidings.runtime.app import App
 from tidings.testing.nats import NatsServer, nats_servers
+
+# A validity window that ended yesterday.
+BEGAN = datetime.datetime.now(datetime.UTC) - datetime.timedelta(days=30)
+ENDED = BEGAN + datetime.timedelta(days=29)
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +52,8 @@ async def test_the_right_ca_and_a_client_certificate_connect(
 
 
 async def test_plaintext_is_refused(tmp_path: Path, tls_server: NatsServer) -> None:
-    with pytest.raises(BackendUnavailable, match=r"NATS at nats://127\.0\.0\.1"):
+    # The client upgrades to TLS when the server demands it, verifying it with the system's CAs.
+    with pytest.raises(BackendUnavailable, match=r"NATS at nats://127\.0\.0\.1.*the server requires TLS"):
         await _open(tmp_path, _url(tls_server, scheme="nats"))
 
 
@@ -74,3 +81,28 @@ async def test_a_certificate_for_another_host_is_refused(
         bus = _url(server, tls_ca=elsewhere.ca, tls_cert=elsewhere.client, tls_key=elsewhere.client_key)
         with pytest.raises(BackendUnavailable, match=r"(?i)hostname|match|certificate"):
             await _open(tmp_path, bus)
+
+
+async def test_an_expired_server_certificate_is_refused(
+    tmp_path: Path, certificates: DevCertificates
+) -> None:
+    expired, key = issue_certificate(
+        certificates, "expired-server", hosts=DEFAULT_HOSTS, not_before=BEGAN, not_after=ENDED
+    )
+    with nats_servers(1, tls=(expired, key, certificates.ca)) as (server,):
+        bus = _url(
+            server, tls_ca=certificates.ca, tls_cert=certificates.client, tls_key=certificates.client_key
+        )
+        with pytest.raises(BackendUnavailable, match=r"certificate verify failed: certificate has expired"):
+            await _open(tmp_path, bus)
+
+
+async def test_an_expired_client_certificate_is_refused(
+    tmp_path: Path, tls_server: NatsServer, certificates: DevCertificates
+) -> None:
+    expired, key = issue_certificate(certificates, "expired-client", not_before=BEGAN, not_after=ENDED)
+    bus = _url(tls_server, tls_ca=certificates.ca, tls_cert=expired, tls_key=key)
+    # nats-server refuses it with a TLS alert, which may reach the client only after a write of
+    # its own failed: the error names the alert, not the broken pipe.
+    with pytest.raises(BackendUnavailable, match=r"alert certificate expired"):
+        await _open(tmp_path, bus)

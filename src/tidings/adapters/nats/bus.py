@@ -52,6 +52,18 @@ PARTITIONS_KEY = "tidings_partitions"  # in each stream's metadata: the log's pa
 LOG_KEY = "tidings_log"  # and the id of the log it carries
 #: What a broker error is, as far as the bus is concerned: the server is not there for us.
 DRIVER_ERRORS = (NatsError, JetStreamError, OSError, TimeoutError)
+_ERRORS_KEPT = 20  # of a first connection that failed, the last errors the client reported
+
+
+def _telling(errors: Sequence[Exception]) -> Exception:
+    """The error that says why a first connection failed: the last TLS error if there was one.
+
+    A server that refuses a client certificate (expired, unknown CA) sends an alert after the
+    client's side of the handshake is done, and the client may meet a broken pipe on its next
+    write before it reads the alert: the alert is the reason, the broken pipe its echo.
+    """
+    refusals: list[Exception] = [error for error in errors if isinstance(error, ssl.SSLError)]
+    return (refusals or list(errors))[-1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,14 +156,15 @@ class NatsBus:
         self.partitions, self.log_id = log.partitions, log.log_id
         # The client reconnects forever once connected; the first connection has a deadline (a
         # server it cannot talk to, such as one that wants TLS, would be retried forever), and
-        # the last error the client met says why it failed.
+        # the errors the client met say why it failed.
         seen: list[Exception] = []
 
         async def note(error: Exception) -> None:
-            seen[:] = [error]
+            seen.append(error)
+            del seen[:-_ERRORS_KEPT]
 
+        tls = self.settings.tls_context()
         try:
-            tls = self.settings.tls_context()
             client = self._client = await asyncio.wait_for(
                 nats.connect(
                     servers=list(self.settings.servers),
@@ -169,8 +182,13 @@ class NatsBus:
             self._inbox = await Inbox.open(client)
         except DRIVER_ERRORS as exc:
             await self.close()
-            cause = seen[0] if isinstance(exc, TimeoutError) and seen else exc
-            raise BackendUnavailable(f"NATS at {self.url}: {type(cause).__name__}: {cause}") from None
+            cause = _telling(seen) if isinstance(exc, TimeoutError) and seen else exc
+            hint = ""
+            if isinstance(cause, ssl.SSLError) and tls is None:
+                # The client upgrades to TLS by itself when the server demands it, and then
+                # verifies the server against the system's CAs only.
+                hint = " (the server requires TLS: give tls_ca, and tls_cert with tls_key if it asks)"
+            raise BackendUnavailable(f"NATS at {self.url}: {type(cause).__name__}: {cause}{hint}") from None
         except ConfigurationError:
             await self.close()
             raise

@@ -15,7 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 import psycopg_pool
 
-from tidings.adapters.postgres import schema, steps
+from tidings.adapters.postgres import schema, steps, tls
 from tidings.adapters.sql.common import (
     DEFAULT_PARTITIONS,
     Partitioner,
@@ -131,7 +131,9 @@ class PostgresStore:
             ) as connection:
                 await self._create_schema(connection)
         except psycopg.Error as exc:
-            raise self._translate(exc) from None
+            # libpq does not say why a certificate was refused: the TLS module asks once more.
+            message = await asyncio.to_thread(tls.explain_refusal, self.settings.conninfo, self._message(exc))
+            raise BackendUnavailable(f"PostgreSQL at {self.url}: {message}") from None
         pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] = (
             psycopg_pool.AsyncConnectionPool(
                 self.settings.conninfo,
@@ -189,10 +191,12 @@ class PostgresStore:
         ready = await cursor.fetchone()
         return bool(ready and ready[0])
 
-    def _translate(self, exc: psycopg.Error) -> TidingsError:
+    def _message(self, exc: psycopg.Error) -> str:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        message = message.replace(self.settings.conninfo, self.url)
-        return BackendUnavailable(f"PostgreSQL at {self.url}: {message}")
+        return message.replace(self.settings.conninfo, self.url)
+
+    def _translate(self, exc: psycopg.Error) -> TidingsError:
+        return BackendUnavailable(f"PostgreSQL at {self.url}: {self._message(exc)}")
 
     @asynccontextmanager
     async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
