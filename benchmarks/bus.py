@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import contextlib
 import os
 import statistics
@@ -28,6 +29,8 @@ from rich.table import Table
 import tidings
 from benchmarks import peers
 from benchmarks.store import DEFAULT_POSTGRES, drop_database, throwaway_database
+from tidings.runtime.encryption import Encryption
+from tidings.runtime.master_key import LocalMasterKey
 from tidings.testing.nats import nats_servers
 
 
@@ -42,12 +45,22 @@ def tick(n: int, run: str = "") -> Tick:
     return Tick(key=f"k{n % 16}", n=n, note=(run + "x" * 160)[:160])
 
 
-async def end_to_end(url: str, count: int, *, with_unit: bool, bus: str | None = None) -> float:
+#: One master key for the rows with encryption (the latency producer gets it by environment).
+MASTER_KEY = base64.b64encode(os.urandom(32)).decode()
+
+
+def encryption(on: bool) -> Encryption | bool:
+    return Encryption(master_key=LocalMasterKey.parse(MASTER_KEY, "benchmark key")) if on else False
+
+
+async def end_to_end(
+    url: str, count: int, *, with_unit: bool, bus: str | None = None, sealed: bool = False
+) -> float:
     """Events per second through one group, from the first publish to the last handled: a
     producer appends ``count`` events (500 per call, each call a stream of its own) while the
     group consumes them (in distributed mode, through the relay and JetStream)."""
-    producer = tidings.App("bench-producer", store=url)
-    consumer = tidings.App("bench-consumer", store=url, bus=bus)
+    producer = tidings.App("bench-producer", store=url, encryption=encryption(sealed))
+    consumer = tidings.App("bench-consumer", store=url, bus=bus, encryption=encryption(sealed))
     done = asyncio.Event()
     handled = 0
     run = f"run{time.monotonic_ns()}:"
@@ -90,10 +103,12 @@ asyncio.run(main(sys.argv[1], int(sys.argv[2]), int(sys.argv[3])))
 """
 
 
-async def latency(url: str, seconds: float, rate: int, bus: str | None = None) -> tuple[float, float]:
+async def latency(
+    url: str, seconds: float, rate: int, bus: str | None = None, sealed: bool = False
+) -> tuple[float, float]:
     """p50 and p99 of publish -> handler latency, in ms, at a steady ``rate`` per second, the
     producer being another process (as it would be)."""
-    consumer = tidings.App("bench-consumer", store=url, bus=bus)
+    consumer = tidings.App("bench-consumer", store=url, bus=bus, encryption=encryption(sealed))
     delays: list[float] = []
     total = int(seconds * rate)
     done = asyncio.Event()
@@ -108,8 +123,11 @@ async def latency(url: str, seconds: float, rate: int, bus: str | None = None) -
 
     async with consumer, consumer.running(lease_ttl=5.0):
         await asyncio.sleep(0.5)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TIDINGS_MASTER_KEY")}
+        if sealed:
+            env["TIDINGS_MASTER_KEY"] = MASTER_KEY
         producer = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", PRODUCER, url, str(total), str(rate), cwd=Path(__file__).parents[1]
+            sys.executable, "-c", PRODUCER, url, str(total), str(rate), cwd=Path(__file__).parents[1], env=env
         )
         await producer.wait()
         with contextlib.suppress(TimeoutError):
@@ -119,13 +137,17 @@ async def latency(url: str, seconds: float, rate: int, bus: str | None = None) -
 
 
 async def rows_for(
-    urls: tuple[str, str], count: int, seconds: float, buses: tuple[str | None, str | None] = (None, None)
+    urls: tuple[str, str],
+    count: int,
+    seconds: float,
+    buses: tuple[str | None, str | None] = (None, None),
+    sealed: bool = False,
 ) -> list[str]:
     """The throughput rows on one store, the latency row on a fresh one (no backlog to replay);
     in distributed mode each store has streams of its own."""
-    transport = await end_to_end(urls[0], count, with_unit=False, bus=buses[0])
-    runtime = await end_to_end(urls[0], count, with_unit=True, bus=buses[0])
-    p50, p99 = await latency(urls[1], seconds, 1000, bus=buses[1])
+    transport = await end_to_end(urls[0], count, with_unit=False, bus=buses[0], sealed=sealed)
+    runtime = await end_to_end(urls[0], count, with_unit=True, bus=buses[0], sealed=sealed)
+    p50, p99 = await latency(urls[1], seconds, 1000, bus=buses[1], sealed=sealed)
     return [f"{transport:,.0f}", f"{runtime:,.0f}", f"{p50:.1f}", f"{p99:.1f}"]
 
 
@@ -137,9 +159,11 @@ async def main_async(quick: bool, postgres: str) -> None:
     table = Table(title=title)
     for column in ("bus", "transport ev/s", "full runtime ev/s", "latency p50 ms", "latency p99 ms"):
         table.add_column(column, justify="right")
-    with tempfile.TemporaryDirectory() as directory:
-        files = (f"sqlite:///{Path(directory) / 'bus.db'}", f"sqlite:///{Path(directory) / 'latency.db'}")
-        table.add_row("SQLite log", *await rows_for(files, count, seconds))
+    for sealed in (False, True):
+        with tempfile.TemporaryDirectory() as directory:
+            files = (f"sqlite:///{Path(directory) / 'bus.db'}", f"sqlite:///{Path(directory) / 'latency.db'}")
+            name = "SQLite log" + (", encrypted" if sealed else "")
+            table.add_row(name, *await rows_for(files, count, seconds, sealed=sealed))
     try:
         first, first_url, _ = throwaway_database(postgres)
         second, second_url, _ = throwaway_database(postgres)
@@ -150,14 +174,20 @@ async def main_async(quick: bool, postgres: str) -> None:
     try:
         table.add_row("PostgreSQL log", *await rows_for((first_url, second_url), count, seconds))
         with nats_servers(1) as (server,):
-            buses = (f"{server.url}?stream=BENCH&prefix=bench", f"{server.url}?stream=LATENCY&prefix=latency")
-            clean = await asyncio.gather(*(_fresh(postgres) for _ in range(2)))
-            try:
-                urls = (clean[0][1], clean[1][1])
-                table.add_row("PostgreSQL + JetStream", *await rows_for(urls, count, seconds, buses))
-            finally:
-                for name, _ in clean:
-                    drop_database(postgres, name)
+            for sealed in (False, True):
+                tag = "S" if sealed else ""
+                buses = (
+                    f"{server.url}?stream=BENCH{tag}&prefix=bench{tag}",
+                    f"{server.url}?stream=LATENCY{tag}&prefix=latency{tag}",
+                )
+                clean = await asyncio.gather(*(_fresh(postgres) for _ in range(2)))
+                try:
+                    urls = (clean[0][1], clean[1][1])
+                    name = "PostgreSQL + JetStream" + (", encrypted" if sealed else "")
+                    table.add_row(name, *await rows_for(urls, count, seconds, buses, sealed=sealed))
+                finally:
+                    for database, _ in clean:
+                        drop_database(postgres, database)
             raw = await peers.raw_nats(server.url, count, "1")
             fast = await peers.faststream(server.url, count, "1")
             table.add_row("raw nats-py (transport)", f"{raw:,.0f}", "-", "-", "-")

@@ -159,7 +159,8 @@ class Codec:
         with _Decoding(envelope):
             fields = self._decode_untyped(envelope)
         if not isinstance(fields, dict):
-            raise MalformedEvent(f"event {envelope.id}: data must be an object, got {fields!r:.40}")
+            # The type, never the value: error texts reach logs and dead letters, data must not.
+            raise MalformedEvent(f"event {envelope.id}: data must be an object, got {type(fields).__name__}")
         for version in range(stored, current):
             upcaster = cls.__event_upcasters__.get(version)
             if upcaster is None:

@@ -37,9 +37,11 @@ def _in_ci() -> bool:
 @pytest.fixture(autouse=True)
 def _no_store_override(monkeypatch: pytest.MonkeyPatch) -> None:
     """``TIDINGS_STORE`` and ``TIDINGS_BUS`` override every App's: a test must not follow them
-    to real ones."""
+    to real ones. A master key in the environment would switch encryption on everywhere."""
     monkeypatch.delenv("TIDINGS_STORE", raising=False)
     monkeypatch.delenv("TIDINGS_BUS", raising=False)
+    monkeypatch.delenv("TIDINGS_MASTER_KEY", raising=False)  # encryption only where a test asks
+    monkeypatch.delenv("TIDINGS_MASTER_KEY_FILE", raising=False)
 
 
 @pytest.fixture(scope="session")
