@@ -32,7 +32,7 @@ from tidings.domain.events import Erased, Event
 from tidings.domain.topics import AnyOf, Pattern
 from tidings.errors import BackendUnavailable, ConcurrencyError, MalformedEvent
 from tidings.ports import DeadLetter, Log, StoreTransaction
-from tidings.runtime.crypto import Undecryptable
+from tidings.runtime.crypto import SEALED, Undecryptable
 from tidings.runtime.deadlines import lateness
 from tidings.runtime.leasing import LeaseLost, PartitionMember
 from tidings.runtime.retries import Retry
@@ -458,6 +458,9 @@ class GroupConsumer(PartitionMember):
                 await self.log.set_dead_letter_state([letter.id], "dead")
                 continue
             envelope = from_structured(letter.envelope, max_size=self.app.codec.max_size)
+            if self.app.keys is not None and envelope.datacontenttype == SEALED:
+                await self.app.keys.load([envelope.data])
+            # Version 0: a dead letter does not record it (sealed data is checked by stream only).
             record = RecordedEvent(envelope, letter.stream or "", 0, letter.position or 0)
             handled = False
             with contextlib.suppress(ConcurrencyError):

@@ -115,6 +115,24 @@ class KeyRing:
         for scope, count in wanted.items():
             await self.make_room(tx, scope, count, staged)
 
+    def room_in_memory(self, stream: str, envelopes: Sequence[Envelope], staged: dict[str, Reserved]) -> bool:
+        """Stage keys for ``envelopes`` if this process has room reserved already (no I/O, so an
+        append can go straight to the store); False leaves ``staged`` as it was."""
+        wanted: dict[str, int] = {}
+        for envelope in envelopes:
+            if envelope.datacontenttype == SEALED:
+                return False
+            scope = self.scope_of(stream, envelope)
+            wanted[scope] = wanted.get(scope, 0) + 1
+        reserved = [(scope, self._reserved.get(scope), count) for scope, count in wanted.items()]
+        if any(key is None or key.remaining < count for _, key, count in reserved):
+            return False
+        for scope, key, count in reserved:
+            if key is not None:
+                key.remaining -= count
+                staged[scope] = key
+        return True
+
     async def make_room(
         self, tx: StoreTransaction, scope: str, count: int, staged: dict[str, Reserved]
     ) -> Reserved:
@@ -253,8 +271,10 @@ class KeyRing:
         header = crypto.read_header(envelope.data, what)
         if header.kind is Kind.PENDING:
             return self.open_pending(envelope)
+        # Version 0 or None: not known where it was read (a dead letter's copy); the id, type and
+        # schema in the associated data still tie the data to its event.
         if header.kind is not Kind.EVENT or (
-            stream is not None and (header.stream != stream or header.version != version)
+            stream is not None and (header.stream != stream or (version and header.version != version))
         ):
             raise Undecryptable(
                 f"{what}: found in stream {stream!r} at version {version}, but it was sealed for "

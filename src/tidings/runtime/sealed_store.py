@@ -94,6 +94,10 @@ class SealedStore(SealedLog):
         expected_version: ExpectedVersion = ANY,
         seal: Sealer | None = None,
     ) -> list[RecordedEvent]:
+        staged: dict[str, Reserved] = {}
+        if self._keys.room_in_memory(stream, envelopes, staged):  # the common case: one trip
+            sealer = self._keys.sealer(staged)
+            return await self._inner.append(stream, envelopes, expected_version=expected_version, seal=sealer)
         async with self.transaction() as tx:
             return await tx.append(stream, envelopes, expected_version=expected_version)
 

@@ -119,6 +119,28 @@ async def _letters(app: App, count: int, group: str = "refusers") -> bool:
     return len(await app.dead_letters(group)) >= count
 
 
+async def test_a_sealed_dead_letter_is_redriven(store_url: str) -> None:
+    app = sealed_app(store_url)
+    got: list[str] = []
+    failing = True
+
+    @app.subscribe("conformance.secret.*", group="flaky")
+    async def flaky(event: Secret, ctx: Context) -> None:
+        if failing:
+            raise RuntimeError("not yet")
+        got.append(event.text)
+
+    key = unique("k")
+    async with app, app.running(**RUN):
+        await app.publish(Secret(owner=key, text="second chance"), key=key)
+        await eventually(lambda: _letters(app, 1, "flaky"))
+        (letter,) = await app.dead_letters("flaky")
+        assert letter.envelope is not None and b"second chance" not in letter.envelope
+        failing = False
+        await app.redrive([letter.id])
+        await eventually(lambda: got == ["second chance"])
+
+
 async def test_without_the_master_key_events_are_undecryptable_not_garbage(store_url: str) -> None:
     stream = unique("s")
     async with sealed_app(store_url) as app:
