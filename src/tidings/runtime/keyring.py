@@ -40,6 +40,9 @@ ROTATE_AFTER: Final = 2**30
 RESERVE: Final = 16_384
 #: How long a process trusts a loaded key before it looks again (a shred elsewhere shows then).
 REFRESH_SECONDS: Final = 60.0
+#: Scopes whose keys a process keeps in memory; with a scope per stream a long-running consumer
+#: meets millions, so the oldest half goes when there are more (they load again when needed).
+CACHED_SCOPES: Final = 100_000
 
 ScopeOf = Callable[[str], str]
 
@@ -81,7 +84,7 @@ class KeyRing:
         self._rotate_after = rotate_after
         self._reserve = min(reserve, rotate_after)
         self._now = clock
-        self._ciphers: dict[tuple[str, int], AESGCM | None] = {}  # None: shredded
+        self._ciphers: dict[str, dict[int, AESGCM | None]] = {}  # by scope, version; None: shredded
         self._loaded_at: dict[str, float] = {}
         self._reserved: dict[str, Reserved] = {}
 
@@ -165,7 +168,7 @@ class KeyRing:
         if stored.wrapped != wrapped:  # another process made this version first: use theirs
             return await self._reserve_in(tx, scope, count)
         cipher = AESGCM(key)
-        self._ciphers[(scope, version)] = cipher
+        self._ciphers.setdefault(scope, {})[version] = cipher
         return Reserved(version, cipher, block)
 
     def adopt(self, staged: dict[str, Reserved]) -> None:
@@ -224,6 +227,8 @@ class KeyRing:
 
     async def load(self, blobs: Iterable[bytes]) -> None:
         """Load (unwrap) the keys that these sealed blobs name, unless known and fresh."""
+        if len(self._loaded_at) > CACHED_SCOPES:
+            self._evict_oldest_half()
         now = time.monotonic()
         missing: set[str] = set()
         for blob in blobs:
@@ -231,7 +236,7 @@ class KeyRing:
                 header = crypto.read_header(blob, "sealed data")
             except Undecryptable:
                 continue  # opening it will say so, with the event's name
-            known = (header.scope, header.key_version) in self._ciphers
+            known = header.key_version in self._ciphers.get(header.scope, {})
             if not known or now - self._loaded_at.get(header.scope, 0.0) > REFRESH_SECONDS:
                 missing.add(header.scope)
         if missing:
@@ -241,16 +246,17 @@ class KeyRing:
         wanted = sorted(set(scopes))
         now = time.monotonic()
         for record in await self._store.data_keys(wanted):
-            self._ciphers[(record.scope, record.version)] = (
+            self._ciphers.setdefault(record.scope, {})[record.version] = (
                 None if record.wrapped is None else await self._cipher_of(record)
             )
             if record.wrapped is None:
                 self._reserved.pop(record.scope, None)
         for scope in wanted:
+            self._loaded_at.pop(scope, None)  # to the end: the order is the eviction order
             self._loaded_at[scope] = now
 
     async def _cipher_of(self, record: DataKeyRecord) -> AESGCM:
-        known = self._ciphers.get((record.scope, record.version))
+        known = self._ciphers.get(record.scope, {}).get(record.version)
         if known is not None:
             return known
         if record.wrapped is None:
@@ -259,7 +265,7 @@ class KeyRing:
             record.master_version, record.wrapped, key_context(record.scope, record.version)
         )
         cipher = AESGCM(key)
-        self._ciphers[(record.scope, record.version)] = cipher
+        self._ciphers.setdefault(record.scope, {})[record.version] = cipher
         return cipher
 
     def open_event(
@@ -311,16 +317,23 @@ class KeyRing:
 
     def _cipher(self, header: Header, what: str) -> AESGCM | None:
         try:
-            return self._ciphers[(header.scope, header.key_version)]
+            return self._ciphers[header.scope][header.key_version]
         except KeyError:
             raise Undecryptable(
                 f"{what}: data key {header.key_version} of scope {header.scope!r} is not in this "
                 "store's keyring"
             ) from None
 
+    def _evict_oldest_half(self) -> None:
+        scopes = list(self._loaded_at)  # in the order they were loaded
+        for scope in scopes[: len(scopes) // 2]:
+            self.forget(scope)
+        if len(self._reserved) > CACHED_SCOPES:
+            for scope in list(self._reserved)[: len(self._reserved) // 2]:
+                del self._reserved[scope]
+
     def forget(self, scope: str) -> None:
         """Drop a scope's keys from memory (after shredding it here)."""
-        for known in [k for k in self._ciphers if k[0] == scope]:
-            del self._ciphers[known]
+        self._ciphers.pop(scope, None)
         self._reserved.pop(scope, None)
         self._loaded_at.pop(scope, None)

@@ -292,3 +292,18 @@ async def test_sealed_envelopes_are_marked_and_keep_their_metadata(app: App) -> 
     (stored,) = await app.read_stream(key)
     assert stored.envelope.datacontenttype == SEALED and stored.envelope.expirytime is not None
     assert stored.event == Ping(key=key, n=1)
+
+
+async def test_the_key_cache_stays_bounded(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tidings.runtime import keyring
+
+    monkeypatch.setattr(keyring, "CACHED_SCOPES", 4)
+    streams = [unique("s") for _ in range(12)]
+    async with sealed_app(store_url) as app:
+        for stream in streams:
+            await app.append(stream, [Secret(owner=stream, text=stream)])
+    async with sealed_app(store_url) as app:
+        for _ in range(2):  # the second round reloads what the first evicted
+            for stream in streams:
+                assert [s.event for s in await app.read_stream(stream)] == [Secret(owner=stream, text=stream)]
+        assert app.keys is not None and len(app.keys._loaded_at) <= 5
