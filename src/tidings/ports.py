@@ -68,8 +68,9 @@ class StoreTransaction(Protocol):
     async def add_data_key(self, record: DataKeyRecord) -> DataKeyRecord:
         """Store a new data key version unless that version exists; returns the stored one."""
 
-    async def reserve_data_key_uses(self, scope: str, version: int, count: int) -> int | None:
-        """Count ``count`` more encryptions with a key; the new total (None: shredded or absent)."""
+    async def reserve_data_key_uses(self, scope: str, version: int, count: int, limit: int) -> int | None:
+        """Count ``count`` more encryptions with a key unless that passes ``limit``; the new total
+        (None: over the limit, shredded or absent)."""
 
     async def get_document(self, collection: str, key: str) -> bytes | None: ...
 

@@ -4,10 +4,10 @@ JetStream."""
 import pytest
 
 from tidings.testing.conformance.sagas import *  # noqa: F403
-from tidings.testing.plugin import BUS_BACKENDS
+from tidings.testing.plugin import BUS_BACKENDS, SEALED
 
 
-@pytest.fixture(params=BUS_BACKENDS)
+@pytest.fixture(params=(*BUS_BACKENDS, SEALED))
 def backend(request: pytest.FixtureRequest) -> str:
     name: str = request.param
     return name

@@ -1,3 +1,13 @@
-"""Runs the timer part of the conformance suite on every store."""
+"""Runs the timers part of the conformance suite on every store, and on SQLite with
+encryption on."""
+
+import pytest
 
 from tidings.testing.conformance.timers import *  # noqa: F403
+from tidings.testing.plugin import BACKENDS, SEALED
+
+
+@pytest.fixture(params=(*BACKENDS, SEALED))
+def backend(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name

@@ -49,6 +49,10 @@ def use_keys(keys: KeyRing | None) -> None:
     _keys = keys
 
 
+def current_keys() -> KeyRing | None:
+    return _keys
+
+
 def data_text(envelope: Envelope) -> str:
     """The event's data as compact JSON, decoded generically (no event classes needed)."""
     if not envelope.data:

@@ -9,6 +9,7 @@ from rich.table import Table
 from rich.text import Text
 
 from tidings.cli.common import LimitOption, StoreOption, fail, run_with_store, stdout
+from tidings.cli.render import current_keys
 from tidings.domain.envelope import RecordedEvent, format_time
 from tidings.domain.events import Event
 from tidings.domain.saga import (
@@ -30,6 +31,7 @@ _STYLE = {"completed": "green", "compensated": "yellow", "stuck": "bold red", "r
 
 async def _instance(store: EventStore, stream: str) -> tuple[SagaInstance, list[tuple[RecordedEvent, Event]]]:
     codec = Codec(source="tidings-cli")
+    codec.keys = current_keys()  # opens sealed instances when a master key is configured
     instance = SagaInstance(stream.removeprefix(f"{SagaInstance.category}-"))
     history = []
     for record in await store.read_stream(stream):

@@ -88,6 +88,7 @@ class App:
         self.sagas: dict[str, SagaEngine] = {}
         self._store: EventStore | None = None
         self._log: Log | None = None
+        self._stored_log: Log | None = None
         self._bus: Bus | None = None
         self._feed: Log | None = None  # what consumer groups read: the bus's log, else the store's
         self._repository: Repository | None = None
@@ -108,9 +109,12 @@ class App:
         store: EventStore = raw
         if self.encryption is not None:
             self.keys = self.codec.keys = self.encryption.keyring(raw)
+            self.codec.plaintext_ok = self.encryption.accept_plaintext
             store = SealedStore(raw, self.keys)
         self._store = store
         self._log = store if isinstance(store, Log) else None
+        #: What the relay reads: the log as stored (it passes sealed data on without opening it).
+        self._stored_log = raw if isinstance(raw, Log) else None
         self._repository = Repository(store, self.codec)
         self.state = AppState.OPEN
         if self.bus_url:
@@ -410,7 +414,9 @@ class App:
             for s in self.subscriptions.values()
         ]
         if self._bus is not None:
-            members.append(Relay(self, self._bus, lease_ttl=lease_ttl, poll=poll))
+            members.append(
+                Relay(self, self._bus, self._stored_log or self.log, lease_ttl=lease_ttl, poll=poll)
+            )
         watchers = [asyncio.create_task(log.watch(self.notify)) for log in watched]
         tasks = [asyncio.create_task(member.run()) for member in members]
         timers = TimerWorker(self, poll=min(poll, 0.2)) if self.subscriptions else None

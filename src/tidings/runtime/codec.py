@@ -7,6 +7,7 @@ data stored under an older version is lifted by the class's upcasters, one versi
 
 from __future__ import annotations
 
+import re
 import typing
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -51,6 +52,9 @@ class Codec:
         self._fast: dict[str, tuple[msgspec.json.Decoder[Any], int]] = {}
         #: Opens sealed data (an App with encryption sets it); without it sealed data fails.
         self.keys: KeyRing | None = None
+        #: Whether data in the clear is read (an App with encryption refuses it unless told:
+        #: else anyone who can write a row could slip in a forged event).
+        self.plaintext_ok = True
 
     def encode(
         self,
@@ -106,6 +110,7 @@ class Codec:
         fast = self._fast.get(envelope.type)
         if (
             fast is not None
+            and self.plaintext_ok
             and envelope.schemaversion == fast[1]
             and envelope.datacontenttype == JSON
             and len(envelope.data) <= self.max_size
@@ -120,6 +125,12 @@ class Codec:
             if isinstance(opened, Erasure):
                 return Erased(erased_type=envelope.type)
             envelope = opened
+        elif not self.plaintext_ok:
+            raise Undecryptable(
+                f"event {envelope.id} ({envelope.type}) is stored in the clear, but this App reads "
+                "only sealed data: it was written without encryption, or behind tidings' back "
+                "(Encryption(accept_plaintext=True) reads events from before encryption was on)"
+            )
         return self._decode(envelope)
 
     def _open(self, envelope: Envelope, stream: str | None, version: int | None) -> Envelope | Erasure:
@@ -225,10 +236,16 @@ class Codec:
         return value if isinstance(value, dict) else {"value": value}
 
 
+_VALUE_QUOTED = re.compile(r"^(Invalid [a-z ]*value)\b.*?(?= - at `|$)")
+
+
 def _malformed(envelope: Envelope, exc: BaseException) -> MalformedEvent:
     what = f"event {envelope.id} ({envelope.type})"
     if isinstance(exc, msgspec.ValidationError):
-        return MalformedEvent(f"{what}: invalid data: {exc}")
+        # msgspec quotes the value of an invalid enum or literal: keep the reason and the path,
+        # never the value (error texts reach logs and dead letters).
+        reason = _VALUE_QUOTED.sub(r"\1", str(exc))
+        return MalformedEvent(f"{what}: invalid data: {reason}")
     if isinstance(exc, UnicodeDecodeError):
         return MalformedEvent(f"{what}: data is not valid UTF-8 at byte {exc.start}")
     if isinstance(exc, RecursionError):

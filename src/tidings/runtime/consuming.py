@@ -334,8 +334,10 @@ class GroupConsumer(PartitionMember):
         except Undecryptable as exc:
             await self._dead(partition, record, "undecryptable", str(exc), "", 0, None, redrive)
             return False
-        if isinstance(event, Erased):
-            return False  # shredded: no data left to handle; the checkpoint moves past it
+        if isinstance(event, Erased):  # shredded: no data left to handle
+            if redrive:
+                await self.log.set_dead_letter_state([redrive], "purged")
+            return False  # the checkpoint moves past it
         late = None if redrive else lateness(envelope, app.clock.now(), self.subscription.max_age)
         if late is not None:
             error = f"expired {late.total_seconds():.3f} s before it could be handled"
@@ -457,7 +459,13 @@ class GroupConsumer(PartitionMember):
                 # Unusable, or an earlier event of its key failed again: it stays parked.
                 await self.log.set_dead_letter_state([letter.id], "dead")
                 continue
-            envelope = from_structured(letter.envelope, max_size=self.app.codec.max_size)
+            try:
+                # The document carries the data in base64 when it is sealed: a third larger.
+                envelope = from_structured(letter.envelope, max_size=self.app.codec.max_size * 2)
+            except MalformedEvent as exc:
+                log.error("group %s: dead letter %d cannot be redriven: %s", self.group, letter.id, exc)
+                await self.log.set_dead_letter_state([letter.id], "dead")
+                continue
             if self.app.keys is not None and envelope.datacontenttype == SEALED:
                 await self.app.keys.load([envelope.data])
             # Version 0: a dead letter does not record it (sealed data is checked by stream only).

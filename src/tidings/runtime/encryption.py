@@ -14,11 +14,15 @@ from tidings.runtime.master_key import ENV_KEY, ENV_KEY_FILE, LocalMasterKey, Ma
 class Encryption:
     """``master_key``: a ``MasterKey`` (a KMS adapter, say); None reads ``TIDINGS_MASTER_KEY`` or
     the file ``TIDINGS_MASTER_KEY_FILE`` names. ``scope``: the data key scope of a stream (by
-    default the stream itself); ``rotate_after``: encryptions per data key version."""
+    default the stream itself); ``rotate_after``: encryptions per data key version (at most
+    2**30, far below AES-GCM's 2**32 with random nonces)."""
 
     master_key: MasterKey | None = None
     scope: ScopeOf | None = None
     rotate_after: int = ROTATE_AFTER
+    #: Read events stored in the clear (written before encryption was switched on); off, such an
+    #: event is ``Undecryptable``, so that no one who can write a row can slip a forged one in.
+    accept_plaintext: bool = False
 
     @classmethod
     def configured(cls, setting: Encryption | bool | None) -> Encryption | None:
@@ -39,6 +43,6 @@ class Encryption:
         master = self.master_key or LocalMasterKey.from_environment()
         if master is None:
             raise ConfigurationError(f"encryption is on but neither {ENV_KEY} nor {ENV_KEY_FILE} is set")
-        if self.rotate_after < 1:
-            raise ConfigurationError(f"rotate_after must be at least 1, got {self.rotate_after}")
+        if not 1 <= self.rotate_after <= ROTATE_AFTER:
+            raise ConfigurationError(f"rotate_after must be 1 to {ROTATE_AFTER}, got {self.rotate_after}")
         return KeyRing(store, master, scope=self.scope, rotate_after=self.rotate_after)

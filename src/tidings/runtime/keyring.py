@@ -54,6 +54,9 @@ class Reserved:
     version: int
     cipher: AESGCM
     remaining: int
+    #: When reserved (monotonic): a reservation is trusted for ``REFRESH_SECONDS``, then made
+    #: again in the store, which refuses a key shredded meanwhile by another process.
+    at: float
 
 
 class Erasure:
@@ -81,12 +84,14 @@ class KeyRing:
         self._store = store
         self.master = master
         self._scope = scope or (lambda stream: stream)
+        self._custom_scope = scope is not None
         self._rotate_after = rotate_after
         self._reserve = min(reserve, rotate_after)
         self._now = clock
         self._ciphers: dict[str, dict[int, AESGCM | None]] = {}  # by scope, version; None: shredded
         self._loaded_at: dict[str, float] = {}
         self._reserved: dict[str, Reserved] = {}
+        self._broken: dict[tuple[str, int], str] = {}  # keys that would not unwrap, and why
 
     # -- scopes ------------------------------------------------------------------------------
 
@@ -94,9 +99,10 @@ class KeyRing:
         if stream == envelope.id and envelope.partitionkey is None:
             return f"topic:{envelope.topic}"  # an unkeyed publication: one stream per event
         scope = self._scope(stream)
-        if not scope or len(scope) > 1000:
+        if not scope or len(scope) > 1000 or (self._custom_scope and scope.startswith("topic:")):
             raise ConfigurationError(
-                f"the encryption scope of stream {stream!r} must be 1 to 1000 characters"
+                f"the encryption scope of stream {stream!r} must be 1 to 1000 characters and not "
+                f"start with 'topic:' (tidings' own scopes), got {scope[:80]!r}"
             )
         return scope
 
@@ -127,8 +133,10 @@ class KeyRing:
                 return False
             scope = self.scope_of(stream, envelope)
             wanted[scope] = wanted.get(scope, 0) + 1
-        reserved = [(scope, self._reserved.get(scope), count) for scope, count in wanted.items()]
-        if any(key is None or key.remaining < count for _, key, count in reserved):
+        reserved = [
+            (scope, self._usable(self._reserved.get(scope), count), count) for scope, count in wanted.items()
+        ]
+        if any(key is None for _, key, _ in reserved):
             return False
         for scope, key, count in reserved:
             if key is not None:
@@ -139,20 +147,32 @@ class KeyRing:
     async def make_room(
         self, tx: StoreTransaction, scope: str, count: int, staged: dict[str, Reserved]
     ) -> Reserved:
-        reserved = staged.get(scope) or self._reserved.get(scope)
-        if reserved is None or reserved.remaining < count:
+        known = staged.get(scope) or self._reserved.get(scope)
+        if known is not None and known.remaining >= count and self._usable(known, count) is None:
+            # Trusted too long: still the scope's live key? (another process may have shredded it)
+            newest = await tx.newest_data_key(scope)
+            if newest is not None and newest.version == known.version and newest.wrapped is not None:
+                known.at = time.monotonic()
+        reserved = self._usable(known, count)
+        if reserved is None:
             reserved = await self._reserve_in(tx, scope, count)
         reserved.remaining -= count
         staged[scope] = reserved
         return reserved
 
+    @staticmethod
+    def _usable(reserved: Reserved | None, count: int) -> Reserved | None:
+        if reserved is None or reserved.remaining < count:
+            return None
+        return reserved if time.monotonic() - reserved.at < REFRESH_SECONDS else None
+
     async def _reserve_in(self, tx: StoreTransaction, scope: str, count: int) -> Reserved:
         block = max(self._reserve, count)
         newest = await tx.newest_data_key(scope)
         if newest is not None and newest.wrapped is not None and newest.uses + block <= self._rotate_after:
-            total = await tx.reserve_data_key_uses(scope, newest.version, block)
+            total = await tx.reserve_data_key_uses(scope, newest.version, block, self._rotate_after)
             if total is not None:
-                return Reserved(newest.version, await self._cipher_of(newest), block)
+                return Reserved(newest.version, await self._cipher_of(newest), block, time.monotonic())
         version = newest.version + 1 if newest is not None else 1
         key = crypto.new_data_key()
         master_version, wrapped = await self.master.wrap(key, key_context(scope, version))
@@ -167,20 +187,22 @@ class KeyRing:
         stored = await tx.add_data_key(record)
         if stored.wrapped != wrapped:  # another process made this version first: use theirs
             return await self._reserve_in(tx, scope, count)
-        cipher = AESGCM(key)
-        self._ciphers.setdefault(scope, {})[version] = cipher
-        return Reserved(version, cipher, block)
+        # Not cached until the transaction commits (``adopt``): on SQLite the key is written in
+        # it, and if it rolls back another process may make this version with another key.
+        return Reserved(version, AESGCM(key), block, time.monotonic())
 
     def adopt(self, staged: dict[str, Reserved]) -> None:
         """The transaction committed: its keys and reservations are this process's now."""
         self._reserved.update(staged)
+        for scope, reserved in staged.items():
+            self._ciphers.setdefault(scope, {})[reserved.version] = reserved.cipher
 
     def sealer(self, staged: dict[str, Reserved]) -> Callable[[str, int, Envelope], Envelope]:
         """The function that a store's append calls with each new envelope's version."""
 
         def seal(stream: str, version: int, envelope: Envelope) -> Envelope:
             if envelope.datacontenttype == SEALED:
-                envelope = self.open_pending(envelope)
+                envelope = self.open_pending(envelope, stream)
             return self._sealed(stream, envelope, staged, Kind.EVENT, version)
 
         return seal
@@ -246,11 +268,17 @@ class KeyRing:
         wanted = sorted(set(scopes))
         now = time.monotonic()
         for record in await self._store.data_keys(wanted):
-            self._ciphers.setdefault(record.scope, {})[record.version] = (
-                None if record.wrapped is None else await self._cipher_of(record)
-            )
+            versions = self._ciphers.setdefault(record.scope, {})
             if record.wrapped is None:
+                versions[record.version] = None
                 self._reserved.pop(record.scope, None)
+                continue
+            try:
+                versions[record.version] = await self._cipher_of(record)
+            except Undecryptable as exc:
+                # Only the events this key sealed fail (each with this reason), not the batch.
+                versions.pop(record.version, None)
+                self._broken[(record.scope, record.version)] = str(exc)
         for scope in wanted:
             self._loaded_at.pop(scope, None)  # to the end: the order is the eviction order
             self._loaded_at[scope] = now
@@ -275,8 +303,6 @@ class KeyRing:
         ``version``: where known); an ``Erasure`` if its scope was shredded."""
         what = f"event {envelope.id} ({envelope.type})"
         header = crypto.read_header(envelope.data, what)
-        if header.kind is Kind.PENDING:
-            return self.open_pending(envelope)
         # Version 0 or None: not known where it was read (a dead letter's copy); the id, type and
         # schema in the associated data still tie the data to its event.
         if header.kind is not Kind.EVENT or (
@@ -288,9 +314,14 @@ class KeyRing:
             )
         return self._open(envelope, header, what)
 
-    def open_pending(self, envelope: Envelope) -> Envelope:
+    def open_pending(self, envelope: Envelope, stream: str) -> Envelope:
+        """A timer's event, opened to be sealed again in ``stream``, the one it was set for."""
         what = f"timer event {envelope.id} ({envelope.type})"
         header = crypto.read_header(envelope.data, what)
+        if header.kind is not Kind.PENDING or header.stream != stream:
+            raise Undecryptable(
+                f"{what}: due in stream {stream!r}, but it was sealed for {header.describe()}"
+            )
         opened = self._open(envelope, header, what)
         if isinstance(opened, Erasure):
             raise Undecryptable(f"{what}: the data key of scope {header.scope!r} was shredded")
@@ -319,9 +350,10 @@ class KeyRing:
         try:
             return self._ciphers[header.scope][header.key_version]
         except KeyError:
+            broken = self._broken.get((header.scope, header.key_version))
+            reason = broken or "is not in this store's keyring"
             raise Undecryptable(
-                f"{what}: data key {header.key_version} of scope {header.scope!r} is not in this "
-                "store's keyring"
+                f"{what}: data key {header.key_version} of scope {header.scope!r} {reason}"
             ) from None
 
     def _evict_oldest_half(self) -> None:
@@ -335,5 +367,7 @@ class KeyRing:
     def forget(self, scope: str) -> None:
         """Drop a scope's keys from memory (after shredding it here)."""
         self._ciphers.pop(scope, None)
+        for broken in [b for b in self._broken if b[0] == scope]:
+            del self._broken[broken]
         self._reserved.pop(scope, None)
         self._loaded_at.pop(scope, None)

@@ -82,7 +82,7 @@ class LocalMasterKey:
             )
         try:
             return cipher.decrypt(wrapped[:NONCE_SIZE], wrapped[NONCE_SIZE:], b"data-key\0" + context)
-        except InvalidTag:
+        except (InvalidTag, ValueError):  # ValueError: too short to hold a nonce and a tag
             raise Undecryptable(
                 f"a data key does not unwrap with master key version {version} of {self.origin}: "
                 "the key there is not the one that wrapped it, or the wrapped key was altered"
@@ -134,8 +134,21 @@ def new_master_key_entry(version: int) -> str:
 
 
 def write_key_file(path: Path, text: str) -> None:
-    """Write a key file readable by its owner only, from its creation on."""
-    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
-    os.chmod(path, 0o600)
+    """Write a key file readable by its owner only, from its creation on, and atomically: a crash
+    midway leaves the old file whole (it may hold the only copy of the keys)."""
+    draft = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    descriptor = os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "w") as file:
+            file.write(text)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(draft, path)
+    except BaseException:
+        draft.unlink(missing_ok=True)
+        raise
+    directory = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(directory)  # the rename itself survives a crash
+    finally:
+        os.close(directory)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from tidings.ports import Bus
+from tidings.ports import Bus, Log
 from tidings.runtime.leasing import PartitionMember
 
 if TYPE_CHECKING:
@@ -37,13 +37,14 @@ class Relay(PartitionMember):
         self,
         app: App,
         bus: Bus,
+        log: Log,
         *,
         batch_size: int = 500,
         poll: float = 1.0,
         lease_ttl: float = 10.0,
         group: str = f"{RESERVED_GROUP_PREFIX}relay",
     ) -> None:
-        super().__init__(app.log, group, lease_ttl=lease_ttl)
+        super().__init__(log, group, lease_ttl=lease_ttl)
         self.app = app
         self.bus = bus
         self.batch_size = batch_size

@@ -119,7 +119,7 @@ class SagaEngine:
             succeeded=succeeded,
             command_id=reply.causationid or "",
             reply_type=reply.type,
-            reply_data=reply.data.decode(),
+            reply_data=msgspec.json.encode(event).decode(),  # the envelope's data may be sealed
         )
         if not self._answers(instance, answered):
             # A duplicate, or the answer to a command given up already. Only a late success of

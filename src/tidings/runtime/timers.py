@@ -9,6 +9,8 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from tidings.runtime.crypto import Undecryptable
+
 if TYPE_CHECKING:
     from tidings.runtime.app import App
 
@@ -49,7 +51,12 @@ class TimerWorker:
         async with store.transaction() as tx:
             timers = await tx.due_timers(now, self.batch)
             for timer in timers:
-                await tx.append(timer.stream, [timer.envelope])
+                try:
+                    await tx.append(timer.stream, [timer.envelope])
+                except Undecryptable as exc:
+                    # Its scope was shredded or its row altered: it can never fire. Holding it
+                    # would stop every timer behind it, so it goes, on record.
+                    log.error("timers: dropping timer %s of %s: %s", timer.id, timer.stream, exc)
                 await tx.cancel_timer(timer.id)
         if not timers:
             return self.poll  # due, but another worker holds them (SKIP LOCKED)

@@ -5,12 +5,14 @@ is a fresh, empty store of that engine for one test (a new file, or a new databa
 PostgreSQL server), and ``store`` the same, opened. A module that overrides ``backend`` with
 ``BUS_BACKENDS`` also runs on ``nats``: PostgreSQL as the store and a fresh JetStream stream on
 the session's nats-server as the bus (``TIDINGS_BUS`` is set for the test, so every App of the
-test uses it). With ``CI`` set, a server that cannot be had is an error; elsewhere its tests are
+test uses it); with ``SEALED``, on SQLite with a master key in the environment (encryption on).
+With ``CI`` set, a server that cannot be had is an error; elsewhere its tests are
 skipped with the reason.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import os
 import uuid
@@ -28,6 +30,9 @@ from tidings.testing.servers import postgres_server
 
 BACKENDS = ("sqlite", "postgres")
 BUS_BACKENDS = ("sqlite", "postgres", "nats")
+#: SQLite with a master key in the environment: every App of the test encrypts (suites that go
+#: through the App add it, so that everything they prove also holds with encryption on).
+SEALED = "sealed"
 
 
 def _in_ci() -> bool:
@@ -108,7 +113,9 @@ def store_url(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[str]:
     """A fresh, empty store URL of the engine under test (and on ``nats``, a fresh bus)."""
-    if backend == "sqlite":
+    if backend in ("sqlite", SEALED):
+        if backend == SEALED:
+            monkeypatch.setenv("TIDINGS_MASTER_KEY", base64.b64encode(os.urandom(32)).decode())
         yield sqlite_url(tmp_path)
         return
     server: str = request.getfixturevalue("postgres_url")

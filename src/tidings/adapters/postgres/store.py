@@ -527,9 +527,9 @@ class PostgresTransaction:
             cursor = await connection.execute(KEYS.exact, (record.scope, record.version))
             return keys_of(await cursor.fetchall())[0]
 
-    async def reserve_data_key_uses(self, scope: str, version: int, count: int) -> int | None:
+    async def reserve_data_key_uses(self, scope: str, version: int, count: int, limit: int) -> int | None:
         async with self._store._keys_connection() as connection:
-            cursor = await connection.execute(KEYS.reserve, (count, scope, version))
+            cursor = await connection.execute(KEYS.reserve, (count, scope, version, count, limit))
             row = await cursor.fetchone()
         return None if row is None else int(row[0])
 

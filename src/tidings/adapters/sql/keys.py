@@ -54,7 +54,7 @@ class KeySql(NamedTuple):
             ),
             reserve=(
                 f"UPDATE tidings_keys SET uses = uses + {m} WHERE scope = {m} AND version = {m}"
-                " AND wrapped IS NOT NULL RETURNING uses"
+                f" AND wrapped IS NOT NULL AND uses + {m} <= {m} RETURNING uses"
             ),
             of_scopes=f"SELECT {_COLUMNS} FROM tidings_keys WHERE scope {scopes}",
             page=(

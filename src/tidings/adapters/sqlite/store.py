@@ -8,6 +8,7 @@ sqlite3 calls block, so each store owns two connections, each driven by its own 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -54,6 +55,7 @@ WATCH_INTERVAL = 0.005  # seconds between looks at the file's change counter
 
 
 TIMERS = TimerSql.dialect("?")
+log = logging.getLogger("tidings.sqlite")
 KEYS = KeySql.dialect("?", "IN ({marks})")
 
 
@@ -449,7 +451,19 @@ class SqliteStore:
             shredded = await self._write(steps.in_transaction, steps.shred_keys, KEYS.shred, scope)
             # The wrapped keys also sit in the write-ahead log until it is checkpointed: fold it into
             # the file (where secure_delete overwrote them) and cut it to nothing.
-            await self._write(lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+            for _ in range(100):
+                (busy, _, _), *_ = await self._write(
+                    lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
+                )
+                if not busy:
+                    break
+                await asyncio.sleep(0.05)  # a reader holds an old snapshot: let it finish
+            else:
+                log.warning(
+                    "%s: readers kept the write-ahead log from being truncated; the shredded keys "
+                    "stay in it until the next checkpoint",
+                    self.url,
+                )
         return int(shredded)
 
 
@@ -491,8 +505,10 @@ class SqliteTransaction:
 
         return keys_of(await self._store._write(add))[0]
 
-    async def reserve_data_key_uses(self, scope: str, version: int, count: int) -> int | None:
-        rows = await self._store._write(lambda c: c.execute(KEYS.reserve, (count, scope, version)).fetchall())
+    async def reserve_data_key_uses(self, scope: str, version: int, count: int, limit: int) -> int | None:
+        rows = await self._store._write(
+            lambda c: c.execute(KEYS.reserve, (count, scope, version, count, limit)).fetchall()
+        )
         return int(rows[0][0]) if rows else None
 
     async def get_document(self, collection: str, key: str) -> bytes | None:

@@ -111,8 +111,8 @@ async def test_every_way_in_is_sealed_and_reads_back(store_url: str) -> None:
     assert raw_execute(store_url, "SELECT count(*) FROM tidings_snapshots")[0][0] == 1
     blobs = stored_blobs(store_url) + blobs_with_timers
     assert blobs.count(b"sku-") == 0 and blobs.count(canary.encode()) == 0
-    sealed = raw_execute(store_url, "SELECT count(*) FROM tidings_events WHERE topic LIKE ?", "conformance.%")
-    assert sealed[0][0] >= 66
+    datas = raw_execute(store_url, "SELECT data FROM tidings_events WHERE topic LIKE ?", "conformance.%")
+    assert len(datas) >= 66 and all(bytes(data).startswith(b"tds1") for (data,) in datas)
 
 
 async def _letters(app: App, count: int, group: str = "refusers") -> bool:
@@ -139,6 +139,77 @@ async def test_a_sealed_dead_letter_is_redriven(store_url: str) -> None:
         failing = False
         await app.redrive([letter.id])
         await eventually(lambda: got == ["second chance"])
+
+
+async def test_data_in_the_clear_is_refused_unless_accepted(store_url: str) -> None:
+    stream = unique("s")
+    async with App("plain", store=store_url, encryption=False) as plain:
+        await plain.append(stream, [Secret(owner="ann", text="from before encryption")])
+    async with sealed_app(store_url) as app:
+        with pytest.raises(Undecryptable, match="stored in the clear"):
+            await app.read_stream(stream)
+    async with sealed_app(store_url, accept_plaintext=True) as migrating:
+        assert [s.event.text for s in await migrating.read_stream(stream)] == ["from before encryption"]  # type: ignore[attr-defined]
+
+
+async def test_a_key_from_a_rolled_back_transaction_is_never_used(store_url: str) -> None:
+    stream = unique("s")
+    first, second = sealed_app(store_url, name="first"), sealed_app(store_url, name="second")
+    async with first, second:
+        with pytest.raises(RuntimeError, match="changed my mind"):
+            await _append_then_roll_back(first, stream)
+        await second.append(stream, [Secret(owner="b", text="by the second")])
+        await first.append(stream, [Secret(owner="a", text="by the first")])
+    async with sealed_app(store_url, name="reader") as reader:
+        texts = [s.event.text for s in await reader.read_stream(stream)]  # type: ignore[attr-defined]
+    assert texts == ["by the second", "by the first"]
+
+
+async def _append_then_roll_back(app: App, stream: str) -> None:
+    async with app.store.transaction() as tx:
+        await tx.append(stream, [app.codec.encode(Secret(owner="a", text="rolled back"))])
+        raise RuntimeError("changed my mind")
+
+
+async def test_a_shred_elsewhere_stops_writers_too(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tidings.runtime import keyring
+
+    monkeypatch.setattr(keyring, "REFRESH_SECONDS", 0.0)  # what a minute does, at once
+    stream = unique("s")
+    writer, operator = sealed_app(store_url, name="writer"), sealed_app(store_url, name="operator")
+    async with writer, operator:
+        await writer.append(stream, [Secret(owner="a", text="before the shred")])
+        assert await operator.shred(stream) == 1
+        await writer.append(stream, [Secret(owner="a", text="after the shred")])
+    async with sealed_app(store_url, name="reader") as reader:
+        events = [s.event for s in await reader.read_stream(stream)]
+    assert events == [Erased(erased_type="conformance.Secret"), Secret(owner="a", text="after the shred")]
+
+
+async def test_a_timer_that_cannot_be_opened_does_not_hold_up_the_others(store_url: str) -> None:
+    clock = ManualClock()
+    app = App("timers", store=store_url, clock=clock, encryption=Encryption(master_key=master(1)))
+    fired: list[str] = []
+
+    @app.subscribe("conformance.secret.*", group="alarms")
+    async def ring(event: Secret, ctx: Context) -> None:
+        fired.append(event.owner)
+
+    victim, other = unique("victim"), unique("other")
+    async with app:
+        async with app.store.transaction() as tx:  # timers as a unit of work sets them
+            for key in (victim, other):
+                envelope = app.codec.encode(Secret(owner=key, text="later"), event_id=unique("t"))
+                await tx.schedule_timer(unique("timer"), clock.now() + timedelta(minutes=1), key, envelope)
+        assert await app.shred(victim) == 1
+        clock.advance(timedelta(minutes=2))
+        async with app.running(**RUN):
+            await eventually(lambda: fired == [other])
+            await eventually(lambda: _no_timers(store_url))
+
+
+async def _no_timers(store_url: str) -> bool:
+    return bool(raw_execute(store_url, "SELECT count(*) FROM tidings_timers")[0][0] == 0)
 
 
 async def test_without_the_master_key_events_are_undecryptable_not_garbage(store_url: str) -> None:
@@ -181,8 +252,9 @@ async def test_altered_or_swapped_data_is_dead_lettered_as_undecryptable(store_u
         }
         for event_id, blob in changed.items():
             raw_execute(store_url, "UPDATE tidings_events SET data = ? WHERE id = ?", blob, event_id)
-        with pytest.raises(IntegrityError):
+        with pytest.raises(IntegrityError) as broken:
             await app.read_stream(key)  # the hash chain, checked on every stream read, breaks first
+        assert not isinstance(broken.value, Undecryptable) and "chain" in str(broken.value)
         async with app.running(**RUN):
             await eventually(lambda: len(got) >= 1)
             assert got == ["intact"], got
