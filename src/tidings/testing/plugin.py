@@ -36,10 +36,10 @@ def _in_ci() -> bool:
 
 @pytest.fixture(autouse=True)
 def _no_store_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``TIDINGS_STORE`` and ``TIDINGS_BUS`` override every App's: a test must not follow them
-    to real ones."""
-    monkeypatch.delenv("TIDINGS_STORE", raising=False)
-    monkeypatch.delenv("TIDINGS_BUS", raising=False)
+    """``TIDINGS_STORE``, ``TIDINGS_BUS``, ``TIDINGS_POLICY`` and ``TIDINGS_PRINCIPAL`` override
+    every App's: a test must not follow them to real ones."""
+    for name in ("TIDINGS_STORE", "TIDINGS_BUS", "TIDINGS_POLICY", "TIDINGS_PRINCIPAL"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="session")
