@@ -15,6 +15,7 @@ from tidings.domain.topics import (
     Pattern,
     compile_pattern,
     covers,
+    overlaps,
     validate_pattern,
     validate_topic,
 )
@@ -484,3 +485,44 @@ def test_a_pattern_covers_itself_and_its_topics(pattern: list[str], topic: list[
     assert covers(text, text)
     # A concrete topic is a pattern that matches only itself: covered exactly when matched.
     assert covers(text, ".".join(topic)) is Pattern(text).matches(".".join(topic))
+
+
+# --- overlaps -----------------------------------------------------------------------------------
+
+
+def reference_overlaps(first: list[str], second: list[str]) -> bool:
+    """By enumeration: some topic built from both patterns' literals and one other token, up to
+    one token longer than the longer pattern, matches both."""
+    alphabet = sorted({t for t in first + second if t not in ("*", ">")} | {"fresh"})
+    longest = max(len(first), len(second)) + 1
+    candidates = (list(t) for n in range(1, longest + 1) for t in itertools.product(alphabet, repeat=n))
+    return any(reference_matches(first, t) and reference_matches(second, t) for t in candidates)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        ("order.*", "*.placed", True),
+        ("order.*", "order.*.>", False),
+        ("order.*", "order.>", True),
+        ("order.card.>", "order.*.>", True),
+        ("order.placed", "order.shipped", False),
+        (">", "a.b.c", True),
+        ("a.*", "a", False),
+    ],
+)
+def test_overlaps_examples(first: str, second: str, expected: bool) -> None:
+    assert overlaps(first, second) is expected
+    assert overlaps(second, first) is expected
+
+
+def test_overlaps_exhaustive_small_alphabet_agrees_with_reference() -> None:
+    bodies = [list(p) for n in range(0, 3) for p in itertools.product(["a", "b", "*"], repeat=n)]
+    patterns = [b for b in bodies if b] + [[*b, ">"] for b in bodies]
+    found = 0
+    for first in patterns:
+        for second in patterns:
+            expected = reference_overlaps(first, second)
+            assert overlaps(".".join(first), ".".join(second)) is expected, (first, second)
+            found += expected
+    assert 50 < found < len(patterns) ** 2 - 50

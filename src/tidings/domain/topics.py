@@ -121,6 +121,23 @@ def covers(allowed: str, requested: str) -> bool:
     return len(wanted) == len(granted)
 
 
+def overlaps(first: str, second: str) -> bool:
+    """Whether some topic matches both patterns (``order.*`` and ``*.placed`` overlap;
+    ``order.*`` and ``order.*.>`` do not)."""
+    a = compile_pattern(first).text.split(".")
+    b = compile_pattern(second).text.split(".")
+    for index in range(max(len(a), len(b))):
+        x = a[index] if index < len(a) else None
+        y = b[index] if index < len(b) else None
+        if x == ">" or y == ">":
+            return x is not None and y is not None  # a tail takes whatever the other has left
+        if x is None or y is None:
+            return False  # of different lengths, without a tail
+        if x != y and "*" not in (x, y):
+            return False
+    return True
+
+
 def _check_length(text: str) -> None:
     if not isinstance(text, str) or not text:
         raise InvalidTopic(f"a topic must be a non-empty string, got {text!r}")
