@@ -19,7 +19,7 @@ POLICY = f"""
 [principals.orders]
 publish = ["order.>"]
 subscribe = ["payment.*"]
-password = "pw\\"1"
+password = "pw.1~x"
 relay = true
 
 [principals.billing]
@@ -33,7 +33,7 @@ EXPECTED = """\
 authorization {
   users = [
     {
-      user: "orders", password: "pw\\"1"
+      user: "orders", password: "pw.1~x"
       permissions: {
         publish: {
           allow: [

@@ -85,6 +85,7 @@ def test_what_a_principal_may_do() -> None:
         ),
         ('[principals.orders]\nrelay = "yes"', "shop.toml: principal 'orders': relay must be true or false"),
         ('[principals.orders]\npassword = ""', "shop.toml: principal 'orders': password must be"),
+        ('[principals.orders]\npassword = "p@ss"', "shop.toml: principal 'orders': password must be"),
         ('[principals.orders]\nnkey = "SUAXYZ"', "shop.toml: principal 'orders': nkey must be a public"),
         (
             f'[principals.orders]\npassword = "x"\nnkey = "{NKEY}"',

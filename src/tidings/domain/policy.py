@@ -33,6 +33,8 @@ _PRINCIPAL_KEYS: Final = ("publish", "subscribe", "password", "nkey", "relay")
 _NAME = re.compile(r"[A-Za-z0-9_.@-]+")
 # A public user nkey: 'U', then 55 characters of base32 (what nsc and `nk -gen user` print).
 _USER_NKEY = re.compile(r"U[A-Z2-7]{55}")
+# A password goes into the bus URL as is (nats-py does not percent-decode it): URL-safe only.
+_PASSWORD = re.compile(r"[A-Za-z0-9._~-]+")
 
 
 class SecurityDenied(Event, topic="security.denied", type="tidings.SecurityDenied"):
@@ -113,8 +115,11 @@ def _principal(source: str, name: object, table: object) -> Principal:
         if key not in _PRINCIPAL_KEYS:
             raise ConfigurationError(f"{where}: unknown key {key!r} (expected {', '.join(_PRINCIPAL_KEYS)})")
     password, nkey, relay = table.get("password"), table.get("nkey"), table.get("relay", False)
-    if password is not None and (not isinstance(password, str) or not password):
-        raise ConfigurationError(f"{where}: password must be a non-empty string")
+    if password is not None and (not isinstance(password, str) or not _PASSWORD.fullmatch(password)):
+        raise ConfigurationError(
+            f"{where}: password must be a non-empty string of letters, digits and '-', '.', '_', '~' "
+            "(it is written into the bus URL as is)"
+        )
     if nkey is not None and (not isinstance(nkey, str) or not _USER_NKEY.fullmatch(nkey)):
         raise ConfigurationError(f"{where}: nkey must be a public user nkey ('U' and 55 base32 characters)")
     if password is not None and nkey is not None:
