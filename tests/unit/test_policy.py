@@ -9,10 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tidings.domain.policy import Policy, Principal
+from tidings.adapters.registry import open_store
+from tidings.domain.policy import Policy, Principal, SecurityDenied
 from tidings.errors import AccessDenied, ConfigurationError, TidingsError
 from tidings.runtime.access import Guard, load_policy
 from tidings.runtime.app import App
+from tidings.runtime.codec import Codec
 
 NKEY = "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"
 
@@ -164,3 +166,25 @@ def test_an_app_runs_as_its_name_or_its_principal(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("TIDINGS_POLICY", str(tmp_path / "missing.toml"))
     with pytest.raises(ConfigurationError, match="cannot read the access policy"):
         App("orders", store=store, policy=Policy.from_toml(POLICY))
+
+
+async def test_a_denial_the_store_cannot_take_is_kept_and_recorded_once_later(tmp_path: Path) -> None:
+    moment = datetime(2026, 1, 2, tzinfo=UTC)
+    guard = Guard(Policy.from_toml(POLICY), "payments", lambda: moment)
+    with pytest.raises(AccessDenied):
+        guard.check_publish("order.placed")
+    store = open_store(f"sqlite:///{tmp_path / 's.db'}")
+    codec = Codec(source="payments")
+    assert await guard.record(store, codec) == 0  # not open: nothing written, nothing lost
+    assert guard.pending == 1
+    await store.open()
+    try:
+        assert await guard.record(store, codec) == 1
+        assert await guard.record(store, codec) == 0
+        (record,) = await store.read_stream("security-denied-payments")
+        assert codec.decode(record.envelope) == SecurityDenied(
+            principal="payments", operation="publish", topic="order.placed", time=moment
+        )
+        assert record.envelope.topic == "security.denied" and record.envelope.time == moment
+    finally:
+        await store.close()
