@@ -70,8 +70,9 @@ class Guard:
         name = self.principal.name
         denial = SecurityDenied(principal=name, operation=operation, topic=topic, time=self._now())
         self._denials.append((uuid7(), denial))
-        log.warning("access denied: principal %r may not %s %r", name, operation, topic)
-        raise AccessDenied(name, operation, topic)
+        error = AccessDenied(name, operation, topic)
+        log.warning("%s", error)  # at once: a denial at subscribe time is recorded only at open
+        raise error
 
     @property
     def pending(self) -> int:
