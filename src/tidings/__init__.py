@@ -4,8 +4,10 @@ from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import Envelope, RecordedEvent, Stored
 from tidings.domain.events import Event, EventRegistry
 from tidings.domain.integrity import IntegrityReport
+from tidings.domain.policy import Policy, Principal, SecurityDenied
 from tidings.domain.saga import Saga, SagaData, SagaInstance
 from tidings.errors import (
+    AccessDenied,
     AggregateNotFound,
     BackendUnavailable,
     ConcurrencyError,
@@ -28,6 +30,7 @@ from tidings.runtime.retries import Retry
 __all__ = [
     "ANY",
     "NO_STREAM",
+    "AccessDenied",
     "Aggregate",
     "AggregateNotFound",
     "App",
@@ -46,6 +49,8 @@ __all__ = [
     "InvalidTopic",
     "MalformedEvent",
     "PayloadTooLarge",
+    "Policy",
+    "Principal",
     "Projection",
     "RecordedEvent",
     "RegistrationError",
@@ -53,6 +58,7 @@ __all__ = [
     "Saga",
     "SagaData",
     "SagaInstance",
+    "SecurityDenied",
     "Stored",
     "TidingsError",
     "UnknownEventType",

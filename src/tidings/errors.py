@@ -12,6 +12,7 @@ driver's errors at their edge, so callers never need to import a driver to catch
     ├── IntegrityError            stored data was cut short or altered behind tidings' back
     ├── AggregateNotFound         no events exist for the requested aggregate
     ├── InvalidTopic              a topic or pattern that breaks the grammar
+    ├── AccessDenied              the policy does not let the App's principal publish or subscribe
     ├── RegistrationError         two event classes under one type name, a bad declaration
     └── MalformedEvent            an envelope or payload that cannot be decoded safely
         ├── PayloadTooLarge       bigger than the configured limit
@@ -57,6 +58,18 @@ class AggregateNotFound(TidingsError):
 
 class InvalidTopic(TidingsError):
     """A topic or subscription pattern that does not follow the topic grammar."""
+
+
+class AccessDenied(TidingsError):
+    """The access policy does not let the App's principal publish to a topic or subscribe to a
+    pattern; the denial is recorded as a ``security.denied`` event."""
+
+    def __init__(self, principal: str, operation: str, topic: str) -> None:
+        verb = "publish to topic" if operation == "publish" else "subscribe to pattern"
+        super().__init__(f"principal {principal!r} may not {verb} {topic!r} (denied by the access policy)")
+        self.principal = principal
+        self.operation = operation
+        self.topic = topic
 
 
 class RegistrationError(TidingsError):

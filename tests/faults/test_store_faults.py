@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -125,6 +126,28 @@ async def test_a_new_sqlite_file_is_private_to_its_owner(tmp_path: Path) -> None
     await store.open()
     await store.close()
     assert path.stat().st_mode & 0o077 == 0
+
+
+def _modes(directory: Path) -> dict[str, int]:
+    return {path.name: stat.S_IMODE(path.stat().st_mode) for path in directory.iterdir()}
+
+
+async def test_the_wal_and_shm_files_are_private_too_whatever_the_umask(tmp_path: Path) -> None:
+    """The policy does not bound a process that can open the file; file modes do. SQLite gives
+    the -wal and -shm files the database file's mode, which tidings makes 0600."""
+    path = tmp_path / "private.db"
+    previous = os.umask(0)  # the most permissive: nothing masked off
+    try:
+        store = open_store(f"sqlite:///{path}")
+        await store.open()
+        try:
+            await store.append("s-1", items("s-1", 1))
+            files = _modes(tmp_path)  # while open: the -wal and -shm files exist
+        finally:
+            await store.close()
+    finally:
+        os.umask(previous)
+    assert files == {"private.db": 0o600, "private.db-wal": 0o600, "private.db-shm": 0o600}
 
 
 async def test_a_down_postgres_names_the_url_without_its_password() -> None:

@@ -14,6 +14,8 @@ from tidings.domain.topics import (
     MAX_TOPIC_LENGTH,
     Pattern,
     compile_pattern,
+    covers,
+    overlaps,
     validate_pattern,
     validate_topic,
 )
@@ -393,3 +395,134 @@ def test_pattern_equality_hash_and_repr() -> None:
     assert hash(Pattern("a.>")) == hash(Pattern("a.>"))
     assert repr(Pattern("a.>")) == "Pattern('a.>')"
     assert compile_pattern("a.>") is compile_pattern("a.>")
+
+
+# --- covers -------------------------------------------------------------------------------------
+
+
+def reference_covers(allowed: list[str], requested: list[str]) -> bool:
+    """By enumeration: every topic that ``requested`` matches, built from the literals of both
+    patterns and a token that neither names (standing for any other token), with tails up to one
+    token longer than ``allowed``, must match ``allowed``. These topics represent all others: a
+    pattern cannot tell one unnamed token from another, nor tails longer than it looks at."""
+    alphabet = sorted({t for t in allowed + requested if t not in ("*", ">")} | {"fresh"})
+    longest = len(allowed) + 1
+
+    def topics(tokens: list[str]) -> list[list[str]]:
+        if not tokens:
+            return [[]]
+        head, rest = tokens[0], topics(tokens[1:])
+        if head == ">":
+            return [list(t) for n in range(1, longest + 1) for t in itertools.product(alphabet, repeat=n)]
+        choices = alphabet if head == "*" else [head]
+        return [[choice, *tail] for choice in choices for tail in rest]
+
+    return all(reference_matches(allowed, topic) for topic in topics(requested))
+
+
+@pytest.mark.parametrize(
+    ("allowed", "requested", "expected"),
+    [
+        ("order.>", "order.>", True),
+        ("order.>", "order.*", True),
+        ("order.>", "order.eu.placed", True),
+        ("order.>", "order.*.>", True),
+        ("order.>", "order", False),
+        ("order.>", ">", False),
+        ("order.*", "order.placed", True),
+        ("order.*", "order.*", True),
+        ("order.*", "order.>", False),
+        ("order.*", "order.eu.placed", False),
+        ("order.placed", "order.placed", True),
+        ("order.placed", "order.*", False),
+        ("*.placed", "order.placed", True),
+        ("*.placed", "*.*", False),
+        ("*.*", "order.placed", True),
+        (">", ">", True),
+        (">", "a.*.>", True),
+        ("*", ">", False),
+        ("a.*.c", "a.b.c", True),
+        ("a.*.c", "a.*.d", False),
+    ],
+)
+def test_covers_examples(allowed: str, requested: str, expected: bool) -> None:
+    assert covers(allowed, requested) is expected
+    assert reference_covers(allowed.split("."), requested.split(".")) is expected
+
+
+def test_covers_rejects_bad_patterns() -> None:
+    with pytest.raises(InvalidTopic):
+        covers("order.>.x", "order.a.x")
+    with pytest.raises(InvalidTopic):
+        covers("order.>", "order..x")
+
+
+def test_covers_exhaustive_small_alphabet_agrees_with_reference() -> None:
+    bodies = [list(p) for n in range(0, 3) for p in itertools.product(["a", "b", "*"], repeat=n)]
+    patterns = [b for b in bodies if b] + [[*b, ">"] for b in bodies]
+    covered = 0
+    for allowed in patterns:
+        for requested in patterns:
+            expected = reference_covers(allowed, requested)
+            assert covers(".".join(allowed), ".".join(requested)) is expected, (allowed, requested)
+            covered += expected
+    # Both answers occur often enough for the comparison to mean something.
+    assert 50 < covered < len(patterns) ** 2 - 50
+
+
+@FAST
+@given(small_patterns, small_patterns)
+def test_covers_agrees_with_reference(allowed: list[str], requested: list[str]) -> None:
+    expected = reference_covers(allowed, requested)
+    event(f"covers={expected}")
+    assert covers(".".join(allowed), ".".join(requested)) is expected
+
+
+@FAST
+@given(small_patterns, small_topics)
+def test_a_pattern_covers_itself_and_its_topics(pattern: list[str], topic: list[str]) -> None:
+    text = ".".join(pattern)
+    assert covers(text, text)
+    # A concrete topic is a pattern that matches only itself: covered exactly when matched.
+    assert covers(text, ".".join(topic)) is Pattern(text).matches(".".join(topic))
+
+
+# --- overlaps -----------------------------------------------------------------------------------
+
+
+def reference_overlaps(first: list[str], second: list[str]) -> bool:
+    """By enumeration: some topic built from both patterns' literals and one other token, up to
+    one token longer than the longer pattern, matches both."""
+    alphabet = sorted({t for t in first + second if t not in ("*", ">")} | {"fresh"})
+    longest = max(len(first), len(second)) + 1
+    candidates = (list(t) for n in range(1, longest + 1) for t in itertools.product(alphabet, repeat=n))
+    return any(reference_matches(first, t) and reference_matches(second, t) for t in candidates)
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "expected"),
+    [
+        ("order.*", "*.placed", True),
+        ("order.*", "order.*.>", False),
+        ("order.*", "order.>", True),
+        ("order.card.>", "order.*.>", True),
+        ("order.placed", "order.shipped", False),
+        (">", "a.b.c", True),
+        ("a.*", "a", False),
+    ],
+)
+def test_overlaps_examples(first: str, second: str, expected: bool) -> None:
+    assert overlaps(first, second) is expected
+    assert overlaps(second, first) is expected
+
+
+def test_overlaps_exhaustive_small_alphabet_agrees_with_reference() -> None:
+    bodies = [list(p) for n in range(0, 3) for p in itertools.product(["a", "b", "*"], repeat=n)]
+    patterns = [b for b in bodies if b] + [[*b, ">"] for b in bodies]
+    found = 0
+    for first in patterns:
+        for second in patterns:
+            expected = reference_overlaps(first, second)
+            assert overlaps(".".join(first), ".".join(second)) is expected, (first, second)
+            found += expected
+    assert 50 < found < len(patterns) ** 2 - 50

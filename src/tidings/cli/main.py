@@ -15,6 +15,7 @@ from typing import Annotated, Final
 import typer
 from rich.text import Text
 
+from tidings.cli.acl import acl_app
 from tidings.cli.certs import certs_app
 from tidings.cli.common import (
     EXIT_INTERRUPTED,
@@ -60,6 +61,7 @@ app.add_typer(dlq_app, name="dlq")
 app.add_typer(sagas_app, name="sagas")
 app.add_typer(certs_app, name="certs")
 app.add_typer(keys_app, name="keys")
+app.add_typer(acl_app, name="acl")
 app.command("run")(run)
 app.command("trace")(trace)
 app.command("demo")(demo)

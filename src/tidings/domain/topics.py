@@ -101,6 +101,43 @@ def compile_pattern(text: str) -> Pattern:
     return Pattern(text)
 
 
+def covers(allowed: str, requested: str) -> bool:
+    """Whether every topic that pattern ``requested`` matches also matches pattern ``allowed``:
+    a subscription to ``requested`` stays within what ``allowed`` permits (``order.>`` covers
+    ``order.*`` and ``order.eu.placed``; ``order.*`` does not cover ``order.>``).
+
+    Token by token: ``>`` in ``allowed`` takes whatever tail ``requested`` has left (one token
+    or more, wildcards included); ``*`` takes any one token but not ``>``; a literal only itself.
+    """
+    granted = compile_pattern(allowed).text.split(".")
+    wanted = compile_pattern(requested).text.split(".")
+    for index, token in enumerate(granted):
+        if token == ">":
+            return len(wanted) > index
+        if index >= len(wanted) or wanted[index] == ">":
+            return False  # ``requested`` is shorter, or its tail is longer than ``allowed`` takes
+        if token != "*" and token != wanted[index]:
+            return False  # a literal covers only itself (not ``*``, which takes any token)
+    return len(wanted) == len(granted)
+
+
+def overlaps(first: str, second: str) -> bool:
+    """Whether some topic matches both patterns (``order.*`` and ``*.placed`` overlap;
+    ``order.*`` and ``order.*.>`` do not)."""
+    a = compile_pattern(first).text.split(".")
+    b = compile_pattern(second).text.split(".")
+    for index in range(max(len(a), len(b))):
+        x = a[index] if index < len(a) else None
+        y = b[index] if index < len(b) else None
+        if x == ">" or y == ">":
+            return x is not None and y is not None  # a tail takes whatever the other has left
+        if x is None or y is None:
+            return False  # of different lengths, without a tail
+        if x != y and "*" not in (x, y):
+            return False
+    return True
+
+
 def _check_length(text: str) -> None:
     if not isinstance(text, str) or not text:
         raise InvalidTopic(f"a topic must be a non-empty string, got {text!r}")

@@ -19,10 +19,12 @@ from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, Stored
 from tidings.domain.events import Event, EventRegistry, default_registry
 from tidings.domain.integrity import IntegrityReport
+from tidings.domain.policy import Policy
 from tidings.domain.saga import Saga
 from tidings.domain.topics import compile_pattern
-from tidings.errors import ConfigurationError
+from tidings.errors import AccessDenied, ConfigurationError
 from tidings.ports import ANY, Bus, DeadLetter, EventStore, ExpectedVersion, Log
+from tidings.runtime.access import Guard, load_policy
 from tidings.runtime.codec import Codec
 from tidings.runtime.consuming import Context, GroupConsumer, Subscription
 from tidings.runtime.deadlines import Clock, SystemClock
@@ -58,6 +60,10 @@ class App:
 
     ``TIDINGS_STORE``, when set, overrides the ``store`` given in code: the same service code runs
     embedded on a laptop and on PostgreSQL in production, switched by its environment alone.
+
+    With an access ``policy`` (a TOML file or a ``Policy``; ``TIDINGS_POLICY`` overrides), the App
+    runs as ``principal`` (``TIDINGS_PRINCIPAL`` overrides; default: its name) and may publish and
+    subscribe only as the policy allows that principal (``runtime/access.py``).
     """
 
     def __init__(
@@ -70,6 +76,8 @@ class App:
         max_event_size: int = DEFAULT_MAX_SIZE,
         clock: Clock | None = None,
         encryption: Encryption | bool | None = None,
+        policy: str | os.PathLike[str] | Policy | None = None,
+        principal: str | None = None,
     ) -> None:
         if not name:
             raise ConfigurationError("an App needs a name (it becomes the events' source)")
@@ -77,12 +85,19 @@ class App:
         self.store_url = os.environ.get("TIDINGS_STORE") or store or DEFAULT_STORE
         #: Distributed mode: the relay publishes the store's log to this bus (``TIDINGS_BUS``).
         self.bus_url = os.environ.get("TIDINGS_BUS") or bus
-        self.codec = Codec(source=name, registry=registry, max_size=max_event_size)
         #: Event data sealed at rest and on the bus; by default on when the environment holds a
         #: master key (``TIDINGS_MASTER_KEY`` or ``TIDINGS_MASTER_KEY_FILE``).
         self.encryption = Encryption.configured(encryption)
         self.keys: KeyRing | None = None
         self.clock: Clock = clock or SystemClock()
+        self.principal = os.environ.get("TIDINGS_PRINCIPAL") or principal or name
+        policy = os.environ.get("TIDINGS_POLICY") or policy
+        #: With a policy: the check of what this App's principal may do (deny by default).
+        self.guard = None if policy is None else Guard(load_policy(policy), self.principal, self.clock.now)
+        check = None if self.guard is None else self.guard.check_publish
+        self.codec = Codec(source=name, registry=registry, max_size=max_event_size, guard=check)
+        # Encodes tidings' own audit events (security.denied), which pass no guard.
+        self._audit_codec = Codec(source=name, registry=registry, max_size=max_event_size)
         self.state = AppState.CREATED
         self.subscriptions: dict[str, Subscription] = {}
         self.sagas: dict[str, SagaEngine] = {}
@@ -129,9 +144,11 @@ class App:
                 raise
             feed = bus.log(self.log)
             self._bus, self._feed = bus, feed if self.keys is None else SealedLog(feed, self.keys)
+        await self.record_denials()  # those made before the App opened (at subscribe)
         return self
 
     async def close(self) -> None:
+        await self.record_denials()  # any still waiting (a handler that caught its own)
         if self._bus is not None:
             await self._bus.close()
         if self._store is not None:
@@ -194,12 +211,16 @@ class App:
         """Append events to a stream, atomically, with optimistic concurrency if asked."""
         batch = [events] if isinstance(events, Event) else list(events)
         now = datetime.now(UTC)  # the events of one append happen, and commit, together
-        envelopes = [
-            self.codec.encode(
-                event, subject=stream, time=now, correlation_id=correlation_id, causation_id=causation_id
-            )
-            for event in batch
-        ]
+        try:
+            envelopes = [
+                self.codec.encode(
+                    event, subject=stream, time=now, correlation_id=correlation_id, causation_id=causation_id
+                )
+                for event in batch
+            ]
+        except AccessDenied:
+            await self.record_denials()
+            raise
         records = await self.store.append(stream, envelopes, expected_version=expected_version)
         self.notify()
         return records
@@ -245,7 +266,11 @@ class App:
 
     async def save(self, aggregate: Aggregate) -> list[RecordedEvent]:
         """Save an aggregate's new events; ``ConcurrencyError`` if someone saved it meanwhile."""
-        records = await self.repository.save(aggregate)
+        try:
+            records = await self.repository.save(aggregate)
+        except AccessDenied:
+            await self.record_denials()
+            raise
         self.notify()
         return records
 
@@ -305,9 +330,13 @@ class App:
         the stream); ``ttl`` or ``expires_at`` set its deadline, past which no handler gets it.
         """
         lineage = Lineage(correlation_id, causation_id)
-        stream, envelope = publication_envelope(
-            self.codec, Publication(event, key, ttl, expires_at), self.clock.now(), lineage
-        )
+        try:
+            stream, envelope = publication_envelope(
+                self.codec, Publication(event, key, ttl, expires_at), self.clock.now(), lineage
+            )
+        except AccessDenied:
+            await self.record_denials()
+            raise
         (record,) = await self.store.append(stream, [envelope])
         self.notify()
         return record
@@ -315,7 +344,13 @@ class App:
     async def publish_all(self, events: Sequence[tuple[Event, str | None]]) -> list[RecordedEvent]:
         """Publish several ``(event, key)`` at once, in one transaction (all or none)."""
         now, lineage = self.clock.now(), Lineage(None, None)
-        prepared = [publication_envelope(self.codec, Publication(e, key), now, lineage) for e, key in events]
+        try:
+            prepared = [
+                publication_envelope(self.codec, Publication(e, key), now, lineage) for e, key in events
+            ]
+        except AccessDenied:
+            await self.record_denials()
+            raise
         records: list[RecordedEvent] = []
         async with self.store.transaction() as tx:
             for stream, envelope in prepared:
@@ -333,12 +368,17 @@ class App:
         batch_size: int = 100,
         ordered: bool = False,
     ) -> Callable[[H], H]:
-        """Register the decorated ``async def handler(event, ctx)`` for a consumer group."""
+        """Register the decorated ``async def handler(event, ctx)`` for a consumer group.
+
+        With a policy, ``AccessDenied`` unless the principal may subscribe to all of ``pattern``
+        (the denial is recorded when the App opens)."""
         compiled = compile_pattern(pattern)
         if not group or any(c.isspace() for c in group):
             raise ConfigurationError(f"a group needs a name without spaces, got {group!r}")
         if group.startswith(RESERVED_GROUP_PREFIX):
             raise ConfigurationError(f"group names starting {RESERVED_GROUP_PREFIX!r} are tidings' own")
+        if self.guard is not None:
+            self.guard.check_subscribe(pattern)
 
         def register(handler: H) -> H:
             if group in self.subscriptions:
@@ -358,6 +398,9 @@ class App:
             raise ConfigurationError(f"saga {saga.name!r} is already added to App {self.name!r}")
         if not saga.steps:
             raise ConfigurationError(f"saga {saga.name!r} has no steps")
+        if self.guard is not None:
+            for pattern in engine.pattern.patterns:  # its start, its replies and its timeouts
+                self.guard.check_subscribe(pattern.text)
         self.sagas[saga.name] = engine
         self.subscriptions[engine.group] = Subscription(engine.pattern, engine.group, engine.handle)
 
@@ -370,6 +413,22 @@ class App:
         lineage = Lineage(context.correlation_id, context.envelope.id)
         now = self.clock.now()
         return lambda publication: publication_envelope(self.codec, publication, now, lineage)
+
+    async def record_denials(self) -> int:
+        """Append the access denials not recorded yet as ``security.denied`` events (stream
+        ``security-denied-<principal>``); returns how many. Until the App is open they wait."""
+        if self.guard is None or self._store is None or not self.guard.pending:
+            return 0
+        recorded = await self.guard.record(self._store, self._audit_codec)
+        if recorded:
+            self.notify()
+        return recorded
+
+    @property
+    def runs_relay(self) -> bool:
+        """Whether ``running`` runs the relay that feeds the bus: in distributed mode, unless a
+        policy is on and this App's principal is not marked ``relay = true``."""
+        return self._bus is not None and (self.guard is None or self.guard.relay)
 
     def notify(self) -> None:
         """Wake this process's consumers: new events are in the log."""
@@ -413,7 +472,7 @@ class App:
             GroupConsumer(self, s, log=self.feed, lease_ttl=lease_ttl, poll=poll)
             for s in self.subscriptions.values()
         ]
-        if self._bus is not None:
+        if self._bus is not None and self.runs_relay:
             members.append(
                 Relay(self, self._bus, self._stored_log or self.log, lease_ttl=lease_ttl, poll=poll)
             )

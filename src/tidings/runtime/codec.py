@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -42,8 +42,12 @@ class Codec:
         source: str,
         registry: EventRegistry = default_registry,
         max_size: int = DEFAULT_MAX_SIZE,
+        guard: Callable[[str], None] | None = None,
     ) -> None:
         self.source = source
+        #: Called with the topic of every event encoded; raises if it may not be published
+        #: (``runtime/access.py``). Every event enters the log through ``encode``.
+        self.guard = guard
         self.registry = registry
         self.max_size = max_size
         self._encoder = msgspec.json.Encoder()
@@ -73,6 +77,8 @@ class Codec:
                 f"{type(event).__name__} is not a declared event class "
                 "(subclass tidings.Event with topic=...)"
             )
+        if self.guard is not None:
+            self.guard(event.__event_topic__)
         try:
             data = self._encoder.encode(event)
         except (TypeError, ValueError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError

@@ -104,7 +104,7 @@ class Context:
         self.log = logging.LoggerAdapter(log, {"group": group, "event": record.envelope.id})
         self._unit: UnitOfWork | None = None
         self._new_unit = new_unit or (
-            lambda: UnitOfWork(loader=app.load, document_reader=app.store.get_document)
+            lambda: UnitOfWork(loader=app.load, document_reader=app.store.get_document, guard=app.codec.guard)
         )
 
     @contextlib.asynccontextmanager
@@ -198,6 +198,7 @@ class GroupConsumer(PartitionMember):
                     after = batch[-1].position  # events not for this group move the checkpoint too
                 if self._waiting.get(partition) or self._lagging(partition, after):
                     await self._settle(partition, after)
+                await self.app.record_denials()  # a handler may have caught one of its denials
             except _SharedCommitFailed as failed:
                 self._waiting.pop(partition, None)
                 if isinstance(failed.__cause__, BackendUnavailable):
@@ -240,7 +241,7 @@ class GroupConsumer(PartitionMember):
                 await self._settle(partition, waiting[-1].record.position)
             return await self.app.load(cls, id)
 
-        return UnitOfWork(loader=load, document_reader=read_document)
+        return UnitOfWork(loader=load, document_reader=read_document, guard=self.app.codec.guard)
 
     async def _settle(
         self,
@@ -355,6 +356,7 @@ class GroupConsumer(PartitionMember):
             except (LeaseLost, _SharedCommitFailed, asyncio.CancelledError):
                 raise
             except Exception as exc:
+                await app.record_denials()  # an AccessDenied fails the handler, and is audited
                 first_failure = first_failure or app.clock.now()
                 if attempt == retry.attempts:
                     trace = traceback.format_exc()

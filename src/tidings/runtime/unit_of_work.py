@@ -9,7 +9,7 @@ short: it opens at commit time, not while the handler awaits other things.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
@@ -51,6 +51,14 @@ class UnitOfWork:
     documents: dict[tuple[str, str], object] = field(default_factory=dict)
     dead_letters: list[str] = field(default_factory=list)
     cancelled: list[str] = field(default_factory=list)
+    #: The App's access check (``runtime/access.py``), applied as each effect is staged, so that
+    #: a denied publication fails the handler where it is made. The codec checks again at commit.
+    guard: Callable[[str], None] | None = None
+
+    def _check(self, events: Sequence[Event]) -> None:
+        if self.guard is not None:
+            for event in events:
+                self.guard(event.__event_topic__)
 
     async def load(self, cls: type[A], id: str) -> A:
         """Load an aggregate; saving it later checks that nobody saved it meanwhile."""
@@ -59,6 +67,7 @@ class UnitOfWork:
 
     def save(self, aggregate: Aggregate) -> None:
         """Save the aggregate's new events at commit (with optimistic concurrency)."""
+        self._check(aggregate.pending)
         if aggregate not in self.aggregates:
             self.aggregates.append(aggregate)
 
@@ -73,6 +82,7 @@ class UnitOfWork:
     ) -> None:
         """Publish an event at commit; it inherits the handled event's correlation. An ``id`` of
         the caller's making makes publishing it again a no-op."""
+        self._check([event])
         self.publications.append(Publication(event, key, ttl, expires_at, id))
 
     def dead_letter(self, error: str) -> None:
@@ -83,6 +93,7 @@ class UnitOfWork:
     def schedule(self, event: Event, *, at: datetime, key: str | None = None, id: str | None = None) -> None:
         """Publish an event at ``at``, by a durable timer set at commit (it survives restarts and
         fires once); a timer with the same ``id`` is replaced."""
+        self._check([event])
         self.publications.append(Publication(event, key, id=id, at=at))
 
     async def get(self, collection: str, key: str, type: type[T]) -> T | None:

@@ -54,6 +54,8 @@ class NatsServer:
     process: subprocess.Popen[bytes] | None = None
     #: TLS with client certificates required: (certificate, key, CA) files.
     tls: tuple[Path, Path, Path] | None = None
+    #: More config text, as is (such as an ``authorization`` block from ``tidings acl nats-config``).
+    extra: str = ""
 
     @property
     def url(self) -> str:
@@ -74,6 +76,8 @@ class NatsServer:
             lines.append(
                 f"cluster {{ name: tidings, listen: 127.0.0.1:{self.cluster_port}, routes: [{routes}] }}"
             )
+        if self.extra:
+            lines.append(self.extra.rstrip("\n"))
         return "\n".join(lines) + "\n"
 
     def start(self) -> None:
@@ -119,9 +123,12 @@ class NatsServer:
 
 
 @contextlib.contextmanager
-def nats_servers(size: int = 1, *, tls: tuple[Path, Path, Path] | None = None) -> Iterator[list[NatsServer]]:
+def nats_servers(
+    size: int = 1, *, tls: tuple[Path, Path, Path] | None = None, extra: str = ""
+) -> Iterator[list[NatsServer]]:
     """``size`` servers (1, or 3 for a JetStream cluster), stopped and removed afterwards; with
-    ``tls`` (certificate, key, CA), clients must speak TLS and present a certificate."""
+    ``tls`` (certificate, key, CA), clients must speak TLS and present a certificate; ``extra``
+    is added to each server's config as is."""
     root = Path(tempfile.mkdtemp(prefix="tidings-nats-"))
     ports = [(free_port(), free_port()) for _ in range(size)]
     servers = [
@@ -132,6 +139,7 @@ def nats_servers(size: int = 1, *, tls: tuple[Path, Path, Path] | None = None) -
             directory=root / f"n{index + 1}",
             routes=[c for i, (_, c) in enumerate(ports) if i != index] if size > 1 else [],
             tls=tls,
+            extra=extra,
         )
         for index, (client, cluster) in enumerate(ports)
     ]

@@ -41,12 +41,12 @@ def _in_ci() -> bool:
 
 @pytest.fixture(autouse=True)
 def _no_store_override(monkeypatch: pytest.MonkeyPatch) -> None:
-    """``TIDINGS_STORE`` and ``TIDINGS_BUS`` override every App's: a test must not follow them
-    to real ones. A master key in the environment would switch encryption on everywhere."""
-    monkeypatch.delenv("TIDINGS_STORE", raising=False)
-    monkeypatch.delenv("TIDINGS_BUS", raising=False)
-    monkeypatch.delenv("TIDINGS_MASTER_KEY", raising=False)  # encryption only where a test asks
-    monkeypatch.delenv("TIDINGS_MASTER_KEY_FILE", raising=False)
+    """``TIDINGS_STORE``, ``TIDINGS_BUS``, ``TIDINGS_POLICY`` and ``TIDINGS_PRINCIPAL`` override
+    every App's: a test must not follow them to real ones. A master key in the environment would
+    switch encryption on everywhere: only where a test asks."""
+    names = ("TIDINGS_STORE", "TIDINGS_BUS", "TIDINGS_POLICY", "TIDINGS_PRINCIPAL")
+    for name in (*names, "TIDINGS_MASTER_KEY", "TIDINGS_MASTER_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture(scope="session")

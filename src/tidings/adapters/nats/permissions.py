@@ -1,0 +1,146 @@
+"""An access policy as nats-server permissions: one user per principal, allowed exactly the
+subjects that tidings' bus uses for what the principal does, and nothing else (no blanket ``>``).
+
+What the bus does on the wire (``bus.py``, ``publish.py``, ``reads.py``, ``inbox.py``):
+
+* every App opens the bus: ``$JS.API.STREAM.INFO.<stream>_<p>`` for each partition, and replies
+  (to JetStream requests, direct gets and publish acks) come to its ``_INBOX.<nuid>.*``
+  subscription (nats-py's ``new_inbox`` prefix);
+* an App with groups reads partitions with ``$JS.API.DIRECT.GET.<stream>_<p>`` and listens to
+  the doorbell ``<prefix>.wake``;
+* the relay creates the streams (``$JS.API.STREAM.CREATE.<stream>_<p>``), asks where each stands
+  (``$JS.API.STREAM.MSG.GET.<stream>_<p>``), publishes events on ``<prefix>.<p>.<topic>`` and
+  rings the doorbell. Events reach NATS only through the relay, from the store, so no other
+  principal publishes on event subjects: tidings checks their topics when they append.
+
+Core subscriptions to event subjects are allowed per subscribe pattern (``<prefix>.*.<pattern>``).
+nats-server checks a subscription against its allow list by matching the subscription's subject
+as if its wildcards were tokens, so an allowed ``payment.*`` lets ``payment.>`` in (the ``*``
+takes the ``>``), which then receives ``payment.card.declined`` too. A deny rule of the deeper
+subjects (``payment.*.>``), which the server also applies to each message it delivers, closes
+that, unless another allowed pattern allows those subjects anyway, or some of them (denying
+would take them away): then the config says so in a comment.
+
+A direct get reads a whole partition stream: the server cannot limit JetStream reads to topics
+within a stream, only publishing and core subscriptions (see docs/security.md).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+from tidings.domain.policy import Policy, Principal
+from tidings.domain.topics import covers, overlaps, validate_topic
+from tidings.errors import ConfigurationError, InvalidTopic
+
+#: nats-py's reply subjects: ``Client.new_inbox`` is ``_INBOX.<nuid>`` (its default prefix).
+INBOX = "_INBOX.>"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    """The subjects one principal may publish to and subscribe to."""
+
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    #: Subjects denied to subscriptions (and to each message delivered): see the module's docstring.
+    subscribe_deny: tuple[str, ...] = ()
+    #: Allowed patterns whose deeper subjects cannot be denied without taking another's away.
+    wider: tuple[str, ...] = ()
+
+
+def permissions_of(principal: Principal, *, prefix: str, stream: str, partitions: int) -> Permissions:
+    # NATS takes no partial-token wildcards (``TIDINGS_*``): every partition's stream is named.
+    streams = [f"{stream}_{partition}" for partition in range(partitions)]
+    doorbell = f"{prefix}.wake"
+    publish = [f"$JS.API.STREAM.INFO.{name}" for name in streams]
+    subscribe = [INBOX]
+    events = [f"{prefix}.*.{pattern}" for pattern in dict.fromkeys(principal.subscribe)]
+    deny: list[str] = []
+    wider: list[str] = []
+    for subject in events:
+        if not subject.endswith(".*"):
+            continue
+        deeper = f"{subject}.>"
+        if any(covers(other, deeper) for other in events):
+            continue  # another pattern allows all of them anyway
+        if any(overlaps(other, deeper) for other in events):
+            wider.append(subject)  # denying them would take some of another pattern's away
+        else:
+            deny.append(deeper)
+    if principal.subscribe:
+        publish += [f"$JS.API.DIRECT.GET.{name}" for name in streams]
+        subscribe.append(doorbell)
+        subscribe += events
+    if principal.relay:
+        publish += [f"$JS.API.STREAM.CREATE.{name}" for name in streams]
+        publish += [f"$JS.API.STREAM.MSG.GET.{name}" for name in streams]
+        publish += [f"{prefix}.{partition}.>" for partition in range(partitions)]
+        publish.append(doorbell)
+    return Permissions(
+        tuple(dict.fromkeys(publish)), tuple(dict.fromkeys(subscribe)), tuple(deny), tuple(wider)
+    )
+
+
+def authorization_block(policy: Policy, *, prefix: str, stream: str, partitions: int) -> str:
+    """The ``authorization { users = [...] }`` block of a nats-server config for ``policy``."""
+    if partitions < 1:
+        raise ConfigurationError(f"partitions must be at least 1, got {partitions}")
+    try:
+        validate_topic(prefix)
+    except InvalidTopic as exc:
+        raise ConfigurationError(f"subject prefix: {exc}") from None
+    if not re.fullmatch(r"[A-Za-z0-9_-]+", stream):
+        raise ConfigurationError(f"stream name {stream!r}: only letters, digits, '_' and '-'")
+    if not policy.principals:
+        raise ConfigurationError(f"{policy.source}: no principals: nats-server would let everyone in")
+    lines = [
+        f"# From {policy.source} by `tidings acl nats-config`: subjects {prefix}.<partition>.<topic>,",
+        f"# streams {stream}_0 to {stream}_{partitions - 1}. Regenerate it when the policy changes.",
+        "authorization {",
+        "  users = [",
+    ]
+    for principal in policy.principals.values():
+        if principal.password is not None:
+            credential = f"user: {_quote(principal.name)}, password: {_quote(principal.password)}"
+        elif principal.nkey is not None:
+            credential = f"nkey: {_quote(principal.nkey)}  # {principal.name}"
+        else:
+            raise ConfigurationError(
+                f"{policy.source}: principal {principal.name!r} has neither a password nor an nkey: "
+                "nats-server cannot tell it is who it says"
+            )
+        allowed = permissions_of(principal, prefix=prefix, stream=stream, partitions=partitions)
+        lines += ["    {", f"      {credential}"]
+        lines += [
+            f"      # {subject}: a subscription to its '*' as '>' also gets deeper subjects (an"
+            " overlapping pattern keeps them from being denied)"
+            for subject in allowed.wider
+        ]
+        lines += [
+            "      permissions: {",
+            "        publish: {",
+            *_subjects("allow", allowed.publish),
+            "        }",
+            "        subscribe: {",
+            *_subjects("allow", allowed.subscribe),
+            *(_subjects("deny", allowed.subscribe_deny) if allowed.subscribe_deny else []),
+            "        }",
+            "      }",
+            "    }",
+        ]
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def _quote(text: str) -> str:
+    # A JSON string is a valid quoted string of the NATS config format (escapes included), and
+    # inside quotes '$' is text, not a variable.
+    return json.dumps(text)
+
+
+def _subjects(rule: str, subjects: tuple[str, ...]) -> list[str]:
+    # One subject a line (array items may be separated by newlines), for a reviewer's diff.
+    return [f"          {rule}: [", *(f"            {_quote(s)}" for s in subjects), "          ]"]

@@ -1,0 +1,181 @@
+"""The policy compiled to nats-server permissions (``tidings acl nats-config``): the exact block,
+the subjects each kind of principal gets, and the mistakes it refuses."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tidings.adapters.nats.permissions import authorization_block, permissions_of
+from tidings.cli import app
+from tidings.domain.policy import Policy, Principal
+from tidings.errors import ConfigurationError
+
+NKEY = "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"
+POLICY = f"""
+[principals.orders]
+publish = ["order.>"]
+subscribe = ["payment.*"]
+password = "pw.1~x"
+relay = true
+
+[principals.billing]
+publish = ["invoice.created"]
+nkey = "{NKEY}"
+"""
+
+EXPECTED = """\
+# From shop.toml by `tidings acl nats-config`: subjects ev.<partition>.<topic>,
+# streams EV_0 to EV_1. Regenerate it when the policy changes.
+authorization {
+  users = [
+    {
+      user: "orders", password: "pw.1~x"
+      permissions: {
+        publish: {
+          allow: [
+            "$JS.API.STREAM.INFO.EV_0"
+            "$JS.API.STREAM.INFO.EV_1"
+            "$JS.API.DIRECT.GET.EV_0"
+            "$JS.API.DIRECT.GET.EV_1"
+            "$JS.API.STREAM.CREATE.EV_0"
+            "$JS.API.STREAM.CREATE.EV_1"
+            "$JS.API.STREAM.MSG.GET.EV_0"
+            "$JS.API.STREAM.MSG.GET.EV_1"
+            "ev.0.>"
+            "ev.1.>"
+            "ev.wake"
+          ]
+        }
+        subscribe: {
+          allow: [
+            "_INBOX.>"
+            "ev.wake"
+            "ev.*.payment.*"
+          ]
+          deny: [
+            "ev.*.payment.*.>"
+          ]
+        }
+      }
+    }
+    {
+      nkey: "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"  # billing
+      permissions: {
+        publish: {
+          allow: [
+            "$JS.API.STREAM.INFO.EV_0"
+            "$JS.API.STREAM.INFO.EV_1"
+          ]
+        }
+        subscribe: {
+          allow: [
+            "_INBOX.>"
+          ]
+        }
+      }
+    }
+  ]
+}
+"""
+
+
+def test_the_block_for_a_relay_with_groups_and_a_publisher_only() -> None:
+    policy = Policy.from_toml(POLICY, source="shop.toml")
+    assert authorization_block(policy, prefix="ev", stream="EV", partitions=2) == EXPECTED
+
+
+def _subjects(block: str) -> list[str]:
+    return re.findall(r'^\s+"([^"]+)"$', block, flags=re.MULTILINE)
+
+
+def test_no_principal_gets_a_blanket_wildcard() -> None:
+    principal = Principal("all", publish=(">",), subscribe=(">", "*"), password="x", relay=True)
+    block = authorization_block(Policy({"all": principal}), prefix="tidings", stream="TIDINGS", partitions=8)
+    subjects = _subjects(block)
+    assert len(subjects) > 8 * 5
+    assert ">" not in subjects and "*.>" not in subjects and "$JS.API.>" not in subjects
+    assert all(
+        s.startswith(("$JS.API.STREAM.", "$JS.API.DIRECT.GET.", "_INBOX.", "tidings.")) for s in subjects
+    )
+    # Eight partitions named one by one: NATS takes no partial-token wildcards such as TIDINGS_*.
+    assert [s for s in subjects if s.startswith("$JS.API.STREAM.CREATE.")] == [
+        f"$JS.API.STREAM.CREATE.TIDINGS_{p}" for p in range(8)
+    ]
+    assert "deny" not in block and "deeper subjects" not in block  # '>' allows all '*' could leak
+
+
+def test_what_each_kind_of_principal_needs() -> None:
+    reader = permissions_of(Principal("r", subscribe=("order.placed",)), prefix="t", stream="S", partitions=1)
+    assert reader.publish == ("$JS.API.STREAM.INFO.S_0", "$JS.API.DIRECT.GET.S_0")
+    assert reader.subscribe == ("_INBOX.>", "t.wake", "t.*.order.placed")
+    assert reader.subscribe_deny == ()
+    writer = permissions_of(Principal("w", publish=("order.>",)), prefix="t", stream="S", partitions=1)
+    # It publishes nothing on event subjects: its events reach the bus through the relay.
+    assert writer.publish == ("$JS.API.STREAM.INFO.S_0",)
+    assert writer.subscribe == ("_INBOX.>",)
+
+
+def test_a_trailing_star_gets_a_deny_rule_unless_another_pattern_needs_the_deeper_subjects() -> None:
+    alone = permissions_of(
+        Principal("a", subscribe=("payment.*", "order.>")), prefix="t", stream="S", partitions=1
+    )
+    assert alone.subscribe_deny == ("t.*.payment.*.>",) and alone.wider == ()
+    shared = permissions_of(
+        Principal("b", subscribe=("payment.*", "payment.card.>")), prefix="t", stream="S", partitions=1
+    )
+    assert shared.subscribe_deny == () and shared.wider == ("t.*.payment.*",)
+    block = authorization_block(
+        Policy({"b": Principal("b", subscribe=("payment.*", "payment.card.>"), password="x")}),
+        prefix="t",
+        stream="S",
+        partitions=1,
+    )
+    assert "# t.*.payment.*: a subscription to its '*' as '>' also gets deeper subjects" in block
+
+
+@pytest.mark.parametrize(
+    ("policy", "options", "message"),
+    [
+        (
+            Policy({"x": Principal("x")}, "p.toml"),
+            {},
+            "p.toml: principal 'x' has neither a password nor an nkey",
+        ),
+        (Policy({}, "p.toml"), {}, "p.toml: no principals"),
+        (Policy({"x": Principal("x", password="p")}), {"partitions": 0}, "partitions must be at least 1"),
+        (Policy({"x": Principal("x", password="p")}), {"prefix": "a.*"}, "subject prefix"),
+        (Policy({"x": Principal("x", password="p")}), {"stream": "A.B"}, "stream name 'A.B'"),
+    ],
+)
+def test_mistakes_are_refused(policy: Policy, options: dict[str, object], message: str) -> None:
+    settings: dict[str, object] = {"prefix": "tidings", "stream": "TIDINGS", "partitions": 2, **options}
+    with pytest.raises(ConfigurationError, match=re.escape(message)):
+        authorization_block(policy, **settings)  # type: ignore[arg-type]
+
+
+def test_the_command_prints_the_block(tmp_path: Path) -> None:
+    path = tmp_path / "shop.toml"
+    path.write_text(POLICY)
+    result = CliRunner().invoke(
+        app, ["acl", "nats-config", str(path), "--prefix", "ev", "--stream", "EV", "--partitions", "2"]
+    )
+    assert result.exit_code == 0, result.output
+    assert result.stdout == EXPECTED.replace("shop.toml", str(path), 1)
+    defaults = CliRunner().invoke(app, ["acl", "nats-config", str(path)])
+    assert (
+        defaults.exit_code == 0 and '"tidings.7.>"' in defaults.stdout and "TIDINGS_8" not in defaults.stdout
+    )
+
+
+def test_the_command_reports_a_bad_policy_in_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text('[principals.orders]\npublish = "order.>"\n')
+    result = CliRunner().invoke(app, ["acl", "nats-config", str(path)])
+    assert result.exit_code == 2
+    assert "principal 'orders': publish must be a list of topic patterns" in result.stderr
+    missing = CliRunner().invoke(app, ["acl", "nats-config", str(tmp_path / "none.toml")])
+    assert missing.exit_code == 2 and "cannot read the access policy" in missing.stderr
