@@ -92,7 +92,7 @@ async def _publish_and_kill_the_leader(app: App, servers: list[NatsServer]) -> N
             leader = ""
             with contextlib.suppress(Exception):
                 leader, _ = await _stream_leader(servers[0].url)
-            victim = next((s for s in servers if s.name == leader), servers[0])
+            victim = next((s for s in servers if s.server_name == leader), servers[0])
             victim.kill()
     assert victim is not None
     return victim

@@ -16,7 +16,7 @@ import msgspec
 
 from tidings.adapters.registry import open_bus, open_store
 from tidings.domain.aggregate import Aggregate
-from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, Stored
+from tidings.domain.envelope import DEFAULT_MAX_SIZE, RecordedEvent, Stored
 from tidings.domain.events import Event, EventRegistry, default_registry
 from tidings.domain.integrity import IntegrityReport
 from tidings.domain.policy import Policy
@@ -26,7 +26,7 @@ from tidings.errors import AccessDenied, ConfigurationError
 from tidings.ports import ANY, Bus, DeadLetter, EventStore, ExpectedVersion, Log
 from tidings.runtime.access import Guard, load_policy
 from tidings.runtime.codec import Codec
-from tidings.runtime.consuming import Context, GroupConsumer, Subscription
+from tidings.runtime.consuming import GroupConsumer, Subscription
 from tidings.runtime.deadlines import Clock, SystemClock
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.key_admin import Rotation, rotate, shred
@@ -34,13 +34,14 @@ from tidings.runtime.keyring import KeyRing
 from tidings.runtime.leasing import PartitionMember
 from tidings.runtime.outbox import RESERVED_GROUP_PREFIX, Relay
 from tidings.runtime.projection import Projection, reset_projection, run_projection
-from tidings.runtime.publishing import Lineage, aggregate_envelopes, publication_envelope
+from tidings.runtime.publishing import Lineage, publication_envelope
 from tidings.runtime.repository import Repository
 from tidings.runtime.retries import Retry
 from tidings.runtime.saga_engine import SagaEngine
 from tidings.runtime.sealed_store import SealedLog, SealedStore
 from tidings.runtime.timers import TimerWorker
 from tidings.runtime.unit_of_work import Publication
+from tidings.runtime.wakeups import Wakeups
 
 A = TypeVar("A", bound=Aggregate)
 H = TypeVar("H", bound=Callable[..., Any])
@@ -108,9 +109,8 @@ class App:
         self._feed: Log | None = None  # what consumer groups read: the bus's log, else the store's
         self._repository: Repository | None = None
         self._members: list[PartitionMember] = []
-        #: Counts appends seen (``notify``); a reader that saw nothing waits for it to move.
-        self.appends = 0
-        self._waiters: set[asyncio.Future[None]] = set()
+        #: Appends seen in this process, and the idle readers (consumers, relay) that wait for them.
+        self.wakeups = Wakeups()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -404,16 +404,6 @@ class App:
         self.sagas[saga.name] = engine
         self.subscriptions[engine.group] = Subscription(engine.pattern, engine.group, engine.handle)
 
-    def _envelopes_of(self, context: Context) -> Callable[[Aggregate], list[Envelope]]:
-        lineage = Lineage(context.correlation_id, context.envelope.id)
-        now = self.clock.now()
-        return lambda aggregate: aggregate_envelopes(self.codec, aggregate, now, lineage)
-
-    def _publication_of(self, context: Context) -> Callable[[Publication], tuple[str, Envelope]]:
-        lineage = Lineage(context.correlation_id, context.envelope.id)
-        now = self.clock.now()
-        return lambda publication: publication_envelope(self.codec, publication, now, lineage)
-
     async def record_denials(self) -> int:
         """Append the access denials not recorded yet as ``security.denied`` events (stream
         ``security-denied-<principal>``); returns how many. Until the App is open they wait."""
@@ -432,27 +422,7 @@ class App:
 
     def notify(self) -> None:
         """Wake this process's consumers: new events are in the log."""
-        self.appends += 1
-        self.wake()
-
-    def wake(self) -> None:
-        """Wake every idle consumer of this process (to see new events, or that it must stop)."""
-        for waiter in self._waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-        self._waiters.clear()
-
-    async def wait_for_events(self, poll: float, since: int) -> None:
-        """Until an append after the ``since`` count of ``appends`` (at once if one happened
-        already: a reader takes the count before it reads), or ``poll`` seconds pass."""
-        if self.appends != since:
-            return
-        waiter = asyncio.get_running_loop().create_future()
-        self._waiters.add(waiter)
-        try:
-            await asyncio.wait_for(waiter, poll)
-        except TimeoutError:
-            self._waiters.discard(waiter)
+        self.wakeups.notify()
 
     # -- running consumers -------------------------------------------------------------------
 

@@ -35,6 +35,7 @@ from tidings.ports import DeadLetter, Log, StoreTransaction
 from tidings.runtime.crypto import SEALED, Undecryptable
 from tidings.runtime.deadlines import lateness
 from tidings.runtime.leasing import LeaseLost, PartitionMember
+from tidings.runtime.publishing import aggregate_envelopes_of, publisher_of
 from tidings.runtime.retries import Retry
 from tidings.runtime.unit_of_work import UnitOfWork, write_documents
 
@@ -170,17 +171,17 @@ class GroupConsumer(PartitionMember):
             self._blocked = await self.log.blocked_keys(self.group)
 
     def on_stop(self) -> None:
-        self.app.wake()  # idle partitions notice at once instead of at their next poll
+        self.app.wakeups.wake()  # idle partitions notice at once instead of at their next poll
 
     async def work(self, partition: int) -> None:
         name = self.checkpoint_name(partition)
         after = self._committed[partition] = await self.app.store.get_checkpoint(name)
         self._waiting.pop(partition, None)
         while not self.stopping:
-            seen = self.app.appends
+            seen = self.app.wakeups.count
             batch = await self.log.read_partition(partition, after=after, limit=self.subscription.batch_size)
             if not batch:
-                await self.app.wait_for_events(self.poll, seen)
+                await self.app.wakeups.wait(self.poll, seen)
                 continue
             mine = [r for r in batch if self.subscription.pattern.matches(r.envelope.topic)]
             # One look at the inbox for the whole batch (redeliveries after a crash or handover).
@@ -267,13 +268,13 @@ class GroupConsumer(PartitionMember):
                     fresh = await tx.mark_handled(self.group, done.record.envelope.id, done.context.attempt)
                     if fresh and done.context._unit is not None:
                         units.append((done.context, done.context._unit))
-                publishers = [self.app._publication_of(context) for context, _ in units]
+                publishers = [publisher_of(self.app, context) for context, _ in units]
                 for (_, unit), publish in zip(
                     units, publishers, strict=True
                 ):  # timers first: see write_timers
                     await unit.write_timers(tx, publish)
                 for (context, unit), publish in zip(units, publishers, strict=True):
-                    saved += await unit.append_events(tx, self.app._envelopes_of(context), publish)
+                    saved += await unit.append_events(tx, aggregate_envelopes_of(self.app, context), publish)
                 await write_documents(tx, [unit for _, unit in units])
                 for context, unit in units:
                     for error in unit.dead_letters:

@@ -51,15 +51,15 @@ class Relay(PartitionMember):
         self.poll = poll
 
     def on_stop(self) -> None:
-        self.app.wake()
+        self.app.wakeups.wake()
 
     async def work(self, partition: int) -> None:
         after = await self.bus.published(partition)
         while not self.stopping:
-            seen = self.app.appends
+            seen = self.app.wakeups.count
             batch = await self.log.read_partition(partition, after=after, limit=self.batch_size)
             if not batch:
-                await self.app.wait_for_events(self.poll, seen)
+                await self.app.wakeups.wait(self.poll, seen)
                 continue
             log.debug(PUBLISHING, partition, batch[0].position, batch[-1].position)
             await self.bus.publish(partition, batch)

@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import Envelope
@@ -12,6 +14,10 @@ from tidings.domain.ids import uuid7
 from tidings.errors import InvalidArgument
 from tidings.runtime.codec import Codec
 from tidings.runtime.unit_of_work import Publication
+
+if TYPE_CHECKING:
+    from tidings.runtime.app import App
+    from tidings.runtime.consuming import Context
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,3 +76,18 @@ def aggregate_envelopes(
         )
         for event in aggregate.pending
     ]
+
+
+def publisher_of(app: App, context: Context) -> Callable[[Publication], tuple[str, Envelope]]:
+    """How a handler's publications become envelopes: caused by the event in hand, in its
+    correlation, all at one time."""
+    lineage = Lineage(context.correlation_id, context.envelope.id)
+    now = app.clock.now()
+    return lambda publication: publication_envelope(app.codec, publication, now, lineage)
+
+
+def aggregate_envelopes_of(app: App, context: Context) -> Callable[[Aggregate], list[Envelope]]:
+    """How the new events of aggregates that a handler saves become envelopes."""
+    lineage = Lineage(context.correlation_id, context.envelope.id)
+    now = app.clock.now()
+    return lambda aggregate: aggregate_envelopes(app.codec, aggregate, now, lineage)

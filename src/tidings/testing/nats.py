@@ -17,6 +17,7 @@ import sys
 import sysconfig
 import tempfile
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,13 @@ class NatsServer:
     tls: tuple[Path, Path, Path] | None = None
     #: More config text, as is (such as an ``authorization`` block from ``tidings acl nats-config``).
     extra: str = ""
+    #: Makes the server's name its own: another test run may have taken the port meanwhile, and
+    #: the name in the server's greeting tells whether the port leads to this server.
+    tag: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
+
+    @property
+    def server_name(self) -> str:
+        return f"{self.name}-{self.tag}"
 
     @property
     def url(self) -> str:
@@ -64,7 +72,7 @@ class NatsServer:
     def config(self) -> str:
         store = self.directory / "jetstream"
         lines = [
-            f"server_name: {self.name}",
+            f"server_name: {self.server_name}",
             f"listen: 127.0.0.1:{self.port}",
             f'jetstream {{ store_dir: "{store}", sync_interval: always }}',
         ]
@@ -97,8 +105,13 @@ class NatsServer:
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"nats-server {self.name} exited: {self.log_tail()}")
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), 0.2):
-                return
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.5) as probe,
+            ):
+                greeting = probe.recv(4096)  # INFO {...}, sent first by every nats-server
+                if f'"server_name":"{self.server_name}"'.encode() in greeting:
+                    return
             time.sleep(0.05)
         raise RuntimeError(f"nats-server {self.name} did not listen in time: {self.log_tail()}")
 

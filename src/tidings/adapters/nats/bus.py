@@ -25,6 +25,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import nats
 from nats.aio.client import Client
+from nats.errors import AuthorizationError
 from nats.errors import Error as NatsError
 from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import Error as JetStreamError
@@ -56,13 +57,15 @@ _ERRORS_KEPT = 20  # of a first connection that failed, the last errors the clie
 
 
 def _telling(errors: Sequence[Exception]) -> Exception:
-    """The error that says why a first connection failed: the last TLS error if there was one.
+    """The error that says why a first connection failed: the last refusal (a TLS error, or the
+    server's authorization violation) if there was one.
 
     A server that refuses a client certificate (expired, unknown CA) sends an alert after the
-    client's side of the handshake is done, and the client may meet a broken pipe on its next
-    write before it reads the alert: the alert is the reason, the broken pipe its echo.
+    client's side of the handshake is done, and one that refuses a password sends its error and
+    closes: the client may meet a broken pipe or a reset connection before it reads either. The
+    refusal is the reason, the broken connection its echo.
     """
-    refusals: list[Exception] = [error for error in errors if isinstance(error, ssl.SSLError)]
+    refusals: list[Exception] = [e for e in errors if isinstance(e, (ssl.SSLError, AuthorizationError))]
     return (refusals or list(errors))[-1]
 
 
@@ -182,12 +185,17 @@ class NatsBus:
             self._inbox = await Inbox.open(client)
         except DRIVER_ERRORS as exc:
             await self.close()
-            cause = _telling(seen) if isinstance(exc, TimeoutError) and seen else exc
+            # A timeout says nothing of its own; any other error may be the echo of a refusal.
+            cause = _telling(seen if isinstance(exc, TimeoutError) and seen else [*seen, exc])
             hint = ""
             if isinstance(cause, ssl.SSLError) and tls is None:
                 # The client upgrades to TLS by itself when the server demands it, and then
                 # verifies the server against the system's CAs only.
                 hint = " (the server requires TLS: give tls_ca, and tls_cert with tls_key if it asks)"
+            elif isinstance(cause, ConnectionError) and "@" in self.settings.servers[0]:
+                # A server that refuses credentials closes the connection, and the client may
+                # meet the closed socket before it reads the server's reason.
+                hint = " (the server closed the connection: are the user and password right?)"
             raise BackendUnavailable(f"NATS at {self.url}: {type(cause).__name__}: {cause}{hint}") from None
         except ConfigurationError:
             await self.close()
