@@ -25,6 +25,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 
+from tidings.adapters.nats.inbox import inbox_prefix
 from tidings.adapters.nats.permissions import authorization_block
 from tidings.domain.topics import compile_pattern
 from tidings.errors import BackendUnavailable
@@ -137,7 +138,9 @@ async def raw_client(server: NatsServer, principal: str) -> AsyncIterator[tuple[
         errors.append(str(error))
 
     url = f"nats://{principal}:{PASSWORDS[principal]}@127.0.0.1:{server.port}"
-    client = await nats.connect(url, error_cb=note, allow_reconnect=False, connect_timeout=2)
+    client = await nats.connect(
+        url, error_cb=note, allow_reconnect=False, connect_timeout=2, inbox_prefix=inbox_prefix(principal)
+    )
     try:
         yield client, errors
     finally:
@@ -262,14 +265,15 @@ async def test_the_server_allows_core_subscriptions_per_subscribe_pattern(server
                 if (principal, pattern) not in MAY_SUBSCRIBE | ACCEPTED_BUT_FILTERED
             ]
             await refused_exactly(errors, refused)
-        # Nothing beyond the event subjects either: not everything, not another prefix.
+        # Nothing beyond the event subjects either: not everything, not another prefix, and not
+        # the replies of others (a direct get's reply holds events).
         client, errors = clients["auditor"]
         before = list(errors)
-        await client.subscribe(">")
-        await client.subscribe("other.*.acl.>")
+        refused_subjects = [">", "other.*.acl.>", "_INBOX.>", f"_INBOX.{RELAY}.>"]
+        for subject in refused_subjects:
+            await client.subscribe(subject)
         await client.flush()
-        more = [violation("subscription", ">"), violation("subscription", "other.*.acl.>")]
-        await refused_exactly(errors, before + more)
+        await refused_exactly(errors, before + [violation("subscription", s) for s in refused_subjects])
 
 
 async def test_nobody_else_gets_in(server: NatsServer) -> None:

@@ -3,6 +3,7 @@ the subjects each kind of principal gets, and the mistakes it refuses."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -52,7 +53,7 @@ authorization {
         }
         subscribe: {
           allow: [
-            "_INBOX.>"
+            "_INBOX.orders.>"
             "ev.wake"
             "ev.*.payment.*"
           ]
@@ -73,7 +74,7 @@ authorization {
         }
         subscribe: {
           allow: [
-            "_INBOX.>"
+            "_INBOX.billing.>"
           ]
         }
       }
@@ -111,12 +112,12 @@ def test_no_principal_gets_a_blanket_wildcard() -> None:
 def test_what_each_kind_of_principal_needs() -> None:
     reader = permissions_of(Principal("r", subscribe=("order.placed",)), prefix="t", stream="S", partitions=1)
     assert reader.publish == ("$JS.API.STREAM.INFO.S_0", "$JS.API.DIRECT.GET.S_0")
-    assert reader.subscribe == ("_INBOX.>", "t.wake", "t.*.order.placed")
+    assert reader.subscribe == ("_INBOX.r.>", "t.wake", "t.*.order.placed")
     assert reader.subscribe_deny == ()
     writer = permissions_of(Principal("w", publish=("order.>",)), prefix="t", stream="S", partitions=1)
     # It publishes nothing on event subjects: its events reach the bus through the relay.
     assert writer.publish == ("$JS.API.STREAM.INFO.S_0",)
-    assert writer.subscribe == ("_INBOX.>",)
+    assert writer.subscribe == ("_INBOX.w.>",)
 
 
 def test_a_trailing_star_gets_a_deny_rule_unless_another_pattern_needs_the_deeper_subjects() -> None:
@@ -179,3 +180,20 @@ def test_the_command_reports_a_bad_policy_in_one_line(tmp_path: Path) -> None:
     assert "principal 'orders': publish must be a list of topic patterns" in result.stderr
     missing = CliRunner().invoke(app, ["acl", "nats-config", str(tmp_path / "none.toml")])
     assert missing.exit_code == 2 and "cannot read the access policy" in missing.stderr
+
+
+def test_each_principal_gets_replies_of_its_own() -> None:
+    """A direct get's reply holds events: no principal may subscribe to another's replies."""
+    names = ["orders", "orders.eu", "orders-eu", "a@b"]
+    prefixes = [
+        permissions_of(Principal(name, subscribe=("x",)), prefix="t", stream="S", partitions=1).subscribe[0]
+        for name in names
+    ]
+    assert prefixes == [
+        "_INBOX.orders.>",
+        f"_INBOX.~{b'orders.eu'.hex()}.>",
+        "_INBOX.orders-eu.>",
+        "_INBOX.a@b.>",
+    ]
+    for mine, other in itertools.permutations(prefixes, 2):  # none covers another's replies
+        assert not other.removesuffix(">").startswith(mine.removesuffix(">"))

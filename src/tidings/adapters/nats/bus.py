@@ -31,7 +31,7 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
 
-from tidings.adapters.nats.inbox import Inbox
+from tidings.adapters.nats.inbox import Inbox, inbox_prefix
 from tidings.adapters.nats.publish import publish_in_order, resync
 from tidings.adapters.nats.reads import POSITION_HEADER, STREAM_HEADER, VERSION_HEADER, direct_get, record_of
 from tidings.adapters.urls import redact_url
@@ -176,6 +176,7 @@ class NatsBus:
                     allow_reconnect=True,
                     tls=tls,
                     tls_hostname=urlsplit(self.settings.servers[0]).hostname if tls else None,
+                    inbox_prefix=inbox_prefix(urlsplit(self.settings.servers[0]).username),
                     error_cb=note,
                 ),
                 self.settings.connect_timeout * (len(self.settings.servers) + 1),

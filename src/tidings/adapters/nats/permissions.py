@@ -4,8 +4,9 @@ subjects that tidings' bus uses for what the principal does, and nothing else (n
 What the bus does on the wire (``bus.py``, ``publish.py``, ``reads.py``, ``inbox.py``):
 
 * every App opens the bus: ``$JS.API.STREAM.INFO.<stream>_<p>`` for each partition, and replies
-  (to JetStream requests, direct gets and publish acks) come to its ``_INBOX.<nuid>.*``
-  subscription (nats-py's ``new_inbox`` prefix);
+  (to JetStream requests, direct gets and publish acks) come to its ``_INBOX.<user>.<nuid>.*``
+  subscription: each user has replies of its own (``inbox.inbox_prefix``), as a direct get's
+  reply holds events that another principal must not read off a shared ``_INBOX.>``;
 * an App with groups reads partitions with ``$JS.API.DIRECT.GET.<stream>_<p>`` and listens to
   the doorbell ``<prefix>.wake``;
 * the relay creates the streams (``$JS.API.STREAM.CREATE.<stream>_<p>``), asks where each stands
@@ -31,12 +32,10 @@ import json
 import re
 from dataclasses import dataclass
 
+from tidings.adapters.nats.inbox import inbox_prefix
 from tidings.domain.policy import Policy, Principal
 from tidings.domain.topics import covers, overlaps, validate_topic
 from tidings.errors import ConfigurationError, InvalidTopic
-
-#: nats-py's reply subjects: ``Client.new_inbox`` is ``_INBOX.<nuid>`` (its default prefix).
-INBOX = "_INBOX.>"
 
 
 @dataclass(frozen=True)
@@ -56,7 +55,7 @@ def permissions_of(principal: Principal, *, prefix: str, stream: str, partitions
     streams = [f"{stream}_{partition}" for partition in range(partitions)]
     doorbell = f"{prefix}.wake"
     publish = [f"$JS.API.STREAM.INFO.{name}" for name in streams]
-    subscribe = [INBOX]
+    subscribe = [f"{inbox_prefix(principal.name)}.>"]
     events = [f"{prefix}.*.{pattern}" for pattern in dict.fromkeys(principal.subscribe)]
     deny: list[str] = []
     wider: list[str] = []
