@@ -104,3 +104,31 @@ def test_list_rotate_and_shred(key_file: Path, tmp_path: Path) -> None:
     declined = CliRunner().invoke(app, ["keys", "shred", "note-2", "--store", url], input="n\n", env=env)
     assert declined.exit_code == 1
     assert "second-note-text" in tidings_cli("events", "note-2", "--store", url, env=env).output
+
+
+def test_dlq_show_opens_a_sealed_letter_only_with_the_key(key_file: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+
+    async def dead_letter() -> None:
+        master = LocalMasterKey.from_file(key_file)
+        app = tidings.App("cli-keys", store=url, encryption=Encryption(master_key=master))
+
+        @app.subscribe("clitest.key.*", group="refusers", retry=tidings.Retry(attempts=1))
+        async def refuse(event: KeyNoted, ctx: tidings.Context) -> None:
+            raise RuntimeError("refused")
+
+        async with app, app.running(poll=0.05):
+            await app.publish(KeyNoted(text="dead-letter-secret"), key="note-9")
+            for _ in range(200):
+                if await app.dead_letters("refusers"):
+                    return
+                await asyncio.sleep(0.05)
+        raise AssertionError("no dead letter")
+
+    asyncio.run(dead_letter())
+    # Not through tidings_cli: a dead letter's traceback is part of what `dlq show` shows.
+    runner = CliRunner()
+    shown = runner.invoke(app, ["dlq", "show", "1", "--store", url], env={ENV_KEY_FILE: str(key_file)})
+    assert shown.exit_code == 0 and "dead-letter-secret" in shown.output
+    hidden = runner.invoke(app, ["dlq", "show", "1", "--store", url])
+    assert hidden.exit_code == 0 and "dead-letter-secret" not in hidden.output and "refused" in hidden.output

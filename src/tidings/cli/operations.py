@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import signal
 import subprocess
@@ -26,10 +27,12 @@ from tidings.cli.common import (
     run_with_store,
     stdout,
 )
-from tidings.domain.envelope import RecordedEvent, format_time
+from tidings.cli.render import current_keys, data_text
+from tidings.domain.envelope import RecordedEvent, format_time, from_structured
 from tidings.errors import ConfigurationError, TidingsError
 from tidings.ports import DeadLetter, EventStore, Log, Trace
 from tidings.runtime.app import DEFAULT_STORE, App
+from tidings.runtime.crypto import SEALED
 
 dlq_app = typer.Typer(help="The dead letter queues of consumer groups.", no_args_is_help=True)
 
@@ -137,7 +140,13 @@ def dlq_show(
     """One dead letter: why, the traceback, and the original envelope."""
 
     async def work(opened: EventStore) -> list[DeadLetter]:
-        return await _log(opened).dead_letters(None, state=None, limit=1_000_000)
+        letters = await _log(opened).dead_letters(None, state=None, limit=1_000_000)
+        keys = current_keys()  # with a master key: load what the letter's sealed data needs
+        for letter in letters:
+            if letter.id == entry and letter.envelope and keys is not None:
+                with contextlib.suppress(TidingsError):
+                    await keys.load([from_structured(letter.envelope, max_size=2**31).data])
+        return letters
 
     found = [letter for letter in run_with_store(store, work) if letter.id == entry]
     if not found:
@@ -159,6 +168,10 @@ def dlq_show(
         console.print(Text(letter.traceback))
     if letter.envelope:
         console.print(Text(letter.envelope.decode(errors="replace")))
+        with contextlib.suppress(TidingsError):
+            envelope = from_structured(letter.envelope, max_size=2**31)
+            if envelope.datacontenttype == SEALED:
+                console.print(Text("        data: ", style="bold"), Text(data_text(envelope)), sep="")
     elif letter.raw:
         console.print(Text(f"raw bytes: {letter.raw[:400]!r}"))
 
