@@ -116,7 +116,9 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     """An event that a group will not process, and why."""
 
     group: str
-    reason: str  # "failed", "expired", "malformed", "undecryptable", or "parked" (ordered groups)
+    #: "failed", "expired", "malformed", "undecryptable", "denied" (the handler did what the
+    #: policy does not allow), or "parked" (ordered groups)
+    reason: str
     error: str
     traceback: str = ""
     attempts: int = 0

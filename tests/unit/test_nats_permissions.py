@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from tidings.adapters.nats.bus import NatsSettings
 from tidings.adapters.nats.permissions import authorization_block, permissions_of
 from tidings.cli import app
 from tidings.domain.policy import Policy, Principal
@@ -197,3 +198,17 @@ def test_each_principal_gets_replies_of_its_own() -> None:
     ]
     for mine, other in itertools.permutations(prefixes, 2):  # none covers another's replies
         assert not other.removesuffix(">").startswith(mine.removesuffix(">"))
+
+
+@pytest.mark.parametrize("prefix", ["_INBOX", "_INBOX.x", "$JS", "$SYS.x", "a.*", "a..b", "a b"])
+def test_a_prefix_in_nats_own_subjects_or_with_wildcards_is_refused(prefix: str) -> None:
+    policy = Policy({"r": Principal("r", subscribe=(">",))})
+    with pytest.raises(ConfigurationError, match="subject prefix"):
+        authorization_block(policy, prefix=prefix, stream="S", partitions=1)
+    with pytest.raises(ConfigurationError, match="subject prefix"):
+        NatsSettings.from_url(f"nats://127.0.0.1:4222?prefix={prefix}")
+
+
+def test_settings_do_not_show_the_password() -> None:
+    settings = NatsSettings.from_url("nats://orders:s3cret-pw@127.0.0.1:4222")
+    assert "s3cret-pw" not in repr(settings)

@@ -188,3 +188,17 @@ async def test_a_denial_the_store_cannot_take_is_kept_and_recorded_once_later(tm
         assert record.envelope.topic == "security.denied" and record.envelope.time == moment
     finally:
         await store.close()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '[[principals.orders]]\npassword = "hunter2-secret"',  # an array of tables, not a table
+        '[principals.orders]\nsubscribe = { password = "hunter2-secret" }',
+        '[principals.orders]\nrelay = "hunter2-secret"',
+    ],
+)
+def test_a_value_in_the_wrong_place_is_described_not_shown(text: str) -> None:
+    with pytest.raises(ConfigurationError) as caught:
+        Policy.from_toml(text, source="shop.toml")
+    assert "hunter2" not in str(caught.value) and "shop.toml: principal 'orders'" in str(caught.value)

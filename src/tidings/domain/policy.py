@@ -152,4 +152,9 @@ def _patterns(where: str, key: str, value: object) -> tuple[str, ...]:
 
 
 def _kind(value: object) -> str:
-    return f"{type(value).__name__} {value!r:.40}"
+    """The type of a wrong value, never the value: it may be a password in the wrong place."""
+    if isinstance(value, dict):
+        return f"a table with keys {sorted(map(str, value))[:10]}"
+    if isinstance(value, list):
+        return f"a list of {len(value)}"
+    return f"a {type(value).__name__}"

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from tidings.domain.envelope import RecordedEvent, Undecodable, from_structured, to_structured
 from tidings.domain.events import Erased, Event
 from tidings.domain.topics import AnyOf, Pattern
-from tidings.errors import BackendUnavailable, ConcurrencyError, MalformedEvent
+from tidings.errors import AccessDenied, BackendUnavailable, ConcurrencyError, MalformedEvent
 from tidings.ports import DeadLetter, Log, StoreTransaction
 from tidings.runtime.crypto import SEALED, Undecryptable
 from tidings.runtime.deadlines import lateness
@@ -359,12 +359,14 @@ class GroupConsumer(PartitionMember):
             except Exception as exc:
                 await app.record_denials()  # an AccessDenied fails the handler, and is audited
                 first_failure = first_failure or app.clock.now()
-                if attempt == retry.attempts:
+                # A denial is the policy's answer, not a passing fault: trying again only
+                # repeats it (and its audit record).
+                denied = isinstance(exc, AccessDenied)
+                if attempt == retry.attempts or denied:
                     trace = traceback.format_exc()
                     error = f"{type(exc).__name__}: {exc}"
-                    await self._dead(
-                        partition, record, "failed", error, trace, attempt, first_failure, redrive
-                    )
+                    reason = "denied" if denied else "failed"
+                    await self._dead(partition, record, reason, error, trace, attempt, first_failure, redrive)
                     return False
                 log.warning(
                     "group %s: %s (attempt %d of %d) failed: %s",
@@ -467,6 +469,17 @@ class GroupConsumer(PartitionMember):
                 envelope = from_structured(letter.envelope, max_size=self.app.codec.max_size * 2)
             except MalformedEvent as exc:
                 log.error("group %s: dead letter %d cannot be redriven: %s", self.group, letter.id, exc)
+                await self.log.set_dead_letter_state([letter.id], "dead")
+                continue
+            if not self.subscription.pattern.matches(envelope.topic):
+                # Not this group's to handle: a group of the same name in another App (another
+                # principal, with another pattern) dead-lettered it. It stays dead.
+                log.error(
+                    "group %s: dead letter %d (%s) is not of its pattern",
+                    self.group,
+                    letter.id,
+                    envelope.topic,
+                )
                 await self.log.set_dead_letter_state([letter.id], "dead")
                 continue
             if self.app.keys is not None and envelope.datacontenttype == SEALED:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import ssl
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,9 +70,20 @@ def _telling(errors: Sequence[Exception]) -> Exception:
     return (refusals or list(errors))[-1]
 
 
+def check_prefix(prefix: str) -> str:
+    """A subject prefix of tidings' own: not one of NATS's reserved spaces (``$JS.API``, replies
+    under ``_INBOX``), where event subjects would mix with the server's and other clients'."""
+    if prefix.startswith(("$", "_INBOX")) or not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", prefix):
+        raise ConfigurationError(
+            f"subject prefix {prefix!r}: tokens of letters, digits, '_' and '-', not starting with "
+            "'$' or '_INBOX' (NATS's own subjects)"
+        )
+    return prefix
+
+
 @dataclass(frozen=True, slots=True)
 class NatsSettings:
-    servers: tuple[str, ...]
+    servers: tuple[str, ...] = field(repr=False)  # they may carry a password
     stream: str = "TIDINGS"
     prefix: str = "tidings"
     replicas: int = 1
@@ -101,7 +113,7 @@ class NatsSettings:
             return cls(
                 servers=servers,
                 stream=options.get("stream", "TIDINGS"),
-                prefix=options.get("prefix", "tidings"),
+                prefix=check_prefix(options.get("prefix", "tidings")),
                 replicas=int(options.get("replicas", "1")),
                 duplicate_window=float(options.get("duplicate_window", "120")),
                 connect_timeout=float(options.get("connect_timeout", "5")),

@@ -32,10 +32,11 @@ import json
 import re
 from dataclasses import dataclass
 
+from tidings.adapters.nats.bus import check_prefix
 from tidings.adapters.nats.inbox import inbox_prefix
 from tidings.domain.policy import Policy, Principal
-from tidings.domain.topics import covers, overlaps, validate_topic
-from tidings.errors import ConfigurationError, InvalidTopic
+from tidings.domain.topics import covers, overlaps
+from tidings.errors import ConfigurationError
 
 
 @dataclass(frozen=True)
@@ -87,10 +88,7 @@ def authorization_block(policy: Policy, *, prefix: str, stream: str, partitions:
     """The ``authorization { users = [...] }`` block of a nats-server config for ``policy``."""
     if partitions < 1:
         raise ConfigurationError(f"partitions must be at least 1, got {partitions}")
-    try:
-        validate_topic(prefix)
-    except InvalidTopic as exc:
-        raise ConfigurationError(f"subject prefix: {exc}") from None
+    check_prefix(prefix)
     if not re.fullmatch(r"[A-Za-z0-9_-]+", stream):
         raise ConfigurationError(f"stream name {stream!r}: only letters, digits, '_' and '-'")
     if not policy.principals:
