@@ -38,6 +38,7 @@ from tidings.testing.conformance.access import (
     PRINCIPALS,
     RUN,
     TOPICS,
+    CardDeclined,
     OrderPlaced,
     policy,
     publish_matrix,
@@ -283,3 +284,29 @@ async def test_nobody_else_gets_in(server: NatsServer) -> None:
             await client.connect(f"nats://127.0.0.1:{server.port}", allow_reconnect=False, connect_timeout=2)
     finally:
         await client.close()
+
+
+async def test_known_gap_jetstream_reads_are_not_limited_per_topic(
+    server: NatsServer, store_url: str
+) -> None:
+    """Pins a limit that docs/security.md states: a principal that may read partitions at all
+    ("payments", allowed acl.order.placed and acl.order.*.cancelled only) can direct-get every
+    topic of a partition stream with a client of its own. When reads become enforced per topic,
+    this test fails: turn it into the proof that they are."""
+    relay = App(RELAY, store=store_url, bus=bus_url(server, RELAY), policy=policy())
+    async with relay, App("producer", store=store_url) as producer, relay.running(**RUN):
+        await producer.publish(CardDeclined(key="secret-card"), key="k")
+
+        async def on_bus() -> bool:
+            return await stored_on_bus(server) == 1
+
+        await eventually(on_bus)
+    async with raw_client(server, "payments") as (client, errors):
+        topics = []
+        for partition in range(PARTITIONS):
+            reply = await client.request(f"$JS.API.DIRECT.GET.{STREAM}_{partition}", b'{"seq": 1}', timeout=2)
+            if (reply.headers or {}).get("Status") is None:
+                topics.append((reply.headers or {}).get("Nats-Subject"))
+    # Read, in whichever partition the key put it: a topic the policy does not let it have.
+    assert [topic.split(".", 2)[2] for topic in topics] == ["acl.payment.card.declined"]
+    assert errors == []

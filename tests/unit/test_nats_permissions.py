@@ -32,6 +32,8 @@ nkey = "{NKEY}"
 EXPECTED = """\
 # From shop.toml by `tidings acl nats-config`: subjects ev.<partition>.<topic>,
 # streams EV_0 to EV_1. Regenerate it when the policy changes.
+# Not enforced here: reads. A principal allowed to read a partition's stream (direct gets)
+# can read every topic in it with a client of its own (docs/security.md, Limits).
 authorization {
   users = [
     {

@@ -96,6 +96,8 @@ def authorization_block(policy: Policy, *, prefix: str, stream: str, partitions:
     lines = [
         f"# From {policy.source} by `tidings acl nats-config`: subjects {prefix}.<partition>.<topic>,",
         f"# streams {stream}_0 to {stream}_{partitions - 1}. Regenerate it when the policy changes.",
+        "# Not enforced here: reads. A principal allowed to read a partition's stream (direct gets)",
+        "# can read every topic in it with a client of its own (docs/security.md, Limits).",
         "authorization {",
         "  users = [",
     ]
