@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import datetime
 from typing import Final, Literal, Protocol, runtime_checkable
@@ -222,6 +222,11 @@ class Bus(Protocol):
     def log(self, store_log: Log) -> Log:
         """The log that consumer groups read: partitions from the broker; leases, inbox,
         checkpoints and dead letters stay in the store, so effects commit with them."""
+
+    def read_as(self, principal: str, readers: Mapping[str, Sequence[str]], *, relay: bool) -> None:
+        """With an access policy (before ``open``): read only what ``principal`` may subscribe to,
+        so that the broker can refuse it the rest; ``readers`` holds every principal's subscribe
+        patterns, and the relay's App (``relay``) prepares everyone's reading."""
 
 
 class EventStore(Protocol):

@@ -27,6 +27,7 @@ from nats.errors import TimeoutError as NatsTimeout
 
 from tidings.adapters.nats.inbox import inbox_prefix
 from tidings.adapters.nats.permissions import authorization_block
+from tidings.adapters.nats.views import read_stream
 from tidings.domain.topics import compile_pattern
 from tidings.errors import BackendUnavailable
 from tidings.runtime.app import App
@@ -190,15 +191,20 @@ async def test_the_server_refuses_raw_publishes_the_policy_does_not_allow(server
 async def test_the_server_allows_each_principal_only_its_jetstream_calls(
     server: NatsServer, store_url: str, principal: str
 ) -> None:
-    """Stream info for all; direct gets for principals with groups; creating streams, reading
-    their last message and the doorbell for the relay; deleting or purging for nobody."""
+    """Stream info for all; direct gets on its own read streams for principals with groups (and
+    on no partition stream); creating streams (partition and read streams), reading their last
+    message and the doorbell for the relay; deleting or purging for nobody."""
     async with App(RELAY, store=store_url, bus=bus_url(server, RELAY), policy=policy()):
         pass  # the relay's App makes the streams, so that JetStream answers every allowed call
     relay = principal == RELAY
+    other = next(p for p in PRINCIPALS if p != principal)
     calls = {
         f"$JS.API.STREAM.INFO.{STREAM}_0": True,
-        f"$JS.API.DIRECT.GET.{STREAM}_3": True,  # every principal of this policy has groups
+        f"$JS.API.DIRECT.GET.{read_stream(STREAM, 3, principal)}": True,  # all have groups here
+        f"$JS.API.DIRECT.GET.{read_stream(STREAM, 3, other)}": False,
+        f"$JS.API.DIRECT.GET.{STREAM}_3": False,  # every topic: no principal reads it
         f"$JS.API.STREAM.CREATE.{STREAM}_2": relay,
+        f"$JS.API.STREAM.UPDATE.{read_stream(STREAM, 2, other)}": relay,
         f"$JS.API.STREAM.MSG.GET.{STREAM}_1": relay,
         f"$JS.API.STREAM.DELETE.{STREAM}_0": False,
         f"$JS.API.STREAM.PURGE.{STREAM}_0": False,
@@ -286,27 +292,48 @@ async def test_nobody_else_gets_in(server: NatsServer) -> None:
         await client.close()
 
 
-async def test_known_gap_jetstream_reads_are_not_limited_per_topic(
-    server: NatsServer, store_url: str
-) -> None:
-    """Pins a limit that docs/security.md states: a principal that may read partitions at all
-    ("payments", allowed acl.order.placed and acl.order.*.cancelled only) can direct-get every
-    topic of a partition stream with a client of its own. When reads become enforced per topic,
-    this test fails: turn it into the proof that they are."""
+async def test_the_server_limits_jetstream_reads_to_the_policy(server: NatsServer, store_url: str) -> None:
+    """A raw client of "payments" (allowed acl.order.placed and acl.order.*.cancelled only) can
+    direct-get its own read streams, which hold only those topics, and neither the partition
+    streams (every topic) nor another principal's read streams."""
     relay = App(RELAY, store=store_url, bus=bus_url(server, RELAY), policy=policy())
     async with relay, App("producer", store=store_url) as producer, relay.running(**RUN):
         await producer.publish(CardDeclined(key="secret-card"), key="k")
+        await producer.publish(OrderPlaced(key="o-1"), key="k")
 
         async def on_bus() -> bool:
-            return await stored_on_bus(server) == 1
+            return await stored_on_bus(server) == 2
 
         await eventually(on_bus)
     async with raw_client(server, "payments") as (client, errors):
-        topics = []
-        for partition in range(PARTITIONS):
-            reply = await client.request(f"$JS.API.DIRECT.GET.{STREAM}_{partition}", b'{"seq": 1}', timeout=2)
-            if (reply.headers or {}).get("Status") is None:
-                topics.append((reply.headers or {}).get("Nats-Subject"))
-    # Read, in whichever partition the key put it: a topic the policy does not let it have.
-    assert [topic.split(".", 2)[2] for topic in topics] == ["acl.payment.card.declined"]
-    assert errors == []
+
+        async def own() -> list[str]:  # a read stream copies from its partition a moment later
+            found = [
+                await direct_get_all(client, read_stream(STREAM, p, "payments")) for p in range(PARTITIONS)
+            ]
+            return [topic for topics in found for topic in topics]
+
+        async def copied() -> bool:
+            return await own() == ["acl.order.placed"]
+
+        await eventually(copied)
+        refused = [f"{STREAM}_{p}" for p in range(PARTITIONS)] + [read_stream(STREAM, 0, "auditor")]
+        for stream in refused:
+            with pytest.raises(nats.errors.Error):  # no answer: the server refused the request
+                await client.request(f"$JS.API.DIRECT.GET.{stream}", b'{"seq": 1}', timeout=0.5)
+        await refused_exactly(errors, [violation("publish", f"$JS.API.DIRECT.GET.{s}") for s in refused])
+
+
+async def direct_get_all(client: Client, stream: str) -> list[str]:
+    """The topics of every message of a stream, by direct gets from sequence 1 on."""
+    topics: list[str] = []
+    sequence = 1
+    while True:
+        reply = await client.request(
+            f"$JS.API.DIRECT.GET.{stream}", f'{{"seq": {sequence}}}'.encode(), timeout=2
+        )
+        headers = reply.headers or {}
+        if headers.get("Status") is not None:
+            return topics
+        topics.append(headers.get("Nats-Subject", "").split(".", 2)[2])
+        sequence = int(headers.get("Nats-Sequence", "0")) + 1

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from tidings.adapters.nats.bus import NatsSettings
 from tidings.adapters.nats.permissions import authorization_block, permissions_of
+from tidings.adapters.nats.views import identity, read_stream
 from tidings.cli import app
 from tidings.domain.policy import Policy, Principal
 from tidings.errors import ConfigurationError
@@ -32,8 +33,8 @@ nkey = "{NKEY}"
 EXPECTED = """\
 # From shop.toml by `tidings acl nats-config`: subjects ev.<partition>.<topic>,
 # streams EV_0 to EV_1. Regenerate it when the policy changes.
-# Not enforced here: reads. A principal allowed to read a partition's stream (direct gets)
-# can read every topic in it with a client of its own (docs/security.md, Limits).
+# Each principal reads read streams of its own (EV_<partition>_R<principal in hex>),
+# which hold only the topics it may subscribe to; the relay principal makes them.
 authorization {
   users = [
     {
@@ -43,12 +44,18 @@ authorization {
           allow: [
             "$JS.API.STREAM.INFO.EV_0"
             "$JS.API.STREAM.INFO.EV_1"
-            "$JS.API.DIRECT.GET.EV_0"
-            "$JS.API.DIRECT.GET.EV_1"
+            "$JS.API.STREAM.INFO.EV_0_R6f7264657273"
+            "$JS.API.STREAM.INFO.EV_1_R6f7264657273"
+            "$JS.API.DIRECT.GET.EV_0_R6f7264657273"
+            "$JS.API.DIRECT.GET.EV_1_R6f7264657273"
             "$JS.API.STREAM.CREATE.EV_0"
             "$JS.API.STREAM.CREATE.EV_1"
             "$JS.API.STREAM.MSG.GET.EV_0"
             "$JS.API.STREAM.MSG.GET.EV_1"
+            "$JS.API.STREAM.CREATE.EV_0_R6f7264657273"
+            "$JS.API.STREAM.UPDATE.EV_0_R6f7264657273"
+            "$JS.API.STREAM.CREATE.EV_1_R6f7264657273"
+            "$JS.API.STREAM.UPDATE.EV_1_R6f7264657273"
             "ev.0.>"
             "ev.1.>"
             "ev.wake"
@@ -106,7 +113,7 @@ def test_no_principal_gets_a_blanket_wildcard() -> None:
         s.startswith(("$JS.API.STREAM.", "$JS.API.DIRECT.GET.", "_INBOX.", "tidings.")) for s in subjects
     )
     # Eight partitions named one by one: NATS takes no partial-token wildcards such as TIDINGS_*.
-    assert [s for s in subjects if s.startswith("$JS.API.STREAM.CREATE.")] == [
+    assert [s for s in subjects if s.startswith("$JS.API.STREAM.CREATE.") and "_R" not in s] == [
         f"$JS.API.STREAM.CREATE.TIDINGS_{p}" for p in range(8)
     ]
     assert "deny" not in block and "deeper subjects" not in block  # '>' allows all '*' could leak
@@ -114,7 +121,12 @@ def test_no_principal_gets_a_blanket_wildcard() -> None:
 
 def test_what_each_kind_of_principal_needs() -> None:
     reader = permissions_of(Principal("r", subscribe=("order.placed",)), prefix="t", stream="S", partitions=1)
-    assert reader.publish == ("$JS.API.STREAM.INFO.S_0", "$JS.API.DIRECT.GET.S_0")
+    # Its own read stream only (hex of "r" is 72), never the partition stream's every topic.
+    assert reader.publish == (
+        "$JS.API.STREAM.INFO.S_0",
+        "$JS.API.STREAM.INFO.S_0_R72",
+        "$JS.API.DIRECT.GET.S_0_R72",
+    )
     assert reader.subscribe == ("_INBOX.r.>", "t.wake", "t.*.order.placed")
     assert reader.subscribe_deny == ()
     writer = permissions_of(Principal("w", publish=("order.>",)), prefix="t", stream="S", partitions=1)
@@ -214,3 +226,11 @@ def test_a_prefix_in_nats_own_subjects_or_with_wildcards_is_refused(prefix: str)
 def test_settings_do_not_show_the_password() -> None:
     settings = NatsSettings.from_url("nats://orders:s3cret-pw@127.0.0.1:4222")
     assert "s3cret-pw" not in repr(settings)
+
+
+def test_read_streams_copy_exactly_the_subjects_of_the_patterns() -> None:
+    assert identity("t.0.order.placed") == "t.0.order.placed"
+    assert identity("t.0.order.*.x.*") == "t.0.order.{{wildcard(1)}}.x.{{wildcard(2)}}"
+    assert identity("t.0.payment.>") == "t.0.payment.>"
+    names = {read_stream("S", p, who) for p in range(3) for who in ("a", "a.b", "a_b", "ab", "6162")}
+    assert len(names) == 15 and all(re.fullmatch(r"S_\d_R[0-9a-f]+", n) for n in names)

@@ -135,6 +135,9 @@ class App:
         if self.bus_url:
             try:
                 bus = open_bus(self.bus_url)
+                if self.guard is not None:
+                    readers = {name: p.subscribe for name, p in self.guard.policy.principals.items()}
+                    bus.read_as(self.principal, readers, relay=self.guard.relay)
                 await bus.open(self.log)
             except BaseException:
                 # Not open after all: the store is released and ``open`` may be tried again.

@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import re
 import ssl
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from urllib.parse import parse_qsl, urlsplit
 
@@ -35,6 +35,7 @@ from nats.js.errors import NotFoundError
 from tidings.adapters.nats.inbox import Inbox, inbox_prefix
 from tidings.adapters.nats.publish import publish_in_order, resync
 from tidings.adapters.nats.reads import POSITION_HEADER, STREAM_HEADER, VERSION_HEADER, direct_get, record_of
+from tidings.adapters.nats.views import ensure_read_stream, read_stream, read_stream_config
 from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import RecordedEvent, to_binary
 from tidings.errors import BackendUnavailable, ConfigurationError
@@ -164,6 +165,25 @@ class NatsBus:
         #: Per partition, its stream's last sequence as this bus last saw it (unknown after a
         #: failed publish: ``published`` asks the stream again).
         self._tails: dict[int, int] = {}
+        #: With an access policy (``read_as``): who reads here, what each principal may read, and
+        #: whether this App makes the read streams (the relay's does).
+        self._reader: str | None = None
+        self._readers: dict[str, tuple[str, ...]] = {}
+        self._makes_views = False
+
+    def read_as(self, principal: str, readers: Mapping[str, Sequence[str]], *, relay: bool) -> None:
+        """Read the topics ``principal`` may subscribe to from read streams of its own
+        (``views.py``); ``readers`` are every principal's subscribe patterns, from which the
+        relay's App (``relay``) makes everyone's read streams."""
+        self._reader = principal
+        self._readers = {name: tuple(patterns) for name, patterns in readers.items() if patterns}
+        self._makes_views = relay
+
+    def read_stream_of(self, partition: int) -> str:
+        """The stream this App reads a partition from: its principal's read stream, if any."""
+        if self._reader is None:
+            return self.settings.stream_of(partition)
+        return read_stream(self.settings.stream, partition, self._reader)
 
     async def open(self, log: Log) -> None:
         if self._client is not None:
@@ -195,6 +215,7 @@ class NatsBus:
             )
             for partition in range(self.partitions):
                 await self._ensure_stream(client, partition)
+            await self._ensure_views(client)
             self._inbox = await Inbox.open(client)
         except DRIVER_ERRORS as exc:
             await self.close()
@@ -246,6 +267,23 @@ class NatsBus:
                 f"JetStream stream {name!r} at {self.url} carries the log of another store ({carries}; "
                 f"this one is {self.log_id}): use another stream name (?stream=NAME) per store"
             )
+
+    async def _ensure_views(self, client: Client) -> None:
+        principals = self._readers if self._makes_views else {}
+        if not self._makes_views and self._reader in self._readers:
+            principals = {self._reader: self._readers[self._reader]}
+        metadata = {PARTITIONS_KEY: str(self.partitions), LOG_KEY: self.log_id}
+        for principal, patterns in principals.items():
+            for partition in range(self.partitions):
+                subjects = [f"{self.settings.prefix}.{partition}.{p}" for p in patterns]
+                config = read_stream_config(
+                    read_stream(self.settings.stream, partition, principal),
+                    self.settings.stream_of(partition),
+                    subjects,
+                    replicas=self.settings.replicas,
+                    metadata=metadata,
+                )
+                await ensure_read_stream(client, config, create=self._makes_views)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -304,7 +342,7 @@ class NatsBus:
         client, inbox = self._connected()
         request = {"seq": after + 1, "next_by_subj": self.settings.subject_of(partition), "batch": limit}
         try:
-            found = await direct_get(client, inbox, self.settings.stream_of(partition), request, limit)
+            found = await direct_get(client, inbox, self.read_stream_of(partition), request, limit)
         except DRIVER_ERRORS as exc:
             raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
         return [record_of(message, self.settings.prefix) for message in found]
@@ -314,6 +352,12 @@ class NatsBus:
 
         async def ring(_message: object) -> None:
             wake()
+            if self._reader is not None:
+                # A read stream copies from its partition stream a moment after the relay
+                # stored (and rang): look again shortly, not only at the next poll.
+                loop = asyncio.get_running_loop()
+                for delay in (0.01, 0.05, 0.2):
+                    loop.call_later(delay, wake)
 
         subscription = await self._connected()[0].subscribe(self.settings.doorbell, cb=ring)
         try:

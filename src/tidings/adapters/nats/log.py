@@ -25,7 +25,10 @@ class JetStreamLog:
 
     def checkpoint_name(self, group: str, partition: int) -> str:
         # Stream sequences, not store positions: kept apart from the embedded log's checkpoints.
-        return f"group:{group}@nats:{self.bus.settings.stream}:{partition}"
+        read = self.bus.read_stream_of(partition)
+        if read == self.bus.settings.stream_of(partition):
+            return f"group:{group}@nats:{self.bus.settings.stream}:{partition}"
+        return f"group:{group}@nats:{read}"  # a principal's read stream: sequences of its own
 
     async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
         return await self.bus.read_partition(partition, after=after, limit=limit)

@@ -7,8 +7,9 @@ What the bus does on the wire (``bus.py``, ``publish.py``, ``reads.py``, ``inbox
   (to JetStream requests, direct gets and publish acks) come to its ``_INBOX.<user>.<nuid>.*``
   subscription: each user has replies of its own (``inbox.inbox_prefix``), as a direct get's
   reply holds events that another principal must not read off a shared ``_INBOX.>``;
-* an App with groups reads partitions with ``$JS.API.DIRECT.GET.<stream>_<p>`` and listens to
-  the doorbell ``<prefix>.wake``;
+* an App with groups reads its principal's read streams (``views.py``: per partition, only the
+  topics it may subscribe to) with ``$JS.API.DIRECT.GET.<read stream>``, never a partition
+  stream (every topic), and listens to the doorbell ``<prefix>.wake``;
 * the relay creates the streams (``$JS.API.STREAM.CREATE.<stream>_<p>``), asks where each stands
   (``$JS.API.STREAM.MSG.GET.<stream>_<p>``), publishes events on ``<prefix>.<p>.<topic>`` and
   rings the doorbell. Events reach NATS only through the relay, from the store, so no other
@@ -22,18 +23,20 @@ subjects (``payment.*.>``), which the server also applies to each message it del
 that, unless another allowed pattern allows those subjects anyway, or some of them (denying
 would take them away): then the config says so in a comment.
 
-A direct get reads a whole partition stream: the server cannot limit JetStream reads to topics
-within a stream, only publishing and core subscriptions (see docs/security.md).
+The relay's App also makes every principal's read streams (create, and update when the policy
+changes).
 """
 
 from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tidings.adapters.nats.bus import check_prefix
 from tidings.adapters.nats.inbox import inbox_prefix
+from tidings.adapters.nats.views import read_stream
 from tidings.domain.policy import Policy, Principal
 from tidings.domain.topics import covers, overlaps
 from tidings.errors import ConfigurationError
@@ -51,7 +54,11 @@ class Permissions:
     wider: tuple[str, ...] = ()
 
 
-def permissions_of(principal: Principal, *, prefix: str, stream: str, partitions: int) -> Permissions:
+def permissions_of(
+    principal: Principal, *, prefix: str, stream: str, partitions: int, readers: Sequence[str] = ()
+) -> Permissions:
+    """``readers``: the principals that read (have subscribe patterns), whose read streams a
+    relay principal makes."""
     # NATS takes no partial-token wildcards (``TIDINGS_*``): every partition's stream is named.
     streams = [f"{stream}_{partition}" for partition in range(partitions)]
     doorbell = f"{prefix}.wake"
@@ -71,12 +78,19 @@ def permissions_of(principal: Principal, *, prefix: str, stream: str, partitions
         else:
             deny.append(deeper)
     if principal.subscribe:
-        publish += [f"$JS.API.DIRECT.GET.{name}" for name in streams]
+        # Reads from its own read streams only (``views.py``), which hold only its topics.
+        own = [read_stream(stream, partition, principal.name) for partition in range(partitions)]
+        publish += [f"$JS.API.STREAM.INFO.{name}" for name in own]
+        publish += [f"$JS.API.DIRECT.GET.{name}" for name in own]
         subscribe.append(doorbell)
         subscribe += events
     if principal.relay:
         publish += [f"$JS.API.STREAM.CREATE.{name}" for name in streams]
         publish += [f"$JS.API.STREAM.MSG.GET.{name}" for name in streams]
+        views = [read_stream(stream, p, reader) for reader in readers for p in range(partitions)]
+        publish += [
+            f"$JS.API.STREAM.{verb}.{name}" for name in views for verb in ("INFO", "CREATE", "UPDATE")
+        ]
         publish += [f"{prefix}.{partition}.>" for partition in range(partitions)]
         publish.append(doorbell)
     return Permissions(
@@ -96,8 +110,8 @@ def authorization_block(policy: Policy, *, prefix: str, stream: str, partitions:
     lines = [
         f"# From {policy.source} by `tidings acl nats-config`: subjects {prefix}.<partition>.<topic>,",
         f"# streams {stream}_0 to {stream}_{partitions - 1}. Regenerate it when the policy changes.",
-        "# Not enforced here: reads. A principal allowed to read a partition's stream (direct gets)",
-        "# can read every topic in it with a client of its own (docs/security.md, Limits).",
+        f"# Each principal reads read streams of its own ({stream}_<partition>_R<principal in hex>),",
+        "# which hold only the topics it may subscribe to; the relay principal makes them.",
         "authorization {",
         "  users = [",
     ]
@@ -111,7 +125,10 @@ def authorization_block(policy: Policy, *, prefix: str, stream: str, partitions:
                 f"{policy.source}: principal {principal.name!r} has neither a password nor an nkey: "
                 "nats-server cannot tell it is who it says"
             )
-        allowed = permissions_of(principal, prefix=prefix, stream=stream, partitions=partitions)
+        readers = [name for name, p in policy.principals.items() if p.subscribe]
+        allowed = permissions_of(
+            principal, prefix=prefix, stream=stream, partitions=partitions, readers=readers
+        )
         lines += ["    {", f"      {credential}"]
         lines += [
             f"      # {subject}: a subscription to its '*' as '>' also gets deeper subjects (an"
