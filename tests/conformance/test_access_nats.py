@@ -28,6 +28,8 @@ from nats.errors import TimeoutError as NatsTimeout
 from tidings.adapters.nats.inbox import inbox_prefix
 from tidings.adapters.nats.permissions import authorization_block
 from tidings.adapters.nats.views import read_stream
+from tidings.adapters.registry import open_bus, open_store
+from tidings.domain.policy import Policy
 from tidings.domain.topics import compile_pattern
 from tidings.errors import BackendUnavailable
 from tidings.runtime.app import App
@@ -113,6 +115,10 @@ async def test_only_the_relay_principal_runs_the_relay(server: NatsServer, store
         assert await stored_on_bus(server) == 1
 
 
+def own_read_stream(partition: int, principal: str) -> str:
+    return read_stream(STREAM, partition, principal, policy().principal(principal).subscribe)
+
+
 async def stored_on_bus(server: NatsServer) -> int:
     """How many messages the bus's streams hold (asked as the relay's principal)."""
     async with raw_client(server, RELAY) as (client, _):
@@ -191,7 +197,7 @@ async def test_the_server_refuses_raw_publishes_the_policy_does_not_allow(server
 async def test_the_server_allows_each_principal_only_its_jetstream_calls(
     server: NatsServer, store_url: str, principal: str
 ) -> None:
-    """Stream info for all; direct gets on its own read streams for principals with groups (and
+    """Stream info and direct gets on its own read streams for principals with groups (and
     on no partition stream); creating streams (partition and read streams), reading their last
     message and the doorbell for the relay; deleting or purging for nobody."""
     async with App(RELAY, store=store_url, bus=bus_url(server, RELAY), policy=policy()):
@@ -199,12 +205,12 @@ async def test_the_server_allows_each_principal_only_its_jetstream_calls(
     relay = principal == RELAY
     other = next(p for p in PRINCIPALS if p != principal)
     calls = {
-        f"$JS.API.STREAM.INFO.{STREAM}_0": True,
-        f"$JS.API.DIRECT.GET.{read_stream(STREAM, 3, principal)}": True,  # all have groups here
-        f"$JS.API.DIRECT.GET.{read_stream(STREAM, 3, other)}": False,
+        f"$JS.API.STREAM.INFO.{STREAM}_0": relay,  # its info counts every topic
+        f"$JS.API.DIRECT.GET.{own_read_stream(3, principal)}": True,  # all have groups here
+        f"$JS.API.DIRECT.GET.{own_read_stream(3, other)}": False,
         f"$JS.API.DIRECT.GET.{STREAM}_3": False,  # every topic: no principal reads it
         f"$JS.API.STREAM.CREATE.{STREAM}_2": relay,
-        f"$JS.API.STREAM.UPDATE.{read_stream(STREAM, 2, other)}": relay,
+        f"$JS.API.STREAM.INFO.{own_read_stream(2, other)}": relay,
         f"$JS.API.STREAM.MSG.GET.{STREAM}_1": relay,
         f"$JS.API.STREAM.DELETE.{STREAM}_0": False,
         f"$JS.API.STREAM.PURGE.{STREAM}_0": False,
@@ -308,16 +314,14 @@ async def test_the_server_limits_jetstream_reads_to_the_policy(server: NatsServe
     async with raw_client(server, "payments") as (client, errors):
 
         async def own() -> list[str]:  # a read stream copies from its partition a moment later
-            found = [
-                await direct_get_all(client, read_stream(STREAM, p, "payments")) for p in range(PARTITIONS)
-            ]
+            found = [await direct_get_all(client, own_read_stream(p, "payments")) for p in range(PARTITIONS)]
             return [topic for topics in found for topic in topics]
 
         async def copied() -> bool:
             return await own() == ["acl.order.placed"]
 
         await eventually(copied)
-        refused = [f"{STREAM}_{p}" for p in range(PARTITIONS)] + [read_stream(STREAM, 0, "auditor")]
+        refused = [f"{STREAM}_{p}" for p in range(PARTITIONS)] + [own_read_stream(0, "auditor")]
         for stream in refused:
             with pytest.raises(nats.errors.Error):  # no answer: the server refused the request
                 await client.request(f"$JS.API.DIRECT.GET.{stream}", b'{"seq": 1}', timeout=0.5)
@@ -337,3 +341,49 @@ async def direct_get_all(client: Client, stream: str) -> list[str]:
             return topics
         topics.append(headers.get("Nats-Subject", "").split(".", 2)[2])
         sequence = int(headers.get("Nats-Sequence", "0")) + 1
+
+
+async def test_a_principal_that_may_publish_nothing_is_refused_every_publish() -> None:
+    """nats-server reads an empty allow list as no list at all (everything allowed): the config
+    denies everything to a principal with nothing to publish on the bus."""
+    quiet = Policy.from_toml('[principals.quiet]\npublish = ["acl.order.placed"]\npassword = "quiet-pw"\n')
+    block = authorization_block(quiet, prefix=PREFIX, stream=STREAM, partitions=1)
+    with nats_servers(1, extra=block) as (started,):
+        errors: list[str] = []
+
+        async def note(error: Exception) -> None:
+            errors.append(str(error))
+
+        client = await nats.connect(
+            f"nats://quiet:quiet-pw@127.0.0.1:{started.port}", error_cb=note, allow_reconnect=False
+        )
+        try:
+            for subject in (f"{PREFIX}.0.acl.order.placed", f"$JS.API.STREAM.CREATE.{STREAM}_0", "anything"):
+                await client.publish(subject, b"")
+            await client.flush()
+            await refused_exactly(
+                errors,
+                [
+                    violation("publish", s)
+                    for s in (f"{PREFIX}.0.acl.order.placed", f"$JS.API.STREAM.CREATE.{STREAM}_0", "anything")
+                ],
+            )
+        finally:
+            await client.close()
+
+
+async def test_a_reader_before_the_relay_is_told_and_leaves_no_connection(
+    server: NatsServer, store_url: str
+) -> None:
+    """Its read streams do not exist before the relay principal's App made them: a clear error,
+    and the bus's client is closed (it would otherwise reconnect for ever)."""
+    bus = open_bus(bus_url(server, "payments"))
+    bus.read_as("payments", {p: policy().principal(p).subscribe for p in PRINCIPALS}, relay=False)
+    store = open_store(store_url)
+    await store.open()
+    try:
+        with pytest.raises(BackendUnavailable, match=r"does not exist yet: an App of the relay principal"):
+            await bus.open(store)  # type: ignore[arg-type]
+        assert bus._client is None  # type: ignore[attr-defined]
+    finally:
+        await store.close()

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 
 from tidings.adapters.nats.bus import NatsSettings
 from tidings.adapters.nats.permissions import authorization_block, permissions_of
-from tidings.adapters.nats.views import identity, read_stream
+from tidings.adapters.nats.views import identity, read_patterns, read_stream
 from tidings.cli import app
 from tidings.domain.policy import Policy, Principal
 from tidings.errors import ConfigurationError
@@ -33,7 +33,7 @@ nkey = "{NKEY}"
 EXPECTED = """\
 # From shop.toml by `tidings acl nats-config`: subjects ev.<partition>.<topic>,
 # streams EV_0 to EV_1. Regenerate it when the policy changes.
-# Each principal reads read streams of its own (EV_<partition>_R<principal in hex>),
+# Each principal reads read streams of its own (EV_<p>_R<name in hex>_<patterns digest>),
 # which hold only the topics it may subscribe to; the relay principal makes them.
 authorization {
   users = [
@@ -42,20 +42,18 @@ authorization {
       permissions: {
         publish: {
           allow: [
+            "$JS.API.STREAM.INFO.EV_0_R6f7264657273_04d4dae1"
+            "$JS.API.STREAM.INFO.EV_1_R6f7264657273_04d4dae1"
+            "$JS.API.DIRECT.GET.EV_0_R6f7264657273_04d4dae1"
+            "$JS.API.DIRECT.GET.EV_1_R6f7264657273_04d4dae1"
             "$JS.API.STREAM.INFO.EV_0"
-            "$JS.API.STREAM.INFO.EV_1"
-            "$JS.API.STREAM.INFO.EV_0_R6f7264657273"
-            "$JS.API.STREAM.INFO.EV_1_R6f7264657273"
-            "$JS.API.DIRECT.GET.EV_0_R6f7264657273"
-            "$JS.API.DIRECT.GET.EV_1_R6f7264657273"
             "$JS.API.STREAM.CREATE.EV_0"
+            "$JS.API.STREAM.INFO.EV_1"
             "$JS.API.STREAM.CREATE.EV_1"
             "$JS.API.STREAM.MSG.GET.EV_0"
             "$JS.API.STREAM.MSG.GET.EV_1"
-            "$JS.API.STREAM.CREATE.EV_0_R6f7264657273"
-            "$JS.API.STREAM.UPDATE.EV_0_R6f7264657273"
-            "$JS.API.STREAM.CREATE.EV_1_R6f7264657273"
-            "$JS.API.STREAM.UPDATE.EV_1_R6f7264657273"
+            "$JS.API.STREAM.CREATE.EV_0_R6f7264657273_04d4dae1"
+            "$JS.API.STREAM.CREATE.EV_1_R6f7264657273_04d4dae1"
             "ev.0.>"
             "ev.1.>"
             "ev.wake"
@@ -77,9 +75,8 @@ authorization {
       nkey: "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"  # billing
       permissions: {
         publish: {
-          allow: [
-            "$JS.API.STREAM.INFO.EV_0"
-            "$JS.API.STREAM.INFO.EV_1"
+          deny: [
+            ">"
           ]
         }
         subscribe: {
@@ -122,16 +119,14 @@ def test_no_principal_gets_a_blanket_wildcard() -> None:
 def test_what_each_kind_of_principal_needs() -> None:
     reader = permissions_of(Principal("r", subscribe=("order.placed",)), prefix="t", stream="S", partitions=1)
     # Its own read stream only (hex of "r" is 72), never the partition stream's every topic.
-    assert reader.publish == (
-        "$JS.API.STREAM.INFO.S_0",
-        "$JS.API.STREAM.INFO.S_0_R72",
-        "$JS.API.DIRECT.GET.S_0_R72",
-    )
+    own = read_stream("S", 0, "r", ("order.placed",))
+    assert reader.publish == (f"$JS.API.STREAM.INFO.{own}", f"$JS.API.DIRECT.GET.{own}")
     assert reader.subscribe == ("_INBOX.r.>", "t.wake", "t.*.order.placed")
     assert reader.subscribe_deny == ()
     writer = permissions_of(Principal("w", publish=("order.>",)), prefix="t", stream="S", partitions=1)
-    # It publishes nothing on event subjects: its events reach the bus through the relay.
-    assert writer.publish == ("$JS.API.STREAM.INFO.S_0",)
+    # It publishes nothing on the bus: its events reach it through the relay (and the config
+    # denies it everything rather than give it an empty allow list, which would allow all).
+    assert writer.publish == ()
     assert writer.subscribe == ("_INBOX.w.>",)
 
 
@@ -232,5 +227,19 @@ def test_read_streams_copy_exactly_the_subjects_of_the_patterns() -> None:
     assert identity("t.0.order.placed") == "t.0.order.placed"
     assert identity("t.0.order.*.x.*") == "t.0.order.{{wildcard(1)}}.x.{{wildcard(2)}}"
     assert identity("t.0.payment.>") == "t.0.payment.>"
-    names = {read_stream("S", p, who) for p in range(3) for who in ("a", "a.b", "a_b", "ab", "6162")}
-    assert len(names) == 15 and all(re.fullmatch(r"S_\d_R[0-9a-f]+", n) for n in names)
+    names = {read_stream("S", p, who, ("x",)) for p in range(3) for who in ("a", "a.b", "a_b", "ab", "6162")}
+    assert len(names) == 15 and all(re.fullmatch(r"S_\d_R[0-9a-f]+_[0-9a-f]{8}", n) for n in names)
+    # Another set of patterns, another stream (and checkpoint): the same set in another order,
+    # or with a pattern that another covers, the same stream.
+    assert read_stream("S", 0, "a", ("x", "y")) != read_stream("S", 0, "a", ("x",))
+    assert read_stream("S", 0, "a", ("y", "x")) == read_stream("S", 0, "a", ("x", "y"))
+    assert read_stream("S", 0, "a", ("x.*", "x.a")) == read_stream("S", 0, "a", ("x.*",))
+
+
+def test_read_patterns_drop_what_another_covers_and_refuse_partial_overlaps() -> None:
+    assert read_patterns("p", ["order.>", "order.placed", "order.*", "payment.*"]) == ("order.>", "payment.*")
+    assert read_patterns("p", ["a.*", "a.b"]) == ("a.*",)
+    with pytest.raises(
+        ConfigurationError, match=r"principal 'p': subscribe patterns 'a\.\*\.x' and 'a\.b\.\*' overlap"
+    ):
+        read_patterns("p", ["a.*.x", "a.b.*"])

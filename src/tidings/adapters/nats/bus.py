@@ -35,7 +35,7 @@ from nats.js.errors import NotFoundError
 from tidings.adapters.nats.inbox import Inbox, inbox_prefix
 from tidings.adapters.nats.publish import publish_in_order, resync
 from tidings.adapters.nats.reads import POSITION_HEADER, STREAM_HEADER, VERSION_HEADER, direct_get, record_of
-from tidings.adapters.nats.views import ensure_read_stream, read_stream, read_stream_config
+from tidings.adapters.nats.views import ensure_read_stream, read_patterns, read_stream, read_stream_config
 from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import RecordedEvent, to_binary
 from tidings.errors import BackendUnavailable, ConfigurationError
@@ -183,7 +183,7 @@ class NatsBus:
         """The stream this App reads a partition from: its principal's read stream, if any."""
         if self._reader is None:
             return self.settings.stream_of(partition)
-        return read_stream(self.settings.stream, partition, self._reader)
+        return read_stream(self.settings.stream, partition, self._reader, self._readers.get(self._reader, ()))
 
     async def open(self, log: Log) -> None:
         if self._client is not None:
@@ -213,8 +213,11 @@ class NatsBus:
                 ),
                 self.settings.connect_timeout * (len(self.settings.servers) + 1),
             )
-            for partition in range(self.partitions):
-                await self._ensure_stream(client, partition)
+            # With a policy, only the relay's App looks at the partition streams (their info tells
+            # every topic's count); a reader checks its read streams, made for this store.
+            if self._reader is None or self._makes_views:
+                for partition in range(self.partitions):
+                    await self._ensure_stream(client, partition)
             await self._ensure_views(client)
             self._inbox = await Inbox.open(client)
         except DRIVER_ERRORS as exc:
@@ -231,8 +234,10 @@ class NatsBus:
                 # meet the closed socket before it reads the server's reason.
                 hint = " (the server closed the connection: are the user and password right?)"
             raise BackendUnavailable(f"NATS at {self.url}: {type(cause).__name__}: {cause}{hint}") from None
-        except ConfigurationError:
-            await self.close()
+        except (ConfigurationError, BackendUnavailable, ValueError) as exc:
+            await self.close()  # else the client would go on reconnecting, for ever
+            if isinstance(exc, ValueError):  # an answer of the server that is no JSON
+                raise BackendUnavailable(f"NATS at {self.url}: unexpected answer: {exc}") from None
             raise
 
     async def _ensure_stream(self, client: Client, partition: int) -> None:
@@ -274,16 +279,17 @@ class NatsBus:
             principals = {self._reader: self._readers[self._reader]}
         metadata = {PARTITIONS_KEY: str(self.partitions), LOG_KEY: self.log_id}
         for principal, patterns in principals.items():
+            copied = read_patterns(principal, patterns)
             for partition in range(self.partitions):
-                subjects = [f"{self.settings.prefix}.{partition}.{p}" for p in patterns]
+                subjects = [f"{self.settings.prefix}.{partition}.{p}" for p in copied]
                 config = read_stream_config(
-                    read_stream(self.settings.stream, partition, principal),
+                    read_stream(self.settings.stream, partition, principal, patterns),
                     self.settings.stream_of(partition),
                     subjects,
                     replicas=self.settings.replicas,
                     metadata=metadata,
                 )
-                await ensure_read_stream(client, config, create=self._makes_views)
+                await ensure_read_stream(client, config, principal, create=self._makes_views)
 
     async def close(self) -> None:
         if self._client is not None:
@@ -350,19 +356,26 @@ class NatsBus:
     async def watch(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` on every doorbell, until cancelled."""
 
+        later: list[asyncio.TimerHandle] = []
+
         async def ring(_message: object) -> None:
             wake()
-            if self._reader is not None:
+            if self._reader is not None and not any(
+                not h.cancelled() and h.when() > loop.time() for h in later
+            ):
                 # A read stream copies from its partition stream a moment after the relay
-                # stored (and rang): look again shortly, not only at the next poll.
-                loop = asyncio.get_running_loop()
-                for delay in (0.01, 0.05, 0.2):
-                    loop.call_later(delay, wake)
+                # stored (and rang): look again shortly, not only at the next poll (once per
+                # burst of doorbells).
+                later[:] = [loop.call_later(delay, wake) for delay in (0.01, 0.05, 0.2)]
+
+        loop = asyncio.get_running_loop()
 
         subscription = await self._connected()[0].subscribe(self.settings.doorbell, cb=ring)
         try:
             await asyncio.Event().wait()
         finally:
+            for handle in later:
+                handle.cancel()
             if self._client is not None:
                 with contextlib.suppress(*DRIVER_ERRORS):
                     await subscription.unsubscribe()

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from tidings.adapters.nats.bus import check_prefix
@@ -55,14 +55,19 @@ class Permissions:
 
 
 def permissions_of(
-    principal: Principal, *, prefix: str, stream: str, partitions: int, readers: Sequence[str] = ()
+    principal: Principal,
+    *,
+    prefix: str,
+    stream: str,
+    partitions: int,
+    readers: Mapping[str, Sequence[str]] | None = None,
 ) -> Permissions:
-    """``readers``: the principals that read (have subscribe patterns), whose read streams a
+    """``readers``: the subscribe patterns of the principals that read, whose read streams a
     relay principal makes."""
     # NATS takes no partial-token wildcards (``TIDINGS_*``): every partition's stream is named.
     streams = [f"{stream}_{partition}" for partition in range(partitions)]
     doorbell = f"{prefix}.wake"
-    publish = [f"$JS.API.STREAM.INFO.{name}" for name in streams]
+    publish: list[str] = []
     subscribe = [f"{inbox_prefix(principal.name)}.>"]
     events = [f"{prefix}.*.{pattern}" for pattern in dict.fromkeys(principal.subscribe)]
     deny: list[str] = []
@@ -79,18 +84,20 @@ def permissions_of(
             deny.append(deeper)
     if principal.subscribe:
         # Reads from its own read streams only (``views.py``), which hold only its topics.
-        own = [read_stream(stream, partition, principal.name) for partition in range(partitions)]
+        own = [read_stream(stream, p, principal.name, principal.subscribe) for p in range(partitions)]
         publish += [f"$JS.API.STREAM.INFO.{name}" for name in own]
         publish += [f"$JS.API.DIRECT.GET.{name}" for name in own]
         subscribe.append(doorbell)
         subscribe += events
     if principal.relay:
-        publish += [f"$JS.API.STREAM.CREATE.{name}" for name in streams]
+        publish += [f"$JS.API.STREAM.{verb}.{name}" for name in streams for verb in ("INFO", "CREATE")]
         publish += [f"$JS.API.STREAM.MSG.GET.{name}" for name in streams]
-        views = [read_stream(stream, p, reader) for reader in readers for p in range(partitions)]
-        publish += [
-            f"$JS.API.STREAM.{verb}.{name}" for name in views for verb in ("INFO", "CREATE", "UPDATE")
+        views = [
+            read_stream(stream, p, reader, patterns)
+            for reader, patterns in (readers or {}).items()
+            for p in range(partitions)
         ]
+        publish += [f"$JS.API.STREAM.{verb}.{name}" for name in views for verb in ("INFO", "CREATE")]
         publish += [f"{prefix}.{partition}.>" for partition in range(partitions)]
         publish.append(doorbell)
     return Permissions(
@@ -110,7 +117,7 @@ def authorization_block(policy: Policy, *, prefix: str, stream: str, partitions:
     lines = [
         f"# From {policy.source} by `tidings acl nats-config`: subjects {prefix}.<partition>.<topic>,",
         f"# streams {stream}_0 to {stream}_{partitions - 1}. Regenerate it when the policy changes.",
-        f"# Each principal reads read streams of its own ({stream}_<partition>_R<principal in hex>),",
+        f"# Each principal reads read streams of its own ({stream}_<p>_R<name in hex>_<patterns digest>),",
         "# which hold only the topics it may subscribe to; the relay principal makes them.",
         "authorization {",
         "  users = [",
@@ -125,7 +132,7 @@ def authorization_block(policy: Policy, *, prefix: str, stream: str, partitions:
                 f"{policy.source}: principal {principal.name!r} has neither a password nor an nkey: "
                 "nats-server cannot tell it is who it says"
             )
-        readers = [name for name, p in policy.principals.items() if p.subscribe]
+        readers = {name: p.subscribe for name, p in policy.principals.items() if p.subscribe}
         allowed = permissions_of(
             principal, prefix=prefix, stream=stream, partitions=partitions, readers=readers
         )
@@ -138,7 +145,9 @@ def authorization_block(policy: Policy, *, prefix: str, stream: str, partitions:
         lines += [
             "      permissions: {",
             "        publish: {",
-            *_subjects("allow", allowed.publish),
+            # An empty allow list would let everything through (nats-server reads it as no
+            # list at all): a principal that may publish nothing is denied everything.
+            *(_subjects("allow", allowed.publish) if allowed.publish else _subjects("deny", (">",))),
             "        }",
             "        subscribe: {",
             *_subjects("allow", allowed.subscribe),

@@ -13,20 +13,43 @@ topic) and a moment of lag behind the partition stream.
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from nats.aio.client import Client
 
+from tidings.domain.topics import covers, overlaps
 from tidings.errors import BackendUnavailable, ConfigurationError
 
 API_TIMEOUT: Final = 5.0
 
 
-def read_stream(stream: str, partition: int, principal: str) -> str:
-    # Hex: a stream name takes no dots, and principals' names may hold them; hex cannot collide.
-    return f"{stream}_{partition}_R{principal.encode().hex()}"
+def read_patterns(principal: str, patterns: Sequence[str]) -> tuple[str, ...]:
+    """The patterns a principal's read streams copy: those no other of its patterns covers (one
+    source takes no overlapping filters, and a covered pattern adds nothing), in order. Patterns
+    that overlap without one covering the other (``a.*.x`` and ``a.b.*``) cannot be copied once
+    each: refused, naming them."""
+    kept = sorted({p for p in patterns if not any(q != p and covers(q, p) for q in patterns)})
+    for first, second in itertools.combinations(kept, 2):
+        if overlaps(first, second):
+            raise ConfigurationError(
+                f"principal {principal!r}: subscribe patterns {first!r} and {second!r} overlap "
+                "(some topic matches both) without one covering the other; the server cannot copy "
+                "such topics to a read stream once: list the common topics as a pattern of their own"
+            )
+    return tuple(kept)
+
+
+def read_stream(stream: str, partition: int, principal: str, patterns: Sequence[str]) -> str:
+    """``<stream>_<p>_R<principal in hex>_<digest of its patterns>``: hex, as a stream name takes
+    no dots and principals' names may hold them; the digest, as changing a source's filters
+    makes the server copy the whole partition again into the same stream (and keep what it
+    copied before): a policy change makes new read streams, with checkpoints of their own."""
+    digest = hashlib.sha256("\n".join(read_patterns(principal, patterns)).encode()).hexdigest()[:8]
+    return f"{stream}_{partition}_R{principal.encode().hex()}_{digest}"
 
 
 def identity(pattern: str) -> str:
@@ -57,28 +80,33 @@ def read_stream_config(
     }
 
 
-async def ensure_read_stream(client: Client, config: dict[str, Any], *, create: bool) -> None:
-    """Create the read stream, or bring its sources up to date with the policy (``create``: the
-    relay's App); else only check that it exists."""
+async def ensure_read_stream(client: Client, config: dict[str, Any], whose: str, *, create: bool) -> None:
+    """Create the read stream (``create``: the relay's App), or check that it exists and was made
+    for this store and these partitions (its metadata)."""
     name = config["name"]
+    what = f"JetStream read stream {name!r} of principal {whose!r}"
     info = await _api(client, f"$JS.API.STREAM.INFO.{name}", None)
     missing = info.get("error", {}).get("err_code") == 10059  # stream not found
     if "error" in info and not missing:
-        raise BackendUnavailable(f"JetStream stream {name!r}: {info['error'].get('description')}")
-    if not create:
-        if missing:
-            raise BackendUnavailable(
-                f"JetStream read stream {name!r} does not exist yet: an App of the relay principal "
-                "makes the read streams when it opens the bus; open one first"
-            )
+        raise BackendUnavailable(f"{what}: {info['error'].get('description')}")
+    if missing and not create:
+        raise BackendUnavailable(
+            f"{what} does not exist yet: an App of the relay principal makes the read streams "
+            "when it opens the bus (after a policy change too); open one first"
+        )
+    if missing:
+        answer = await _api(client, f"$JS.API.STREAM.CREATE.{name}", config)
+        if "error" in answer:
+            raise ConfigurationError(f"{what}: creating it was refused: {answer['error'].get('description')}")
         return
-    if not missing and _filters(info["config"]) == _filters(config):
-        return
-    verb = "CREATE" if missing else "UPDATE"
-    answer = await _api(client, f"$JS.API.STREAM.{verb}.{name}", config)
-    if "error" in answer:
+    made_for = info["config"].get("metadata") or {}
+    expected = config["metadata"]
+    if any(made_for.get(key) != value for key, value in expected.items()) or _filters(
+        info["config"]
+    ) != _filters(config):
         raise ConfigurationError(
-            f"JetStream read stream {name!r}: {verb.lower()} refused: {answer['error'].get('description')}"
+            f"{what} was made for another store or partition count ({made_for}; this one is "
+            f"{expected}): delete it (its partition streams were made anew) and open the relay's App"
         )
 
 
