@@ -6,6 +6,7 @@ import asyncio
 
 import nats
 from nats.js.api import StorageType, StreamConfig
+from nats.js.errors import NoStreamResponseError
 
 from tidings.testing.nats import nats_server_binary, nats_servers
 
@@ -32,7 +33,15 @@ async def _publish_and_count(urls: list[str], stream: str, count: int) -> int:
                 if attempt == 49:
                     raise
                 await asyncio.sleep(0.2)
-        for n in range(count):
+        for attempt in range(50):  # the new stream elects its own leader (a loaded machine: later)
+            try:
+                await js.publish(f"{stream}.tick", b"0", headers={"Nats-Msg-Id": "id-0"})
+                break
+            except NoStreamResponseError:
+                if attempt == 49:
+                    raise
+                await asyncio.sleep(0.2)
+        for n in range(1, count):
             await js.publish(f"{stream}.tick", str(n).encode(), headers={"Nats-Msg-Id": f"id-{n}"})
         await js.publish(f"{stream}.tick", b"again", headers={"Nats-Msg-Id": "id-0"})  # deduplicated
         info = await js.stream_info(stream)
