@@ -17,6 +17,7 @@ import os
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import nats
 import pytest
@@ -35,6 +36,7 @@ from tidings.errors import BackendUnavailable
 from tidings.runtime.app import App
 from tidings.runtime.consuming import Context
 from tidings.testing.conformance.access import (
+    EVENTS,
     MAY_SUBSCRIBE,
     PASSWORDS,
     PATTERNS,
@@ -387,3 +389,46 @@ async def test_a_reader_before_the_relay_is_told_and_leaves_no_connection(
         assert bus._client is None  # type: ignore[attr-defined]
     finally:
         await store.close()
+
+
+async def test_every_read_stream_holds_exactly_its_principals_topics_in_order(
+    server: NatsServer, store_url: str
+) -> None:
+    """Every topic of the matrix, published twice in turn under one key (one partition): each
+    principal's read stream holds exactly the topics its patterns ('*', '>', literal) match, in
+    the order they were published; a pattern ending in '*' takes no deeper topic."""
+    relay = App(RELAY, store=store_url, bus=bus_url(server, RELAY), policy=policy())
+    published = [cls.__event_topic__ for _ in range(2) for cls in EVENTS]
+    async with relay, App("producer", store=store_url) as producer, relay.running(**RUN):
+        for cls in [*EVENTS, *EVENTS]:
+            await producer.publish(cls(key="same-key"), key="same-key")
+
+        async def on_bus() -> bool:
+            return await stored_on_bus(server) == len(published)
+
+        await eventually(on_bus)
+    for principal in PRINCIPALS:
+        patterns = [compile_pattern(p) for p in policy().principal(principal).subscribe]
+        expected = [t for t in published if any(p.matches(t) for p in patterns)]
+        async with raw_client(server, principal) as (client, _):
+
+            async def copied(client: Client = client, principal: str = principal) -> list[str]:
+                found = [
+                    await direct_get_all(client, own_read_stream(p, principal)) for p in range(PARTITIONS)
+                ]
+                return [topic for topics in found for topic in topics]
+
+            async def complete(expected: list[str] = expected, copied: Any = copied) -> bool:
+                return bool(await copied() == expected)
+
+            await eventually(complete)
+
+
+def test_a_changed_policy_makes_new_read_streams() -> None:
+    """Read streams are named by their patterns: another set of patterns, other streams (an
+    update of a stream's sources would copy the partition again into it, and keep the old)."""
+    wider = (*policy().principal("payments").subscribe, "acl.payment.charged")
+    assert read_stream(STREAM, 0, "payments", wider) != own_read_stream(0, "payments")
+    assert read_stream(STREAM, 0, "payments", tuple(reversed(wider))) == read_stream(
+        STREAM, 0, "payments", wider
+    )
