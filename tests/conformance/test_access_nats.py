@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -432,3 +433,46 @@ def test_a_changed_policy_makes_new_read_streams() -> None:
     assert read_stream(STREAM, 0, "payments", tuple(reversed(wider))) == read_stream(
         STREAM, 0, "payments", wider
     )
+
+
+async def test_read_streams_on_a_three_node_cluster(store_url: str) -> None:
+    """Read streams replicated like the partition streams (replicas=3), on a cluster whose
+    servers all take the policy's users: a group of a non-relay principal gets its events."""
+    block = authorization_block(policy(), prefix=PREFIX, stream=STREAM, partitions=PARTITIONS)
+    with nats_servers(3, extra=block) as servers:
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in servers)
+
+        def url(principal: str) -> str:
+            secret = PASSWORDS[principal]
+            return (
+                f"nats://{principal}:{secret}@{hosts}?stream={STREAM}&prefix={PREFIX}&replicas=3"
+                "&connect_timeout=10"
+            )
+
+        received: list[str] = []
+        relay = App(RELAY, store=store_url, bus=url(RELAY), policy=policy())
+        payments = App("payments", store=store_url, bus=url("payments"), policy=policy())
+
+        @payments.subscribe("acl.order.placed", group="payments")
+        async def on_order(event: OrderPlaced, ctx: Context) -> None:
+            received.append(event.key)
+
+        deadline = time.monotonic() + 30
+        while True:  # a new cluster elects its JetStream leader first: opening fails until then
+            try:
+                await relay.open()
+                break
+            except BackendUnavailable:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.3)
+        async with (
+            relay,
+            payments,
+            App("producer", store=store_url) as producer,
+            relay.running(**RUN),
+            payments.running(**RUN),
+        ):
+            await producer.publish(CardDeclined(key="not-for-payments"), key="o-1")
+            await producer.publish(OrderPlaced(key="o-1"), key="o-1")
+            await eventually(lambda: received == ["o-1"], within=30)
