@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import time
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -51,7 +50,7 @@ from tidings.testing.conformance.access import (
     subscribe_matrix,
 )
 from tidings.testing.eventually import eventually
-from tidings.testing.nats import NatsServer, nats_servers
+from tidings.testing.nats import NatsServer, nats_servers, open_on_new_cluster
 
 PREFIX, STREAM, PARTITIONS = "wire", "WIRE", 4
 RELAY = "orders"  # the policy's only relay principal
@@ -457,15 +456,7 @@ async def test_read_streams_on_a_three_node_cluster(store_url: str) -> None:
         async def on_order(event: OrderPlaced, ctx: Context) -> None:
             received.append(event.key)
 
-        deadline = time.monotonic() + 30
-        while True:  # a new cluster elects its JetStream leader first: opening fails until then
-            try:
-                await relay.open()
-                break
-            except BackendUnavailable:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.3)
+        await open_on_new_cluster(relay)
         async with (
             relay,
             payments,

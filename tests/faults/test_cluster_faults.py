@@ -13,28 +13,14 @@ from pathlib import Path
 import nats
 import pytest
 
-from tidings.errors import BackendUnavailable
 from tidings.runtime.app import App
 from tidings.runtime.consuming import Context
 from tidings.testing.conformance.events import Ping
-from tidings.testing.nats import NatsServer, nats_servers
+from tidings.testing.nats import NatsServer, nats_servers, open_on_new_cluster
 
 KEYS = 10
 PER_KEY = 100
 STREAM = "CLUSTERED"
-
-
-async def _open(app: App) -> None:
-    """A new cluster elects its JetStream leader first: opening fails until it has one."""
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            await app.open()
-            return
-        except BackendUnavailable:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.3)
 
 
 async def _stream_leader(url: str) -> tuple[str, int]:
@@ -64,7 +50,7 @@ async def test_a_killed_stream_leader_loses_no_acknowledged_event(tmp_path: Path
                 uow.put("effects", event.key, [*seen, event.n])
             handled[event.key].append(event.n)
 
-        await _open(app)
+        await open_on_new_cluster(app)
         try:
             async with app.running(lease_ttl=2.0, poll=0.2):
                 killed = await _publish_and_kill_the_leader(app, servers)

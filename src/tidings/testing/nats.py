@@ -8,6 +8,7 @@ keeps its JetStream files in a temporary directory and syncs them to disk on eve
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import signal
@@ -21,6 +22,12 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from tidings.errors import BackendUnavailable
+
+if TYPE_CHECKING:
+    from tidings.runtime.app import App
 
 READY_TIMEOUT = 30.0
 
@@ -167,3 +174,17 @@ def nats_servers(
         for server in servers:
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def open_on_new_cluster(app: App, *, within: float = 30.0) -> None:
+    """Open an App whose bus is a cluster just started: it elects its JetStream leader first, and
+    opening fails (``BackendUnavailable``) until it has one."""
+    deadline = time.monotonic() + within
+    while True:
+        try:
+            await app.open()
+            return
+        except BackendUnavailable:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)
