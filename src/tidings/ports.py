@@ -310,6 +310,10 @@ class EventStore(Protocol):
     async def rewrap_data_key(self, record: DataKeyRecord, master_version: int, wrapped: bytes) -> bool:
         """Replace a key's wrapping if it is still as ``record`` says; False if it changed."""
 
+    async def retire_data_keys(self) -> int:
+        """Let no live data key version seal anything more: each scope's next encryption makes a
+        new version (they stay to open what they sealed); returns how many were retired."""
+
     async def shred_data_keys(self, scope: str) -> int:
         """Destroy every version of the scope's data key, also in the store's own files where the
         engine allows (SQLite: overwritten and checkpointed); returns how many were destroyed."""

@@ -86,7 +86,8 @@ def keys_rotate(
     rotation = run_with_store(store, lambda opened: _rotate(opened, master), writable=True)
     stdout().print(
         f"master key version {rotation.master_version}: {rotation.rewrapped} data keys rewrapped, "
-        f"{rotation.current} already current, {rotation.shredded} shredded"
+        f"{rotation.current} already current, {rotation.shredded} shredded; {rotation.retired} "
+        "retired (new events get new data key versions)"
     )
     if len(master.versions) > 1:
         note(f"once every process uses the new version, older ones can go: {master.versions[:-1]}")

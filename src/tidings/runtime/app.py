@@ -300,7 +300,9 @@ class App:
 
     async def rotate_keys(self) -> Rotation:
         """Rewrap every data key with the master key's current version (event data untouched)."""
-        return await rotate(self.store, self._keyring().master)
+        rotation = await rotate(self.store, self._keyring().master)
+        self._keyring().drop_reservations()  # this process moves to new versions at once
+        return rotation
 
     async def shred(self, scope: str) -> int:
         """Destroy a scope's data keys (by default a scope is a stream): its events read as

@@ -22,13 +22,17 @@ class Rotation:
     rewrapped: int
     current: int  # were wrapped by it already
     shredded: int  # have no key left to wrap
+    retired: int  # data key versions that seal nothing more: new events get new versions
 
 
 async def rotate(store: EventStore, master: MasterKey) -> Rotation:
-    """Rewrap every data key that an older master-key version wrapped with the current one.
+    """Rewrap every data key that an older master-key version wrapped with the current one, and
+    retire every data key version, so that new events get new versions (made under the current
+    master key) while old events stay readable.
 
     Each key is rewrapped with a compare-and-set, so running it twice, or beside running Apps,
-    is safe; the master key must still hold the old versions until this has finished."""
+    is safe; the master key must still hold the old versions until this has finished. Running
+    Apps move to the new data key versions within a minute (they trust a reservation that long)."""
     target = master.current_version
     rewrapped = current = shredded = 0
     after = ("", 0)
@@ -47,7 +51,7 @@ async def rotate(store: EventStore, master: MasterKey) -> Rotation:
                 else:  # rewrapped or shredded meanwhile by someone else
                     current += 1
         after = (page[-1].scope, page[-1].version)
-    return Rotation(target, rewrapped, current, shredded)
+    return Rotation(target, rewrapped, current, shredded, await store.retire_data_keys())
 
 
 async def shred(store: EventStore, scope: str) -> int:

@@ -151,8 +151,9 @@ class KeyRing:
         if known is not None and known.remaining >= count and self._usable(known, count) is None:
             # Trusted too long: still the scope's live key? (another process may have shredded it)
             newest = await tx.newest_data_key(scope)
-            if newest is not None and newest.version == known.version and newest.wrapped is not None:
-                known.at = time.monotonic()
+            live = newest is not None and newest.wrapped is not None and newest.uses <= self._rotate_after
+            if live and newest is not None and newest.version == known.version:
+                known.at = time.monotonic()  # else shredded, retired by a rotation, or superseded
         reserved = self._usable(known, count)
         if reserved is None:
             reserved = await self._reserve_in(tx, scope, count)
@@ -363,6 +364,10 @@ class KeyRing:
         if len(self._reserved) > CACHED_SCOPES:
             for scope in list(self._reserved)[: len(self._reserved) // 2]:
                 del self._reserved[scope]
+
+    def drop_reservations(self) -> None:
+        """Seal nothing more with the versions reserved so far (after a rotation retired them)."""
+        self._reserved.clear()
 
     def forget(self, scope: str) -> None:
         """Drop a scope's keys from memory (after shredding it here)."""

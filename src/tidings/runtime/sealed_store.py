@@ -85,6 +85,7 @@ class SealedStore(SealedLog):
         self.data_key_page = store.data_key_page
         self.rewrap_data_key = store.rewrap_data_key
         self.shred_data_keys = store.shred_data_keys
+        self.retire_data_keys = store.retire_data_keys
 
     async def append(
         self,

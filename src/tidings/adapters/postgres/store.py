@@ -455,6 +455,11 @@ class PostgresStore:
             cursor = await connection.execute(KEYS.rewrap, row)
             return cursor.rowcount > 0
 
+    async def retire_data_keys(self) -> int:
+        async with self._connection() as connection:
+            cursor = await connection.execute(KEYS.retire)
+            return cursor.rowcount
+
     async def shred_data_keys(self, scope: str) -> int:
         async with self._connection() as connection:
             cursor = await connection.execute(KEYS.shred, (scope,))

@@ -32,6 +32,11 @@ def key_tables(*, bigint: str, blob: str) -> tuple[str, ...]:
     )
 
 
+#: The use count that retires a data key version: no reservation fits under any limit, so the
+#: next encryption in its scope makes a new version (``tidings keys rotate`` retires them all).
+RETIRED = 2**62
+
+
 class KeySql(NamedTuple):
     newest: str
     exact: str
@@ -41,6 +46,7 @@ class KeySql(NamedTuple):
     page: str
     rewrap: str
     shred: str
+    retire: str
 
     @classmethod
     def dialect(cls, m: str, scopes: str) -> KeySql:
@@ -66,6 +72,7 @@ class KeySql(NamedTuple):
                 f" WHERE scope = {m} AND version = {m} AND master_version = {m} AND wrapped IS NOT NULL"
             ),
             shred=f"UPDATE tidings_keys SET wrapped = NULL WHERE scope = {m} AND wrapped IS NOT NULL",
+            retire=f"UPDATE tidings_keys SET uses = {RETIRED} WHERE wrapped IS NOT NULL AND uses < {RETIRED}",
         )
 
 

@@ -446,6 +446,11 @@ class SqliteStore:
             changed = await self._write(steps.in_transaction, lambda c: c.execute(KEYS.rewrap, row).rowcount)
         return bool(changed)
 
+    async def retire_data_keys(self) -> int:
+        async with self._write_lock:
+            retired = await self._write(steps.in_transaction, lambda c: c.execute(KEYS.retire).rowcount)
+        return int(retired)
+
     async def shred_data_keys(self, scope: str) -> int:
         async with self._write_lock:
             shredded = await self._write(steps.in_transaction, steps.shred_keys, KEYS.shred, scope)

@@ -186,6 +186,30 @@ async def test_a_shred_elsewhere_stops_writers_too(store_url: str, monkeypatch: 
     assert events == [Erased(erased_type="conformance.Secret"), Secret(owner="a", text="after the shred")]
 
 
+async def test_a_rotation_elsewhere_moves_writers_to_new_data_keys(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tidings.runtime import keyring
+
+    monkeypatch.setattr(keyring, "REFRESH_SECONDS", 0.05)  # a minute, shortened
+    stream = unique("s")
+    writer, operator = (
+        sealed_app(store_url, 1, 2, name="writer"),
+        sealed_app(store_url, 1, 2, name="operator"),
+    )
+    async with writer, operator:
+        await writer.append(stream, [Secret(owner="a", text="before")])
+        assert (await operator.rotate_keys()).retired == 1
+        await asyncio.sleep(0.1)  # the writer's reservation is no longer trusted without a look
+        await writer.append(stream, [Secret(owner="a", text="after")])
+    versions = raw_execute(
+        store_url, "SELECT version FROM tidings_keys WHERE scope = ? ORDER BY version", stream
+    )
+    assert versions == [(1,), (2,)]
+    async with sealed_app(store_url, 1, 2, name="reader") as reader:
+        assert [s.event.text for s in await reader.read_stream(stream)] == ["before", "after"]  # type: ignore[attr-defined]
+
+
 async def test_a_timer_that_cannot_be_opened_does_not_hold_up_the_others(store_url: str) -> None:
     clock = ManualClock()
     app = App("timers", store=store_url, clock=clock, encryption=Encryption(master_key=master(1)))
@@ -279,9 +303,14 @@ async def test_rotation_rewraps_keys_and_leaves_event_data_alone(store_url: str)
     before = raw_execute(store_url, "SELECT id, data FROM tidings_events ORDER BY position")
     async with sealed_app(store_url, 1, 2) as app:
         rotation = await app.rotate_keys()
-        assert (rotation.master_version, rotation.rewrapped) == (2, 5)
+        assert (rotation.master_version, rotation.rewrapped, rotation.retired) == (2, 5, 5)
         assert (await app.rotate_keys()).rewrapped == 0  # nothing left to do
         await app.append(streams[0], [Secret(owner=streams[0], text="after rotation")])
+    # New events got a new data key version; the old ones keep theirs.
+    versions = raw_execute(
+        store_url, "SELECT version FROM tidings_keys WHERE scope = ? ORDER BY version", streams[0]
+    )
+    assert versions == [(1,), (2,)]
     assert raw_execute(store_url, "SELECT id, data FROM tidings_events ORDER BY position")[:5] == before
     assert {row[0] for row in raw_execute(store_url, "SELECT master_version FROM tidings_keys")} == {2}
     async with sealed_app(store_url, 2) as app:  # the old master key version is gone
