@@ -2,7 +2,7 @@
 
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import Envelope, RecordedEvent, Stored
-from tidings.domain.events import Event, EventRegistry
+from tidings.domain.events import Erased, Event, EventRegistry
 from tidings.domain.integrity import IntegrityReport
 from tidings.domain.policy import Policy, Principal, SecurityDenied
 from tidings.domain.saga import Saga, SagaData, SagaInstance
@@ -19,11 +19,14 @@ from tidings.errors import (
     PayloadTooLarge,
     RegistrationError,
     TidingsError,
+    Undecryptable,
     UnknownEventType,
 )
 from tidings.ports import ANY, NO_STREAM, DeadLetter, EventStore
 from tidings.runtime.app import App
 from tidings.runtime.consuming import Context
+from tidings.runtime.encryption import Encryption
+from tidings.runtime.master_key import LocalMasterKey, MasterKey
 from tidings.runtime.projection import Projection, View
 from tidings.runtime.retries import Retry
 
@@ -39,7 +42,9 @@ __all__ = [
     "ConfigurationError",
     "Context",
     "DeadLetter",
+    "Encryption",
     "Envelope",
+    "Erased",
     "Event",
     "EventRegistry",
     "EventStore",
@@ -47,7 +52,9 @@ __all__ = [
     "IntegrityReport",
     "InvalidArgument",
     "InvalidTopic",
+    "LocalMasterKey",
     "MalformedEvent",
+    "MasterKey",
     "PayloadTooLarge",
     "Policy",
     "Principal",
@@ -61,6 +68,7 @@ __all__ = [
     "SecurityDenied",
     "Stored",
     "TidingsError",
+    "Undecryptable",
     "UnknownEventType",
     "View",
 ]

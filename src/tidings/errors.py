@@ -10,6 +10,7 @@ driver's errors at their edge, so callers never need to import a driver to catch
     ├── BackendUnavailable        the engine cannot be reached (names the URL, never its password)
     ├── ConcurrencyError          expected_version did not match the stream's version
     ├── IntegrityError            stored data was cut short or altered behind tidings' back
+    │   └── Undecryptable         sealed data that cannot be opened (altered, moved, no key)
     ├── AggregateNotFound         no events exist for the requested aggregate
     ├── InvalidTopic              a topic or pattern that breaks the grammar
     ├── AccessDenied              the policy does not let the App's principal publish or subscribe
@@ -50,6 +51,10 @@ class ConcurrencyError(TidingsError):
 
 class IntegrityError(TidingsError):
     """Stored events fail their hash chain or the storage file is damaged."""
+
+
+class Undecryptable(IntegrityError):
+    """Sealed data that cannot be opened: altered, moved, or its key is unknown here."""
 
 
 class AggregateNotFound(TidingsError):

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tidings.errors import ConfigurationError
+from tidings.errors import ConfigurationError, Undecryptable
 from tidings.runtime import crypto
-from tidings.runtime.crypto import Kind, Undecryptable
+from tidings.runtime.crypto import Kind
 from tidings.runtime.master_key import LocalMasterKey, new_master_key_entry, write_key_file
 
 KEY = AESGCM(bytes(range(32)))

@@ -15,8 +15,9 @@ from rich.text import Text
 
 from tidings.domain.envelope import JSON, MSGPACK, Envelope, RecordedEvent, to_structured
 from tidings.domain.integrity import IntegrityReport
+from tidings.errors import Undecryptable
 from tidings.ports import StreamInfo
-from tidings.runtime.crypto import SEALED, Undecryptable
+from tidings.runtime.crypto import SEALED
 from tidings.runtime.keyring import Erasure, KeyRing
 
 # C0 and C1 controls (ESC, CSI, ...) and the bidirectional overrides that reorder what is shown.

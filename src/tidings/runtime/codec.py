@@ -27,8 +27,8 @@ from tidings.domain.envelope import (
 )
 from tidings.domain.events import Erased, Event, EventRegistry, default_registry
 from tidings.domain.ids import uuid7
-from tidings.errors import MalformedEvent, UnknownEventType
-from tidings.runtime.crypto import SEALED, Undecryptable
+from tidings.errors import MalformedEvent, Undecryptable, UnknownEventType
+from tidings.runtime.crypto import SEALED
 from tidings.runtime.keyring import Erasure, KeyRing
 from tidings.runtime.master_key import ENV_KEY, ENV_KEY_FILE
 

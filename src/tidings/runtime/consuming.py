@@ -30,9 +30,9 @@ from typing import TYPE_CHECKING, Any
 from tidings.domain.envelope import RecordedEvent, Undecodable, from_structured, to_structured
 from tidings.domain.events import Erased, Event
 from tidings.domain.topics import AnyOf, Pattern
-from tidings.errors import AccessDenied, BackendUnavailable, ConcurrencyError, MalformedEvent
+from tidings.errors import AccessDenied, BackendUnavailable, ConcurrencyError, MalformedEvent, Undecryptable
 from tidings.ports import DeadLetter, Log, StoreTransaction
-from tidings.runtime.crypto import SEALED, Undecryptable
+from tidings.runtime.crypto import SEALED
 from tidings.runtime.deadlines import lateness
 from tidings.runtime.leasing import LeaseLost, PartitionMember
 from tidings.runtime.publishing import aggregate_envelopes_of, publisher_of

@@ -26,7 +26,7 @@ from typing import Final
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tidings.errors import IntegrityError
+from tidings.errors import Undecryptable
 
 #: The ``datacontenttype`` of a sealed envelope; the original content type is in the header.
 SEALED: Final = "application/vnd.tidings.sealed"
@@ -35,10 +35,6 @@ NONCE_SIZE: Final = 12
 KEY_SIZE: Final = 32
 _FIXED = struct.Struct(">4sBIQ")  # magic, kind, key version, stream version
 _LENGTH = struct.Struct(">H")
-
-
-class Undecryptable(IntegrityError):
-    """Sealed data that cannot be opened: altered, moved, or its key is unknown here."""
 
 
 class Kind(enum.IntEnum):

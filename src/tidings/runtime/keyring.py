@@ -27,10 +27,10 @@ import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tidings.domain.envelope import Envelope
-from tidings.errors import ConfigurationError
+from tidings.errors import ConfigurationError, Undecryptable
 from tidings.ports import DataKeyRecord, EventStore, StoreTransaction
 from tidings.runtime import crypto
-from tidings.runtime.crypto import SEALED, Header, Kind, Undecryptable
+from tidings.runtime.crypto import SEALED, Header, Kind
 from tidings.runtime.master_key import MasterKey
 
 #: Encryptions with one data key version before the next version is made (AES-GCM with random

@@ -22,8 +22,8 @@ from typing import Final, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from tidings.errors import ConfigurationError
-from tidings.runtime.crypto import KEY_SIZE, NONCE_SIZE, Undecryptable
+from tidings.errors import ConfigurationError, Undecryptable
+from tidings.runtime.crypto import KEY_SIZE, NONCE_SIZE
 
 ENV_KEY: Final = "TIDINGS_MASTER_KEY"
 ENV_KEY_FILE: Final = "TIDINGS_MASTER_KEY_FILE"

@@ -22,8 +22,9 @@ from typing import Any
 import msgspec
 
 from tidings.domain.envelope import Envelope, RecordedEvent
+from tidings.errors import Undecryptable
 from tidings.ports import ANY, EventStore, ExpectedVersion, Log, Sealer, Snapshot, StoreTransaction, Trace
-from tidings.runtime.crypto import SEALED, Undecryptable
+from tidings.runtime.crypto import SEALED
 from tidings.runtime.keyring import KeyRing, Reserved
 
 #: The schema a snapshot reports when its scope was shredded: no aggregate has it, so the

@@ -9,7 +9,7 @@ import contextlib
 import logging
 from typing import TYPE_CHECKING
 
-from tidings.runtime.crypto import Undecryptable
+from tidings.errors import Undecryptable
 
 if TYPE_CHECKING:
     from tidings.runtime.app import App

@@ -14,10 +14,10 @@ import pytest
 import pytest_asyncio
 
 from tidings.domain.events import Erased, Event
-from tidings.errors import IntegrityError
+from tidings.errors import IntegrityError, Undecryptable
 from tidings.runtime.app import App
 from tidings.runtime.consuming import Context
-from tidings.runtime.crypto import SEALED, Undecryptable, read_header
+from tidings.runtime.crypto import SEALED, read_header
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.master_key import LocalMasterKey
 from tidings.runtime.projection import Projection, View
