@@ -26,6 +26,7 @@ from tidings.ports import ANY, NO_STREAM, DeadLetter, EventStore
 from tidings.runtime.app import App
 from tidings.runtime.consuming import Context
 from tidings.runtime.encryption import Encryption
+from tidings.runtime.key_admin import Rotation
 from tidings.runtime.master_key import LocalMasterKey, MasterKey
 from tidings.runtime.projection import Projection, View
 from tidings.runtime.retries import Retry
@@ -62,6 +63,7 @@ __all__ = [
     "RecordedEvent",
     "RegistrationError",
     "Retry",
+    "Rotation",
     "Saga",
     "SagaData",
     "SagaInstance",

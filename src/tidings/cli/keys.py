@@ -12,17 +12,16 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from tidings.cli.common import fail, note, run_with_store, stdout
+from tidings.cli.common import StoreOption, fail, note, run_with_store, stdout
 from tidings.cli.render import cell, when
 from tidings.errors import ConfigurationError
 from tidings.ports import DataKeyRecord, EventStore
 from tidings.runtime.app import DEFAULT_STORE
-from tidings.runtime.key_admin import Rotation, rotate, shred
+from tidings.runtime.key_admin import rotate, shred
 from tidings.runtime.master_key import (
     ENV_KEY,
     ENV_KEY_FILE,
     LocalMasterKey,
-    MasterKey,
     new_master_key_entry,
     write_key_file,
 )
@@ -31,9 +30,6 @@ keys_app = typer.Typer(
     help="Encryption keys: the master key file, rotation, crypto-shredding.", no_args_is_help=True
 )
 
-StoreOption = Annotated[
-    str, typer.Option("--store", envvar="TIDINGS_STORE", metavar="URL", help="The event store.")
-]
 KeyFileOption = Annotated[
     Path | None,
     typer.Option(
@@ -72,10 +68,10 @@ def keys_rotate(
     store: StoreOption = DEFAULT_STORE,
     key_file: KeyFileOption = None,
 ) -> None:
-    """Start a new master key version and rewrap every data key with it (event data untouched).
-
-    With a key file, the new version is added to the file. With the key in the environment, add
-    the new version there first (``2:<key>,1:<old key>``); this rewraps with the highest one."""
+    """Rewrap every data key with the newest master key version, and retire the data key
+    versions so that new events get new ones (event data untouched). With a key file, a new
+    master key version is added to it first. With TIDINGS_MASTER_KEY, give every process the new
+    version first (2:<new key>,1:<old key>); this rewraps with the highest one."""
     master = _master(key_file)
     if key_file is not None:
         entry = new_master_key_entry(master.current_version + 1)
@@ -83,7 +79,7 @@ def keys_rotate(
         write_key_file(key_file, f"{existing}\n{entry}\n")
         master = LocalMasterKey.from_file(key_file)
         note(f"added master key version {master.current_version} to {key_file}")
-    rotation = run_with_store(store, lambda opened: _rotate(opened, master), writable=True)
+    rotation = run_with_store(store, lambda opened: rotate(opened, master), writable=True)
     stdout().print(
         f"master key version {rotation.master_version}: {rotation.rewrapped} data keys rewrapped, "
         f"{rotation.current} already current, {rotation.shredded} shredded; {rotation.retired} "
@@ -91,10 +87,6 @@ def keys_rotate(
     )
     if len(master.versions) > 1:
         note(f"once every process uses the new version, older ones can go: {master.versions[:-1]}")
-
-
-async def _rotate(store: EventStore, master: MasterKey) -> Rotation:
-    return await rotate(store, master)
 
 
 @keys_app.command("shred")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -48,6 +49,7 @@ H = TypeVar("H", bound=Callable[..., Any])
 T = TypeVar("T")
 
 DEFAULT_STORE: Final = "sqlite:///.tidings/tidings.db"
+log = logging.getLogger("tidings.app")
 
 
 class AppState(enum.Enum):
@@ -122,6 +124,8 @@ class App:
         raw = open_store(self.store_url)
         await raw.open()
         store: EventStore = raw
+        # Said once per open, so that a deployment that forgot its master key shows it in its log.
+        log.info("App %s: event data %s", self.name, "encrypted" if self.encryption else "NOT encrypted")
         if self.encryption is not None:
             self.keys = self.codec.keys = self.encryption.keyring(raw)
             self.codec.plaintext_ok = self.encryption.accept_plaintext
@@ -214,16 +218,13 @@ class App:
         """Append events to a stream, atomically, with optimistic concurrency if asked."""
         batch = [events] if isinstance(events, Event) else list(events)
         now = datetime.now(UTC)  # the events of one append happen, and commit, together
-        try:
+        async with self._audited():
             envelopes = [
                 self.codec.encode(
                     event, subject=stream, time=now, correlation_id=correlation_id, causation_id=causation_id
                 )
                 for event in batch
             ]
-        except AccessDenied:
-            await self.record_denials()
-            raise
         records = await self.store.append(stream, envelopes, expected_version=expected_version)
         self.notify()
         return records
@@ -269,11 +270,8 @@ class App:
 
     async def save(self, aggregate: Aggregate) -> list[RecordedEvent]:
         """Save an aggregate's new events; ``ConcurrencyError`` if someone saved it meanwhile."""
-        try:
+        async with self._audited():
             records = await self.repository.save(aggregate)
-        except AccessDenied:
-            await self.record_denials()
-            raise
         self.notify()
         return records
 
@@ -304,7 +302,7 @@ class App:
         self._keyring().drop_reservations()  # this process moves to new versions at once
         return rotation
 
-    async def shred(self, scope: str) -> int:
+    async def shred_keys(self, scope: str) -> int:
         """Destroy a scope's data keys (by default a scope is a stream): its events read as
         ``Erased`` from now on, here at once and in other processes within a minute."""
         destroyed = await shred(self.store, scope)
@@ -335,13 +333,10 @@ class App:
         the stream); ``ttl`` or ``expires_at`` set its deadline, past which no handler gets it.
         """
         lineage = Lineage(correlation_id, causation_id)
-        try:
+        async with self._audited():
             stream, envelope = publication_envelope(
                 self.codec, Publication(event, key, ttl, expires_at), self.clock.now(), lineage
             )
-        except AccessDenied:
-            await self.record_denials()
-            raise
         (record,) = await self.store.append(stream, [envelope])
         self.notify()
         return record
@@ -349,13 +344,10 @@ class App:
     async def publish_all(self, events: Sequence[tuple[Event, str | None]]) -> list[RecordedEvent]:
         """Publish several ``(event, key)`` at once, in one transaction (all or none)."""
         now, lineage = self.clock.now(), Lineage(None, None)
-        try:
+        async with self._audited():
             prepared = [
                 publication_envelope(self.codec, Publication(e, key), now, lineage) for e, key in events
             ]
-        except AccessDenied:
-            await self.record_denials()
-            raise
         records: list[RecordedEvent] = []
         async with self.store.transaction() as tx:
             for stream, envelope in prepared:
@@ -418,6 +410,15 @@ class App:
         if recorded:
             self.notify()
         return recorded
+
+    @contextlib.asynccontextmanager
+    async def _audited(self) -> AsyncIterator[None]:
+        """Where the guard may deny: the denial is recorded before it reaches the caller."""
+        try:
+            yield
+        except AccessDenied:
+            await self.record_denials()
+            raise
 
     @property
     def runs_relay(self) -> bool:

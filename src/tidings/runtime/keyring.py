@@ -352,7 +352,7 @@ class KeyRing:
             return self._ciphers[header.scope][header.key_version]
         except KeyError:
             broken = self._broken.get((header.scope, header.key_version))
-            reason = broken or "is not in this store's keyring"
+            reason = f"cannot be used: {broken}" if broken else "is not in this store's keyring"
             raise Undecryptable(
                 f"{what}: data key {header.key_version} of scope {header.scope!r} {reason}"
             ) from None

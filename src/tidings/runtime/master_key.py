@@ -56,6 +56,9 @@ class LocalMasterKey:
                 )
         self.origin = origin
         self._ciphers = {version: AESGCM(key) for version, key in versions.items()}
+        #: Read again when a version it does not hold is asked for: ``tidings keys rotate`` adds
+        #: versions to the file while processes that read it run on.
+        self.path: Path | None = None
 
     def __repr__(self) -> str:  # never the key material
         return f"LocalMasterKey(origin={self.origin!r}, versions={sorted(self._ciphers)})"
@@ -75,6 +78,9 @@ class LocalMasterKey:
 
     async def unwrap(self, version: int, wrapped: bytes, context: bytes) -> bytes:
         cipher = self._ciphers.get(version)
+        if cipher is None and self.path is not None:
+            self._ciphers.update(LocalMasterKey.from_file(self.path)._ciphers)
+            cipher = self._ciphers.get(version)
         if cipher is None:
             raise Undecryptable(
                 f"a data key is wrapped by master key version {version}, which {self.origin} does "
@@ -116,7 +122,9 @@ class LocalMasterKey:
                 f"master key file {path} may be read by group or others "
                 f"(mode {stat.S_IMODE(status.st_mode):o}); `chmod 600 {path}` first"
             )
-        return cls.parse(path.read_text(), f"master key file {path}")
+        master = cls.parse(path.read_text(), f"master key file {path}")
+        master.path = path
+        return master
 
     @classmethod
     def from_environment(cls) -> LocalMasterKey | None:

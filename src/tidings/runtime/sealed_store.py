@@ -14,6 +14,7 @@ fails there, with the event named, and a consumer dead-letters it as ``undecrypt
 
 from __future__ import annotations
 
+import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
@@ -26,6 +27,8 @@ from tidings.errors import Undecryptable
 from tidings.ports import ANY, EventStore, ExpectedVersion, Log, Sealer, Snapshot, StoreTransaction, Trace
 from tidings.runtime.crypto import SEALED
 from tidings.runtime.keyring import KeyRing, Reserved
+
+log = logging.getLogger("tidings.encryption")
 
 #: The schema a snapshot reports when its scope was shredded: no aggregate has it, so the
 #: repository ignores the snapshot and replays the stream.
@@ -178,8 +181,12 @@ class SealedStore(SealedLog):
             state = self._keys.open_snapshot(
                 snapshot.stream, snapshot.version, snapshot.schema, snapshot.state
             )
-        except Undecryptable:
-            state = None  # an altered snapshot is no reason to fail a load: replay the stream
+        except Undecryptable as exc:
+            # An altered snapshot is no reason to fail a load: the stream is replayed instead.
+            log.warning(
+                "ignoring the snapshot of %s at version %d: %s", snapshot.stream, snapshot.version, exc
+            )
+            state = None
         if state is None:
             return msgspec.structs.replace(snapshot, schema=ERASED_SNAPSHOT, state=b"")
         return msgspec.structs.replace(snapshot, state=state)

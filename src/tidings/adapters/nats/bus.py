@@ -168,6 +168,7 @@ class NatsBus:
         #: With an access policy (``read_as``): who reads here, what each principal may read, and
         #: whether this App makes the read streams (the relay's does).
         self._reader: str | None = None
+        self._read_streams: dict[int, str] = {}  # by partition: named once, read on every read
         self._readers: dict[str, tuple[str, ...]] = {}
         self._makes_views = False
 
@@ -178,12 +179,19 @@ class NatsBus:
         self._reader = principal
         self._readers = {name: tuple(patterns) for name, patterns in readers.items() if patterns}
         self._makes_views = relay
+        self._read_streams.clear()
 
     def read_stream_of(self, partition: int) -> str:
         """The stream this App reads a partition from: its principal's read stream, if any."""
         if self._reader is None:
             return self.settings.stream_of(partition)
-        return read_stream(self.settings.stream, partition, self._reader, self._readers.get(self._reader, ()))
+        name = self._read_streams.get(partition)
+        if name is None:
+            patterns = self._readers.get(self._reader, ())
+            name = self._read_streams[partition] = read_stream(
+                self.settings.stream, partition, self._reader, patterns
+            )
+        return name
 
     async def open(self, log: Log) -> None:
         if self._client is not None:

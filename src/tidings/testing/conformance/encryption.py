@@ -19,7 +19,7 @@ from tidings.runtime.app import App
 from tidings.runtime.consuming import Context
 from tidings.runtime.crypto import SEALED, read_header
 from tidings.runtime.encryption import Encryption
-from tidings.runtime.master_key import LocalMasterKey
+from tidings.runtime.master_key import LocalMasterKey, new_master_key_entry, write_key_file
 from tidings.runtime.projection import Projection, View
 from tidings.testing.clock import ManualClock
 from tidings.testing.conformance.aggregates import Cart
@@ -179,7 +179,7 @@ async def test_a_shred_elsewhere_stops_writers_too(store_url: str, monkeypatch: 
     writer, operator = sealed_app(store_url, name="writer"), sealed_app(store_url, name="operator")
     async with writer, operator:
         await writer.append(stream, [Secret(owner="a", text="before the shred")])
-        assert await operator.shred(stream) == 1
+        assert await operator.shred_keys(stream) == 1
         await writer.append(stream, [Secret(owner="a", text="after the shred")])
     async with sealed_app(store_url, name="reader") as reader:
         events = [s.event for s in await reader.read_stream(stream)]
@@ -210,6 +210,33 @@ async def test_a_rotation_elsewhere_moves_writers_to_new_data_keys(
         assert [s.event.text for s in await reader.read_stream(stream)] == ["before", "after"]  # type: ignore[attr-defined]
 
 
+async def test_a_process_with_the_key_file_goes_on_through_a_rotation(
+    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A writer started with version 1 of a key file; `tidings keys rotate` adds version 2 to
+    the file and rewraps everything with it, and another process writes under it: the writer
+    reads the new version from the file when it first meets it, and goes on writing and reading."""
+    from tidings.runtime import keyring
+
+    monkeypatch.setattr(keyring, "REFRESH_SECONDS", 0.05)  # a minute, shortened
+    path = tmp_path / "master.key"
+    write_key_file(path, new_master_key_entry(1) + "\n")
+    stream = unique("s")
+    writer = App("writer", store=store_url, encryption=Encryption(master_key=LocalMasterKey.from_file(path)))
+    async with writer:
+        await writer.append(stream, [Secret(owner="a", text="before")])
+        write_key_file(path, path.read_text() + new_master_key_entry(2) + "\n")
+        async with App(
+            "operator", store=store_url, encryption=Encryption(master_key=LocalMasterKey.from_file(path))
+        ) as operator:
+            assert (await operator.rotate_keys()).master_version == 2
+            await operator.append(other := unique("s"), [Secret(owner="b", text="under version 2")])
+        await asyncio.sleep(0.1)
+        await writer.append(stream, [Secret(owner="a", text="after")])
+        assert [s.event.text for s in await writer.read_stream(stream)] == ["before", "after"]  # type: ignore[attr-defined]
+        assert [s.event.text for s in await writer.read_stream(other)] == ["under version 2"]  # type: ignore[attr-defined]
+
+
 async def test_a_timer_that_cannot_be_opened_does_not_hold_up_the_others(store_url: str) -> None:
     clock = ManualClock()
     app = App("timers", store=store_url, clock=clock, encryption=Encryption(master_key=master(1)))
@@ -225,7 +252,7 @@ async def test_a_timer_that_cannot_be_opened_does_not_hold_up_the_others(store_u
             for key in (victim, other):
                 envelope = app.codec.encode(Secret(owner=key, text="later"), event_id=unique("t"))
                 await tx.schedule_timer(unique("timer"), clock.now() + timedelta(minutes=1), key, envelope)
-        assert await app.shred(victim) == 1
+        assert await app.shred_keys(victim) == 1
         clock.advance(timedelta(minutes=2))
         async with app.running(**RUN):
             await eventually(lambda: fired == [other])
@@ -358,8 +385,8 @@ async def test_shredding_erases_a_scope_and_everything_still_rebuilds(store_url:
         await app.publish(Secret(owner=other, text="to keep"), key=other)
         await app.project(Owners())
         wrapped = raw_execute(store_url, "SELECT wrapped FROM tidings_keys WHERE scope = ?", gone)[0][0]
-        assert await app.shred(gone) == 1
-        assert await app.shred(Cart.stream_of(cart.id)) == 1
+        assert await app.shred_keys(gone) == 1
+        assert await app.shred_keys(Cart.stream_of(cart.id)) == 1
         assert raw_execute(store_url, "SELECT wrapped FROM tidings_keys WHERE scope = ?", gone) == [(None,)]
         if store_url.startswith("sqlite"):  # while the store is open, its write-ahead log too
             path = Path(store_url.removeprefix("sqlite:///"))
