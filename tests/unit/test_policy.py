@@ -202,3 +202,13 @@ def test_a_value_in_the_wrong_place_is_described_not_shown(text: str) -> None:
     with pytest.raises(ConfigurationError) as caught:
         Policy.from_toml(text, source="shop.toml")
     assert "hunter2" not in str(caught.value) and "shop.toml: principal 'orders'" in str(caught.value)
+
+
+def test_a_password_may_be_given_as_its_bcrypt_hash() -> None:
+    """nats-server takes bcrypt hashes: a policy that every service reads need hold no password
+    that logs in anywhere."""
+    hashed = "$2a$11$" + "a" * 22 + "b" * 31
+    policy = Policy.from_toml(f'[principals.orders]\npassword = "{hashed}"\n', source="shop.toml")
+    assert policy.principal("orders").password == hashed
+    with pytest.raises(ConfigurationError, match="bcrypt"):
+        Policy.from_toml('[principals.orders]\npassword = "$2a$11$short"\n', source="shop.toml")

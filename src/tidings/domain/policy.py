@@ -34,7 +34,9 @@ _NAME = re.compile(r"[A-Za-z0-9_.@-]+")
 # A public user nkey: 'U', then 55 characters of base32 (what nsc and `nk -gen user` print).
 _USER_NKEY = re.compile(r"U[A-Z2-7]{55}")
 # A password goes into the bus URL as is (nats-py does not percent-decode it): URL-safe only.
-_PASSWORD = re.compile(r"[A-Za-z0-9._~-]+")
+# Or its bcrypt hash, which nats-server takes in its config: then the policy file, which every
+# service reads, holds no password that logs in anywhere (each App has its own in its bus URL).
+_PASSWORD = re.compile(r"[A-Za-z0-9._~-]+|\$2[aby]\$\d\d\$[./A-Za-z0-9]{53}")
 
 
 class SecurityDenied(Event, topic="security.denied", type="tidings.SecurityDenied"):
@@ -118,7 +120,7 @@ def _principal(source: str, name: object, table: object) -> Principal:
     if password is not None and (not isinstance(password, str) or not _PASSWORD.fullmatch(password)):
         raise ConfigurationError(
             f"{where}: password must be a non-empty string of letters, digits and '-', '.', '_', '~' "
-            "(it is written into the bus URL as is)"
+            "(it is written into the bus URL as is), or its bcrypt hash ($2a$...)"
         )
     if nkey is not None and (not isinstance(nkey, str) or not _USER_NKEY.fullmatch(nkey)):
         raise ConfigurationError(f"{where}: nkey must be a public user nkey ('U' and 55 base32 characters)")
