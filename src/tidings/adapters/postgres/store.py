@@ -16,6 +16,7 @@ import psycopg
 import psycopg_pool
 
 from tidings.adapters.postgres import schema, steps, tls
+from tidings.adapters.postgres.keys import PostgresKeyring, PostgresTransactionKeys
 from tidings.adapters.sql.common import (
     DEFAULT_PARTITIONS,
     Partitioner,
@@ -33,7 +34,6 @@ from tidings.adapters.sql.consumers import (
     handlings_of,
     plan_leases,
 )
-from tidings.adapters.sql.keys import KeySql, key_row, keys_of
 from tidings.adapters.sql.reads import StreamQuery, follow_log
 from tidings.adapters.sql.rows import from_micros, records_of, to_micros
 from tidings.adapters.sql.timers import TimerSql, timers_of
@@ -47,7 +47,6 @@ from tidings.errors import (
 )
 from tidings.ports import (
     ANY,
-    DataKeyRecord,
     DeadLetter,
     ExpectedVersion,
     Sealer,
@@ -59,7 +58,6 @@ from tidings.ports import (
 
 CONSUMERS = ConsumerSql.dialect("%s", row_lock=" FOR UPDATE")
 TIMERS = TimerSql.dialect("%s", skip_locked=" FOR UPDATE SKIP LOCKED")
-KEYS = KeySql.dialect("%s", "= ANY(%s)")
 log = logging.getLogger("tidings.postgres")  # the unique constraint on event ids, named by PostgreSQL
 _OWN_OPTIONS = ("partitions", "pool_size", "connect_timeout")
 
@@ -104,7 +102,7 @@ class PostgresSettings:
         )
 
 
-class PostgresStore:
+class PostgresStore(PostgresKeyring):
     """``EventStore`` on PostgreSQL; any number of processes may share one database."""
 
     def __init__(self, settings: PostgresSettings) -> None:
@@ -422,52 +420,6 @@ class PostgresStore:
                 changed += cursor.rowcount
         return changed
 
-    # -- keyring ---------------------------------------------------------------------------
-
-    @asynccontextmanager
-    async def _keys_connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        """One autocommit connection for the keyring's writes, outside every pool transaction."""
-        async with self._keys_lock:
-            try:
-                if self._keys is None or self._keys.closed:
-                    self._keys = await psycopg.AsyncConnection.connect(
-                        self.settings.conninfo,
-                        connect_timeout=max(1, round(self.settings.connect_timeout)),
-                        autocommit=True,
-                    )
-                yield self._keys
-            except psycopg.Error as exc:
-                raise self._translate(exc) from None
-
-    async def data_keys(self, scopes: Sequence[str]) -> list[DataKeyRecord]:
-        async with self._connection() as connection:
-            cursor = await connection.execute(KEYS.of_scopes, (list(scopes),))
-            return keys_of(await cursor.fetchall())
-
-    async def data_key_page(self, after: tuple[str, int], limit: int) -> list[DataKeyRecord]:
-        async with self._connection() as connection:
-            cursor = await connection.execute(KEYS.page, (*after, limit))
-            return keys_of(await cursor.fetchall())
-
-    async def rewrap_data_key(self, record: DataKeyRecord, master_version: int, wrapped: bytes) -> bool:
-        row = (master_version, wrapped, record.scope, record.version, record.master_version)
-        async with self._connection() as connection:
-            cursor = await connection.execute(KEYS.rewrap, row)
-            return cursor.rowcount > 0
-
-    async def retire_data_keys(self) -> int:
-        async with self._connection() as connection:
-            cursor = await connection.execute(KEYS.retire)
-            return cursor.rowcount
-
-    async def shred_data_keys(self, scope: str) -> int:
-        async with self._connection() as connection:
-            cursor = await connection.execute(KEYS.shred, (scope,))
-            # Dead row versions still hold the wrapped keys: vacuum lets their space be reused.
-            # Copies in WAL segments and backups remain until recycled (docs/security.md).
-            await connection.execute("VACUUM tidings_keys")
-            return cursor.rowcount
-
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[PostgresTransaction]:
         async with self._connection() as connection, connection.transaction():
@@ -488,8 +440,10 @@ class PostgresStore:
         return audit.report()
 
 
-class PostgresTransaction:
+class PostgresTransaction(PostgresTransactionKeys):
     """A transaction on one pooled connection: appends, documents and checkpoints commit together."""
+
+    _store: PostgresStore
 
     def __init__(self, connection: psycopg.AsyncConnection[Any], store: PostgresStore) -> None:
         self._connection = connection
@@ -514,29 +468,6 @@ class PostgresTransaction:
             store.settings.max_size,
             seal,
         )
-
-    # The keyring's writes commit at once on a connection of their own: a key row locked until
-    # this transaction ends, while it waits for the append lock that another transaction holds
-    # and that one waits for the key row, would deadlock. A key that outlives a rolled-back
-    # transaction is harmless (the runtime adopts keys only once their transaction committed).
-
-    async def newest_data_key(self, scope: str) -> DataKeyRecord | None:
-        async with self._store._keys_connection() as connection:
-            cursor = await connection.execute(KEYS.newest, (scope,))
-            rows = await cursor.fetchall()
-        return keys_of(rows)[0] if rows else None
-
-    async def add_data_key(self, record: DataKeyRecord) -> DataKeyRecord:
-        async with self._store._keys_connection() as connection:
-            await connection.execute(KEYS.add, key_row(record, to_micros(record.created)))
-            cursor = await connection.execute(KEYS.exact, (record.scope, record.version))
-            return keys_of(await cursor.fetchall())[0]
-
-    async def reserve_data_key_uses(self, scope: str, version: int, count: int, limit: int) -> int | None:
-        async with self._store._keys_connection() as connection:
-            cursor = await connection.execute(KEYS.reserve, (count, scope, version, count, limit))
-            row = await cursor.fetchone()
-        return None if row is None else int(row[0])
 
     async def get_document(self, collection: str, key: str) -> bytes | None:
         return await steps.get_document(self._connection, collection, key)

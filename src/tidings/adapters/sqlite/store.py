@@ -8,7 +8,6 @@ sqlite3 calls block, so each store owns two connections, each driven by its own 
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -29,18 +28,17 @@ from tidings.adapters.sql.common import (
     validate_stream_name,
 )
 from tidings.adapters.sql.consumers import check_dead_letter_state, group_checkpoint
-from tidings.adapters.sql.keys import KeySql, key_row, keys_of
 from tidings.adapters.sql.reads import StreamQuery, follow_log
 from tidings.adapters.sql.rows import from_micros, to_micros
 from tidings.adapters.sql.timers import TimerSql, timers_of
 from tidings.adapters.sqlite import schema, steps
+from tidings.adapters.sqlite.keys import SqliteKeyring, SqliteTransactionKeys
 from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, to_structured
 from tidings.domain.integrity import IntegrityReport
 from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError
 from tidings.ports import (
     ANY,
-    DataKeyRecord,
     DeadLetter,
     ExpectedVersion,
     Sealer,
@@ -55,8 +53,6 @@ WATCH_INTERVAL = 0.005  # seconds between looks at the file's change counter
 
 
 TIMERS = TimerSql.dialect("?")
-log = logging.getLogger("tidings.sqlite")
-KEYS = KeySql.dialect("?", "IN ({marks})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,7 +101,7 @@ class SqliteSettings:
         )
 
 
-class SqliteStore:
+class SqliteStore(SqliteKeyring):
     """``EventStore`` on one SQLite file in WAL mode; several processes may share the file."""
 
     def __init__(self, settings: SqliteSettings) -> None:
@@ -427,53 +423,11 @@ class SqliteStore:
     async def verify(self) -> IntegrityReport:
         return await self._read(steps.verify)
 
-    # -- keyring ---------------------------------------------------------------------------
 
-    async def data_keys(self, scopes: Sequence[str]) -> list[DataKeyRecord]:
-        found: list[Any] = []
-        for start in range(0, len(scopes), 500):  # below SQLite's bound-parameter limit
-            chunk = list(scopes[start : start + 500])
-            query = KEYS.of_scopes.format(marks=",".join("?" * len(chunk)))
-            found += await self._read(lambda c, q=query, p=chunk: c.execute(q, p).fetchall())
-        return keys_of(found)
-
-    async def data_key_page(self, after: tuple[str, int], limit: int) -> list[DataKeyRecord]:
-        return keys_of(await self._read(lambda c: c.execute(KEYS.page, (*after, limit)).fetchall()))
-
-    async def rewrap_data_key(self, record: DataKeyRecord, master_version: int, wrapped: bytes) -> bool:
-        row = (master_version, wrapped, record.scope, record.version, record.master_version)
-        async with self._write_lock:
-            changed = await self._write(steps.in_transaction, lambda c: c.execute(KEYS.rewrap, row).rowcount)
-        return bool(changed)
-
-    async def retire_data_keys(self) -> int:
-        async with self._write_lock:
-            retired = await self._write(steps.in_transaction, lambda c: c.execute(KEYS.retire).rowcount)
-        return int(retired)
-
-    async def shred_data_keys(self, scope: str) -> int:
-        async with self._write_lock:
-            shredded = await self._write(steps.in_transaction, steps.shred_keys, KEYS.shred, scope)
-            # The wrapped keys also sit in the write-ahead log until it is checkpointed: fold it into
-            # the file (where secure_delete overwrote them) and cut it to nothing.
-            for _ in range(100):
-                (busy, _, _), *_ = await self._write(
-                    lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
-                )
-                if not busy:
-                    break
-                await asyncio.sleep(0.05)  # a reader holds an old snapshot: let it finish
-            else:
-                log.warning(
-                    "%s: readers kept the write-ahead log from being truncated; the shredded keys "
-                    "stay in it until the next checkpoint",
-                    self.url,
-                )
-        return int(shredded)
-
-
-class SqliteTransaction:
+class SqliteTransaction(SqliteTransactionKeys):
     """A transaction on the write connection; the store's write lock is held while it is open."""
+
+    _store: SqliteStore
 
     def __init__(self, store: SqliteStore) -> None:
         self._store = store
@@ -496,25 +450,6 @@ class SqliteTransaction:
             self._store.settings.max_size,
             seal,
         )
-
-    async def newest_data_key(self, scope: str) -> DataKeyRecord | None:
-        rows = await self._store._write(lambda c: c.execute(KEYS.newest, (scope,)).fetchall())
-        return keys_of(rows)[0] if rows else None
-
-    async def add_data_key(self, record: DataKeyRecord) -> DataKeyRecord:
-        row = key_row(record, to_micros(record.created))
-
-        def add(connection: sqlite3.Connection) -> list[Any]:
-            connection.execute(KEYS.add, row)
-            return connection.execute(KEYS.exact, (record.scope, record.version)).fetchall()
-
-        return keys_of(await self._store._write(add))[0]
-
-    async def reserve_data_key_uses(self, scope: str, version: int, count: int, limit: int) -> int | None:
-        rows = await self._store._write(
-            lambda c: c.execute(KEYS.reserve, (count, scope, version, count, limit)).fetchall()
-        )
-        return int(rows[0][0]) if rows else None
 
     async def get_document(self, collection: str, key: str) -> bytes | None:
         return await self._store._write(steps.get_document, collection, key)
