@@ -62,6 +62,10 @@ class StoreTransaction(Protocol):
         seal: Sealer | None = None,
     ) -> list[RecordedEvent]: ...
 
+    # The keyring's three methods below may commit at once, apart from the transaction (the
+    # PostgreSQL store does, as key row locks held to the end would deadlock with the append
+    # lock); the runtime counts on keys only once the transaction committed either way.
+
     async def newest_data_key(self, scope: str) -> DataKeyRecord | None:
         """The scope's data key of the highest version (shredded or not), if any."""
 
