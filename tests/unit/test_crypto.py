@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tidings.errors import ConfigurationError, Undecryptable
 from tidings.runtime import crypto
@@ -139,3 +141,44 @@ def test_key_files_must_be_owner_only(tmp_path: Path) -> None:
         assert SECRET not in str(caught.value)
     with pytest.raises(ConfigurationError, match="No such file"):
         LocalMasterKey.from_file(tmp_path / "missing.key")
+
+
+# -- parsers of untrusted input, by property --------------------------------------------------
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_read_as_a_header_or_undecryptable(blob: bytes) -> None:
+    try:
+        header = crypto.read_header(blob, "test")
+    except Undecryptable:
+        return
+    assert blob.startswith(header.raw) and header.raw.startswith(crypto.MAGIC)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.binary(max_size=64),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**63 - 1),
+    st.text(min_size=1, max_size=40),
+)
+def test_what_is_sealed_opens_only_whole(
+    plaintext: bytes, key_version: int, version: int, stream: str
+) -> None:
+    blob = sealed(plaintext, key_version=key_version, version=version, stream=stream)
+    header = crypto.read_header(blob, "test")
+    assert (header.key_version, header.version, header.stream) == (key_version, version, stream)
+    assert opened(blob) == plaintext
+    with pytest.raises(Undecryptable):
+        opened(blob[:-1])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=120))
+def test_any_master_key_text_parses_or_is_a_configuration_error(text: str) -> None:
+    try:
+        master = LocalMasterKey.parse(text, "test")
+    except ConfigurationError:
+        return  # never another exception (a non-ASCII character was a ValueError once)
+    assert master.versions and all(v >= 0 for v in master.versions)

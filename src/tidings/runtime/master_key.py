@@ -12,7 +12,6 @@ Another source (a KMS) plugs in by implementing ``MasterKey``.
 from __future__ import annotations
 
 import base64
-import binascii
 import os
 import re
 import stat
@@ -104,7 +103,7 @@ class LocalMasterKey:
             version = int(match.group(1) or 1)
             try:
                 key = base64.b64decode(match.group(2), validate=True)
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or a character outside ASCII
                 raise ConfigurationError(f"{origin}: master key version {version} is not base64") from None
             if version in versions:
                 raise ConfigurationError(f"{origin}: master key version {version} is given twice")
