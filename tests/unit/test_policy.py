@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tidings.adapters.registry import open_store
 from tidings.domain.policy import Policy, Principal, SecurityDenied
@@ -212,3 +214,22 @@ def test_a_password_may_be_given_as_its_bcrypt_hash() -> None:
     assert policy.principal("orders").password == hashed
     with pytest.raises(ConfigurationError, match="bcrypt"):
         Policy.from_toml('[principals.orders]\npassword = "$2a$11$short"\n', source="shop.toml")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(max_size=200)
+    | st.builds(
+        lambda name, key, value: f"[principals.{name}]\n{key} = {value}\n",
+        st.from_regex(r"[a-z][a-z0-9_.@-]{0,8}", fullmatch=True),
+        st.sampled_from(["publish", "subscribe", "password", "nkey", "relay", "other"]),
+        st.sampled_from(['["a.>"]', '"x"', "1", "true", '["a..b"]', "[1]", "{ a = 1 }", '["*"]']),
+    )
+)
+def test_any_policy_text_is_a_policy_or_a_configuration_error(text: str) -> None:
+    try:
+        policy = Policy.from_toml(text, source="fuzz.toml")
+    except ConfigurationError:
+        return  # never another exception
+    for principal in policy.principals.values():
+        assert principal.may_publish("a.b") in (True, False)
