@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from tidings.errors import ConfigurationError
 from tidings.ports import EventStore
-from tidings.runtime.keyring import ROTATE_AFTER, KeyRing, ScopeOf
+from tidings.runtime.keyring import CACHED_SCOPES, REFRESH_SECONDS, ROTATE_AFTER, KeyRing, ScopeOf
 from tidings.runtime.master_key import ENV_KEY, ENV_KEY_FILE, LocalMasterKey, MasterKey
 
 
@@ -23,6 +23,11 @@ class Encryption:
     #: Read events stored in the clear (written before encryption was switched on); off, such an
     #: event is ``Undecryptable``, so that no one who can write a row can slip a forged one in.
     accept_plaintext: bool = False
+    #: Seconds a process trusts a loaded key or a reservation before it asks the store again: how
+    #: soon a shred or a rotation elsewhere reaches it.
+    refresh: float = REFRESH_SECONDS
+    #: Scopes whose keys a process keeps in memory (the oldest half goes past it).
+    cached_scopes: int = CACHED_SCOPES
 
     @classmethod
     def configured(cls, setting: Encryption | bool | None) -> Encryption | None:
@@ -45,4 +50,11 @@ class Encryption:
             raise ConfigurationError(f"encryption is on but neither {ENV_KEY} nor {ENV_KEY_FILE} is set")
         if not 1 <= self.rotate_after <= ROTATE_AFTER:
             raise ConfigurationError(f"rotate_after must be 1 to {ROTATE_AFTER}, got {self.rotate_after}")
-        return KeyRing(store, master, scope=self.scope, rotate_after=self.rotate_after)
+        return KeyRing(
+            store,
+            master,
+            scope=self.scope,
+            rotate_after=self.rotate_after,
+            refresh=self.refresh,
+            cached_scopes=self.cached_scopes,
+        )

@@ -54,7 +54,7 @@ class Reserved:
     version: int
     cipher: AESGCM
     remaining: int
-    #: When reserved (monotonic): a reservation is trusted for ``REFRESH_SECONDS``, then made
+    #: When reserved (monotonic): a reservation is trusted for a while (``refresh``), then made
     #: again in the store, which refuses a key shredded meanwhile by another process.
     at: float
 
@@ -79,6 +79,8 @@ class KeyRing:
         scope: ScopeOf | None = None,
         rotate_after: int = ROTATE_AFTER,
         reserve: int = RESERVE,
+        refresh: float = REFRESH_SECONDS,
+        cached_scopes: int = CACHED_SCOPES,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._store = store
@@ -87,6 +89,9 @@ class KeyRing:
         self._custom_scope = scope is not None
         self._rotate_after = rotate_after
         self._reserve = min(reserve, rotate_after)
+        #: How long a loaded key or a reservation is trusted before the store is asked again.
+        self._refresh = refresh
+        self._cached_scopes = cached_scopes
         self._now = clock
         self._ciphers: dict[str, dict[int, AESGCM | None]] = {}  # by scope, version; None: shredded
         self._loaded_at: dict[str, float] = {}
@@ -161,11 +166,10 @@ class KeyRing:
         staged[scope] = reserved
         return reserved
 
-    @staticmethod
-    def _usable(reserved: Reserved | None, count: int) -> Reserved | None:
+    def _usable(self, reserved: Reserved | None, count: int) -> Reserved | None:
         if reserved is None or reserved.remaining < count:
             return None
-        return reserved if time.monotonic() - reserved.at < REFRESH_SECONDS else None
+        return reserved if time.monotonic() - reserved.at < self._refresh else None
 
     async def _reserve_in(self, tx: StoreTransaction, scope: str, count: int) -> Reserved:
         block = max(self._reserve, count)
@@ -250,7 +254,7 @@ class KeyRing:
 
     async def load(self, blobs: Iterable[bytes]) -> None:
         """Load (unwrap) the keys that these sealed blobs name, unless known and fresh."""
-        if len(self._loaded_at) > CACHED_SCOPES:
+        if len(self._loaded_at) > self._cached_scopes:
             self._evict_oldest_half()
         now = time.monotonic()
         missing: set[str] = set()
@@ -260,7 +264,7 @@ class KeyRing:
             except Undecryptable:
                 continue  # opening it will say so, with the event's name
             known = header.key_version in self._ciphers.get(header.scope, {})
-            if not known or now - self._loaded_at.get(header.scope, 0.0) > REFRESH_SECONDS:
+            if not known or now - self._loaded_at.get(header.scope, 0.0) > self._refresh:
                 missing.add(header.scope)
         if missing:
             await self.reload(missing)
@@ -361,7 +365,7 @@ class KeyRing:
         scopes = list(self._loaded_at)  # in the order they were loaded
         for scope in scopes[: len(scopes) // 2]:
             self.forget(scope)
-        if len(self._reserved) > CACHED_SCOPES:
+        if len(self._reserved) > self._cached_scopes:
             for scope in list(self._reserved)[: len(self._reserved) // 2]:
                 del self._reserved[scope]
 

@@ -171,12 +171,13 @@ async def _append_then_roll_back(app: App, stream: str) -> None:
         raise RuntimeError("changed my mind")
 
 
-async def test_a_shred_elsewhere_stops_writers_too(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tidings.runtime import keyring
-
-    monkeypatch.setattr(keyring, "REFRESH_SECONDS", 0.0)  # what a minute does, at once
+async def test_a_shred_elsewhere_stops_writers_too(store_url: str) -> None:
     stream = unique("s")
-    writer, operator = sealed_app(store_url, name="writer"), sealed_app(store_url, name="operator")
+    # refresh=0: what a minute does, at once
+    writer, operator = (
+        sealed_app(store_url, name="writer", refresh=0.0),
+        sealed_app(store_url, name="operator"),
+    )
     async with writer, operator:
         await writer.append(stream, [Secret(owner="a", text="before the shred")])
         assert await operator.shred_keys(stream) == 1
@@ -187,14 +188,11 @@ async def test_a_shred_elsewhere_stops_writers_too(store_url: str, monkeypatch: 
 
 
 async def test_a_rotation_elsewhere_moves_writers_to_new_data_keys(
-    store_url: str, monkeypatch: pytest.MonkeyPatch
+    store_url: str,
 ) -> None:
-    from tidings.runtime import keyring
-
-    monkeypatch.setattr(keyring, "REFRESH_SECONDS", 0.05)  # a minute, shortened
     stream = unique("s")
     writer, operator = (
-        sealed_app(store_url, 1, 2, name="writer"),
+        sealed_app(store_url, 1, 2, name="writer", refresh=0.05),
         sealed_app(store_url, 1, 2, name="operator"),
     )
     async with writer, operator:
@@ -210,19 +208,18 @@ async def test_a_rotation_elsewhere_moves_writers_to_new_data_keys(
         assert [s.event.text for s in await reader.read_stream(stream)] == ["before", "after"]  # type: ignore[attr-defined]
 
 
-async def test_a_process_with_the_key_file_goes_on_through_a_rotation(
-    store_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_process_with_the_key_file_goes_on_through_a_rotation(store_url: str, tmp_path: Path) -> None:
     """A writer started with version 1 of a key file; `tidings keys rotate` adds version 2 to
     the file and rewraps everything with it, and another process writes under it: the writer
     reads the new version from the file when it first meets it, and goes on writing and reading."""
-    from tidings.runtime import keyring
-
-    monkeypatch.setattr(keyring, "REFRESH_SECONDS", 0.05)  # a minute, shortened
     path = tmp_path / "master.key"
     write_key_file(path, new_master_key_entry(1) + "\n")
     stream = unique("s")
-    writer = App("writer", store=store_url, encryption=Encryption(master_key=LocalMasterKey.from_file(path)))
+    writer = App(
+        "writer",
+        store=store_url,
+        encryption=Encryption(master_key=LocalMasterKey.from_file(path), refresh=0.05),
+    )
     async with writer:
         await writer.append(stream, [Secret(owner="a", text="before")])
         write_key_file(path, path.read_text() + new_master_key_entry(2) + "\n")
@@ -422,15 +419,12 @@ async def test_sealed_envelopes_are_marked_and_keep_their_metadata(app: App) -> 
     assert stored.event == Ping(key=key, n=1)
 
 
-async def test_the_key_cache_stays_bounded(store_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    from tidings.runtime import keyring
-
-    monkeypatch.setattr(keyring, "CACHED_SCOPES", 4)
+async def test_the_key_cache_stays_bounded(store_url: str) -> None:
     streams = [unique("s") for _ in range(12)]
     async with sealed_app(store_url) as app:
         for stream in streams:
             await app.append(stream, [Secret(owner=stream, text=stream)])
-    async with sealed_app(store_url) as app:
+    async with sealed_app(store_url, cached_scopes=4) as app:
         for _ in range(2):  # the second round reloads what the first evicted
             for stream in streams:
                 assert [s.event for s in await app.read_stream(stream)] == [Secret(owner=stream, text=stream)]
