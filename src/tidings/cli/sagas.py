@@ -31,7 +31,7 @@ _STYLE = {"completed": "green", "compensated": "yellow", "stuck": "bold red", "r
 
 async def _instance(store: EventStore, stream: str) -> tuple[SagaInstance, list[tuple[RecordedEvent, Event]]]:
     codec = Codec(source="tidings-cli")
-    codec.keys = current_keys()  # opens sealed instances when a master key is configured
+    codec.use_keys(current_keys())  # opens sealed instances when a master key is configured
     instance = SagaInstance(stream.removeprefix(f"{SagaInstance.category}-"))
     history = []
     for record in await store.read_stream(stream):

@@ -127,8 +127,8 @@ class App:
         # Said once per open, so that a deployment that forgot its master key shows it in its log.
         log.info("App %s: event data %s", self.name, "encrypted" if self.encryption else "NOT encrypted")
         if self.encryption is not None:
-            self.keys = self.codec.keys = self.encryption.keyring(raw)
-            self.codec.plaintext_ok = self.encryption.accept_plaintext
+            self.keys = self.encryption.keyring(raw)
+            self.codec.use_keys(self.keys, accept_plaintext=self.encryption.accept_plaintext)
             store = SealedStore(raw, self.keys)
         self._store = store
         self._log = store if isinstance(store, Log) else None

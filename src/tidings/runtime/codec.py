@@ -54,11 +54,17 @@ class Codec:
         self._decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
         self._float_classes: dict[type[Event], bool] = {}
         self._fast: dict[str, tuple[msgspec.json.Decoder[Any], int]] = {}
-        #: Opens sealed data (an App with encryption sets it); without it sealed data fails.
+        #: Opens sealed data (``use_keys``); without it sealed data fails.
         self.keys: KeyRing | None = None
         #: Whether data in the clear is read (an App with encryption refuses it unless told:
         #: else anyone who can write a row could slip in a forged event).
         self.plaintext_ok = True
+
+    def use_keys(self, keys: KeyRing | None, *, accept_plaintext: bool = True) -> None:
+        """Open sealed data with ``keys`` from now on (they come with the store, so an App sets
+        them when it opens); ``accept_plaintext=False`` refuses data stored in the clear."""
+        self.keys = keys
+        self.plaintext_ok = accept_plaintext or keys is None
 
     def encode(
         self,
