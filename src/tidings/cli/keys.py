@@ -17,7 +17,7 @@ from tidings.cli.render import cell, when
 from tidings.errors import ConfigurationError
 from tidings.ports import DataKeyRecord, EventStore
 from tidings.runtime.app import DEFAULT_STORE
-from tidings.runtime.key_admin import rotate, shred
+from tidings.runtime.key_admin import rotate
 from tidings.runtime.master_key import (
     ENV_KEY,
     ENV_KEY_FILE,
@@ -102,7 +102,7 @@ def keys_shred(
         raise typer.Exit(1)
 
     async def work(opened: EventStore) -> int:
-        return await shred(opened, scope)
+        return await opened.shred_data_keys(scope)
 
     destroyed = run_with_store(store, work, writable=True)
     if not destroyed:

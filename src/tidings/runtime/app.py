@@ -30,7 +30,7 @@ from tidings.runtime.codec import Codec
 from tidings.runtime.consuming import GroupConsumer, Subscription
 from tidings.runtime.deadlines import Clock, SystemClock
 from tidings.runtime.encryption import Encryption
-from tidings.runtime.key_admin import Rotation, rotate, shred
+from tidings.runtime.key_admin import Rotation, rotate
 from tidings.runtime.keyring import KeyRing
 from tidings.runtime.leasing import PartitionMember
 from tidings.runtime.outbox import RESERVED_GROUP_PREFIX, Relay
@@ -305,7 +305,7 @@ class App:
     async def shred_keys(self, scope: str) -> int:
         """Destroy a scope's data keys (by default a scope is a stream): its events read as
         ``Erased`` from now on, here at once and in other processes within a minute."""
-        destroyed = await shred(self.store, scope)
+        destroyed = await self.store.shred_data_keys(scope)
         self._keyring().forget(scope)
         return destroyed
 

@@ -1,8 +1,5 @@
-"""Operations on a store's keyring: rotating the master key and shredding a scope.
-
-Rotation rewraps data keys; it never touches event data, so it is quick and every old event stays
-readable. Shredding destroys a scope's wrapped data keys, and with them, for good, every event,
-snapshot and timer that they sealed.
+"""Rotating the master key: rewrapping data keys, never event data, so it is quick and every old
+event stays readable. (Shredding is one statement of the store: ``EventStore.shred_data_keys``.)
 """
 
 from __future__ import annotations
@@ -52,8 +49,3 @@ async def rotate(store: EventStore, master: MasterKey) -> Rotation:
                     current += 1
         after = (page[-1].scope, page[-1].version)
     return Rotation(target, rewrapped, current, shredded, await store.retire_data_keys())
-
-
-async def shred(store: EventStore, scope: str) -> int:
-    """Destroy every version of a scope's data key; returns how many versions were destroyed."""
-    return await store.shred_data_keys(scope)

@@ -62,8 +62,8 @@ class Reserved:
 class Erasure:
     """What opening data of a shredded scope yields: the data is gone for good."""
 
-    def __init__(self, header: Header) -> None:
-        self.header = header
+
+ERASED: Final = Erasure()
 
 
 def key_context(scope: str, version: int) -> bytes:
@@ -103,6 +103,10 @@ class KeyRing:
     def scope_of(self, stream: str, envelope: Envelope) -> str:
         if stream == envelope.id and envelope.partitionkey is None:
             return f"topic:{envelope.topic}"  # an unkeyed publication: one stream per event
+        return self.stream_scope(stream)
+
+    def stream_scope(self, stream: str) -> str:
+        """The scope of a stream's events and snapshots (the application's mapping, checked)."""
         scope = self._scope(stream)
         if not scope or len(scope) > 1000 or (self._custom_scope and scope.startswith("topic:")):
             raise ConfigurationError(
@@ -117,27 +121,26 @@ class KeyRing:
         self, tx: StoreTransaction, stream: str, envelopes: Sequence[Envelope], staged: dict[str, Reserved]
     ) -> None:
         """Make sure ``staged`` (the transaction's keys) has room to seal ``envelopes``."""
-        wanted: dict[str, int] = {}
-        pending: list[Envelope] = []
-        for envelope in envelopes:
-            scope = self.scope_of(stream, envelope)
-            wanted[scope] = wanted.get(scope, 0) + 1
-            if envelope.datacontenttype == SEALED:
-                pending.append(envelope)
+        wanted, pending = self._wanted(stream, envelopes)
         if pending:  # timers' events, sealed when they were set: opened and sealed again
             await self.load(e.data for e in pending)
         for scope, count in wanted.items():
             await self.make_room(tx, scope, count, staged)
 
+    def _wanted(self, stream: str, envelopes: Sequence[Envelope]) -> tuple[dict[str, int], list[Envelope]]:
+        """Encryptions wanted per scope, and the envelopes sealed already (timers' events)."""
+        wanted: dict[str, int] = {}
+        for envelope in envelopes:
+            scope = self.scope_of(stream, envelope)
+            wanted[scope] = wanted.get(scope, 0) + 1
+        return wanted, [e for e in envelopes if e.datacontenttype == SEALED]
+
     def room_in_memory(self, stream: str, envelopes: Sequence[Envelope], staged: dict[str, Reserved]) -> bool:
         """Stage keys for ``envelopes`` if this process has room reserved already (no I/O, so an
         append can go straight to the store); False leaves ``staged`` as it was."""
-        wanted: dict[str, int] = {}
-        for envelope in envelopes:
-            if envelope.datacontenttype == SEALED:
-                return False
-            scope = self.scope_of(stream, envelope)
-            wanted[scope] = wanted.get(scope, 0) + 1
+        wanted, pending = self._wanted(stream, envelopes)
+        if pending:
+            return False
         reserved = [
             (scope, self._usable(self._reserved.get(scope), count), count) for scope, count in wanted.items()
         ]
@@ -234,9 +237,6 @@ class KeyRing:
         )
         return msgspec.structs.replace(envelope, datacontenttype=SEALED, data=data)
 
-    def snapshot_scope(self, stream: str) -> str:
-        return self._scope(stream)
-
     def seal_snapshot(self, stream: str, version: int, schema: str, state: bytes, key: Reserved) -> bytes:
         return crypto.seal(
             key.cipher,
@@ -244,7 +244,7 @@ class KeyRing:
             kind=Kind.SNAPSHOT,
             key_version=key.version,
             version=version,
-            scope=self._scope(stream),
+            scope=self.stream_scope(stream),
             stream=stream,
             content_type="",
             context=crypto.snapshot_context(schema),
@@ -335,7 +335,7 @@ class KeyRing:
     def _open(self, envelope: Envelope, header: Header, what: str) -> Envelope | Erasure:
         cipher = self._cipher(header, what)
         if cipher is None:
-            return Erasure(header)
+            return ERASED
         context = crypto.event_context(envelope.id, envelope.type, envelope.schemaversion)
         data = crypto.open_sealed(cipher, envelope.data, header, context, what)
         return msgspec.structs.replace(envelope, data=data, datacontenttype=header.content_type)

@@ -161,7 +161,7 @@ class SealedStore(SealedLog):
     async def save_snapshot(self, snapshot: Snapshot) -> None:
         staged: dict[str, Reserved] = {}
         async with self._inner.transaction() as tx:
-            key = await self._keys.make_room(tx, self._keys.snapshot_scope(snapshot.stream), 1, staged)
+            key = await self._keys.make_room(tx, self._keys.stream_scope(snapshot.stream), 1, staged)
         self._keys.adopt(staged)
         state = self._keys.seal_snapshot(
             snapshot.stream, snapshot.version, snapshot.schema, snapshot.state, key

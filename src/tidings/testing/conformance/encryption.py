@@ -431,3 +431,14 @@ async def test_the_key_cache_stays_bounded(store_url: str) -> None:
             for stream in streams:
                 assert [s.event for s in await app.read_stream(stream)] == [Secret(owner=stream, text=stream)]
         assert app.keys is not None and len(app.keys._loaded_at) <= 5
+
+
+async def test_many_scopes_load_in_one_read(store_url: str) -> None:
+    """One read of the log meets 600 scopes whose keys the reader does not hold yet: every backend
+    looks them up together (``EventStore.data_keys`` with many scopes) and opens every event."""
+    owners = [unique("o") for _ in range(600)]
+    async with sealed_app(store_url) as writer:
+        await writer.publish_all([(Secret(owner=o, text=o), o) for o in owners])
+    async with sealed_app(store_url, name="reader") as reader:
+        texts = [s.event.text async for s in reader.read_log(pattern="conformance.secret.*")]  # type: ignore[attr-defined]
+    assert sorted(texts) == sorted(owners)
