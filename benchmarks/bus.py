@@ -11,7 +11,6 @@ Beside them, on the same nats-server: raw nats-py and FastStream (``benchmarks/p
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import contextlib
@@ -28,7 +27,7 @@ from rich.table import Table
 
 import tidings
 from benchmarks import peers
-from benchmarks.store import DEFAULT_POSTGRES, drop_database, throwaway_database
+from benchmarks.store import drop_database, run_benchmark, throwaway_database
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.master_key import LocalMasterKey
 from tidings.testing.nats import nats_servers
@@ -204,11 +203,7 @@ async def _fresh(postgres: str) -> tuple[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.bus", description="The bus benchmark.")
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
-    parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help="an admin URL of a PostgreSQL server")
-    arguments = parser.parse_args()
-    asyncio.run(main_async(arguments.quick, arguments.postgres))
+    run_benchmark("benchmarks.bus", "The bus benchmark.", main_async)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ the last saga completed. On the SQLite log and on PostgreSQL + JetStream, in one
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import tempfile
@@ -17,7 +16,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks.store import DEFAULT_POSTGRES, drop_database, throwaway_database
+from benchmarks.store import drop_database, run_benchmark, throwaway_database
 from tidings.domain.saga import SagaEnded
 from tidings.runtime.app import App
 from tidings.runtime.consuming import Context
@@ -83,11 +82,7 @@ async def main_async(quick: bool, postgres: str) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.sagas", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
-    parser.add_argument("--postgres", default=DEFAULT_POSTGRES, help="an admin URL of a PostgreSQL server")
-    arguments = parser.parse_args()
-    asyncio.run(main_async(arguments.quick, arguments.postgres))
+    run_benchmark("benchmarks.sagas", __doc__ or "", main_async)
 
 
 if __name__ == "__main__":

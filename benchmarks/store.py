@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -515,16 +516,23 @@ async def main_async(quick: bool, postgres: str) -> None:
     out.print("Targets missed: " + ("; ".join(missed) if missed else "none"))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.store", description="The store benchmark.")
+def run_benchmark(
+    module: str, description: str, main_async: Callable[[bool, str], Coroutine[Any, Any, None]]
+) -> None:
+    """The command line every benchmark takes: ``--quick`` and ``--postgres``."""
+    parser = argparse.ArgumentParser(prog=f"python -m {module}", description=description)
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run, not a measurement")
     parser.add_argument(
         "--postgres",
         default=os.environ.get("TIDINGS_BENCH_POSTGRES_URL") or DEFAULT_POSTGRES,
-        help="a server where a throwaway database is created (default: $TIDINGS_BENCH_POSTGRES_URL)",
+        help="a server where throwaway databases are created (default: $TIDINGS_BENCH_POSTGRES_URL)",
     )
     args = parser.parse_args()
     asyncio.run(main_async(args.quick, args.postgres))
+
+
+def main() -> None:
+    run_benchmark("benchmarks.store", "The store benchmark.", main_async)
 
 
 if __name__ == "__main__":
