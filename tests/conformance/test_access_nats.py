@@ -24,9 +24,8 @@ from nats.aio.msg import Msg
 from nats.errors import NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 
-from tidings.adapters.nats.inbox import inbox_prefix
+from tidings.adapters.nats.names import inbox_prefix, read_stream
 from tidings.adapters.nats.permissions import authorization_block
-from tidings.adapters.nats.views import read_stream
 from tidings.adapters.registry import open_bus, open_store
 from tidings.domain.policy import Policy
 from tidings.domain.topics import compile_pattern

@@ -172,7 +172,11 @@ def test_events_none_at_that_time(store: str) -> None:
 
 @pytest.mark.parametrize(
     ("option", "value", "complaint"),
-    [("--at", "yesterday", "ISO-8601"), ("--limit", "0", "--limit"), ("--to-version", str(2**64), "less")],
+    [
+        ("--at", "yesterday", "ISO-8601"),
+        ("--limit", "0", "--limit"),
+        ("--to-version", str(2**64), "--to-version"),
+    ],
 )
 def test_events_usage_errors(store: str, option: str, value: str, complaint: str) -> None:
     result = tidings_cli("events", "order-2", "--store", store, option, value)

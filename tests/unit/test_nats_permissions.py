@@ -11,8 +11,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tidings.adapters.nats.bus import NatsSettings
+from tidings.adapters.nats.names import read_patterns, read_stream
 from tidings.adapters.nats.permissions import authorization_block, permissions_of
-from tidings.adapters.nats.views import identity, read_patterns, read_stream
+from tidings.adapters.nats.views import identity
 from tidings.cli import app
 from tidings.domain.policy import Policy, Principal
 from tidings.errors import ConfigurationError

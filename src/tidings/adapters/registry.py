@@ -42,7 +42,7 @@ def open_bus(url: str) -> Bus:
     scheme = urlsplit(url).scheme
     if scheme in ("nats", "tls"):
         try:
-            from tidings.adapters.nats import NatsBus, NatsSettings
+            from tidings.adapters.nats.bus import NatsBus, NatsSettings
         except ImportError as exc:
             raise ConfigurationError(
                 f"the NATS bus needs its client ({exc.name} is missing): pip install 'tidings[nats]'"

@@ -164,10 +164,8 @@ def from_structured(document: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Env
         raw = _structured_decoder.decode(document)
     except msgspec.ValidationError as exc:
         raise MalformedEvent(f"invalid envelope: {exc}") from None
-    except msgspec.DecodeError as exc:
-        raise MalformedEvent(f"envelope is not valid JSON: {exc}") from None
-    except UnicodeDecodeError as exc:
-        raise MalformedEvent(f"envelope is not valid UTF-8: {exc.reason} at byte {exc.start}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise MalformedEvent(f"envelope is {utf8_problem(document) or f'not valid JSON: {exc}'}") from None
     except RecursionError:
         raise MalformedEvent("envelope is nested too deeply") from None
     if raw.data and raw.data_base64 is not None:
@@ -273,6 +271,16 @@ def from_binary(headers: dict[str, str], body: bytes, *, max_size: int = DEFAULT
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with microseconds, the form every attribute of type Timestamp uses."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def utf8_problem(blob: bytes) -> str | None:
+    """Where ``blob`` stops being UTF-8, in tidings' words (None: it is UTF-8). Asked only after a
+    decoder failed, so that the error names this cause whatever the decoder's own words for it."""
+    try:
+        blob.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"not valid UTF-8 at byte {exc.start}"
+    return None
 
 
 def check_size(blob: bytes, max_size: int, what: str) -> None:

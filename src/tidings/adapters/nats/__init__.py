@@ -1,5 +1,5 @@
-"""The distributed bus: NATS JetStream (nats-py), fed from the store by the relay."""
+"""The distributed bus: NATS JetStream (nats-py), fed from the store by the relay.
 
-from tidings.adapters.nats.bus import NatsBus, NatsSettings
-
-__all__ = ["NatsBus", "NatsSettings"]
+The bus is in ``bus`` (``NatsBus``, ``NatsSettings``); this package imports nothing itself, so that
+the client-free parts (``names``, ``permissions``) work without the ``nats`` extra installed.
+"""

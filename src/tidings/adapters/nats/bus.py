@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,10 +31,11 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
 
-from tidings.adapters.nats.inbox import Inbox, inbox_prefix
+from tidings.adapters.nats.inbox import Inbox
+from tidings.adapters.nats.names import check_prefix, inbox_prefix, read_patterns, read_stream
 from tidings.adapters.nats.publish import publish_in_order, resync
 from tidings.adapters.nats.reads import POSITION_HEADER, STREAM_HEADER, VERSION_HEADER, direct_get, record_of
-from tidings.adapters.nats.views import ensure_read_stream, read_patterns, read_stream, read_stream_config
+from tidings.adapters.nats.views import ensure_read_stream, read_stream_config
 from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import RecordedEvent, to_binary
 from tidings.errors import BackendUnavailable, ConfigurationError
@@ -69,17 +69,6 @@ def _telling(errors: Sequence[Exception]) -> Exception:
     """
     refusals: list[Exception] = [e for e in errors if isinstance(e, (ssl.SSLError, AuthorizationError))]
     return (refusals or list(errors))[-1]
-
-
-def check_prefix(prefix: str) -> str:
-    """A subject prefix of tidings' own: not one of NATS's reserved spaces (``$JS.API``, replies
-    under ``_INBOX``), where event subjects would mix with the server's and other clients'."""
-    if prefix.startswith(("$", "_INBOX")) or not re.fullmatch(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*", prefix):
-        raise ConfigurationError(
-            f"subject prefix {prefix!r}: tokens of letters, digits, '_' and '-', not starting with "
-            "'$' or '_INBOX' (NATS's own subjects)"
-        )
-    return prefix
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,26 +4,10 @@ wildcard subscription, and the replies are routed to it by the last token of the
 from __future__ import annotations
 
 import itertools
-import re
 from collections.abc import Callable
 
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-
-#: nats-py's own reply prefix, for a client that logs in without a user.
-DEFAULT_PREFIX = "_INBOX"
-
-
-def inbox_prefix(user: str | None) -> str:
-    """The reply subjects of a user's clients: ``_INBOX.<user>``, so that a server's permissions
-    can give each user its own replies and no one else's (a direct get's reply holds events)."""
-    if not user:
-        return DEFAULT_PREFIX
-    # A subject token cannot hold a dot (nor wildcards or spaces): such names go in hex, after a
-    # "~", which no principal's name holds, so that they cannot meet a plain name.
-    token = user if re.fullmatch(r"[A-Za-z0-9_@-]+", user) else "~" + user.encode().hex()
-    return f"{DEFAULT_PREFIX}.{token}"
-
 
 OnReply = Callable[[Msg], None]
 

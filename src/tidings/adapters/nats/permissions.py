@@ -5,7 +5,7 @@ What the bus does on the wire (``bus.py``, ``publish.py``, ``reads.py``, ``inbox
 
 * every App opens the bus: ``$JS.API.STREAM.INFO.<stream>_<p>`` for each partition, and replies
   (to JetStream requests, direct gets and publish acks) come to its ``_INBOX.<user>.<nuid>.*``
-  subscription: each user has replies of its own (``inbox.inbox_prefix``), as a direct get's
+  subscription: each user has replies of its own (``names.inbox_prefix``), as a direct get's
   reply holds events that another principal must not read off a shared ``_INBOX.>``;
 * an App with groups reads its principal's read streams (``views.py``: per partition, only the
   topics it may subscribe to) with ``$JS.API.DIRECT.GET.<read stream>``, never a partition
@@ -34,9 +34,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from tidings.adapters.nats.bus import check_prefix
-from tidings.adapters.nats.inbox import inbox_prefix
-from tidings.adapters.nats.views import read_stream
+from tidings.adapters.nats.names import check_prefix, inbox_prefix, read_stream
 from tidings.domain.policy import Policy, Principal
 from tidings.domain.topics import covers, overlaps
 from tidings.errors import ConfigurationError

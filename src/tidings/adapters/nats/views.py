@@ -13,43 +13,15 @@ topic) and a moment of lag behind the partition stream.
 
 from __future__ import annotations
 
-import hashlib
-import itertools
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Final
 
 from nats.aio.client import Client
 
-from tidings.domain.topics import covers, overlaps
 from tidings.errors import BackendUnavailable, ConfigurationError
 
 API_TIMEOUT: Final = 5.0
-
-
-def read_patterns(principal: str, patterns: Sequence[str]) -> tuple[str, ...]:
-    """The patterns a principal's read streams copy: those no other of its patterns covers (one
-    source takes no overlapping filters, and a covered pattern adds nothing), in order. Patterns
-    that overlap without one covering the other (``a.*.x`` and ``a.b.*``) cannot be copied once
-    each: refused, naming them."""
-    kept = sorted({p for p in patterns if not any(q != p and covers(q, p) for q in patterns)})
-    for first, second in itertools.combinations(kept, 2):
-        if overlaps(first, second):
-            raise ConfigurationError(
-                f"principal {principal!r}: subscribe patterns {first!r} and {second!r} overlap "
-                "(some topic matches both) without one covering the other; the server cannot copy "
-                "such topics to a read stream once: list the common topics as a pattern of their own"
-            )
-    return tuple(kept)
-
-
-def read_stream(stream: str, partition: int, principal: str, patterns: Sequence[str]) -> str:
-    """``<stream>_<p>_R<principal in hex>_<digest of its patterns>``: hex, as a stream name takes
-    no dots and principals' names may hold them; the digest, as changing a source's filters
-    makes the server copy the whole partition again into the same stream (and keep what it
-    copied before): a policy change makes new read streams, with checkpoints of their own."""
-    digest = hashlib.sha256("\n".join(read_patterns(principal, patterns)).encode()).hexdigest()[:8]
-    return f"{stream}_{partition}_R{principal.encode().hex()}_{digest}"
 
 
 def identity(pattern: str) -> str:

