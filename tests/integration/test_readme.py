@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 import tidings
+from tests.integration.readme_session import DONE
 
 ROOT = Path(__file__).resolve().parents[2]
 SESSION = Path(__file__).with_name("readme_session.py")
@@ -81,7 +82,7 @@ async def test_the_readme_examples_run_as_written(tmp_path: Path, monkeypatch: p
         out, err = (text.decode() for text in await output)
         print(out, err, sep="\n")  # shown by pytest when the test fails
     assert session.returncode == 0, f"the README's examples failed:\n{out}\n{err}"
-    assert "readme: every block ran" in out, out
+    assert DONE in out, out
     assert invoice == ["InvoicePaid"]
     async with tidings.App("readme-check", store=f"sqlite:///{database}") as checker:
         assert await checker.dead_letters() == []
