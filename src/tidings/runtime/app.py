@@ -264,9 +264,11 @@ class App:
         *,
         version: int | None = None,
         at: datetime | None = None,
+        create: bool = False,
     ) -> A:
-        """Rebuild an aggregate, as of now, of a ``version`` or of a time ``at``."""
-        return await self.repository.load(cls, id, version=version, at=at)
+        """Rebuild an aggregate, as of now, of a ``version`` or of a time ``at``; with ``create``,
+        one that has no events yet is a new ``cls(id)``."""
+        return await self.repository.load(cls, id, version=version, at=at, create=create)
 
     async def save(self, aggregate: Aggregate) -> list[RecordedEvent]:
         """Save an aggregate's new events; ``ConcurrencyError`` if someone saved it meanwhile."""

@@ -360,9 +360,10 @@ class GroupConsumer(PartitionMember):
                 await app.record_denials()  # an AccessDenied fails the handler, and is audited
                 first_failure = first_failure or app.clock.now()
                 # A denial is the policy's answer, not a passing fault: trying again only
-                # repeats it (and its audit record).
+                # repeats it (and its audit record). So do the errors the Retry names, and
+                # tidings' own that cannot pass another time (``Retry.is_transient``).
                 denied = isinstance(exc, AccessDenied)
-                if attempt == retry.attempts or denied:
+                if attempt == retry.attempts or not retry.is_transient(exc):
                     trace = traceback.format_exc()
                     error = f"{type(exc).__name__}: {exc}"
                     reason = "denied" if denied else "failed"

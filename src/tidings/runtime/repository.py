@@ -12,7 +12,7 @@ import msgspec
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import RecordedEvent
 from tidings.domain.events import Erased
-from tidings.errors import AggregateNotFound
+from tidings.errors import AggregateNotFound, InvalidArgument
 from tidings.ports import EventStore, Snapshot
 from tidings.runtime.codec import Codec
 
@@ -32,8 +32,13 @@ class Repository:
         *,
         version: int | None = None,
         at: datetime | None = None,
+        create: bool = False,
     ) -> A:
-        """The aggregate as of its newest event, or as of ``version`` or time ``at``."""
+        """The aggregate as of its newest event, or as of ``version`` or time ``at``. With
+        ``create``, an aggregate without events is a new ``cls(id)`` (version 0) instead of an
+        ``AggregateNotFound``: its save then requires its stream to be new still."""
+        if create and (version is not None or at is not None):
+            raise InvalidArgument("load(create=True) loads the newest state; it takes no version= or at=")
         stream = cls.stream_of(id)
         aggregate = cls(id)
         if cls.snapshot_every:
@@ -52,7 +57,7 @@ class Repository:
                 aggregate.apply(event)
         if records:
             aggregate.version = records[-1].version
-        if aggregate.version == 0:
+        if aggregate.version == 0 and not create:
             when = f" at version {version}" if version else f" as of {at.isoformat()}" if at else ""
             raise AggregateNotFound(f"{cls.__name__} {id!r} has no events in stream {stream!r}{when}")
         return aggregate

@@ -19,6 +19,7 @@ import msgspec
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import Envelope
 from tidings.domain.events import Event
+from tidings.errors import AggregateNotFound
 from tidings.ports import StoreTransaction
 
 A = TypeVar("A", bound=Aggregate)
@@ -60,9 +61,16 @@ class UnitOfWork:
             for event in events:
                 self.guard(event.__event_topic__)
 
-    async def load(self, cls: type[A], id: str) -> A:
-        """Load an aggregate; saving it later checks that nobody saved it meanwhile."""
-        aggregate: A = await self.loader(cls, id)
+    async def load(self, cls: type[A], id: str, *, create: bool = False) -> A:
+        """Load an aggregate; saving it later checks that nobody saved it meanwhile. With
+        ``create``, one that has no events yet is a new ``cls(id)``; should another handler
+        create it first, the save fails with ``ConcurrencyError`` and the handler is retried."""
+        try:
+            aggregate: A = await self.loader(cls, id)
+        except AggregateNotFound:
+            if not create:
+                raise
+            return cls(id)
         return aggregate
 
     def save(self, aggregate: Aggregate) -> None:

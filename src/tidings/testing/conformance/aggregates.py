@@ -12,7 +12,7 @@ import pytest_asyncio
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import Envelope, Stored
 from tidings.domain.events import Event
-from tidings.errors import AggregateNotFound, ConcurrencyError
+from tidings.errors import AggregateNotFound, ConcurrencyError, InvalidArgument
 from tidings.ports import Snapshot
 from tidings.runtime.app import App
 from tidings.runtime.projection import Projection, View
@@ -75,6 +75,25 @@ async def test_saving_a_stale_aggregate_is_a_concurrency_error(app: App) -> None
     with pytest.raises(ConcurrencyError):
         await app.save(second)
     assert (await app.load(Cart, cart.id)).items == {"apple": 1, "pear": 1}
+
+
+async def test_load_or_create(app: App) -> None:
+    """``create=True``: a stream without events gives a new aggregate, whose save requires the
+    stream to be new still; a stream with events loads as usual."""
+    cart_id = unique("c")
+    first = await app.load(Cart, cart_id, create=True)
+    assert first.version == 0 and first.items == {} and first.id == cart_id
+    rival = await app.load(Cart, cart_id, create=True)
+    first.add("apple")
+    await app.save(first)
+    assert first.version == 1
+    rival.add("pear")
+    with pytest.raises(ConcurrencyError):  # both created it: the second save is refused
+        await app.save(rival)
+    again = await app.load(Cart, cart_id, create=True)
+    assert again.items == {"apple": 1} and again.version == 1
+    with pytest.raises(InvalidArgument, match="create=True"):
+        await app.load(Cart, cart_id, version=1, create=True)
 
 
 async def test_time_travel_by_version_and_time(app: App) -> None:

@@ -10,10 +10,12 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 
 from tidings.domain.envelope import Envelope
+from tidings.errors import AggregateNotFound, InvalidArgument
 from tidings.runtime.app import App
 from tidings.runtime.consuming import Context
 from tidings.runtime.retries import Retry
 from tidings.testing.clock import ManualClock
+from tidings.testing.conformance.aggregates import Cart
 from tidings.testing.conformance.events import Alarm, Ping, Pong, unique
 from tidings.testing.eventually import eventually
 
@@ -223,6 +225,63 @@ async def test_a_poison_event_is_dead_lettered_and_does_not_block_others(store_u
     assert letter.attempts == 3 and "three is right out" in letter.error
     assert "ValueError" in letter.traceback and letter.envelope is not None
     assert letter.first_failed is not None and letter.first_failed <= letter.dead_at
+
+
+async def test_errors_the_retry_names_are_dead_lettered_at_once(store_url: str) -> None:
+    """``Retry(dead_letter_on=...)`` and tidings' errors that another attempt would only repeat
+    (an ``InvalidArgument`` here) go to the dead letter queue after one attempt; others are
+    retried up to the budget."""
+    app = App("bus", store=store_url)
+    raised = {1: KeyError("no such sku"), 2: InvalidArgument("a bad argument"), 3: RuntimeError("flaky")}
+    attempts: dict[int, list[int]] = defaultdict(list)
+
+    @app.subscribe(
+        "conformance.bus.ping",
+        group="decisive",
+        retry=Retry(attempts=3, backoff=0.01, dead_letter_on=(KeyError,)),
+    )
+    async def decisive(event: Ping, ctx: Context) -> None:
+        attempts[event.n].append(ctx.attempt)
+        raise raised[event.n]
+
+    async with app, app.running(**RUN):
+        for n in raised:
+            await app.publish(Ping(key=f"d{n}", n=n), key=f"d{n}")
+        await eventually(lambda: _letters(app, "decisive", 3))
+        letters = await app.dead_letters("decisive")
+    assert attempts == {1: [1], 2: [1], 3: [1, 2, 3]}
+    found = sorted((x.key, x.reason, x.attempts, x.error.split(":")[0]) for x in letters)
+    assert found == [
+        ("d1", "failed", 1, "KeyError"),
+        ("d2", "failed", 1, "InvalidArgument"),
+        ("d3", "failed", 3, "RuntimeError"),
+    ]
+
+
+async def test_a_handler_loads_or_creates_an_aggregate(store_url: str) -> None:
+    """``uow.load(cls, id, create=True)``: the first event of a key creates the aggregate, the
+    next ones load it; nothing is dead-lettered."""
+    app = App("bus", store=store_url)
+    cart_id = unique("cart")
+
+    @app.subscribe("conformance.bus.ping", group="carts", retry=FAST)
+    async def add_item(event: Ping, ctx: Context) -> None:
+        async with ctx.unit_of_work() as uow:
+            cart = await uow.load(Cart, event.key, create=True)
+            cart.add(f"sku-{event.n}")
+            uow.save(cart)
+
+    async def filled() -> bool:
+        try:
+            return len((await app.load(Cart, cart_id)).items) == 3
+        except AggregateNotFound:
+            return False
+
+    async with app, app.running(**RUN):
+        for n in range(3):
+            await app.publish(Ping(key=cart_id, n=n), key=cart_id)
+        await eventually(filled)
+        assert await app.dead_letters("carts") == []
 
 
 async def test_redrive_goes_to_the_dead_lettering_group_only(store_url: str) -> None:
