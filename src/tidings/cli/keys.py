@@ -7,11 +7,12 @@ where; ``list`` shows scopes, versions and counters, not keys.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import typer
 from rich.table import Table
 
+from tidings.adapters.sql.keys import RETIRED
 from tidings.cli.common import StoreOption, fail, note, run_with_store, stdout
 from tidings.cli.render import cell, when
 from tidings.errors import ConfigurationError
@@ -117,30 +118,50 @@ def keys_list(
     prefix: Annotated[str, typer.Option("--prefix", help="Only scopes starting with this.")] = "",
     limit: Annotated[int, typer.Option("--limit", min=1, help="Show at most N keys.")] = 1000,
 ) -> None:
-    """Data keys: scope, version, which master key version wraps it, encryptions reserved."""
+    """Data keys: scope, version, which master key version wraps it, encryptions reserved, and
+    whether it is live, retired (opens old events only) or shredded."""
 
     async def work(opened: EventStore) -> list[DataKeyRecord]:
         found: list[DataKeyRecord] = []
         after = (prefix, 0)
         # Pages come in scope order, so the scopes with the prefix are one run from ``prefix`` on.
-        while len(found) < limit and (page := await opened.data_key_page(after, 500)):
+        # One more than shown: whether the last one shown has a newer version (then it is retired).
+        while len(found) <= limit and (page := await opened.data_key_page(after, 500)):
             found += [r for r in page if r.scope.startswith(prefix)]
             if not page[-1].scope.startswith(prefix):
                 break
             after = (page[-1].scope, page[-1].version)
-        return found[:limit]
+        return found[: limit + 1]
 
+    records = run_with_store(store, work)
+    if not records:
+        note(f"no data keys of scopes starting with {prefix!r}" if prefix else "no data keys")
+        return
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("scope", "version", "master", "uses", "created", "state"):
         table.add_column(column, overflow="fold")
-    for record in run_with_store(store, work):
-        state = "shredded" if record.wrapped is None else "live"
+    for record, following in zip(records[:limit], [*records[1:], None], strict=False):
+        superseded = following is not None and following.scope == record.scope
+        state = _state(record, superseded=superseded)
         table.add_row(
             cell(record.scope, "cyan"),
             str(record.version),
             str(record.master_version),
-            f"{record.uses:,}",
+            "-" if record.uses >= RETIRED else f"{record.uses:,}",  # a rotation kept no count
             when(record.created),
-            cell(state, "red" if record.wrapped is None else "green"),
+            cell(state, _STATE_STYLE[state]),
         )
     stdout().print(table)
+
+
+_STATE_STYLE: Final = {"live": "green", "retired": "yellow", "shredded": "red"}
+
+
+def _state(record: DataKeyRecord, *, superseded: bool) -> str:
+    """live: new events of its scope are sealed with it; retired: it only opens what it sealed
+    (a rotation retired it, or a newer version took over); shredded: it opens nothing ever again."""
+    if record.wrapped is None:
+        return "shredded"
+    if superseded or record.uses >= RETIRED:
+        return "retired"
+    return "live"
