@@ -226,3 +226,31 @@ def test_read_commands_show_sealed_sizes_without_the_key(key_file: Path, tmp_pat
     opened = tidings_cli("sagas", "list", "--state", "completed", "--store", url, env=env)
     assert opened.exit_code == 0 and instance in opened.stdout
     assert "sealed-secret" in tidings_cli("events", "note-9", "--store", url, env=env).stdout
+
+
+def test_rotate_with_nothing_to_rotate_fails_and_a_wrong_store_leaves_the_key_file(
+    key_file: Path, tmp_path: Path
+) -> None:
+    before = key_file.read_text()
+    missing = tidings_cli(
+        "keys", "rotate", "--store", f"sqlite:///{tmp_path}/none.db", "--key-file", str(key_file)
+    )
+    assert missing.exit_code == 2 and "no tidings store at" in missing.stderr
+    assert key_file.read_text() == before
+    url = f"sqlite:///{tmp_path}/x.db"
+    key = before.strip()  # "1:<key>": the same master key, given in the environment
+    asyncio.run(_create(url))  # a store, no data keys yet
+    env: dict[str, str | None] = {ENV_KEY: key}
+    empty = tidings_cli("keys", "rotate", "--store", url, env=env)
+    assert empty.exit_code == 2 and "no data keys in this store: nothing to rotate" in empty.stderr
+    write(url, key_file, [("note-1", "one")])
+    assert tidings_cli("keys", "rotate", "--store", url, env=env).exit_code == 0  # retires version 1
+    again = tidings_cli("keys", "rotate", "--store", url, env=env)
+    assert again.exit_code == 2
+    assert "nothing to rotate: every data key is wrapped by master key version 1 and retired" in again.stderr
+    assert tidings_cli("keys", "rotate", "--store", url, "--key-file", str(key_file)).exit_code == 0
+
+
+async def _create(url: str) -> None:
+    async with tidings.App("empty", store=url):
+        pass

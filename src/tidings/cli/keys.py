@@ -18,7 +18,7 @@ from tidings.cli.render import cell, when
 from tidings.errors import ConfigurationError
 from tidings.ports import DataKeyRecord, EventStore
 from tidings.runtime.app import DEFAULT_STORE
-from tidings.runtime.key_admin import rotate
+from tidings.runtime.key_admin import Rotation, rotate
 from tidings.runtime.master_key import (
     ENV_KEY,
     ENV_KEY_FILE,
@@ -74,20 +74,33 @@ def keys_rotate(
     master key version is added to it first. With TIDINGS_MASTER_KEY, give every process the new
     version first (2:<new key>,1:<old key>); this rewraps with the highest one."""
     master = _master(key_file)
-    if key_file is not None:
-        entry = new_master_key_entry(master.current_version + 1)
-        existing = key_file.read_text().rstrip("\n")
-        write_key_file(key_file, f"{existing}\n{entry}\n")
-        master = LocalMasterKey.from_file(key_file)
-        note(f"added master key version {master.current_version} to {key_file}")
-    rotation = run_with_store(store, lambda opened: rotate(opened, master), writable=True)
+
+    async def work(opened: EventStore) -> tuple[LocalMasterKey, Rotation]:
+        # Only once the store is open: a wrong --store leaves the key file as it was.
+        newest = master
+        if key_file is not None:
+            entry = new_master_key_entry(master.current_version + 1)
+            existing = key_file.read_text().rstrip("\n")
+            write_key_file(key_file, f"{existing}\n{entry}\n")
+            newest = LocalMasterKey.from_file(key_file)
+            note(f"added master key version {newest.current_version} to {key_file}")
+        return newest, await rotate(opened, newest)
+
+    newest, rotation = run_with_store(store, work, writable=True)
+    if key_file is None and not rotation.rewrapped and not rotation.retired:
+        if not rotation.current and not rotation.shredded:
+            fail("no data keys in this store: nothing to rotate")
+        fail(
+            f"nothing to rotate: every data key is wrapped by master key version "
+            f"{rotation.master_version} and retired already"
+        )
     stdout().print(
         f"master key version {rotation.master_version}: {rotation.rewrapped} data keys rewrapped, "
         f"{rotation.current} already current, {rotation.shredded} shredded; {rotation.retired} "
         "retired (new events get new data key versions)"
     )
-    if len(master.versions) > 1:
-        note(f"once every process uses the new version, older ones can go: {master.versions[:-1]}")
+    if len(newest.versions) > 1:
+        note(f"once every process uses the new version, older ones can go: {newest.versions[:-1]}")
 
 
 @keys_app.command("shred")
