@@ -170,6 +170,13 @@ def test_events_none_at_that_time(store: str) -> None:
     assert "no events in stream 'order-2' at 2024-05-01T00:00:00+00:00" in result.stderr
 
 
+@pytest.mark.parametrize("json", [[], ["--json"]])
+def test_events_of_an_unknown_stream_is_an_error(store: str, json: list[str]) -> None:
+    result = tidings_cli("events", "no-such-stream", "--store", store, *json)
+    assert result.exit_code == 2
+    assert "no stream 'no-such-stream' (see `tidings streams`)" in _single_error_line(result)
+
+
 @pytest.mark.parametrize(
     ("option", "value", "complaint"),
     [
@@ -355,6 +362,9 @@ def test_damaged_file(tmp_path: Path) -> None:
     verify = tidings_cli("verify", "--store", f"sqlite:///{path}")
     assert verify.exit_code == 1
     assert "damaged" in _single_error_line(verify)
+    # The other commands advise running verify; verify itself is what is running.
+    assert "tidings verify" in streams.stderr
+    assert "tidings verify" not in verify.stderr
 
 
 def test_version() -> None:

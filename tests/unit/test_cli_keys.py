@@ -13,8 +13,11 @@ from typer.testing import CliRunner
 import tidings
 from tests.unit.test_cli import tidings_cli
 from tidings.cli import app
+from tidings.domain.saga import SagaInstance
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.master_key import ENV_KEY, ENV_KEY_FILE, LocalMasterKey
+from tidings.testing.conformance.sagas import OrderPlaced, Shop, fulfilment
+from tidings.testing.eventually import eventually
 
 
 class KeyNoted(tidings.Event, topic="clitest.key.noted", type="CliTestKeyNoted"):
@@ -132,3 +135,122 @@ def test_dlq_show_opens_a_sealed_letter_only_with_the_key(key_file: Path, tmp_pa
     assert shown.exit_code == 0 and "dead-letter-secret" in shown.output
     hidden = runner.invoke(app, ["dlq", "show", "1", "--store", url])
     assert hidden.exit_code == 0 and "dead-letter-secret" not in hidden.output and "refused" in hidden.output
+
+
+def key_rows(output: str) -> dict[tuple[str, str], list[str]]:
+    """``keys list`` as {(scope, version): the other columns}."""
+    rows = [line.split() for line in output.splitlines()[1:]]
+    return {(row[0], row[1]): row[2:] for row in rows}
+
+
+def test_list_shows_retired_versions_as_retired(key_file: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    env: dict[str, str | None] = {ENV_KEY_FILE: str(key_file)}
+    write(url, key_file, [("note-1", "one"), ("note-2", "two")])
+    assert tidings_cli("keys", "rotate", "--store", url, env=env).exit_code == 0
+    rows = key_rows(tidings_cli("keys", "list", "--store", url, env=env).stdout)
+    # A rotation keeps no count of a version's uses: none is shown (never the marker it leaves).
+    assert rows[("note-1", "1")][1] == "-" and rows[("note-1", "1")][-1] == "retired"
+    write(url, key_file, [("note-1", "three")])  # a new version takes over note-1
+    listed = tidings_cli("keys", "list", "--store", url, env=env)
+    assert "4,611,686,018,427,387,904" not in listed.stdout
+    rows = key_rows(listed.stdout)
+    assert rows[("note-1", "1")][-1] == "retired" and rows[("note-1", "2")][-1] == "live"
+    assert rows[("note-2", "1")][-1] == "retired"
+    # Cut after note-1 version 1, the listing still knows that version 2 took over.
+    assert key_rows(tidings_cli("keys", "list", "--limit", "1", "--store", url, env=env).stdout) == {
+        ("note-1", "1"): rows[("note-1", "1")]
+    }
+    assert tidings_cli("keys", "shred", "note-2", "--yes", "--store", url, env=env).exit_code == 0
+    rows = key_rows(tidings_cli("keys", "list", "--store", url, env=env).stdout)
+    assert rows[("note-2", "1")][-1] == "shredded"
+
+
+async def _sealed_shop(url: str, key_file: Path) -> str:
+    """An encrypted store with a completed saga, a dead letter and a correlation to trace."""
+    app = tidings.App("shop", store=url, encryption=Encryption(master_key=LocalMasterKey.from_file(key_file)))
+    Shop(app)
+    app.add_saga(fulfilment("sealed"))
+
+    @app.subscribe("clitest.key.*", group="refusers", retry=tidings.Retry(attempts=1))
+    async def refuse(event: KeyNoted, ctx: tidings.Context) -> None:
+        raise RuntimeError("refused")
+
+    async with app, app.running(lease_ttl=2.0, poll=0.05):
+        await app.publish(OrderPlaced(order_id="fine", amount=5), key="fine")
+        await app.publish(KeyNoted(text="sealed-secret"), key="note-9", correlation_id="journey-9")
+
+        async def settled() -> bool:
+            try:
+                instance = await app.load(SagaInstance, "sealed:fine")
+            except tidings.AggregateNotFound:
+                return False
+            return instance.status == "completed" and len(await app.dead_letters("refusers")) == 1
+
+        await eventually(settled, within=20)
+    return "sealed:fine"
+
+
+def test_read_commands_show_sealed_sizes_without_the_key(key_file: Path, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path}/x.db"
+    instance = asyncio.run(_sealed_shop(url, key_file))
+    reads = [
+        ["streams"],
+        ["events", "note-9"],
+        ["events", "note-9", "--json"],
+        ["log"],
+        ["log", "--json"],
+        ["dlq", "list"],
+        ["dlq", "show", "1"],
+        ["sagas", "list"],
+        ["sagas", "show", instance],
+        ["trace", "journey-9"],
+    ]
+    for command in reads:
+        # Not through tidings_cli: a dead letter's traceback is part of what `dlq show` shows.
+        result = CliRunner().invoke(app, [*command, "--store", url])
+        assert result.exit_code == 0, (command, result.output)
+        assert result.stderr == "" and "sealed-secret" not in result.stdout, (command, result.output)
+    sealed = "bytes of application/vnd.tidings.sealed"
+    assert sealed in tidings_cli("events", "note-9", "--store", url).stdout
+    listing = tidings_cli("sagas", "list", "--store", url).stdout
+    assert f"{instance} " in listing and "sealed" in listing and "completed" not in listing
+    shown = tidings_cli("sagas", "show", instance, "--store", url).stdout
+    assert "tidings.SagaStarted <" in shown and sealed in shown
+    # Asked for a state, sealed instances are left out, and the note says so.
+    completed = tidings_cli("sagas", "list", "--state", "completed", "--store", url)
+    assert completed.exit_code == 0 and instance not in completed.stdout
+    assert "1 sealed instance(s) left out" in completed.stderr
+    # With the key, the same commands open the data.
+    env: dict[str, str | None] = {ENV_KEY_FILE: str(key_file)}
+    opened = tidings_cli("sagas", "list", "--state", "completed", "--store", url, env=env)
+    assert opened.exit_code == 0 and instance in opened.stdout
+    assert "sealed-secret" in tidings_cli("events", "note-9", "--store", url, env=env).stdout
+
+
+def test_rotate_with_nothing_to_rotate_fails_and_a_wrong_store_leaves_the_key_file(
+    key_file: Path, tmp_path: Path
+) -> None:
+    before = key_file.read_text()
+    missing = tidings_cli(
+        "keys", "rotate", "--store", f"sqlite:///{tmp_path}/none.db", "--key-file", str(key_file)
+    )
+    assert missing.exit_code == 2 and "no tidings store at" in missing.stderr
+    assert key_file.read_text() == before
+    url = f"sqlite:///{tmp_path}/x.db"
+    key = before.strip()  # "1:<key>": the same master key, given in the environment
+    asyncio.run(_create(url))  # a store, no data keys yet
+    env: dict[str, str | None] = {ENV_KEY: key}
+    empty = tidings_cli("keys", "rotate", "--store", url, env=env)
+    assert empty.exit_code == 2 and "no data keys in this store: nothing to rotate" in empty.stderr
+    write(url, key_file, [("note-1", "one")])
+    assert tidings_cli("keys", "rotate", "--store", url, env=env).exit_code == 0  # retires version 1
+    again = tidings_cli("keys", "rotate", "--store", url, env=env)
+    assert again.exit_code == 2
+    assert "nothing to rotate: every data key is wrapped by master key version 1 and retired" in again.stderr
+    assert tidings_cli("keys", "rotate", "--store", url, "--key-file", str(key_file)).exit_code == 0
+
+
+async def _create(url: str) -> None:
+    async with tidings.App("empty", store=url):
+        pass

@@ -71,11 +71,59 @@ def test_dead_letters_listed_shown_redriven_and_purged(tmp_path: Path) -> None:
     code, out = tidings("dlq", "list", "--store", url, "--state", "redrive")
     assert "picky" in out
     code, out = tidings("dlq", "purge", "--group", "picky", "--all", "--store", url)
-    assert code == 0 and "0 dead letter(s) purged" in out  # none is "dead" any more
+    assert code == 2 and "nothing to purge: no dead letters of group 'picky' in state 'dead'" in out
+    code, out = tidings("dlq", "purge", "1", "--store", url)
+    assert code == 0 and "1 dead letter(s) purged" in out
     code, out = tidings("dlq", "show", "99", "--store", url)
     assert code == 2 and "no dead letter 99" in out
     code, out = tidings("dlq", "redrive", "--store", url)
     assert code == 2 and "--group GROUP --all" in out
+
+
+def one_error_line(*args: str) -> str:
+    """The one red line a refused command prints on stderr (exit code 2), nothing on stdout."""
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 2, result.output
+    assert result.stdout == ""
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: ")
+    return line
+
+
+def test_dead_letter_commands_with_nothing_to_act_on_fail(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ops.db'}"
+    asyncio.run(_busy_store(url))
+    for command in ("redrive", "purge"):
+        line = one_error_line("dlq", command, "99999", "--store", url)
+        assert "no dead letter 99999; nothing changed" in line
+    # One unknown id among known ones changes nothing at all.
+    assert "no dead letter 7" in one_error_line("dlq", "redrive", "1", "7", "--store", url)
+    assert "no dead letter 1 of group 'other'" in one_error_line(
+        "dlq", "redrive", "1", "--group", "other", "--store", url
+    )
+    code, out = tidings("dlq", "list", "--store", url)
+    assert code == 0 and "dead letter(s)" in out and "redrive" not in out
+    code, out = tidings("dlq", "redrive", "1", "--store", url)
+    assert code == 0 and "1 dead letter(s) queued for redrive" in out
+    assert "already queued for redrive" in one_error_line("dlq", "redrive", "1", "--store", url)
+    for group in ("picky", "nobody"):
+        line = one_error_line("dlq", "redrive", "--group", group, "--all", "--store", url)
+        assert f"nothing to redrive: no dead letters of group {group!r} in state 'dead'" in line
+
+
+def test_an_unknown_state_or_saga_is_refused_with_the_valid_ones(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'ops.db'}"
+    asyncio.run(_busy_store(url))
+    line = one_error_line("dlq", "list", "--state", "bogus", "--store", url)
+    assert "--state 'bogus' is not one of dead, redrive, redriven, purged, all" in line
+    line = one_error_line("sagas", "list", "--state", "bogus", "--store", url)
+    assert "--state 'bogus' is not one of running, compensating, completed, compensated, stuck" in line
+    line = one_error_line("sagas", "list", "--saga", "nosuch", "--store", url)
+    assert "no saga 'nosuch' in this store" in line
+    # A known state that nothing is in is an answer, not an error.
+    result = CliRunner().invoke(cli, ["dlq", "list", "--state", "purged", "--store", url])
+    assert result.exit_code == 0 and result.stdout == ""
+    assert "no dead letters in state 'purged'" in result.stderr
 
 
 def test_trace_draws_the_causation_tree(tmp_path: Path) -> None:

@@ -1,14 +1,16 @@
 """``tidings acl nats-config POLICY``: the access policy as the ``authorization`` block of a
-nats-server config, so that the server enforces on the bus what tidings enforces in each App."""
+nats-server config, so that the server enforces on the bus what tidings enforces in each App;
+``tidings acl passwd``: a password's bcrypt hash, for the policy."""
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import typer
 
-from tidings.adapters.nats.permissions import authorization_block
 from tidings.adapters.sql.common import DEFAULT_PARTITIONS
 from tidings.cli.common import fail
 from tidings.errors import TidingsError
@@ -33,8 +35,44 @@ def nats_config(
 ) -> None:
     """Print a nats-server `authorization { users = [...] }` block: a user per principal with
     exactly the subjects it needs (include it in the server's config)."""
+    try:  # imported here: the CLI must start in an install without the nats extra
+        from tidings.adapters.nats.permissions import authorization_block
+    except ImportError:
+        fail("tidings acl nats-config needs the nats extra: pip install 'tidings[nats]'")
     try:
         block = authorization_block(load_policy(policy), prefix=prefix, stream=stream, partitions=partitions)
     except TidingsError as exc:
         fail(str(exc))
     typer.echo(block, nl=False)  # plain text: no console markup may touch a password
+
+
+#: What a password may hold: it goes into the App's bus URL as is (the policy's rule, in
+#: tidings.domain.policy); bcrypt reads at most 72 bytes of it.
+_URL_SAFE: Final = re.compile(r"[A-Za-z0-9._~-]{1,72}")
+#: bcrypt's version prefix: "2a" is what nats-server's own tool writes, and every version takes it.
+_BCRYPT_PREFIX: Final = b"2a"
+
+
+@acl_app.command("passwd")
+def passwd(
+    cost: Annotated[
+        int, typer.Option("--cost", min=4, max=31, help="bcrypt's cost: each step doubles the work.")
+    ] = 11,
+) -> None:
+    """Print the bcrypt hash of a password, for a principal's `password = "..."` in the policy
+    (nats-server checks logins against it). Asks twice on a terminal; else reads one line."""
+    try:
+        import bcrypt  # optional (the nats extra): only NATS passwords need it
+    except ImportError:
+        fail("tidings acl passwd needs bcrypt: pip install 'tidings[nats]'")
+    if sys.stdin.isatty():
+        password = typer.prompt("Password", hide_input=True, confirmation_prompt=True, err=True)
+    else:
+        password = sys.stdin.readline().removesuffix("\n").removesuffix("\r")
+    if not _URL_SAFE.fullmatch(password):
+        fail(
+            "a password must be 1 to 72 letters, digits and '-', '.', '_', '~' "
+            "(the App's bus URL carries it as is)"
+        )
+    hashed = bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=cost, prefix=_BCRYPT_PREFIX))
+    typer.echo(hashed.decode())

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Annotated, Final, NoReturn, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -27,7 +27,9 @@ T = TypeVar("T")
 
 EXIT_OK: Final = 0
 EXIT_PROBLEMS: Final = 1  # the command ran and found something wrong (verify)
-EXIT_ERROR: Final = 2  # the command could not do its work (bad URL, unreachable, damaged file)
+#: The command could not do its work: a bad URL, an unreachable server, a damaged file, or
+#: nothing to act on (an unknown id, stream, saga or state; no dead letter left to redrive).
+EXIT_ERROR: Final = 2
 EXIT_INTERRUPTED: Final = 130  # Ctrl-C where it is not the normal way to stop
 UNBOUNDED_WIDTH: Final = 100_000
 #: The largest version, position or limit the stores take (SQL BIGINT); a larger number is a usage error.
@@ -78,6 +80,18 @@ def fail(message: str, *, code: int = EXIT_ERROR) -> NoReturn:
     raise typer.Exit(code)
 
 
+def one_of(option: str, choices: Sequence[str]) -> Callable[[str | None], str | None]:
+    """A callback that refuses a value of ``option`` outside ``choices`` with one red line naming
+    the valid ones (a value that matches nothing would only ever show an empty answer)."""
+
+    def check(value: str | None) -> str | None:
+        if value is not None and value not in choices:
+            fail(f"{option} {value!r} is not one of {', '.join(choices)}")
+        return value
+
+    return check
+
+
 def scrub(message: str, url: str) -> str:
     """``message`` without the URL's password. The core redacts already; this is a second guard
     for a message that quotes the URL it was given verbatim."""
@@ -125,18 +139,21 @@ def run_with_store(
     interrupt_code: int = EXIT_INTERRUPTED,
     exit_codes: Mapping[type[TidingsError], int] | None = None,
     writable: bool = False,
+    unsaid: str = "",
 ) -> T:
     """Open the store at ``url`` (never creating one), run ``work`` on it, close it.
 
     Every ``TidingsError`` becomes one red line and exit code 2 (or the code ``exit_codes`` gives
     its class); Ctrl-C exits quietly with ``interrupt_code``. ``writable`` opens a store that
     must exist already for writing (dead letter commands); otherwise it is opened read-only.
+    ``unsaid`` is advice left out of error messages (``verify`` is not told to run itself).
     """
     try:
         return asyncio.run(_on_store(url, work, writable))
     except TidingsError as exc:
         code = next((code for kind, code in (exit_codes or {}).items() if isinstance(exc, kind)), EXIT_ERROR)
-        fail(scrub(str(exc) or type(exc).__name__, url), code=code)
+        message = str(exc) or type(exc).__name__
+        fail(scrub(message.replace(unsaid, "") if unsaid else message, url), code=code)
     except KeyboardInterrupt:
         raise typer.Exit(interrupt_code) from None
 

@@ -7,17 +7,18 @@ where; ``list`` shows scopes, versions and counters, not keys.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import typer
 from rich.table import Table
 
+from tidings.adapters.sql.keys import RETIRED
 from tidings.cli.common import StoreOption, fail, note, run_with_store, stdout
 from tidings.cli.render import cell, when
 from tidings.errors import ConfigurationError
 from tidings.ports import DataKeyRecord, EventStore
 from tidings.runtime.app import DEFAULT_STORE
-from tidings.runtime.key_admin import rotate
+from tidings.runtime.key_admin import Rotation, rotate
 from tidings.runtime.master_key import (
     ENV_KEY,
     ENV_KEY_FILE,
@@ -73,20 +74,33 @@ def keys_rotate(
     master key version is added to it first. With TIDINGS_MASTER_KEY, give every process the new
     version first (2:<new key>,1:<old key>); this rewraps with the highest one."""
     master = _master(key_file)
-    if key_file is not None:
-        entry = new_master_key_entry(master.current_version + 1)
-        existing = key_file.read_text().rstrip("\n")
-        write_key_file(key_file, f"{existing}\n{entry}\n")
-        master = LocalMasterKey.from_file(key_file)
-        note(f"added master key version {master.current_version} to {key_file}")
-    rotation = run_with_store(store, lambda opened: rotate(opened, master), writable=True)
+
+    async def work(opened: EventStore) -> tuple[LocalMasterKey, Rotation]:
+        # Only once the store is open: a wrong --store leaves the key file as it was.
+        newest = master
+        if key_file is not None:
+            entry = new_master_key_entry(master.current_version + 1)
+            existing = key_file.read_text().rstrip("\n")
+            write_key_file(key_file, f"{existing}\n{entry}\n")
+            newest = LocalMasterKey.from_file(key_file)
+            note(f"added master key version {newest.current_version} to {key_file}")
+        return newest, await rotate(opened, newest)
+
+    newest, rotation = run_with_store(store, work, writable=True)
+    if key_file is None and not rotation.rewrapped and not rotation.retired:
+        if not rotation.current and not rotation.shredded:
+            fail("no data keys in this store: nothing to rotate")
+        fail(
+            f"nothing to rotate: every data key is wrapped by master key version "
+            f"{rotation.master_version} and retired already"
+        )
     stdout().print(
         f"master key version {rotation.master_version}: {rotation.rewrapped} data keys rewrapped, "
         f"{rotation.current} already current, {rotation.shredded} shredded; {rotation.retired} "
         "retired (new events get new data key versions)"
     )
-    if len(master.versions) > 1:
-        note(f"once every process uses the new version, older ones can go: {master.versions[:-1]}")
+    if len(newest.versions) > 1:
+        note(f"once every process uses the new version, older ones can go: {newest.versions[:-1]}")
 
 
 @keys_app.command("shred")
@@ -117,30 +131,50 @@ def keys_list(
     prefix: Annotated[str, typer.Option("--prefix", help="Only scopes starting with this.")] = "",
     limit: Annotated[int, typer.Option("--limit", min=1, help="Show at most N keys.")] = 1000,
 ) -> None:
-    """Data keys: scope, version, which master key version wraps it, encryptions reserved."""
+    """Data keys: scope, version, which master key version wraps it, encryptions reserved, and
+    whether it is live, retired (opens old events only) or shredded."""
 
     async def work(opened: EventStore) -> list[DataKeyRecord]:
         found: list[DataKeyRecord] = []
         after = (prefix, 0)
         # Pages come in scope order, so the scopes with the prefix are one run from ``prefix`` on.
-        while len(found) < limit and (page := await opened.data_key_page(after, 500)):
+        # One more than shown: whether the last one shown has a newer version (then it is retired).
+        while len(found) <= limit and (page := await opened.data_key_page(after, 500)):
             found += [r for r in page if r.scope.startswith(prefix)]
             if not page[-1].scope.startswith(prefix):
                 break
             after = (page[-1].scope, page[-1].version)
-        return found[:limit]
+        return found[: limit + 1]
 
+    records = run_with_store(store, work)
+    if not records:
+        note(f"no data keys of scopes starting with {prefix!r}" if prefix else "no data keys")
+        return
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("scope", "version", "master", "uses", "created", "state"):
         table.add_column(column, overflow="fold")
-    for record in run_with_store(store, work):
-        state = "shredded" if record.wrapped is None else "live"
+    for record, following in zip(records[:limit], [*records[1:], None], strict=False):
+        superseded = following is not None and following.scope == record.scope
+        state = _state(record, superseded=superseded)
         table.add_row(
             cell(record.scope, "cyan"),
             str(record.version),
             str(record.master_version),
-            f"{record.uses:,}",
+            "-" if record.uses >= RETIRED else f"{record.uses:,}",  # a rotation kept no count
             when(record.created),
-            cell(state, "red" if record.wrapped is None else "green"),
+            cell(state, _STATE_STYLE[state]),
         )
     stdout().print(table)
+
+
+_STATE_STYLE: Final = {"live": "green", "retired": "yellow", "shredded": "red"}
+
+
+def _state(record: DataKeyRecord, *, superseded: bool) -> str:
+    """live: new events of its scope are sealed with it; retired: it only opens what it sealed
+    (a rotation retired it, or a newer version took over); shredded: it opens nothing ever again."""
+    if record.wrapped is None:
+        return "shredded"
+    if superseded or record.uses >= RETIRED:
+        return "retired"
+    return "live"

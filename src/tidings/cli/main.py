@@ -1,7 +1,8 @@
 """The ``tidings`` command: look into an event store and check its integrity.
 
 Every command opens the store it is given with ``--store`` (or ``TIDINGS_STORE``) without ever
-creating one, and turns every tidings error into one red line on stderr and exit code 2.
+creating one, and turns every tidings error into one red line on stderr and exit code 2; so is an
+unknown stream, id, saga or state, and a command that finds nothing to act on.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tidings.cli.common import (
     JsonOption,
     LimitOption,
     StoreOption,
+    fail,
     note,
     parse_time,
     run_with_store,
@@ -47,6 +49,8 @@ from tidings.ports import EventStore
 from tidings.runtime.app import DEFAULT_STORE
 
 FOLLOW_INTERVAL: Final = 0.2  # seconds between polls of ``tidings log --follow``
+#: What the stores add to an integrity error; ``verify`` is what the reader is running already.
+VERIFY_ADVICE: Final = "; run `tidings verify`"
 
 app = typer.Typer(
     name="tidings",
@@ -131,10 +135,12 @@ def events(
 ) -> None:
     """Show the events of one stream, checked against their hash chain as they are read."""
 
-    async def show(es: EventStore) -> None:
+    async def show(es: EventStore) -> bool:
         records = await es.read_stream(
             stream, from_version=from_version, to_version=to_version, at=at, backwards=backwards, limit=limit
         )
+        if not records and not await es.stream_version(stream):
+            return False
         # Shown inside the runner: encoding an event for --json may raise a tidings error too.
         if as_json:
             for record in records:
@@ -143,8 +149,10 @@ def events(
             stdout().print(events_table(records))
         else:
             note(f"no events in stream {stream!r}" + (f" at {at.isoformat()}" if at else ""))
+        return True
 
-    run_with_store(store, show)
+    if not run_with_store(store, show):
+        fail(f"no stream {stream!r} (see `tidings streams`)")
 
 
 @app.command()
@@ -204,7 +212,9 @@ def log(
 def verify(store: StoreOption = DEFAULT_STORE) -> None:
     """Check every stream's hash chain and the storage itself; exit 1 if anything is wrong."""
     # Damage so bad that the store cannot even be read is a finding too, not a failure to check.
-    report = run_with_store(store, lambda es: es.verify(), exit_codes={IntegrityError: EXIT_PROBLEMS})
+    report = run_with_store(
+        store, lambda es: es.verify(), exit_codes={IntegrityError: EXIT_PROBLEMS}, unsaid=VERIFY_ADVICE
+    )
     console = stdout()
     console.print(report_summary(report))
     if report.ok:

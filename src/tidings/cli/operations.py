@@ -10,7 +10,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Final
 
 import typer
 from rich.table import Table
@@ -24,6 +24,7 @@ from tidings.cli.common import (
     StoreOption,
     fail,
     note,
+    one_of,
     run_with_store,
     stdout,
 )
@@ -37,6 +38,9 @@ from tidings.runtime.crypto import SEALED
 dlq_app = typer.Typer(help="The dead letter queues of consumer groups.", no_args_is_help=True)
 
 GroupOption = Annotated[str | None, typer.Option("--group", help="Only this consumer group.")]
+#: A dead letter's states (see ``tidings.ports.DeadLetter.state``), and "all" for every one.
+LETTER_STATES: Final = ("dead", "redrive", "redriven", "purged", "all")
+ALL_LETTERS: Final = 1_000_000  # as many as a command looks through to find ids
 
 
 def _log(store: EventStore) -> Log:
@@ -104,7 +108,15 @@ def run(
 def dlq_list(
     store: StoreOption = DEFAULT_STORE,
     group: GroupOption = None,
-    state: Annotated[str, typer.Option("--state", help="dead, redrive, redriven, purged or all.")] = "dead",
+    state: Annotated[
+        str,
+        typer.Option(
+            "--state",
+            metavar="|".join(LETTER_STATES),
+            callback=one_of("--state", LETTER_STATES),
+            help="Only dead letters in this state (all: every state).",
+        ),
+    ] = "dead",
     limit: LimitOption = 100,
 ) -> None:
     """Dead letters, oldest first."""
@@ -115,6 +127,10 @@ def dlq_list(
         )
 
     letters = run_with_store(store, work)
+    if not letters:
+        of_group = f" of group {group!r}" if group else ""
+        note(f"no dead letters{of_group}" + ("" if state == "all" else f" in state {state!r}"))
+        return
     table = Table(title=f"{len(letters)} dead letter(s)")
     for column in ("id", "group", "reason", "attempts", "topic", "event", "dead at", "state", "error"):
         table.add_column(column, overflow="fold")
@@ -140,7 +156,7 @@ def dlq_show(
     """One dead letter: why, the traceback, and the original envelope."""
 
     async def work(opened: EventStore) -> list[DeadLetter]:
-        letters = await _log(opened).dead_letters(None, state=None, limit=1_000_000)
+        letters = await _log(opened).dead_letters(None, state=None, limit=ALL_LETTERS)
         keys = current_keys()  # with a master key: load what the letter's sealed data needs
         for letter in letters:
             if letter.id == entry and letter.envelope and keys is not None:
@@ -177,15 +193,33 @@ def dlq_show(
 
 
 def _change(store: str, entries: list[int], group: str | None, every: bool, state: str) -> int:
+    """Set the state of the named dead letters (or of every dead one of ``group``); one red line
+    and exit code 2 when there is nothing to change: an unknown id changes nothing at all."""
     if not entries and not (group and every):
         fail("name dead letter ids, or --group GROUP --all")
+    verb, done = ("redrive", "queued for redrive") if state == "redrive" else ("purge", "purged")
+    of_group = f" of group {group!r}" if group else ""
 
-    async def work(opened: EventStore) -> int:
+    async def work(opened: EventStore) -> tuple[int, str]:
         log = _log(opened)
-        chosen = entries or [x.id for x in await log.dead_letters(group, state="dead", limit=1_000_000)]
-        return await log.set_dead_letter_state(chosen, state)
+        if not entries:
+            chosen = [x.id for x in await log.dead_letters(group, state="dead", limit=ALL_LETTERS)]
+            if not chosen:
+                return 0, f"nothing to {verb}: no dead letters{of_group} in state 'dead'"
+            return await log.set_dead_letter_state(chosen, state), ""
+        known = {x.id: x for x in await log.dead_letters(group, state=None, limit=ALL_LETTERS)}
+        unknown = [entry for entry in dict.fromkeys(entries) if entry not in known]
+        if unknown:
+            return 0, f"no dead letter {', '.join(map(str, unknown))}{of_group}; nothing changed"
+        chosen = [entry for entry in dict.fromkeys(entries) if known[entry].state != state]
+        if not chosen:
+            return 0, f"dead letter(s) {', '.join(map(str, entries))} already {done}"
+        return await log.set_dead_letter_state(chosen, state), ""
 
-    return run_with_store(store, work, writable=True)
+    changed, nothing = run_with_store(store, work, writable=True)
+    if nothing:
+        fail(nothing)
+    return changed
 
 
 EntriesArgument = Annotated[list[int] | None, typer.Argument(help="Dead letter ids.")]

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from dataclasses import dataclass
+from typing import Annotated, Final, get_args
 
 import typer
 from rich.table import Table
 from rich.text import Text
 
-from tidings.cli.common import LimitOption, StoreOption, fail, run_with_store, stdout
-from tidings.cli.render import current_keys
+from tidings.cli.common import LimitOption, StoreOption, fail, note, one_of, run_with_store, stdout
+from tidings.cli.render import current_keys, data_text, printable
 from tidings.domain.envelope import RecordedEvent, format_time
 from tidings.domain.events import Event
 from tidings.domain.saga import (
@@ -19,34 +20,72 @@ from tidings.domain.saga import (
     SagaReplied,
     SagaStarted,
     SagaTimedOut,
+    Status,
 )
 from tidings.ports import EventStore
 from tidings.runtime.app import DEFAULT_STORE
 from tidings.runtime.codec import Codec
+from tidings.runtime.crypto import SEALED
+from tidings.runtime.master_key import ENV_KEY_FILE
 
 sagas_app = typer.Typer(help="Saga instances: where each stands, and its history.", no_args_is_help=True)
 
-_STYLE = {"completed": "green", "compensated": "yellow", "stuck": "bold red", "running": "cyan"}
+SAGA_STATES: Final = get_args(Status)
+_STYLE = {
+    "completed": "green",
+    "compensated": "yellow",
+    "stuck": "bold red",
+    "running": "cyan",
+    "sealed": "dim",
+}
 
 
-async def _instance(store: EventStore, stream: str) -> tuple[SagaInstance, list[tuple[RecordedEvent, Event]]]:
+@dataclass
+class _Seen:
+    """A saga instance as far as the CLI can read it: without the master key its sealed events
+    stay sealed (``None`` in the history), and so does its state."""
+
+    instance: SagaInstance
+    history: list[tuple[RecordedEvent, Event | None]]
+
+    @property
+    def sealed(self) -> int:
+        """How many bytes of its events' data could not be opened."""
+        return sum(len(record.envelope.data) for record, event in self.history if event is None)
+
+    @property
+    def status(self) -> str:
+        return "sealed" if self.sealed else self.instance.status
+
+
+async def _instance(store: EventStore, stream: str) -> _Seen:
     codec = Codec(source="tidings-cli")
-    codec.use_keys(current_keys())  # opens sealed instances when a master key is configured
+    keys = current_keys()
+    codec.use_keys(keys)  # opens sealed instances when a master key is configured
     instance = SagaInstance(stream.removeprefix(f"{SagaInstance.category}-"))
-    history = []
+    history: list[tuple[RecordedEvent, Event | None]] = []
     for record in await store.read_stream(stream):
+        if keys is None and record.envelope.datacontenttype == SEALED:
+            history.append((record, None))  # shown by its size: reading never needs the key
+            continue
         event = codec.decode(record.envelope, record.stream, record.version)
         instance.apply(event)
         history.append((record, event))
     instance.version = len(history)
-    return instance, history
+    return _Seen(instance, history)
 
 
 @sagas_app.command("list")
 def sagas_list(
     store: StoreOption = DEFAULT_STORE,
     state: Annotated[
-        str | None, typer.Option("--state", help="Only instances in this state (running, stuck, ...).")
+        str | None,
+        typer.Option(
+            "--state",
+            metavar="|".join(SAGA_STATES),
+            callback=one_of("--state", SAGA_STATES),
+            help="Only instances in this state.",
+        ),
     ] = None,
     saga: Annotated[str | None, typer.Option("--saga", help="Only instances of this saga.")] = None,
     limit: LimitOption = 100,
@@ -54,25 +93,36 @@ def sagas_list(
     """Saga instances, newest activity last: state, step in hand, and why they ended so."""
     prefix = f"{SagaInstance.category}-{saga + ':' if saga else ''}"
 
-    async def work(opened: EventStore) -> list[tuple[SagaInstance, str]]:
-        found = []
-        for info in await opened.list_streams(prefix=prefix):
-            instance, history = await _instance(opened, info.stream)
-            if state is None or instance.status == state:
-                found.append((instance, format_time(history[-1][0].envelope.time) if history else "-"))
-        return found[-limit:] if limit else found
+    async def work(opened: EventStore) -> list[_Seen] | None:
+        infos = await opened.list_streams(prefix=prefix)
+        if saga and not infos:
+            return None
+        return [await _instance(opened, info.stream) for info in infos]
 
+    seen = run_with_store(store, work)
+    if seen is None:
+        fail(f"no saga {saga!r} in this store (see `tidings sagas list`)")
+    found = [one for one in seen if state is None or one.status == state]
+    left_out = sum(1 for one in seen if state is not None and one.sealed)
+    if left_out:
+        note(f"{left_out} sealed instance(s) left out: their state needs the master key ({ENV_KEY_FILE})")
+    found = found[-limit:] if limit else found
+    if not found:
+        note("no saga instances" + (f" in state {state!r}" if state else ""))
+        return
     table = Table(title="saga instances")
     for column in ("instance", "state", "steps done", "events", "last change", "reason"):
         table.add_column(column)
-    for instance, last in run_with_store(store, work):
+    for one in found:
+        instance = one.instance
+        last = format_time(one.history[-1][0].envelope.time) if one.history else "-"
         table.add_row(
             instance.id,
-            Text(instance.status, style=_STYLE.get(instance.status, "")),
+            Text(one.status, style=_STYLE.get(one.status, "")),
             ",".join(str(step) for step in instance.done) or "-",
-            str(instance.version),
+            str(len(one.history)),
             last,
-            instance.reason,
+            f"{one.sealed:,} bytes sealed (set {ENV_KEY_FILE} to open)" if one.sealed else instance.reason,
         )
     stdout().print(table)
 
@@ -86,21 +136,23 @@ def sagas_show(
 ) -> None:
     """One instance's timeline: started, each command sent and answered, timeouts, the end."""
 
-    async def work(opened: EventStore) -> tuple[SagaInstance, list[tuple[RecordedEvent, Event]]]:
+    async def work(opened: EventStore) -> _Seen:
         return await _instance(opened, SagaInstance.stream_of(instance_id))
 
-    instance, history = run_with_store(store, work)
-    if not history:
+    seen = run_with_store(store, work)
+    if not seen.history:
         fail(f"no saga instance {instance_id!r} (see `tidings sagas list`)")
     console = stdout()
     console.print(
-        Text(f"{instance.id}: ", style="bold"), Text(instance.status, style=_STYLE.get(instance.status, ""))
+        Text(f"{seen.instance.id}: ", style="bold"), Text(seen.status, style=_STYLE.get(seen.status, ""))
     )
     table = Table()
     for column in ("time", "what"):
         table.add_column(column)
-    for record, event in history:
-        table.add_row(format_time(record.envelope.time), _describe(event))
+    for record, event in seen.history:
+        envelope = record.envelope
+        what = _describe(event) if event is not None else f"{envelope.type} {data_text(envelope)}"
+        table.add_row(format_time(envelope.time), Text(printable(what)))
     console.print(table)
 
 
