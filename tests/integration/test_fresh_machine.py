@@ -104,6 +104,12 @@ def test_a_base_install_runs_the_cli(base_install: Path, tmp_path: Path) -> None
     assert listed.returncode == 0, listed.stderr
     assert "note-1" in listed.stdout
 
+    # What an operator of the distributed mode needs before installing its driver.
+    (tmp_path / "policy.toml").write_text('[principals.orders]\npublish = ["order.>"]\n')
+    configured = run(tidings, "acl", "nats-config", tmp_path / "policy.toml", cwd=tmp_path)
+    assert configured.returncode == 0, configured.stderr
+    assert "order.>" in configured.stdout
+
 
 @pytest.mark.parametrize(
     ("kind", "url", "extra"),

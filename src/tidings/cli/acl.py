@@ -11,6 +11,7 @@ from typing import Annotated, Final
 
 import typer
 
+from tidings.adapters.nats.permissions import authorization_block  # client-free: no nats extra needed
 from tidings.adapters.sql.common import DEFAULT_PARTITIONS
 from tidings.cli.common import fail
 from tidings.errors import TidingsError
@@ -35,10 +36,6 @@ def nats_config(
 ) -> None:
     """Print a nats-server `authorization { users = [...] }` block: a user per principal with
     exactly the subjects it needs (include it in the server's config)."""
-    try:  # imported here: the CLI must start in an install without the nats extra
-        from tidings.adapters.nats.permissions import authorization_block
-    except ImportError:
-        fail("tidings acl nats-config needs the nats extra: pip install 'tidings[nats]'")
     try:
         block = authorization_block(load_policy(policy), prefix=prefix, stream=stream, partitions=partitions)
     except TidingsError as exc:
