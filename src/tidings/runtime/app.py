@@ -64,6 +64,7 @@ class App:
 
     ``TIDINGS_STORE``, when set, overrides the ``store`` given in code: the same service code runs
     embedded on a laptop and on PostgreSQL in production, switched by its environment alone.
+    ``use_urls`` replaces both before the App opens (``tidings run --store URL --bus URL``).
 
     With an access ``policy`` (a TOML file or a ``Policy``; ``TIDINGS_POLICY`` overrides), the App
     runs as ``principal`` (``TIDINGS_PRINCIPAL`` overrides; default: its name) and may publish and
