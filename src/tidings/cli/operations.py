@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import logging
 import signal
 import subprocess
 import sys
@@ -26,8 +27,10 @@ from tidings.cli.common import (
     note,
     one_of,
     run_with_store,
+    scrub,
     stdout,
 )
+from tidings.cli.logs import FORMATS, LEVELS, configure_logging
 from tidings.cli.render import current_keys, data_text
 from tidings.domain.envelope import RecordedEvent, format_time, from_structured
 from tidings.errors import ConfigurationError, TidingsError
@@ -36,6 +39,8 @@ from tidings.runtime.app import DEFAULT_STORE, App
 from tidings.runtime.crypto import SEALED
 
 dlq_app = typer.Typer(help="The dead letter queues of consumer groups.", no_args_is_help=True)
+
+run_log = logging.getLogger("tidings.run")
 
 GroupOption = Annotated[str | None, typer.Option("--group", help="Only this consumer group.")]
 #: A dead letter's states (see ``tidings.ports.DeadLetter.state``), and "all" for every one.
@@ -49,8 +54,9 @@ def _log(store: EventStore) -> Log:
     return store
 
 
-def load_app(target: str) -> App:
-    """``package.module:attribute`` (the attribute defaults to ``app``), imported from here."""
+def load_app(target: str, *, store: str | None = None, bus: str | None = None) -> App:
+    """``package.module:attribute`` (the attribute defaults to ``app``), imported from here;
+    ``store`` and ``bus``, when given, replace the App's URLs (before it opens)."""
     module_name, _, attribute = target.partition(":")
     sys.path.insert(0, str(Path.cwd()))
     try:
@@ -60,6 +66,10 @@ def load_app(target: str) -> App:
     app = getattr(module, attribute or "app", None)
     if not isinstance(app, App):
         fail(f"{target!r} is not a tidings.App (found {type(app).__name__})")
+    try:
+        app.use_urls(store=store, bus=bus)
+    except ConfigurationError as exc:  # the module opened its App already
+        fail(str(exc))
     return app
 
 
@@ -67,19 +77,47 @@ def run(
     target: Annotated[
         str, typer.Argument(metavar="MODULE:APP", help="Where the App is, e.g. shop.billing:app")
     ],
+    store: Annotated[
+        str | None,
+        typer.Option("--store", metavar="URL", help="The event store, over the App's and TIDINGS_STORE."),
+    ] = None,
+    bus: Annotated[
+        str | None,
+        typer.Option(
+            "--bus", metavar="URL", help="A bus (distributed mode), over the App's and TIDINGS_BUS."
+        ),
+    ] = None,
     workers: Annotated[int, typer.Option("--workers", min=1, max=64, help="Worker processes.")] = 1,
     lease_ttl: Annotated[float, typer.Option("--lease-ttl", min=0.5, help="Seconds a lease lasts.")] = 10.0,
+    log_level: Annotated[
+        str, typer.Option("--log-level", metavar="LEVEL", help=f"One of {', '.join(LEVELS)}.")
+    ] = "INFO",
+    log_format: Annotated[
+        str, typer.Option("--log-format", metavar="FORMAT", help="text, or json: one object per line.")
+    ] = "text",
 ) -> None:
-    """Run an App's consumer groups until SIGTERM or SIGINT (then finish in-flight work)."""
+    """Run an App's consumer groups until SIGTERM or SIGINT (then finish in-flight work).
+
+    Logs go to stderr, each record with its time, level, logger, and where it was written: App,
+    group, partition, event id and correlation id."""
+    level = log_level.upper()
+    if level not in LEVELS:
+        fail(f"--log-level must be one of {', '.join(LEVELS)}, not {log_level!r}")
+    log_format = log_format.lower()
+    if log_format not in FORMATS:
+        fail(f"--log-format must be one of {', '.join(FORMATS)}, not {log_format!r}")
+    configure_logging(level, log_format)  # before the import: the module's own lines are formatted too
     if workers == 1:
-        app = load_app(target)
-        note(f"running {app.name}: groups {', '.join(app.subscriptions) or '(none)'}")
+        app = load_app(target, store=store, bus=bus)
+        groups = ", ".join(app.subscriptions) or "(none)"
+        run_log.info("running %s: groups %s", app.name, groups, extra={"app": app.name})
         try:
             asyncio.run(app.run(lease_ttl=lease_ttl))
-        except ConfigurationError as exc:
-            fail(str(exc))
+        except TidingsError as exc:  # a bad URL, an unreachable server, a refused policy
+            message = scrub(str(exc) or type(exc).__name__, app.store_url)
+            fail(scrub(message, app.bus_url) if app.bus_url else message)
         raise typer.Exit(EXIT_OK)
-    load_app(target)  # fail early, in the parent, if the target is wrong
+    load_app(target, store=store, bus=bus)  # fail early, in the parent, if the target is wrong
     command = [
         sys.executable,
         "-m",
@@ -91,6 +129,9 @@ def run(
         "--lease-ttl",
         str(lease_ttl),
     ]
+    command += ["--log-level", level, "--log-format", log_format]
+    command += ["--store", store] if store else []
+    command += ["--bus", bus] if bus else []
     children = [subprocess.Popen(command) for _ in range(workers)]  # noqa: S603 - our own command
 
     def forward(signum: int, _frame: object) -> None:

@@ -33,6 +33,7 @@ from tidings.runtime.encryption import Encryption
 from tidings.runtime.key_admin import Rotation, rotate
 from tidings.runtime.keyring import KeyRing
 from tidings.runtime.leasing import PartitionMember
+from tidings.runtime.log_context import log_fields
 from tidings.runtime.outbox import RESERVED_GROUP_PREFIX, Relay
 from tidings.runtime.projection import Projection, reset_projection, run_projection
 from tidings.runtime.publishing import Lineage, publication_envelope
@@ -63,6 +64,7 @@ class App:
 
     ``TIDINGS_STORE``, when set, overrides the ``store`` given in code: the same service code runs
     embedded on a laptop and on PostgreSQL in production, switched by its environment alone.
+    ``use_urls`` replaces both before the App opens (``tidings run --store URL --bus URL``).
 
     With an access ``policy`` (a TOML file or a ``Policy``; ``TIDINGS_POLICY`` overrides), the App
     runs as ``principal`` (``TIDINGS_PRINCIPAL`` overrides; default: its name) and may publish and
@@ -116,6 +118,14 @@ class App:
 
     # -- lifecycle -------------------------------------------------------------------------
 
+    def use_urls(self, *, store: str | None = None, bus: str | None = None) -> None:
+        """Point the App, before it opens, at another store or bus than its code and environment
+        name (``tidings run --store URL --bus URL``); ``None`` keeps the one it has."""
+        if self.state is not AppState.CREATED:
+            raise ConfigurationError(f"App {self.name!r} is {self.state.value}; its URLs are set before open")
+        self.store_url = store or self.store_url
+        self.bus_url = bus or self.bus_url
+
     async def open(self) -> App:
         if self.state is AppState.OPEN:
             return self
@@ -125,7 +135,12 @@ class App:
         await raw.open()
         store: EventStore = raw
         # Said once per open, so that a deployment that forgot its master key shows it in its log.
-        log.info("App %s: event data %s", self.name, "encrypted" if self.encryption else "NOT encrypted")
+        log.info(
+            "App %s: event data %s",
+            self.name,
+            "encrypted" if self.encryption else "NOT encrypted",
+            extra={"app": self.name},
+        )
         if self.encryption is not None:
             self.keys = self.encryption.keyring(raw)
             self.codec.use_keys(self.keys, accept_plaintext=self.encryption.accept_plaintext)
@@ -454,11 +469,12 @@ class App:
             members.append(
                 Relay(self, self._bus, self._stored_log or self.log, lease_ttl=lease_ttl, poll=poll)
             )
-        watchers = [asyncio.create_task(log.watch(self.notify)) for log in watched]
-        tasks = [asyncio.create_task(member.run()) for member in members]
         timers = TimerWorker(self, poll=min(poll, 0.2)) if self.subscriptions else None
-        if timers is not None:
-            watchers.append(asyncio.create_task(timers.run()))
+        with log_fields(app=self.name):  # the tasks take a copy: all they log names this App
+            watchers = [asyncio.create_task(log.watch(self.notify)) for log in watched]
+            tasks = [asyncio.create_task(member.run()) for member in members]
+            if timers is not None:
+                watchers.append(asyncio.create_task(timers.run()))
         self._members.extend(members)
         try:
             yield self
@@ -482,8 +498,9 @@ class App:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         try:
-            async with self, self.running(lease_ttl=lease_ttl, poll=poll):
-                await stop.wait()
+            with log_fields(app=self.name):
+                async with self, self.running(lease_ttl=lease_ttl, poll=poll):
+                    await stop.wait()
         finally:
             for signum in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(signum)

@@ -35,6 +35,7 @@ from tidings.ports import DeadLetter, Log, StoreTransaction
 from tidings.runtime.crypto import SEALED
 from tidings.runtime.deadlines import lateness
 from tidings.runtime.leasing import LeaseLost, PartitionMember
+from tidings.runtime.log_context import log_fields
 from tidings.runtime.publishing import aggregate_envelopes_of, publisher_of
 from tidings.runtime.retries import Retry
 from tidings.runtime.unit_of_work import UnitOfWork, write_documents
@@ -102,7 +103,9 @@ class Context:
         self.envelope = record.envelope
         self.attempt = attempt
         self.correlation_id = record.envelope.correlationid or record.envelope.id
-        self.log = logging.LoggerAdapter(log, {"group": group, "event": record.envelope.id})
+        # Its records carry the fields of runtime/log_context.py, whoever formats them.
+        fields = {"app": app.name, "group": group, "event_id": self.envelope.id}
+        self.log = logging.LoggerAdapter(log, {**fields, "correlation_id": self.correlation_id})
         self._unit: UnitOfWork | None = None
         self._new_unit = new_unit or (
             lambda: UnitOfWork(loader=app.load, document_reader=app.store.get_document, guard=app.codec.guard)
@@ -204,8 +207,14 @@ class GroupConsumer(PartitionMember):
                 self._waiting.pop(partition, None)
                 if isinstance(failed.__cause__, BackendUnavailable):
                     raise failed.__cause__ from None  # the store is away: back off, then restart
-                log.warning(
-                    "group %s: partition %d: %s; handling again one by one", self.group, partition, failed
+                # Ordinary contention (two members saving one aggregate) ends here, and is
+                # resolved by the one-by-one handling; a real fault shows there, on its own.
+                log.debug(
+                    "group %s: partition %d: %s (%s); handling again one by one",
+                    self.group,
+                    partition,
+                    failed,
+                    failed.__cause__,
                 )
                 self._alone_until[partition] = failed.upto
                 after = self._committed[partition]
@@ -315,6 +324,13 @@ class GroupConsumer(PartitionMember):
         self, partition: int | None, record: RecordedEvent, redrive: int = 0, duplicate: bool = False
     ) -> bool:
         """Handle one event to its end (done, skipped or dead-lettered); True if it was handled."""
+        envelope = record.envelope
+        with log_fields(event_id=envelope.id, correlation_id=envelope.correlationid or envelope.id):
+            return await self._process_event(partition, record, redrive, duplicate)
+
+    async def _process_event(
+        self, partition: int | None, record: RecordedEvent, redrive: int, duplicate: bool
+    ) -> bool:
         app, envelope = self.app, record.envelope
         key = envelope.partitionkey or record.stream
         parks = self.subscription.ordered and not redrive
@@ -369,7 +385,11 @@ class GroupConsumer(PartitionMember):
                     reason = "denied" if denied else "failed"
                     await self._dead(partition, record, reason, error, trace, attempt, first_failure, redrive)
                     return False
-                log.warning(
+                # A stale expected version is contention, retried as a matter of course; other
+                # errors are worth a look even when a retry fixes them.
+                level = logging.DEBUG if isinstance(exc, ConcurrencyError) else logging.WARNING
+                log.log(
+                    level,
                     "group %s: %s (attempt %d of %d) failed: %s",
                     self.group,
                     envelope.id,

@@ -16,6 +16,7 @@ import uuid
 
 from tidings.errors import BackendUnavailable, TidingsError
 from tidings.ports import Log, StoreTransaction
+from tidings.runtime.log_context import log_fields
 
 log = logging.getLogger("tidings.leasing")
 
@@ -57,6 +58,10 @@ class PartitionMember:
 
     async def run(self) -> None:
         """Hold leases and work until ``stop``; then finish the work in hand and release."""
+        with log_fields(group=self.group):  # for the partitions' tasks too, made inside
+            await self._hold_leases()
+
+    async def _hold_leases(self) -> None:
         log.info("member %s of %s starting", self.member, self.group)
         try:
             while not self._stopping.is_set():
@@ -102,15 +107,16 @@ class PartitionMember:
         """Run ``work``; while a backend is unavailable (a broker's leader election, a store's
         restart), retry with a growing pause instead of giving the partition up."""
         pause = 0.05
-        while not self._stopping.is_set():
-            try:
-                await self.work(partition)
-                return
-            except BackendUnavailable as exc:
-                log.warning("%s: partition %d: %s (again in %.2f s)", self.group, partition, exc, pause)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), pause)
-                pause = min(pause * 2, self.lease_ttl / 3)
+        with log_fields(partition=partition):
+            while not self._stopping.is_set():
+                try:
+                    await self.work(partition)
+                    return
+                except BackendUnavailable as exc:
+                    log.warning("%s: partition %d: %s (again in %.2f s)", self.group, partition, exc, pause)
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), pause)
+                    pause = min(pause * 2, self.lease_ttl / 3)
 
     async def _stop_partition(self, partition: int) -> None:
         task = self._tasks.pop(partition)
