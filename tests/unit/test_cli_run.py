@@ -121,6 +121,11 @@ def test_json_logs_carry_time_level_and_where_they_were_written(tmp_path: Path) 
                 return await app.store.get_document("seen", "k") is not None
 
             await eventually(seen, within=30)
+
+        async def both_workers_opened() -> bool:  # either may handle the event before the other opens
+            return (tmp_path / "logapp.err").read_text().count('"logger": "tidings.app"') >= 2
+
+        await eventually(both_workers_opened, within=30)
         return event_id
 
     try:
