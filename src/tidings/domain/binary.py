@@ -37,7 +37,7 @@ from tidings.domain.envelope import (
     json_syntax,
     received_time,
 )
-from tidings.domain.headers import HeaderError, lower_names, percent_decode, percent_encode
+from tidings.domain.headers import HeaderError, needs_encoding, percent_decode, percent_encode
 from tidings.errors import MalformedEvent
 
 # The attributes that travel as ``ce-*`` headers, in the order they are written.
@@ -78,19 +78,20 @@ def to_binary(envelope: Envelope) -> tuple[dict[str, str], bytes]:
                 value = format_time(value)
             except OverflowError:
                 raise MalformedEvent(f"envelope attribute {name!r} is out of range in UTC") from None
-        headers[_CE + name] = _header_value(envelope, name, str(value))
+        headers[_CE + name] = value if type(value) is str else str(value)
     if envelope.extensions:
         check_extensions(envelope.extensions)
         for name, extension in envelope.extensions.items():
-            headers[_CE + name] = _header_value(envelope, name, canonical_string(extension))
+            headers[_CE + name] = canonical_string(extension)
+    # One look at all values together: the relay writes this for every event, and nearly always
+    # nothing needs encoding.
+    if needs_encoding("".join(headers.values())):
+        for key, text in headers.items():
+            try:
+                headers[key] = percent_encode(text)
+            except HeaderError as exc:
+                raise MalformedEvent(f"event {envelope.id!r}: attribute {key[3:]!r} is {exc}") from None
     return headers, envelope.data
-
-
-def _header_value(envelope: Envelope, name: str, text: str) -> str:
-    try:
-        return percent_encode(text)
-    except HeaderError as exc:
-        raise MalformedEvent(f"event {envelope.id!r}: attribute {name!r} is {exc}") from None
 
 
 def from_binary(
@@ -112,27 +113,43 @@ def from_binary(
     ``topic_of`` and ``received`` as for ``from_structured``.
     """
     check_size(body, max_size, "payload")
-    try:
-        lowered = lower_names(headers)
-    except HeaderError as exc:
-        raise MalformedEvent(str(exc)) from None
     attributes: dict[str, object] = {}
     extensions: dict[str, str] = {}
-    for key, raw in lowered.items():
+    content_type: object = None
+    for header, value in headers.items():
+        key = header.lower()
         if not key.startswith(_CE):
+            if key == "content-type":
+                if content_type is not None:
+                    raise MalformedEvent(_twice(header))
+                content_type = value
             continue
+        if type(value) is not str:
+            raise MalformedEvent(f"header {header!r} is not text")
+        if not legacy and ("%" in value or value[:1] == '"' or not value.isascii()):
+            try:
+                value = percent_decode(value)
+            except HeaderError as exc:
+                raise MalformedEvent(f"header {header!r}: {exc}") from None
         name = key[3:]
-        value = _decoded(key, raw, legacy)
         if name in _KNOWN_HEADERS:
+            if name in attributes:
+                raise MalformedEvent(_twice(header))
             attributes[name] = value
         else:
+            if name in extensions:
+                raise MalformedEvent(_twice(header))
             check_extension_name(name)
             extensions[name] = value
     if attributes.get("specversion") != SPEC_VERSION:
         raise MalformedEvent(f"unsupported CloudEvents specversion {attributes.get('specversion')!r}")
-    check_extensions(extensions)
-    content_type = attributes.get("datacontenttype", lowered.get("content-type"))
-    attributes["datacontenttype"] = data_content_type(content_type) if isinstance(content_type, str) else JSON
+    content_type = attributes.get("datacontenttype", content_type)
+    if content_type is None:
+        attributes["datacontenttype"] = JSON
+    elif content_type != JSON:
+        if not isinstance(content_type, str):
+            raise MalformedEvent("header 'content-type' is not text")
+        attributes["datacontenttype"] = data_content_type(content_type)
     version = attributes.get("schemaversion")
     if version is not None:
         if not (isinstance(version, str) and version.isascii() and version.isdigit() and len(version) < 8):
@@ -145,7 +162,9 @@ def from_binary(
         if "time" not in attributes:
             attributes["time"] = received_time(event_id, received)
     attributes["data"] = body
-    attributes["extensions"] = extensions
+    if extensions:
+        check_extensions(extensions)
+        attributes["extensions"] = extensions
     try:
         envelope = msgspec.convert(attributes, Envelope)
     except msgspec.ValidationError as exc:
@@ -158,15 +177,8 @@ def from_binary(
     return envelope
 
 
-def _decoded(header: str, value: object, legacy: bool) -> str:
-    if not isinstance(value, str):
-        raise MalformedEvent(f"header {header!r} is not text")
-    if legacy:
-        return value
-    try:
-        return percent_decode(value)
-    except HeaderError as exc:
-        raise MalformedEvent(f"header {header!r}: {exc}") from None
+def _twice(header: str) -> str:
+    return f"header {header!r} is given twice (header names are case-insensitive)"
 
 
 def from_message(

@@ -5,14 +5,12 @@ the HTTP binding too), so every attribute value is percent-encoded on the way ou
 ``%`` and every character outside U+0021..U+007E become the ``%XY`` of their UTF-8 bytes, in
 upper case. On the way in, a value that is an RFC 7230 quoted string is unquoted first (older
 producers sent those), then one round of ``%XY`` is decoded (either case), and bytes that are no
-valid UTF-8 are refused (so is an overlong ``%C0%A0``). Header names are case-insensitive
-(NATS ADR-4): readers compare them in lower case.
+valid UTF-8 are refused (so is an overlong ``%C0%A0``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
 from typing import Final
 from urllib.parse import quote
 
@@ -24,6 +22,11 @@ _HEX: Final = frozenset("0123456789abcdefABCDEF")
 
 class HeaderError(ValueError):
     """A header value or name that no binding allows; the message says why."""
+
+
+def needs_encoding(value: str) -> bool:
+    """Whether ``value`` holds a character that a header value may not carry as it is."""
+    return _NEEDS_ENCODING.search(value) is not None
 
 
 def percent_encode(value: str) -> str:
@@ -91,15 +94,3 @@ def _check_unicode(value: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise HeaderError(f"not valid Unicode text at character {exc.start}") from None
-
-
-def lower_names(headers: Mapping[str, str]) -> dict[str, str]:
-    """The headers keyed by their names in lower case; two names that differ only in case are
-    one header given twice, which is refused (a reader could not tell which one counts)."""
-    lowered: dict[str, str] = {}
-    for name, value in headers.items():
-        key = name.lower()
-        if key in lowered:
-            raise HeaderError(f"header {name!r} is given twice (header names are case-insensitive)")
-        lowered[key] = value
-    return lowered
