@@ -9,7 +9,7 @@ from typing import Final, Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from tidings.domain.envelope import Envelope, RecordedEvent
+from tidings.domain.envelope import Envelope, RecordedEvent, TopicOf
 from tidings.domain.integrity import IntegrityReport
 
 ANY: Final = "any"
@@ -223,9 +223,10 @@ class Bus(Protocol):
     async def publish(self, partition: int, records: Sequence[RecordedEvent]) -> None:
         """Publish one partition's next events in log order; return once the broker stored them."""
 
-    def log(self, store_log: Log) -> Log:
+    def log(self, store_log: Log, *, topic_of: TopicOf | None = None) -> Log:
         """The log that consumer groups read: partitions from the broker; leases, inbox,
-        checkpoints and dead letters stay in the store, so effects commit with them."""
+        checkpoints and dead letters stay in the store, so effects commit with them.
+        ``topic_of`` gives the topic of an event from another producer that carries none."""
 
     def read_as(self, principal: str, readers: Mapping[str, Sequence[str]], *, relay: bool) -> None:
         """With an access policy (before ``open``): read only what ``principal`` may subscribe to,

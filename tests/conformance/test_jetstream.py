@@ -14,7 +14,7 @@ from nats.errors import NoRespondersError
 from nats.js.errors import NoStreamResponseError
 
 from tidings.adapters.sql.common import Partitioner
-from tidings.domain.envelope import to_binary
+from tidings.domain.binary import to_binary
 from tidings.runtime.app import App
 from tidings.runtime.consuming import Context
 from tidings.testing.conformance.bus import RUN

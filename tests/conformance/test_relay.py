@@ -12,7 +12,7 @@ import pytest
 
 from tidings.adapters.registry import open_bus
 from tidings.adapters.sql.common import Partitioner
-from tidings.domain.envelope import from_binary
+from tidings.domain.binary import from_binary
 from tidings.errors import BackendUnavailable, ConfigurationError
 from tidings.runtime.app import App
 from tidings.testing.conformance.events import Ping

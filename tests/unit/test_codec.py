@@ -16,13 +16,12 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from tidings.domain.binary import from_binary, to_binary
 from tidings.domain.envelope import (
     JSON,
     MSGPACK,
     Envelope,
-    from_binary,
     from_structured,
-    to_binary,
     to_structured,
 )
 from tidings.domain.events import Event, EventRegistry, default_registry, topic_of, type_of, version_of

@@ -13,15 +13,15 @@ import pytest
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
+from tidings.domain.attributes import RESERVED_NAMES, canonical_string
+from tidings.domain.binary import from_binary, to_binary
 from tidings.domain.envelope import (
     DEFAULT_MAX_SIZE,
     JSON,
     MSGPACK,
     Envelope,
     format_time,
-    from_binary,
     from_structured,
-    to_binary,
     to_structured,
 )
 from tidings.domain.ids import uuid7
@@ -103,6 +103,21 @@ def json_bytes(draw: st.DrawFn) -> bytes:
     return json.dumps(value, ensure_ascii=False).encode()
 
 
+extension_names = st.from_regex(r"[a-z0-9]{1,64}", fullmatch=True).filter(lambda n: n not in RESERVED_NAMES)
+extension_values: st.SearchStrategy[str | int | bool] = st.one_of(
+    st.text(alphabet=st.characters(exclude_categories=("Cc", "Cs")), max_size=30),
+    st.integers(-(2**31), 2**31 - 1),
+    st.booleans(),
+)
+extension_sets = st.dictionaries(extension_names, extension_values, max_size=4)
+
+
+def as_binary_carries_it(envelope: Envelope) -> Envelope:
+    """The envelope as binary mode gives it back: every extension value a string."""
+    strings = {name: canonical_string(value) for name, value in envelope.extensions.items()}
+    return msgspec.structs.replace(envelope, extensions=strings)
+
+
 @st.composite
 def envelopes(draw: st.DrawFn) -> Envelope:
     content_type = draw(st.sampled_from([JSON, JSON, MSGPACK, "application/octet-stream"]))
@@ -125,6 +140,7 @@ def envelopes(draw: st.DrawFn) -> Envelope:
         datacontenttype=content_type,
         schemaversion=draw(st.integers(1, 1_000_000)),
         expirytime=draw(st.none() | times),
+        extensions=draw(extension_sets),
         **optional,
     )
 
@@ -168,7 +184,7 @@ def document_with_raw(name: str, raw: bytes) -> bytes:
 
 def headers(**changes: str | None) -> dict[str, str]:
     fields: dict[str, str | None] = {
-        "content-type": JSON,
+        "ce-datacontenttype": JSON,
         "ce-specversion": "1.0",
         "ce-id": "e-1",
         "ce-source": "test",
@@ -244,12 +260,14 @@ def test_structured_form_inlines_json_and_base64s_everything_else(envelope: Enve
 def test_binary_round_trip_is_exact_but_times_come_back_in_utc(envelope: Envelope) -> None:
     headers_out, body = to_binary(envelope)
     assert body == envelope.data
-    assert all(isinstance(v, str) for v in headers_out.values())
-    assert headers_out["content-type"] == envelope.datacontenttype
+    # The NATS binding: printable ASCII values, datacontenttype as a ce- header like the rest.
+    assert all(isinstance(v, str) and re.fullmatch(r"[!#-~]*", v) for v in headers_out.values())
+    assert "content-type" not in headers_out
+    assert headers_out["ce-datacontenttype"] == envelope.datacontenttype
     assert headers_out["ce-time"] == format_time(envelope.time)
     assert headers_out["ce-time"].endswith("Z")
     back = from_binary(headers_out, body)
-    assert back == envelope
+    assert back == as_binary_carries_it(envelope)
     assert back.time == envelope.time
     assert back.time.utcoffset() == timedelta(0)
     assert back.time.microsecond == envelope.time.astimezone(UTC).microsecond
@@ -264,11 +282,8 @@ def test_binary_round_trip_is_exact_but_times_come_back_in_utc(envelope: Envelop
 @given(envelopes())
 def test_binary_header_names_are_case_insensitive(envelope: Envelope) -> None:
     headers_out, body = to_binary(envelope)
-    shouted = {
-        ("Content-Type" if k == "content-type" else k.upper() if k != "ce-id" else "Ce-Id"): v
-        for k, v in headers_out.items()
-    }
-    assert from_binary(shouted, body) == envelope
+    shouted = {(k.upper() if k != "ce-id" else "Ce-Id"): v for k, v in headers_out.items()}
+    assert from_binary(shouted, body) == as_binary_carries_it(envelope)
 
 
 @FAST
@@ -276,7 +291,7 @@ def test_binary_header_names_are_case_insensitive(envelope: Envelope) -> None:
 def test_structured_and_binary_agree(envelope: Envelope) -> None:
     via_structured = from_structured(to_structured(envelope))
     via_binary = from_binary(*to_binary(envelope))
-    assert via_structured == via_binary
+    assert as_binary_carries_it(via_structured) == via_binary
 
 
 def test_both_wire_forms_write_time_in_utc() -> None:
@@ -471,16 +486,29 @@ def test_from_binary_on_mutated_headers(
 # --- explicit examples: each names its problem --------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["specversion", "id", "source", "type", "topic", "time"])
+@pytest.mark.parametrize("name", ["specversion", "id", "source", "type"])
 def test_missing_attribute(name: str) -> None:
     with pytest.raises(MalformedEvent, match=re.escape(f"missing required field `{name}`")):
         from_structured(document(**{name: MISSING}))
 
 
-@pytest.mark.parametrize("name", ["id", "source", "type", "topic", "time"])
+@pytest.mark.parametrize("name", ["id", "source", "type"])
 def test_missing_binary_header(name: str) -> None:
     with pytest.raises(MalformedEvent, match=re.escape(f"missing required field `{name}`")):
         from_binary(headers(**{f"ce-{name}": None}), b"{}")
+
+
+def test_missing_topic_or_time_without_a_way_to_derive_them() -> None:
+    # Optional in CloudEvents, needed by tidings: the readers say how to fill them in
+    # (test_cloudevents_binding.py); without that they are missing.
+    with pytest.raises(MalformedEvent, match="e-1: no topic, and its type 'OrderPlaced' is not registered"):
+        from_structured(document(topic=MISSING))
+    with pytest.raises(MalformedEvent, match="e-1: no topic, and its type 'OrderPlaced' is not registered"):
+        from_binary(headers(**{"ce-topic": None}), b"{}")
+    with pytest.raises(MalformedEvent, match="e-1: no time"):
+        from_structured(document(time=MISSING))
+    with pytest.raises(MalformedEvent, match="e-1: no time"):
+        from_binary(headers(**{"ce-time": None}), b"{}")
 
 
 @pytest.mark.parametrize(
@@ -490,8 +518,8 @@ def test_missing_binary_header(name: str) -> None:
         ("source", None, "Expected `str`, got `null` - at `$.source`"),
         ("type", ["x"], "Expected `str`, got `array` - at `$.type`"),
         ("subject", {}, "Expected `str | null`, got `object` - at `$.subject`"),
-        ("schemaversion", "1", "Expected `int`, got `str` - at `$.schemaversion`"),
-        ("schemaversion", 1.5, "Expected `int`, got `float` - at `$.schemaversion`"),
+        ("schemaversion", "1", "got `str` - at `$.schemaversion`"),
+        ("schemaversion", 1.5, "got `float` - at `$.schemaversion`"),
         ("schemaversion", 0, "Expected `int` >= 1 - at `$.schemaversion`"),
         ("schemaversion", 1_000_001, "Expected `int` <= 1000000 - at `$.schemaversion`"),
         ("time", "yesterday", "at `$.time`"),
@@ -524,7 +552,8 @@ def test_mistyped_binary_header() -> None:
     ],
 )
 def test_bad_utf8(blob: bytes) -> None:
-    with pytest.raises(MalformedEvent, match="not valid UTF-8"):
+    # msgspec reports it as a decode error in some versions: the test asserts tidings' part only.
+    with pytest.raises(MalformedEvent, match="UTF-8"):
         from_structured(blob)
 
 
@@ -566,8 +595,9 @@ def test_huge_integer() -> None:
         from_structured(document_with_raw("schemaversion", digits))
     with pytest.raises(MalformedEvent, match="ce-schemaversion must be a whole number"):
         from_binary(headers(**{"ce-schemaversion": digits.decode()}), b"{}")
-    # An unknown attribute holding one is skipped without converting it.
-    assert from_structured(document_with_raw("extension", digits)).id == "e-1"
+    # An extension holding one is refused: an Integer has 32 bits.
+    with pytest.raises(MalformedEvent, match="extension 'extension' must be a string, a 32-bit integer"):
+        from_structured(document_with_raw("extension", digits))
 
 
 def pad_to(blob: bytes, size: int) -> bytes:

@@ -3,23 +3,42 @@
 Context attributes follow the spec (``id``, ``source``, ``type``, ``subject``, ``time``,
 ``specversion``, ``datacontenttype``, ``dataschema``); tidings adds the extensions ``topic``,
 ``schemaversion``, ``correlationid``, ``causationid``, ``traceparent``, ``tracestate``
-(W3C Trace Context), ``expirytime`` and ``partitionkey``. Two wire forms are supported: structured
-JSON (one document, used in SQL rows) and binary mode (``ce-*`` headers plus the data as the body,
-used on NATS).
+(W3C Trace Context), ``expirytime`` and ``partitionkey``. Any other extension an event arrives
+with is kept in ``extensions`` and written out again. Two wire forms are supported: structured
+JSON (one document, here; used for timers and dead letters in SQL) and binary mode as the NATS
+protocol binding defines it (percent-encoded ``ce-*`` headers plus the data as the body, used on
+NATS: ``binary.py``).
 
-Decoding is strict: only schema-checked JSON, a size limit, and every failure becomes a
-``MalformedEvent`` that names the problem.
+Events from other producers decode too: one without ``topic`` gets the topic of its registered
+type (``topic_of``), one without ``time`` (optional in CloudEvents) gets the time it was
+received (``received``: on NATS, when JetStream stored it).
+
+Decoding is strict: only schema-checked JSON, a size limit, extensions held to the spec's names
+and to bounds (``attributes.py``), and every failure becomes a ``MalformedEvent`` that names the
+problem.
 """
 
 from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Final, Generic, Literal, TypeVar
 
 import msgspec
 
+from tidings.domain.attributes import JSON as JSON
+from tidings.domain.attributes import (
+    MAX_EXTENSION_VALUE,
+    MAX_EXTENSIONS,
+    ExtensionValue,
+    check_extension_name,
+    check_extensions,
+    data_content_type,
+    is_json_type,
+)
+from tidings.domain.attributes import MSGPACK as MSGPACK
 from tidings.domain.events import Event
 from tidings.domain.topics import MAX_TOPIC_LENGTH, TOPIC_REGEX
 from tidings.errors import MalformedEvent, PayloadTooLarge
@@ -27,9 +46,10 @@ from tidings.errors import MalformedEvent, PayloadTooLarge
 E = TypeVar("E", bound=Event)
 
 SPEC_VERSION: Final = "1.0"
-JSON: Final = "application/json"
-MSGPACK: Final = "application/msgpack"
 DEFAULT_MAX_SIZE: Final = 1024 * 1024  # 1 MiB, for an envelope or a payload
+
+#: The topic of a registered event type, ``None`` for a type this process does not know.
+TopicOf = Callable[[str], str | None]
 
 _Text = Annotated[str, msgspec.Meta(min_length=1, max_length=4096)]
 _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
@@ -42,10 +62,12 @@ _TOPIC_PATTERN = re.compile(TOPIC_REGEX)
 
 # Not kw_only and not tracked by the garbage collector: the hot paths build envelopes with
 # positional arguments (several times cheaper than keywords in msgspec), and an envelope holds
-# only atomic values, so it can never be part of a reference cycle. Build them with keywords in
-# application code: new attributes may be added at the end.
+# only atomic values and a dict of them, so it can never be part of a reference cycle. Build them
+# with keywords in application code: new attributes may be added at the end.
 class Envelope(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
-    """One event as it travels and as it is stored. ``data`` holds the encoded payload."""
+    """One event as it travels and as it is stored. ``data`` holds the encoded payload;
+    ``extensions`` the attributes of other producers that tidings does not define (read them,
+    never change them in place: envelopes are shared)."""
 
     id: _Id
     source: _Text
@@ -64,6 +86,7 @@ class Envelope(msgspec.Struct, frozen=True, omit_defaults=True, gc=False):
     tracestate: _Text | None = None
     expirytime: _Time | None = None
     partitionkey: _Text | None = None
+    extensions: Annotated[dict[str, ExtensionValue], msgspec.Meta(max_length=MAX_EXTENSIONS)] = {}
 
 
 class RecordedEvent(msgspec.Struct, frozen=True, gc=False):
@@ -87,17 +110,19 @@ _ABSENT: Final = msgspec.Raw(b"")
 
 
 # The structured form: all attributes at the top level, data inline when it is JSON, else base64.
+# ``topic`` and ``time`` may be absent in events of other producers (see ``from_structured``);
+# every member not named here is an extension (``extensions``, checked apart).
 class _Structured(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True):
     specversion: Literal["1.0"]
     id: _Id
     source: _Text
     type: _Text
-    topic: _Topic
-    time: _Time
+    topic: _Topic | None = None
+    time: _Time | None = None
     subject: _Text | None = None
-    datacontenttype: _Text = JSON
+    datacontenttype: _Text | None = JSON  # null is absent (JSON format §2.2): JSON then
     dataschema: _Text | None = None
-    schemaversion: _Version = 1
+    schemaversion: _Version | None = 1
     correlationid: _Id | None = None
     causationid: _Id | None = None
     traceparent: _Text | None = None
@@ -108,11 +133,13 @@ class _Structured(msgspec.Struct, frozen=True, kw_only=True, omit_defaults=True)
     data_base64: str | None = None
 
 
+_STRUCTURED_MEMBERS: Final = frozenset(_Structured.__struct_fields__)
 _structured_encoder = msgspec.json.Encoder()
 _structured_decoder = msgspec.json.Decoder(_Structured)
-
-
-_json_syntax = msgspec.json.Decoder(msgspec.Raw)  # checks JSON syntax without building objects
+_members_decoder = msgspec.json.Decoder(dict[str, msgspec.Raw])  # finds the extensions' names
+_extension_decoder = msgspec.json.Decoder(ExtensionValue | None)
+json_syntax = msgspec.json.Decoder(msgspec.Raw)  # checks JSON syntax without building objects
+_json_string = msgspec.json.Decoder(str)
 
 
 def to_structured(envelope: Envelope) -> bytes:
@@ -121,15 +148,20 @@ def to_structured(envelope: Envelope) -> bytes:
     JSON data is embedded as it is, so it is checked to be exactly one JSON value first: a body
     such as ``1,"type":"Other"`` would otherwise smuggle attributes into the document.
     Times are written in UTC: the instant survives exactly, where an offset of seconds would not.
+    Extensions are top-level members, as the JSON format places every attribute.
     """
     inline = envelope.datacontenttype == JSON
     if inline and envelope.data:
         try:
-            _json_syntax.decode(envelope.data)
+            json_syntax.decode(envelope.data)
         except msgspec.DecodeError as exc:
             raise MalformedEvent(f"event {envelope.id}: data is not one JSON value: {exc}") from None
     try:
-        return _structured_encoder.encode(_structured(envelope, inline))
+        document = _structured_encoder.encode(_structured(envelope, inline))
+        if not envelope.extensions:
+            return document
+        check_extensions(envelope.extensions)  # names that could not take a known member's place
+        return document[:-1] + b"," + _structured_encoder.encode(envelope.extensions)[1:]
     except (UnicodeEncodeError, OverflowError, ValueError) as exc:
         raise MalformedEvent(f"event {envelope.id!r} cannot be encoded: {exc}") from None
 
@@ -157,11 +189,22 @@ def _structured(envelope: Envelope, inline: bool) -> _Structured:
     )
 
 
-def from_structured(document: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Envelope:
-    """Decode a structured-mode JSON document; raise ``MalformedEvent`` naming what is wrong."""
+def from_structured(
+    document: bytes,
+    *,
+    max_size: int = DEFAULT_MAX_SIZE,
+    topic_of: TopicOf | None = None,
+    received: datetime | None = None,
+) -> Envelope:
+    """Decode a structured-mode JSON document; raise ``MalformedEvent`` naming what is wrong.
+
+    ``topic_of`` gives the topic of an event that carries none, ``received`` the time of one
+    that carries none (both may come from other producers); without them, both are required.
+    """
     check_size(document, max_size, "envelope")
     try:
         raw = _structured_decoder.decode(document)
+        members = _members_decoder.decode(document)
     except msgspec.ValidationError as exc:
         raise MalformedEvent(f"invalid envelope: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
@@ -170,102 +213,88 @@ def from_structured(document: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Env
         raise MalformedEvent("envelope is nested too deeply") from None
     if raw.data and raw.data_base64 is not None:
         raise MalformedEvent("envelope has both 'data' and 'data_base64'")
+    content_type = data_content_type(raw.datacontenttype or JSON)
     if raw.data_base64 is not None:
         try:
             data = base64.b64decode(raw.data_base64, validate=True)
         except ValueError:
             raise MalformedEvent("envelope attribute 'data_base64' is not valid base64") from None
-        if raw.datacontenttype == JSON and data:
+        if content_type == JSON and data:
             try:
-                _json_syntax.decode(data)
+                json_syntax.decode(data)
             except msgspec.DecodeError as exc:
                 raise MalformedEvent(f"event {raw.id}: data_base64 is not one JSON value: {exc}") from None
+    elif raw.data and not is_json_type(content_type):
+        # The JSON format carries data of other types as a string in that type's encoding.
+        try:
+            data = _json_string.decode(raw.data).encode("utf-8")
+        except (msgspec.ValidationError, UnicodeEncodeError):
+            raise MalformedEvent(
+                f"event {raw.id}: data of type {content_type[:80]!r} must be a JSON string"
+            ) from None
     else:
         data = bytes(raw.data)
     check_size(data, max_size, "payload")
+    extensions = _extensions_of(members) if len(members) > len(_STRUCTURED_MEMBERS & members.keys()) else {}
     return Envelope(
         id=raw.id,
         source=raw.source,
         type=raw.type,
-        topic=raw.topic,
-        time=raw.time,
+        topic=raw.topic or derived_topic(raw.id, raw.type, topic_of),
+        time=raw.time or received_time(raw.id, received),
         data=data,
         subject=raw.subject,
         specversion=raw.specversion,
-        datacontenttype=raw.datacontenttype,
+        datacontenttype=content_type,
         dataschema=raw.dataschema,
-        schemaversion=raw.schemaversion,
+        schemaversion=raw.schemaversion or 1,
         correlationid=raw.correlationid,
         causationid=raw.causationid,
         traceparent=raw.traceparent,
         tracestate=raw.tracestate,
         expirytime=raw.expirytime,
         partitionkey=raw.partitionkey,
+        extensions=extensions,
     )
 
 
-_HEADER_ATTRIBUTES: Final = (
-    "id",
-    "source",
-    "type",
-    "topic",
-    "time",
-    "subject",
-    "specversion",
-    "dataschema",
-    "schemaversion",
-    "correlationid",
-    "causationid",
-    "traceparent",
-    "tracestate",
-    "expirytime",
-    "partitionkey",
-)
-
-
-def to_binary(envelope: Envelope) -> tuple[dict[str, str], bytes]:
-    """Encode in CloudEvents binary mode: ``ce-*`` headers and the data as the body."""
-    headers = {"content-type": envelope.datacontenttype}
-    for name in _HEADER_ATTRIBUTES:
-        value = getattr(envelope, name)
-        if value is None:
+def _extensions_of(members: dict[str, msgspec.Raw]) -> dict[str, ExtensionValue]:
+    """The members of a structured document that are no known attribute; ``null`` is absent
+    (JSON format §2.2)."""
+    extensions: dict[str, ExtensionValue] = {}
+    for name, raw in members.items():
+        if name in _STRUCTURED_MEMBERS:
             continue
-        if isinstance(value, datetime):
-            try:
-                value = format_time(value)
-            except OverflowError:
-                raise MalformedEvent(f"envelope attribute {name!r} is out of range in UTC") from None
-        headers[f"ce-{name}"] = str(value)
-    return headers, envelope.data
-
-
-def from_binary(headers: dict[str, str], body: bytes, *, max_size: int = DEFAULT_MAX_SIZE) -> Envelope:
-    """Decode CloudEvents binary mode; raise ``MalformedEvent`` naming what is wrong."""
-    check_size(body, max_size, "payload")
-    attributes: dict[str, object] = {}
-    for key, value in headers.items():
-        lowered = key.lower()
-        if lowered.startswith("ce-") and lowered[3:] in _HEADER_ATTRIBUTES:
-            attributes[lowered[3:]] = value
-    attributes["datacontenttype"] = headers.get("content-type", headers.get("Content-Type", JSON))
-    attributes["data"] = body
-    if attributes.get("specversion") != SPEC_VERSION:
-        raise MalformedEvent(f"unsupported CloudEvents specversion {attributes.get('specversion')!r}")
-    version = attributes.get("schemaversion")
-    if version is not None:
-        if not (isinstance(version, str) and version.isascii() and version.isdigit() and len(version) < 8):
-            raise MalformedEvent(f"header ce-schemaversion must be a whole number, got {version!r}")
-        attributes["schemaversion"] = int(version)
-    try:
-        envelope = msgspec.convert(attributes, Envelope)
-    except msgspec.ValidationError as exc:
-        raise MalformedEvent(f"invalid envelope headers: {exc}") from None
-    if envelope.datacontenttype == JSON and body:
+        check_extension_name(name)
         try:
-            _json_syntax.decode(body)
-        except msgspec.DecodeError as exc:
-            raise MalformedEvent(f"event {envelope.id}: body is not one JSON value: {exc}") from None
-    return envelope
+            value = _extension_decoder.decode(raw)
+        except msgspec.ValidationError:
+            raise MalformedEvent(
+                f"extension {name!r} must be a string, a 32-bit integer or a boolean "
+                f"of at most {MAX_EXTENSION_VALUE} characters"
+            ) from None
+        if value is not None:
+            extensions[name] = value
+    check_extensions(extensions)
+    return extensions
+
+
+def derived_topic(event_id: str, event_type: str, topic_of: TopicOf | None) -> str:
+    """The topic of an event that carries none: its registered type's, else it is malformed."""
+    topic = topic_of(event_type) if topic_of is not None else None
+    if topic is None:
+        raise MalformedEvent(
+            f"event {event_id[:80]}: no topic, and its type {event_type[:80]!r} is not registered here"
+        )
+    return topic
+
+
+def received_time(event_id: str, received: datetime | None) -> datetime:
+    """The time of an event that carries none (``time`` is optional in CloudEvents): the time
+    it was received, which the reader gives (on NATS: when JetStream stored the message)."""
+    if received is None:
+        raise MalformedEvent(f"event {event_id[:80]}: no time")
+    return received
 
 
 def format_time(moment: datetime) -> str:
@@ -302,7 +331,7 @@ def validate_envelope(envelope: Envelope, max_size: int = DEFAULT_MAX_SIZE) -> E
     """Check an envelope built in code (its constructor checks nothing) before it is stored.
 
     The cheap checks that decoding does in C: non-empty ids and names, a valid topic, time
-    zones, JSON data that is exactly one JSON value, the size limit.
+    zones, JSON data that is exactly one JSON value, the size limit; and the extensions' rules.
     """
     for value, name in ((envelope.id, "id"), (envelope.source, "source"), (envelope.type, "type")):
         if not isinstance(value, str) or not 0 < len(value) <= 4096:
@@ -322,9 +351,13 @@ def validate_envelope(envelope: Envelope, max_size: int = DEFAULT_MAX_SIZE) -> E
         check_size(data, max_size, f"payload of event {envelope.id}")
     if data and envelope.datacontenttype == JSON:
         try:
-            _json_syntax.decode(data)
+            json_syntax.decode(data)
         except msgspec.DecodeError as exc:
             raise MalformedEvent(f"event {envelope.id}: data is not one JSON value: {exc}") from None
+    if envelope.extensions:
+        if not isinstance(envelope.extensions, dict):
+            raise MalformedEvent(f"event {envelope.id}: extensions must be a dict")
+        check_extensions(envelope.extensions)
     return envelope
 
 

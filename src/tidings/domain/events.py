@@ -131,6 +131,12 @@ class EventRegistry:
                 "(is the module that defines it imported?)"
             ) from None
 
+    def topic_of(self, name: str) -> str | None:
+        """The topic of the event type ``name``; ``None`` if no class is registered under it
+        (an event from another producer that carries no topic gets its type's)."""
+        cls = self._classes.get(name)
+        return None if cls is None else cls.__event_topic__
+
     def __contains__(self, name: object) -> bool:
         return name in self._classes
 

@@ -164,7 +164,7 @@ class App:
                 self._store = self._log = self._repository = None
                 self.state = AppState.CREATED
                 raise
-            feed = bus.log(self.log)
+            feed = bus.log(self.log, topic_of=self.codec.registry.topic_of)
             self._bus, self._feed = bus, feed if self.keys is None else SealedLog(feed, self.keys)
         await self.record_denials()  # those made before the App opened (at subscribe)
         return self

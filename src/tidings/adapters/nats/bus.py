@@ -6,7 +6,9 @@ a group's members share the partitions and keep order per key, as on the SQL log
 take exactly the subjects ``<prefix>.0.>`` … ``<prefix>.<n-1>.>``; a publish to any other
 subject under the prefix gets no stream ack.
 
-Messages are CloudEvents in binary mode (``ce-*`` headers), with ``Nats-Msg-Id`` = the event id;
+Messages are CloudEvents in binary mode as the NATS protocol binding defines it (percent-encoded
+``ce-*`` headers, ``domain/binary.py``), with ``Nats-Msg-Id`` = the event id; consumers read
+messages of other producers in either content mode.
 ``Tidings-Stream``, ``Tidings-Version`` and ``Tidings-Position`` say where the event is stored.
 How a partition is published in order and once: see ``publish.py``.
 
@@ -37,7 +39,9 @@ from tidings.adapters.nats.publish import publish_in_order, resync
 from tidings.adapters.nats.reads import POSITION_HEADER, STREAM_HEADER, VERSION_HEADER, direct_get, record_of
 from tidings.adapters.nats.views import ensure_read_stream, read_stream_config
 from tidings.adapters.urls import redact_url
-from tidings.domain.envelope import RecordedEvent, to_binary
+from tidings.domain.binary import to_binary
+from tidings.domain.envelope import RecordedEvent, TopicOf
+from tidings.domain.headers import percent_encode
 from tidings.errors import BackendUnavailable, ConfigurationError
 from tidings.ports import Log
 
@@ -326,8 +330,10 @@ class NatsBus:
         messages = []
         for record in records:
             headers, body = to_binary(record.envelope)
-            headers["Nats-Msg-Id"] = record.envelope.id
-            headers[STREAM_HEADER] = record.stream
+            # Header values are printable ASCII (the NATS binding's rule for ce-* headers, kept
+            # for tidings' own too): a stream name may hold any character.
+            headers["Nats-Msg-Id"] = percent_encode(record.envelope.id)
+            headers[STREAM_HEADER] = percent_encode(record.stream)
             headers[VERSION_HEADER] = str(record.version)
             headers[POSITION_HEADER] = str(record.position)
             messages.append((self.subject(partition, record.envelope.topic), body, headers))
@@ -340,15 +346,18 @@ class NatsBus:
             with contextlib.suppress(*DRIVER_ERRORS):
                 await client.publish(self.settings.doorbell, b"")
 
-    async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
-        """Messages of one partition after stream sequence ``after``, in stream order."""
+    async def read_partition(
+        self, partition: int, *, after: int, limit: int, topic_of: TopicOf | None = None
+    ) -> list[RecordedEvent]:
+        """Messages of one partition after stream sequence ``after``, in stream order;
+        ``topic_of`` gives the topic of an event from another producer that carries none."""
         client, inbox = self._connected()
         request = {"seq": after + 1, "next_by_subj": self.settings.subject_of(partition), "batch": limit}
         try:
             found = await direct_get(client, inbox, self.read_stream_of(partition), request, limit)
         except DRIVER_ERRORS as exc:
             raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
-        return [record_of(message, self.settings.prefix) for message in found]
+        return [record_of(message, self.settings.prefix, topic_of=topic_of) for message in found]
 
     async def watch(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` on every doorbell, until cancelled."""
@@ -377,7 +386,7 @@ class NatsBus:
                 with contextlib.suppress(*DRIVER_ERRORS):
                     await subscription.unsubscribe()
 
-    def log(self, store_log: Log) -> Log:
+    def log(self, store_log: Log, *, topic_of: TopicOf | None = None) -> Log:
         from tidings.adapters.nats.log import JetStreamLog
 
-        return JetStreamLog(self, store_log)
+        return JetStreamLog(self, store_log, topic_of)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from tidings.domain.envelope import RecordedEvent
+from tidings.domain.envelope import RecordedEvent, TopicOf
 from tidings.ports import DeadLetter, Log, Trace
 
 if TYPE_CHECKING:
@@ -17,8 +17,9 @@ if TYPE_CHECKING:
 class JetStreamLog:
     """``Log`` whose positions are the JetStream stream's sequence numbers."""
 
-    def __init__(self, bus: NatsBus, store_log: Log) -> None:
+    def __init__(self, bus: NatsBus, store_log: Log, topic_of: TopicOf | None = None) -> None:
         self.bus = bus
+        self.topic_of = topic_of
         self.store_log = store_log
         self.partitions = store_log.partitions
         self.log_id = store_log.log_id
@@ -31,7 +32,7 @@ class JetStreamLog:
         return f"group:{group}@nats:{read}"  # a principal's read stream: sequences of its own
 
     async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
-        return await self.bus.read_partition(partition, after=after, limit=limit)
+        return await self.bus.read_partition(partition, after=after, limit=limit, topic_of=self.topic_of)
 
     async def watch(self, wake: Callable[[], None]) -> None:
         await self.bus.watch(wake)

@@ -11,15 +11,18 @@ add nothing but a second, weaker cursor.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
-from typing import Final
+from typing import Annotated, Final
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from tidings.adapters.nats.inbox import Inbox
-from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, Undecodable, from_binary
+from tidings.domain.binary import from_message
+from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, TopicOf, Undecodable
+from tidings.domain.headers import percent_decode
 from tidings.errors import BackendUnavailable, MalformedEvent
 
 READ_TIMEOUT: Final = 5.0
@@ -28,6 +31,7 @@ VERSION_HEADER: Final = "Tidings-Version"
 POSITION_HEADER: Final = "Tidings-Position"
 _END_OF_BATCH: Final = ("204", "404")  # EOB, or nothing (more) at or after the sequence
 _MAX_ID: Final = 200  # characters of a foreign message's id kept in its dead letter
+_StoredAt = Annotated[datetime, msgspec.Meta(tz=True)]
 
 
 async def direct_get(
@@ -62,26 +66,44 @@ async def direct_get(
     return messages
 
 
-def record_of(message: Msg, prefix: str, max_size: int = DEFAULT_MAX_SIZE) -> RecordedEvent:
-    """The recorded event a stored message holds, or ``Undecodable`` saying why it is none."""
+def record_of(
+    message: Msg, prefix: str, max_size: int = DEFAULT_MAX_SIZE, topic_of: TopicOf | None = None
+) -> RecordedEvent:
+    """The recorded event a stored message holds, or ``Undecodable`` saying why it is none.
+
+    The message may come from another producer, in either content mode: one without ``topic``
+    gets its registered type's (``topic_of``), one without ``time`` the time JetStream stored it.
+    Messages that tidings published before it followed the NATS binding (``Tidings-Stream`` but
+    no ``ce-datacontenttype``) are read as written then, their values not percent-encoded.
+    """
     headers = dict(message.headers or {})
     sequence = int(headers.get("Nats-Sequence", "0"))
     subject = headers.get("Nats-Subject", "")
     topic = subject[len(prefix) + 1 :].partition(".")[2]  # <prefix>.<partition>.<topic>
-    stream = headers.get(STREAM_HEADER, "")
     body = message.data or b""
+    legacy = STREAM_HEADER in headers and not any(k.lower() == "ce-datacontenttype" for k in headers)
+    stream = headers.get(STREAM_HEADER, "")
     try:
+        if not legacy:
+            stream = percent_decode(stream)
         version = int(headers.get(VERSION_HEADER, "0"))
-        envelope = from_binary(headers, body, max_size=max_size)
+        envelope = from_message(
+            headers,
+            body,
+            max_size=max_size,
+            topic_of=topic_of,
+            received=_stored_at(headers.get("Nats-Time-Stamp")),
+            legacy=legacy,
+        )
         if envelope.topic != topic:
             raise MalformedEvent(
                 f"event {envelope.id}: topic {envelope.topic!r} was sent on subject {subject!r}"
             )
-    except (MalformedEvent, ValueError) as exc:
+    except (MalformedEvent, ValueError) as exc:  # HeaderError is a ValueError
         stand_in = Envelope(
-            id=headers.get("ce-id", "")[:_MAX_ID] or f"nats:{sequence}",
-            source=headers.get("ce-source", "")[:_MAX_ID] or "unknown",
-            type=headers.get("ce-type", "")[:_MAX_ID] or "unknown",
+            id=_shown(headers, "ce-id") or f"nats:{sequence}",
+            source=_shown(headers, "ce-source") or "unknown",
+            type=_shown(headers, "ce-type") or "unknown",
             topic=topic,
             time=datetime.now(UTC),
             data=body,
@@ -89,3 +111,24 @@ def record_of(message: Msg, prefix: str, max_size: int = DEFAULT_MAX_SIZE) -> Re
         error = f"message {sequence} on {subject!r} is no valid event: {exc}"
         return Undecodable(stand_in, stream, 0, sequence, error=error)
     return RecordedEvent(envelope, stream, version, sequence)
+
+
+def _stored_at(stamp: str | None) -> datetime:
+    """When JetStream stored a message (its ``Nats-Time-Stamp``, RFC 3339 in nanoseconds): the
+    time of an event that carries none, the same on every read. Now if the server gave none."""
+    if stamp:
+        with contextlib.suppress(msgspec.ValidationError):
+            moment: datetime = msgspec.convert(stamp, _StoredAt)
+            return moment
+    return datetime.now(UTC)
+
+
+def _shown(headers: dict[str, str], name: str) -> str:
+    """A header of a message that is no valid event, as far as it can be read (for its dead
+    letter): in any case, percent-decoded if it can be, cut short."""
+    for key, value in headers.items():
+        if key.lower() == name and isinstance(value, str):
+            with contextlib.suppress(ValueError):
+                value = percent_decode(value)
+            return value[:_MAX_ID]
+    return ""

@@ -16,6 +16,7 @@ from typing import Any, Final, NamedTuple
 
 import msgspec
 
+from tidings.domain.attributes import ExtensionValue
 from tidings.domain.envelope import JSON, SPEC_VERSION, Envelope, RecordedEvent, validate_envelope
 from tidings.domain.integrity import GENESIS, chain_hash
 from tidings.errors import IntegrityError, InvalidArgument
@@ -51,6 +52,7 @@ class Meta(msgspec.Struct, array_like=True, frozen=True, omit_defaults=True, gc=
     tracestate: str | None = None
     expirytime: datetime | None = None
     partitionkey: str | None = None
+    extensions: dict[str, ExtensionValue] = {}  # other producers' attributes, kept as they came
 
 
 _meta_encoder = msgspec.msgpack.Encoder()
@@ -74,6 +76,7 @@ def pack_meta(envelope: Envelope) -> bytes:
             tracestate=envelope.tracestate,
             expirytime=envelope.expirytime.astimezone(UTC) if envelope.expirytime else None,
             partitionkey=envelope.partitionkey,
+            extensions=envelope.extensions,
         )
     )
 
@@ -184,6 +187,7 @@ def records_of(rows: Iterable[Sequence[Any]]) -> list[RecordedEvent]:
             meta.tracestate,
             meta.expirytime,
             meta.partitionkey,
+            meta.extensions,
         )
         records.append(RecordedEvent(envelope, row[1], row[2], row[0]))
     return records

@@ -50,6 +50,8 @@ async def test_every_envelope_attribute_survives_the_store(store: EventStore) ->
         tracestate="vendor=opaque",
         expirytime=moment + timedelta(seconds=30),
         partitionkey="cart-c",
+        # Other producers' attributes: kept as they came, with their JSON types.
+        extensions={"comexampletenant": 'caf\u00e9 %25 "q"', "sampledrate": 7, "flagged": False},
     )
     minimal = Envelope(
         id=f"min-{stream}", source="s", type="t", topic="conformance.min", time=moment, data=b""
