@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import importlib
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -130,9 +131,11 @@ def run(
         str(lease_ttl),
     ]
     command += ["--log-level", level, "--log-format", log_format]
-    command += ["--store", store] if store else []
-    command += ["--bus", bus] if bus else []
-    children = [subprocess.Popen(command) for _ in range(workers)]  # noqa: S603 - our own command
+    # The URLs reach the workers through their environment (which TIDINGS_* the App reads over its
+    # own), not their command lines, which every user of the machine can list with a password.
+    env = dict(os.environ)
+    env.update({name: url for name, url in (("TIDINGS_STORE", store), ("TIDINGS_BUS", bus)) if url})
+    children = [subprocess.Popen(command, env=env) for _ in range(workers)]  # noqa: S603 - our own command
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
