@@ -91,6 +91,10 @@ def _children(pid: int) -> list[Path]:
     return [entry for entry in Path("/proc").iterdir() if entry.name.isdigit() and _parent_of(entry) == pid]
 
 
+def _children(pid: int) -> list[Path]:
+    return [entry for entry in Path("/proc").iterdir() if entry.name.isdigit() and _parent_of(entry) == pid]
+
+
 def _parent_of(process: Path) -> int | None:
     try:  # the fields after the command's name, which may hold spaces and parentheses
         return int((process / "stat").read_text().rpartition(")")[2].split()[1])
@@ -139,11 +143,7 @@ def test_json_logs_carry_time_level_and_where_they_were_written(tmp_path: Path) 
         await eventually(both_workers_opened, within=30)
         # The workers got the URL through their environment: their command lines, which every
         # user of the machine may list, hold no store URL (it may carry a password).
-        children = [
-            entry
-            for entry in Path("/proc").iterdir()
-            if entry.name.isdigit() and _parent_of(entry) == runner.pid
-        ]
+        children = _children(runner.pid)
         assert len(children) == 2
         assert all(url.encode() not in (child / "cmdline").read_bytes() for child in children)
         return event_id
