@@ -60,8 +60,9 @@ def start_service(
                 "--lease-ttl",
                 str(lease_ttl),
             ],
-            cwd=ROOT,
-            env=env,
+            # From where the demo runs, so that relative store URLs and paths mean the same.
+            cwd=Path.cwd(),
+            env={**env, "PYTHONPATH": os.pathsep.join(filter(None, (str(ROOT), env.get("PYTHONPATH"))))},
             stdout=log,
             stderr=subprocess.STDOUT,
         )
@@ -77,7 +78,7 @@ class Pace:
     quick, more. So a step's wait stays well inside its timeout however fast the machine, and
     the outcomes do not depend on its speed."""
 
-    def __init__(self, target: float, *, lowest: int = 4, highest: int = 64) -> None:
+    def __init__(self, target: float, *, lowest: int = 4, highest: int = 32) -> None:
         self.target, self.lowest, self.highest = target, lowest, highest
         self.limit = float(lowest)
         self.placed_at: dict[str, float] = {}
@@ -91,9 +92,12 @@ class Pace:
         self.last_end = now = time.monotonic()
         if started is not None:
             took = max(now - started, 0.001)
-            # Little's law: orders in flight / their rate of ending = how long each takes.
-            wanted = self.limit * self.target / took
-            self.limit += 0.1 * (wanted - self.limit)
+            # Little's law: orders in flight / their rate of ending = how long each takes. A
+            # slow saga cuts the limit at once (a backlog only grows); quick ones raise it gently.
+            if took > self.target:
+                self.limit *= max(0.5, self.target / took)
+            else:
+                self.limit += 0.1 * (self.limit * self.target / took - self.limit)
             self.limit = min(float(self.highest), max(float(self.lowest), self.limit))
 
     def room(self) -> bool:
@@ -121,7 +125,7 @@ async def drive(url: str, bus: str | None, orders: int, console: Console) -> Rep
     """Place the orders while the services work, at the pace they keep; wait until every saga
     ended."""
     watcher = tidings.App("shop-demo", store=url, bus=bus)
-    pace = Pace(target=settings.STEP_TIMEOUT_SECONDS / 2)
+    pace = Pace(target=settings.STEP_TIMEOUT_SECONDS / 3)
     ended = 0
 
     @watcher.subscribe("tidings.saga.ended", group="demo-watch")

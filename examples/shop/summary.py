@@ -13,6 +13,7 @@ from pathlib import Path
 
 import msgspec
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
@@ -146,7 +147,8 @@ def show(found: Report, orders: int, seconds: float, url: str, logs: Path, conso
     if found.example is not None and found.trace is not None:
         console.print(f"\nThe trace of compensated {found.example[0]}:")
         console.print(causation_tree(found.trace, hide=bookkeeping))
-    console.print(f"\nThe services logged to {logs}/ (a file each). Explore the store further:")
+    logged = f"\nThe services logged to {escape(str(logs))}/ (a file each). Explore the store further:"
+    console.print(logged, soft_wrap=True)
     for command in explore_commands(found, url):
         # Never wrapped, so that each command is one line to copy, however narrow the terminal.
         console.print(Text(f"  {command}", style="bold"), soft_wrap=True)
@@ -167,7 +169,7 @@ def explain_timeouts(found: Report, logs: Path, console: Console) -> None:
     if slow:
         console.print(
             f"\n[yellow]{slow} order(s) compensated because a step got no reply within its {timeout}"
-            f" timeout: the services fell behind (a busy machine?). Their logs are in {logs}/;"
+            f" timeout: the services fell behind (a busy machine?). Their logs are in {escape(str(logs))}/;"
             f" SHOP_STEP_TIMEOUT_SECONDS=10 gives the steps longer.[/]"
         )
 
