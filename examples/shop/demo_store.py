@@ -60,12 +60,34 @@ def claim(url: str, bus: str | None) -> Found:
     if path is not None and (not path.exists() or path.stat().st_size == 0):
         path.parent.mkdir(parents=True, exist_ok=True)
         return Found("new")
-    found = asyncio.run(_inspect(url))
+    beside = _beside(path)
+    try:
+        found = asyncio.run(_inspect(url))
+    except TidingsError:
+        if path is not None:
+            _tidy(path, beside)
+        raise
     if found.state == "demo":
         if bus:
             asyncio.run(_delete_bus_streams(bus, found))
         _discard(url)
     return found
+
+
+def _beside(path: Path | None) -> set[Path]:
+    """The SQLite files beside the database (its write-ahead log and shared memory) that exist."""
+    if path is None:
+        return set()
+    return {side for side in (Path(f"{path}-wal"), Path(f"{path}-shm")) if side.exists()}
+
+
+def _tidy(path: Path, beside: set[Path]) -> None:
+    """Remove what reading a refused store left beside it: SQLite makes an empty write-ahead log
+    and its shared memory even to read a WAL database (none existed, so no one else has it open)."""
+    made = _beside(path) - beside
+    if all(side.name.endswith("-shm") or side.stat().st_size == 0 for side in made):
+        for side in made:
+            side.unlink(missing_ok=True)
 
 
 async def _inspect(url: str) -> Found:
