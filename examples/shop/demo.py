@@ -72,6 +72,35 @@ def start_services(env: dict[str, str], logs: Path) -> list[subprocess.Popen[byt
     return [start_service(service, env, logs) for service in SERVICES]
 
 
+def wait_until_running(workers: list[subprocess.Popen[bytes]], logs: Path, since: dict[str, int]) -> None:
+    """Until every service says it runs (``tidings run`` does once its App is imported; at most
+    20 s): on a busy machine starting a process takes seconds, and orders placed before would
+    time out waiting for it."""
+    waiting = dict(zip(SERVICES, workers, strict=True))
+    give_up = time.monotonic() + 20
+    while waiting and time.monotonic() < give_up:
+        for service, worker in list(waiting.items()):
+            log = logs / f"{service}.log"
+            with log.open("rb") as output:
+                output.seek(since[service])
+                if b"running " in output.read():
+                    del waiting[service]
+                elif worker.poll() is not None:
+                    raise tidings.ConfigurationError(
+                        f"the {service} service stopped as it started (exit code {worker.returncode}):"
+                        f" see {log}"
+                    )
+        time.sleep(0.1)
+
+
+def log_sizes(logs: Path) -> dict[str, int]:
+    """Where each service's log ends before a run (the services append to it)."""
+    return {
+        service: (logs / f"{service}.log").stat().st_size if (logs / f"{service}.log").exists() else 0
+        for service in SERVICES
+    }
+
+
 class Pace:
     """How many orders may be in their sagas at once. When sagas take longer than ``target``
     the services have fallen behind, and fewer orders go in until they catch up; when they are
@@ -213,8 +242,10 @@ def run(url: str, bus: str | None, orders: int, logs: Path = LOGS) -> bool:
     )
     started = time.monotonic()
     with environment(changes):
+        since = log_sizes(logs)
         workers = start_services({**os.environ}, logs)
         try:
+            wait_until_running(workers, logs, since)
             found = asyncio.run(drive(url, bus, orders, console))
         finally:
             for worker in workers:
