@@ -229,7 +229,7 @@ def run(url: str, bus: str | None, orders: int, logs: Path = LOGS) -> bool:
     Raises ``tidings.ConfigurationError`` for a store that is not the demo's to use."""
     console = Console()
     claim(url, bus)
-    with environment({"TIDINGS_STORE": url}):
+    with environment({"TIDINGS_STORE": url, "TIDINGS_BUS": ""}):  # the store alone
         log_id = asyncio.run(prepare(url))
     changes = {"TIDINGS_STORE": url}
     if bus:
@@ -255,7 +255,8 @@ def run(url: str, bus: str | None, orders: int, logs: Path = LOGS) -> bool:
                     worker.wait(timeout=10)
                 except subprocess.TimeoutExpired:
                     worker.kill()
-            asyncio.run(mark_end(url, orders))
+            with environment({"TIDINGS_BUS": ""}):
+                asyncio.run(mark_end(url, orders))
     show(found, orders, time.monotonic() - started, url, logs, console)
     return all(holds for _, holds in found.checks())
 
