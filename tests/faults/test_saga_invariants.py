@@ -15,9 +15,10 @@ import time
 from pathlib import Path
 
 import pytest
-from examples.shop.demo import SERVICES, SKUS, report, start_service
+from examples.shop.demo import SERVICES, start_service
 from examples.shop.events import OrderPlaced
 from examples.shop.inventory import Stock
+from examples.shop.summary import SKUS, report
 
 from tidings.runtime.app import App
 

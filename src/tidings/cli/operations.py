@@ -350,10 +350,18 @@ def causation_tree(found: Trace, *, hide: Callable[[RecordedEvent], bool] | None
 
 
 def demo(
-    store: Annotated[str, typer.Option("--store", help="Store URL (an embedded one is made fresh).")] = (
-        "sqlite:///.tidings/shop.db"
-    ),
-    bus: Annotated[str | None, typer.Option("--bus", help="A nats:// URL: distributed mode.")] = None,
+    store: Annotated[
+        str,
+        typer.Option(
+            "--store",
+            envvar="TIDINGS_STORE",
+            metavar="URL",
+            help="Store URL. A store the demo made is replaced, an empty one used, any other refused.",
+        ),
+    ] = DEFAULT_STORE,
+    bus: Annotated[
+        str | None, typer.Option("--bus", envvar="TIDINGS_BUS", help="A nats:// URL: distributed mode.")
+    ] = None,
     orders: Annotated[int, typer.Option("--orders", min=1, help="How many orders to place.")] = 300,
 ) -> None:
     """Run the shop demo (four services, a saga per order) from the repository's examples."""
