@@ -91,10 +91,6 @@ def _children(pid: int) -> list[Path]:
     return [entry for entry in Path("/proc").iterdir() if entry.name.isdigit() and _parent_of(entry) == pid]
 
 
-def _children(pid: int) -> list[Path]:
-    return [entry for entry in Path("/proc").iterdir() if entry.name.isdigit() and _parent_of(entry) == pid]
-
-
 def _parent_of(process: Path) -> int | None:
     try:  # the fields after the command's name, which may hold spaces and parentheses
         return int((process / "stat").read_text().rpartition(")")[2].split()[1])
