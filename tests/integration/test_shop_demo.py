@@ -113,6 +113,20 @@ def test_after_tidings_demo_the_cli_reads_its_store_by_default(tmp_path: Path) -
         _paste(command, tmp_path)
     streams = _tidings("streams", cwd=tmp_path, env=env)
     assert streams.returncode == 0 and "stock-kettle" in streams.stdout, streams.stderr
+    # The README's commands, pasted where `make demo` ran: `.venv/bin/tidings` is the CLI there.
+    (tmp_path / ".venv" / "bin").mkdir(parents=True)
+    (tmp_path / ".venv" / "bin" / "tidings").symlink_to(Path(sys.executable).parent / "tidings")
+    readme = _readme_commands()
+    assert len(readme) >= 8
+    for command in readme:
+        _paste(command, tmp_path)
+
+
+def _readme_commands() -> list[str]:
+    """The lines of the README's shell block under "The command line", comments cut off."""
+    section = (ROOT / "README.md").read_text().split("### The command line", 1)[1]
+    block = section.split("```sh\n", 1)[1].split("```", 1)[0]
+    return [line.split("  #", 1)[0].strip() for line in block.splitlines() if line.strip()]
 
 
 @pytest.mark.timeout(240)
