@@ -29,13 +29,22 @@ def _context(record: logging.LogRecord) -> dict[str, object]:
     return {name: getattr(record, name) for name in FIELDS if getattr(record, name, None) is not None}
 
 
+#: Control characters shown escaped (``\x0a``) in a text log: a value that came from the bus
+#: (an event id, a message) must not start a line of its own and pass for another record.
+_ESCAPES: Final = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _escaped(text: str) -> str:
+    return text.translate(_ESCAPES)
+
+
 class TextFormatter(logging.Formatter):
     """``<time> <LEVEL> <logger>: <message> app=… group=… partition=… event_id=… correlation_id=…``,
     then the traceback, if any, on the lines below."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{name}={value}" for name, value in _context(record).items())
-        line = f"{_time(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        fields = " ".join(f"{name}={_escaped(str(value))}" for name, value in _context(record).items())
+        line = f"{_time(record)} {record.levelname:<7} {record.name}: {_escaped(record.getMessage())}"
         text = f"{line}  {fields}" if fields else line
         if record.exc_info:
             text += "\n" + self.formatException(record.exc_info)

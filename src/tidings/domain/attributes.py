@@ -68,6 +68,11 @@ _NAME = re.compile(r"[a-z0-9]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
+def has_control(text: str) -> bool:
+    """Whether ``text`` holds a control character, which no CloudEvents string may hold."""
+    return _CONTROL.search(text) is not None
+
+
 def check_extension_name(name: str) -> None:
     """Raise ``MalformedEvent`` unless ``name`` may name an extension."""
     if name in RESERVED_NAMES:

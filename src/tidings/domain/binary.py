@@ -31,6 +31,7 @@ from tidings.domain.envelope import (
     Envelope,
     TopicOf,
     check_size,
+    check_text,
     derived_topic,
     format_time,
     from_structured,
@@ -117,6 +118,8 @@ def from_binary(
     extensions: dict[str, str] = {}
     content_type: object = None
     for header, value in headers.items():
+        if not header.isascii():  # else str.lower's Unicode rules make names of other letters
+            raise MalformedEvent(f"header name {header[:80]!r} is not ASCII")
         key = header.lower()
         if not key.startswith(_CE):
             if key == "content-type":
@@ -174,7 +177,9 @@ def from_binary(
             json_syntax.decode(body)
         except msgspec.DecodeError as exc:
             raise MalformedEvent(f"event {envelope.id}: body is not one JSON value: {exc}") from None
-    return envelope
+        except RecursionError:
+            raise MalformedEvent(f"event {envelope.id}: body is nested too deeply") from None
+    return check_text(envelope)
 
 
 def _twice(header: str) -> str:

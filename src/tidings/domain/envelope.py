@@ -36,11 +36,11 @@ from tidings.domain.attributes import (
     check_extension_name,
     check_extensions,
     data_content_type,
+    has_control,
     is_json_type,
 )
 from tidings.domain.attributes import MSGPACK as MSGPACK
 from tidings.domain.events import Event
-from tidings.domain.schema_problems import json_problem
 from tidings.domain.topics import MAX_TOPIC_LENGTH, TOPIC_REGEX
 from tidings.errors import MalformedEvent, PayloadTooLarge
 
@@ -155,8 +155,8 @@ def to_structured(envelope: Envelope) -> bytes:
     if inline and envelope.data:
         try:
             json_syntax.decode(envelope.data)
-        except msgspec.DecodeError as exc:
-            raise MalformedEvent(f"event {envelope.id}: data is not one JSON value: {exc}") from None
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise MalformedEvent(f"event {envelope.id}: data is {_json_problem(exc)}") from None
     try:
         document = _structured_encoder.encode(_structured(envelope, inline))
         if not envelope.extensions:
@@ -207,8 +207,7 @@ def from_structured(
         raw = _structured_decoder.decode(document)
         members = _members_decoder.decode(document)
     except msgspec.ValidationError as exc:
-        problem = json_problem(exc, document, _Structured, whole="envelope", member="attribute")
-        raise MalformedEvent(f"invalid envelope: {problem}") from None
+        raise MalformedEvent(f"invalid envelope: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MalformedEvent(f"envelope is {utf8_problem(document) or f'not valid JSON: {exc}'}") from None
     except RecursionError:
@@ -224,8 +223,8 @@ def from_structured(
         if content_type == JSON and data:
             try:
                 json_syntax.decode(data)
-            except msgspec.DecodeError as exc:
-                raise MalformedEvent(f"event {raw.id}: data_base64 is not one JSON value: {exc}") from None
+            except (msgspec.DecodeError, RecursionError) as exc:
+                raise MalformedEvent(f"event {raw.id}: data_base64 is {_json_problem(exc)}") from None
     elif raw.data and not is_json_type(content_type):
         # The JSON format carries data of other types as a string in that type's encoding.
         try:
@@ -238,7 +237,7 @@ def from_structured(
         data = bytes(raw.data)
     check_size(data, max_size, "payload")
     extensions = _extensions_of(members) if len(members) > len(_STRUCTURED_MEMBERS & members.keys()) else {}
-    return Envelope(
+    envelope = Envelope(
         id=raw.id,
         source=raw.source,
         type=raw.type,
@@ -258,6 +257,7 @@ def from_structured(
         partitionkey=raw.partitionkey,
         extensions=extensions,
     )
+    return check_text(envelope)
 
 
 def _extensions_of(members: dict[str, msgspec.Raw]) -> dict[str, ExtensionValue]:
@@ -270,6 +270,10 @@ def _extensions_of(members: dict[str, msgspec.Raw]) -> dict[str, ExtensionValue]
         check_extension_name(name)
         try:
             value = _extension_decoder.decode(raw)
+        except msgspec.DecodeError:  # invalid UTF-8 in the value (its syntax was checked before)
+            raise MalformedEvent(
+                f"extension {name!r}: {utf8_problem(bytes(raw)) or 'not valid JSON'}"
+            ) from None
         except msgspec.ValidationError:
             raise MalformedEvent(
                 f"extension {name!r} must be a string, a 32-bit integer or a boolean "
@@ -279,6 +283,25 @@ def _extensions_of(members: dict[str, msgspec.Raw]) -> dict[str, ExtensionValue]
             extensions[name] = value
     check_extensions(extensions)
     return extensions
+
+
+#: The attributes that hold text; CloudEvents strings exclude control characters (spec, "Type
+#: System"), and tidings relies on that: a NUL cannot enter a PostgreSQL text column (an id goes
+#: into the inbox), and a line break in an id would forge lines in a text log.
+_TEXT_ATTRIBUTES: Final = (
+    "id", "source", "type", "subject", "datacontenttype", "dataschema", "correlationid",
+    "causationid", "traceparent", "tracestate", "partitionkey",
+)  # fmt: skip
+
+
+def check_text(envelope: Envelope) -> Envelope:
+    """``envelope``, if none of its text attributes holds a control character."""
+    values = [getattr(envelope, name) for name in _TEXT_ATTRIBUTES]
+    if has_control("".join(value for value in values if type(value) is str)):
+        for name, value in zip(_TEXT_ATTRIBUTES, values, strict=True):
+            if type(value) is str and has_control(value):
+                raise MalformedEvent(f"envelope attribute {name!r} holds a control character")
+    return envelope
 
 
 def derived_topic(event_id: str, event_type: str, topic_of: TopicOf | None) -> str:
@@ -302,6 +325,13 @@ def received_time(event_id: str, received: datetime | None) -> datetime:
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with microseconds, the form every attribute of type Timestamp uses."""
     return moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
+
+
+def _json_problem(exc: Exception) -> str:
+    """What is wrong with data that should be one JSON value, in tidings' words first."""
+    if isinstance(exc, RecursionError):
+        return "nested too deeply"
+    return f"not one JSON value: {exc}"
 
 
 def utf8_problem(blob: bytes) -> str | None:
@@ -354,8 +384,9 @@ def validate_envelope(envelope: Envelope, max_size: int = DEFAULT_MAX_SIZE) -> E
     if data and envelope.datacontenttype == JSON:
         try:
             json_syntax.decode(data)
-        except msgspec.DecodeError as exc:
-            raise MalformedEvent(f"event {envelope.id}: data is not one JSON value: {exc}") from None
+        except (msgspec.DecodeError, RecursionError) as exc:
+            raise MalformedEvent(f"event {envelope.id}: data is {_json_problem(exc)}") from None
+    check_text(envelope)
     if envelope.extensions:
         if not isinstance(envelope.extensions, dict):
             raise MalformedEvent(f"event {envelope.id}: extensions must be a dict")

@@ -20,6 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from tidings.adapters.nats.inbox import Inbox
+from tidings.domain.attributes import has_control
 from tidings.domain.binary import from_message
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, TopicOf, Undecodable
 from tidings.domain.headers import percent_decode
@@ -86,6 +87,8 @@ def record_of(
     try:
         if not legacy:
             stream = percent_decode(stream)
+        if has_control(stream):
+            raise MalformedEvent(f"header {STREAM_HEADER!r} holds a control character")
         version = int(headers.get(VERSION_HEADER, "0"))
         envelope = from_message(
             headers,
@@ -99,17 +102,20 @@ def record_of(
             raise MalformedEvent(
                 f"event {envelope.id}: topic {envelope.topic!r} was sent on subject {subject!r}"
             )
-    except (MalformedEvent, ValueError) as exc:  # HeaderError is a ValueError
+    except Exception as exc:
+        # Anyone may publish: a message that cannot be read must become a dead letter, never
+        # an error that stops its partition (MalformedEvent, a HeaderError, and whatever a
+        # decoder may raise on input nobody foresaw).
         stand_in = Envelope(
             id=_shown(headers, "ce-id") or f"nats:{sequence}",
             source=_shown(headers, "ce-source") or "unknown",
             type=_shown(headers, "ce-type") or "unknown",
-            topic=topic,
+            topic=_printable(topic),
             time=datetime.now(UTC),
             data=body,
         )
-        error = f"message {sequence} on {subject!r} is no valid event: {exc}"
-        return Undecodable(stand_in, stream, 0, sequence, error=error)
+        error = _printable(f"message {sequence} on {subject!r} is no valid event: {exc}")
+        return Undecodable(stand_in, _printable(stream), 0, sequence, error=error)
     return RecordedEvent(envelope, stream, version, sequence)
 
 
@@ -123,6 +129,12 @@ def _stored_at(stamp: str | None) -> datetime:
     return datetime.now(UTC)
 
 
+def _printable(text: str) -> str:
+    """``text`` with its control characters replaced: what is kept of an invalid message is
+    stored and logged, and a NUL cannot enter PostgreSQL, a line break would forge a log line."""
+    return "".join("?" if has_control(c) else c for c in text) if has_control(text) else text
+
+
 def _shown(headers: dict[str, str], name: str) -> str:
     """A header of a message that is no valid event, as far as it can be read (for its dead
     letter): in any case, percent-decoded if it can be, cut short."""
@@ -130,5 +142,5 @@ def _shown(headers: dict[str, str], name: str) -> str:
         if key.lower() == name and isinstance(value, str):
             with contextlib.suppress(ValueError):
                 value = percent_decode(value)
-            return value[:_MAX_ID]
+            return _printable(value[:_MAX_ID])
     return ""
