@@ -270,14 +270,14 @@ def _extensions_of(members: dict[str, msgspec.Raw]) -> dict[str, ExtensionValue]
         check_extension_name(name)
         try:
             value = _extension_decoder.decode(raw)
-        except msgspec.DecodeError:  # invalid UTF-8 in the value (its syntax was checked before)
-            raise MalformedEvent(
-                f"extension {name!r}: {utf8_problem(bytes(raw)) or 'not valid JSON'}"
-            ) from None
         except msgspec.ValidationError:
             raise MalformedEvent(
                 f"extension {name!r} must be a string, a 32-bit integer or a boolean "
                 f"of at most {MAX_EXTENSION_VALUE} characters"
+            ) from None
+        except msgspec.DecodeError:  # (after ValidationError, its subclass) invalid UTF-8 in the value
+            raise MalformedEvent(
+                f"extension {name!r}: {utf8_problem(bytes(raw)) or 'not valid JSON'}"
             ) from None
         if value is not None:
             extensions[name] = value
