@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import tidings
 from examples.shop import settings
-from examples.shop.demo_store import MARK_STREAM, DemoRunEnded, DemoStoreMade, bus_for, claim
+from examples.shop.demo_store import MARK_STREAM, DemoRunEnded, DemoStoreMade, bus_for, claim, order_id
 from examples.shop.events import OrderPlaced
 from examples.shop.inventory import Stock
 from examples.shop.summary import SKUS, Report, report, show
@@ -180,16 +180,16 @@ async def drive(url: str, bus: str | None, orders: int, console: Console) -> Rep
                 while not pace.room() and time.monotonic() - pace.last_end < 30:
                     progress.update(settled, completed=ended)
                     await asyncio.sleep(0.02)
-                order_id = f"order-{n:04d}"
+                order = order_id(n)
                 event = OrderPlaced(
-                    order_id=order_id,
+                    order_id=order,
                     customer=f"customer-{rng.randrange(50)}",
                     sku=rng.choice(list(SKUS)),
                     quantity=rng.choice((1, 1, 1, 2, 3)),
                     amount=rng.randrange(500, 9000),
                 )
-                pace.placed(order_id)
-                placed.append(await watcher.publish(event, key=order_id))
+                pace.placed(order)
+                placed.append(await watcher.publish(event, key=order))
                 progress.update(placing, completed=n + 1)
                 progress.update(settled, completed=ended)
                 await asyncio.sleep(0.005)  # a steady stream of orders, not one burst
