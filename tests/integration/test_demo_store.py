@@ -20,6 +20,7 @@ import pytest
 from examples.shop.demo import prepare
 from examples.shop.demo_store import claim
 
+import tidings
 from tidings.adapters.registry import open_store
 from tidings.errors import ConfigurationError
 from tidings.ports import DataKeyRecord
@@ -106,6 +107,51 @@ def test_a_demo_killed_mid_run_leaves_a_store_the_next_run_replaces(tmp_path: Pa
     done = _tidings_demo("--store", url, "--orders", "10", cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "order-0010" not in _streams(path)  # the killed run's orders are gone with its store
+
+
+def _foreign_store(url: str) -> None:
+    async def work() -> None:
+        async with tidings.App("billing", store=url) as app:
+            await app.append("invoice-1", InvoiceSent(number=1))
+
+    asyncio.run(work())
+
+
+class InvoiceSent(tidings.Event, topic="billing.invoice_sent", type="tests.demo_store.InvoiceSent"):
+    number: int
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("entry", ["tidings demo", "python -m examples.shop.demo"])
+def test_the_demo_ignores_the_shells_tidings_store_and_bus(tmp_path: Path, entry: str) -> None:
+    """A shell set up for a real service: the demo runs on its own default store, without a bus,
+    and the service's store is byte for byte as it was."""
+    service = tmp_path / "service"
+    service.mkdir()
+    _foreign_store(f"sqlite:///{service / 'billing.db'}")
+    before = _files(service)
+    env = {
+        **os.environ,
+        "TIDINGS_STORE": f"sqlite:///{service / 'billing.db'}",
+        "TIDINGS_BUS": "nats://127.0.0.1:9",  # nothing listens there: using it would fail the run
+        "PYTHONPATH": str(ROOT),
+    }
+    here = tmp_path / "here"
+    here.mkdir()
+    if entry == "tidings demo":
+        done = _tidings_demo("--orders", "10", cwd=here, env=env)
+    else:
+        done = subprocess.run(
+            [sys.executable, "-m", "examples.shop.demo", "--orders", "10"],
+            cwd=here,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert _files(service) == before
+    assert "stock-kettle" in _streams(here / ".tidings" / "tidings.db")
 
 
 async def _put_document(url: str) -> None:
