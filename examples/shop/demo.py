@@ -6,8 +6,9 @@ were compensated and why, what the dead letter queues hold, the stock left, the 
 always hold, the trace of one compensated order, and commands to explore the store further.
 
 Runs again and again on the CLI's default store (``.tidings/tidings.db``): a store the demo made
-is replaced by the next run, an empty one is used, and any other is refused untouched (see
-``examples.shop.demo_store``).
+is replaced by the next run (an interrupted run's too), a place that holds nothing yet is used,
+and any other is refused untouched (see ``examples.shop.demo_store``). ``TIDINGS_STORE`` and
+``TIDINGS_BUS`` are not read: other stores and a bus only through ``--store`` and ``--bus``.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import tidings
 from examples.shop import settings
-from examples.shop.demo_store import MARK_STREAM, DemoRunEnded, DemoStoreMade, bus_for, claim
+from examples.shop.demo_store import MARK_STREAM, DemoRunEnded, DemoStoreMade, bus_for, claim, order_id
 from examples.shop.events import OrderPlaced
 from examples.shop.inventory import Stock
 from examples.shop.summary import SKUS, Report, report, show
@@ -180,16 +181,16 @@ async def drive(url: str, bus: str | None, orders: int, console: Console) -> Rep
                 while not pace.room() and time.monotonic() - pace.last_end < 30:
                     progress.update(settled, completed=ended)
                     await asyncio.sleep(0.02)
-                order_id = f"order-{n:04d}"
+                order = order_id(n)
                 event = OrderPlaced(
-                    order_id=order_id,
+                    order_id=order,
                     customer=f"customer-{rng.randrange(50)}",
                     sku=rng.choice(list(SKUS)),
                     quantity=rng.choice((1, 1, 1, 2, 3)),
                     amount=rng.randrange(500, 9000),
                 )
-                pace.placed(order_id)
-                placed.append(await watcher.publish(event, key=order_id))
+                pace.placed(order)
+                placed.append(await watcher.publish(event, key=order))
                 progress.update(placing, completed=n + 1)
                 progress.update(settled, completed=ended)
                 await asyncio.sleep(0.005)  # a steady stream of orders, not one burst
@@ -210,8 +211,8 @@ async def drive(url: str, bus: str | None, orders: int, console: Console) -> Rep
 
 @contextlib.contextmanager
 def environment(changes: dict[str, str]) -> Iterator[None]:
-    """``TIDINGS_STORE`` and ``TIDINGS_BUS`` override every App's URLs: the demo's own Apps
-    must see the same as its services."""
+    """``TIDINGS_STORE`` and ``TIDINGS_BUS`` override every App's URLs: the demo sets them (it
+    never reads them) so that its own Apps see the same store and bus as its services."""
     saved = {name: os.environ.get(name) for name in changes}
     os.environ.update(changes)
     try:
@@ -231,9 +232,11 @@ def run(url: str, bus: str | None, orders: int, logs: Path = LOGS) -> bool:
     claim(url, bus)
     with environment({"TIDINGS_STORE": url, "TIDINGS_BUS": ""}):  # the store alone
         log_id = asyncio.run(prepare(url))
-    changes = {"TIDINGS_STORE": url}
     if bus:
-        changes["TIDINGS_BUS"] = bus = bus_for(bus, log_id)
+        bus = bus_for(bus, log_id)
+    # The services and the demo's own Apps get the store and bus from here, whatever the shell
+    # says: an empty TIDINGS_BUS means none (not the one a shell set up for another service).
+    changes = {"TIDINGS_STORE": url, "TIDINGS_BUS": bus or ""}
     where = f"on {redact_url(url)}" + (f" and {redact_url(bus)}" if bus else "")
     console.print(
         f"The shop {escape(where)}: services {', '.join(SERVICES)}, each a [bold]tidings run[/]"
@@ -262,13 +265,16 @@ def run(url: str, bus: str | None, orders: int, logs: Path = LOGS) -> bool:
 
 
 def main() -> None:
-    store = os.environ.get("TIDINGS_STORE") or DEFAULT_STORE
+    # TIDINGS_STORE and TIDINGS_BUS are not read: a shell set up for a real service must not
+    # send the demo to that service's store or bus. Other places only when named here.
     parser = argparse.ArgumentParser(prog="python -m examples.shop.demo", description=__doc__)
     parser.add_argument(
-        "--store", default=store, help=f"store URL (default: TIDINGS_STORE, else {DEFAULT_STORE})"
+        "--store",
+        default=DEFAULT_STORE,
+        help=f"store URL (default: {DEFAULT_STORE}; TIDINGS_STORE is not read)",
     )
     parser.add_argument(
-        "--bus", default=os.environ.get("TIDINGS_BUS"), help="a nats:// URL for distributed mode"
+        "--bus", default=None, help="a nats:// URL for distributed mode (TIDINGS_BUS is not read)"
     )
     parser.add_argument("--orders", type=int, default=300)
     parser.add_argument("--logs", type=Path, default=LOGS, help="the services' output")

@@ -1,11 +1,14 @@
 """The demo's store: the demo makes one, knows it again, and never takes one it did not make.
 
 A store the demo makes begins with its mark: the first event of the log is ``DemoStoreMade`` in
-the stream ``shop-demo``, and every run ends with a ``DemoRunEnded`` there. A store whose log
-begins so and ends with the demo's own last event is the demo's, and the next run replaces it:
-the SQLite file is deleted, or on PostgreSQL the tidings tables are dropped, together with the
-JetStream streams that carried its log. An empty store is used as it is. Anything else (another
-store, events appended after the demo's run, a file that is no store) is refused, untouched.
+the stream ``shop-demo``, and each run that ends adds a ``DemoRunEnded`` there. A store that
+begins so and whose every stream is one the demo writes (its marks, the stock, the orders and
+their sagas) is the demo's, ended or interrupted, and the next run replaces it: the SQLite file
+is deleted, or on PostgreSQL the tidings tables are dropped, together with the JetStream streams
+that carried its log. A place that holds nothing at all (no file, an empty file, a database
+without tables, a store with no rows but its identity) is used as it is. Anything else (another
+store, streams the demo does not write, documents or keys without events, a file that is no
+store) is refused untouched, and the refusal says what to do.
 
 On a bus, each store gets JetStream streams and subjects of its own (named after its log), so
 that a run never meets the streams of an earlier run's store.
@@ -14,17 +17,30 @@ that a run never meets the streams of an earlier run's store.
 from __future__ import annotations
 
 import asyncio
+import shlex
+import sqlite3
+import time
+from collections.abc import Callable
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import Any
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 import tidings
+from examples.shop.inventory import Stock
+from examples.shop.orders import fulfilment
+from examples.shop.summary import SKUS
 from tidings.adapters.registry import open_store
 from tidings.adapters.urls import redact_url
+from tidings.domain.saga import SagaInstance
 from tidings.errors import BackendUnavailable, ConfigurationError, TidingsError
 from tidings.ports import Log
 
 MARK_STREAM = "shop-demo"
+ORDER_PREFIX = "order-"
+#: Services working on a store right now: consumer group members whose lease has not run out.
+LIVE_MEMBERS = "SELECT count(*) FROM tidings_members WHERE expires_us > ?"
 
 
 class DemoStoreMade(tidings.Event, topic="shop.demo.made", type="shop.DemoStoreMade"):
@@ -32,15 +48,35 @@ class DemoStoreMade(tidings.Event, topic="shop.demo.made", type="shop.DemoStoreM
 
 
 class DemoRunEnded(tidings.Event, topic="shop.demo.ended", type="shop.DemoRunEnded"):
-    """The last event of each run: a store whose log ends here holds nothing but the demo's."""
+    """The last event of each run that ended (an interrupted run has none)."""
 
     orders: int
 
 
+def order_id(number: int) -> str:
+    """The id of the demo's ``number``-th order; its events are the stream of that name."""
+    return f"{ORDER_PREFIX}{number:04d}"
+
+
+def _is_order(name: str) -> bool:
+    digits = name.removeprefix(ORDER_PREFIX)
+    return digits.isdigit() and order_id(int(digits)) == name
+
+
+def demo_writes(stream: str) -> bool:
+    """Whether the demo or its services write a stream of this name: the marks, the stock of its
+    SKUs, an order (the order's events and its services' replies, keyed by the order's id) and
+    the order's fulfilment saga."""
+    if stream == MARK_STREAM or stream in {Stock.stream_of(sku) for sku in SKUS}:
+        return True
+    saga_prefix = SagaInstance.stream_of(f"{fulfilment.name}:")
+    return _is_order(stream.removeprefix(saga_prefix))
+
+
 @dataclass(frozen=True)
 class Found:
-    """What a store URL holds before a run: ``new`` (nothing yet), ``empty`` (a store without
-    events), or ``demo`` (a store the demo made, replaceable), with its log's id."""
+    """What a store URL holds before a run: ``new`` (nothing yet), ``empty`` (a store without a
+    row but its identity), or ``demo`` (a store the demo made, replaceable), with its log's id."""
 
     state: str
     log_id: str = ""
@@ -62,7 +98,7 @@ def claim(url: str, bus: str | None) -> Found:
         return Found("new")
     beside = _beside(path)
     try:
-        found = asyncio.run(_inspect(url))
+        found = _judge(url)
     except TidingsError:
         if path is not None:
             _tidy(path, beside)
@@ -90,39 +126,142 @@ def _tidy(path: Path, beside: set[Path]) -> None:
             side.unlink(missing_ok=True)
 
 
-async def _inspect(url: str) -> Found:
+def refusal(url: str, why: str) -> ConfigurationError:
+    """The one line that says why the demo will not take ``url`` and what to do instead."""
     shown = redact_url(url)
-    advice = "the demo replaces only a store it made: give it another --store"
-    # A SQLite file is opened read-only (nothing is written to what may be someone else's
-    # file); on PostgreSQL the demo may make its tables in a database that has none.
-    store = open_store(url, create=sqlite_path(url) is None)
+    path = sqlite_path(url)
+    if path is None:
+        advice = "give it another --store (a new database, or one with no tables)"
+    else:
+        quoted = shlex.quote(str(path))
+        advice = (
+            "give it another --store, or delete this file if nothing in it is needed:"
+            f" rm -f {quoted} {quoted}-wal {quoted}-shm"
+        )
+    return ConfigurationError(f"{shown} {why}; the demo replaces only a store it made: {advice}")
+
+
+def _judge(url: str) -> Found:
+    tables, live = _survey(url)
+    others = sorted(name for name in tables if not name.startswith("tidings_"))
+    if not tables:
+        return Found("new")
+    if "tidings_events" not in tables:
+        raise refusal(url, f"is not a tidings store (it has the tables {_some(others)})")
+    filled = sorted(name for name, rows in tables.items() if rows and name != "tidings_meta")
+    if not filled and not others:
+        return Found("empty")
+    if not tables["tidings_events"]:
+        held = ", ".join(filled + others)
+        raise refusal(url, f"holds no events but is not empty (rows or tables: {held})")
+    found = asyncio.run(_inspect(url))
+    if live:
+        raise ConfigurationError(
+            f"{redact_url(url)} is the demo's store but {live} service(s) still work on it (their"
+            " consumer group leases are live): stop those `tidings run` processes, or wait a few"
+            " seconds if they were just stopped, then run the demo again"
+        )
+    return found
+
+
+def _survey(url: str) -> tuple[dict[str, bool], int]:
+    """The tables of the store's database (or schema), each with whether it holds a row, and how
+    many consumer group members hold a live lease (services working on the store right now)."""
+    path = sqlite_path(url)
+    now_us = int(time.time() * 1_000_000)
+    if path is not None:
+        return _survey_sqlite(url, path, now_us)
+    return _survey_postgres(url, now_us)
+
+
+def _survey_sqlite(url: str, path: Path, now_us: int) -> tuple[dict[str, bool], int]:
+    # Read-only: looking at what may be someone else's file must never change it.
+    try:
+        with closing(sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)) as connection:
+            names = [
+                name
+                for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+                if not name.startswith("sqlite_")
+            ]
+            tables = {name: _holds_rows(connection, name) for name in names}
+            live = (
+                _live_members(connection.execute, LIVE_MEMBERS, now_us) if "tidings_members" in tables else 0
+            )
+    except sqlite3.Error as exc:
+        if getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+            raise BackendUnavailable(f"{redact_url(url)} is locked by another process; try again") from None
+        raise refusal(url, "is not a tidings store (SQLite cannot read it as a database)") from None
+    return tables, live
+
+
+def _survey_postgres(url: str, now_us: int) -> tuple[dict[str, bool], int]:
+    import psycopg
+    from psycopg import sql
+
+    from tidings.adapters.postgres import PostgresSettings
+
+    try:
+        conninfo = PostgresSettings.from_url(url).conninfo
+        with psycopg.connect(conninfo, autocommit=True) as connection:
+            names = [
+                name
+                for (name,) in connection.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+                )
+            ]
+            tables: dict[str, bool] = {}
+            for name in names:
+                exists = sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(name))
+                row = connection.execute(exists).fetchone()
+                tables[name] = bool(row and row[0])
+            live = (
+                _live_members(connection.execute, LIVE_MEMBERS.replace("?", "%s"), now_us)
+                if "tidings_members" in tables
+                else 0
+            )
+    except psycopg.Error as exc:
+        raise BackendUnavailable(
+            f"PostgreSQL at {redact_url(url)}: cannot look at the store ({type(exc).__name__})"
+        ) from None
+    return tables, live
+
+
+def _holds_rows(connection: sqlite3.Connection, table: str) -> bool:
+    quoted = '"' + table.replace('"', '""') + '"'  # a name read from the file's own schema
+    return bool(connection.execute(f"SELECT EXISTS (SELECT 1 FROM {quoted})").fetchone()[0])  # noqa: S608
+
+
+def _live_members(execute: Callable[..., Any], statement: str, now_us: int) -> int:
+    row = execute(statement, (now_us,)).fetchone()
+    return int(row[0]) if row else 0
+
+
+async def _inspect(url: str) -> Found:
+    """A store with events: the demo's if its log begins with the demo's mark and its every
+    stream is one the demo writes."""
+    store = open_store(url, create=False)  # read-only: nothing is written to what may not be ours
     try:
         await store.open()
     except TidingsError as exc:
         if isinstance(exc, BackendUnavailable) or sqlite_path(url) is None:
             raise
-        raise ConfigurationError(f"{shown} is not a tidings store ({exc}); {advice}") from None
+        raise refusal(url, f"is not a tidings store ({exc})") from None
     try:
         assert isinstance(store, Log)  # noqa: S101 - every store engine has a log
-        head = await store.head_position()
-        if head == 0:
-            return Found("empty", store.log_id, store.partitions)
         first = [record async for record in store.read_log(after=0, limit=1)]
-        marks = await store.read_stream(MARK_STREAM, backwards=True, limit=1)
-        streams = await store.list_streams(limit=3)
+        streams = [info.stream for info in await store.list_streams()]
     finally:
         await store.close()
-    if not first or first[0].stream != MARK_STREAM or not marks:
-        names = ", ".join(info.stream for info in streams)
-        raise ConfigurationError(
-            f"{shown} holds a store the demo did not make (streams {names}, …); {advice}"
-        )
-    if marks[0].position != head or marks[0].envelope.type != DemoRunEnded.__event_type__:
-        raise ConfigurationError(
-            f"{shown} holds events appended after the demo's last run (the demo's last event is at "
-            f"position {marks[0].position}, the log's at {head}); {advice}"
-        )
+    if not first or first[0].stream != MARK_STREAM or first[0].envelope.type != DemoStoreMade.__event_type__:
+        raise refusal(url, f"holds a store the demo did not make (streams {_some(streams)})")
+    foreign = [stream for stream in streams if not demo_writes(stream)]
+    if foreign:
+        raise refusal(url, f"holds streams the demo does not write ({_some(foreign)})")
     return Found("demo", store.log_id, store.partitions)
+
+
+def _some(names: list[str]) -> str:
+    return ", ".join(names[:3]) + (", …" if len(names) > 3 else "")
 
 
 def _discard(url: str) -> None:

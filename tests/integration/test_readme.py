@@ -64,7 +64,7 @@ async def test_the_readme_examples_run_as_written(tmp_path: Path, monkeypatch: p
         stderr=asyncio.subprocess.PIPE,
     )
     output = asyncio.ensure_future(session.communicate())
-    database = tmp_path / ".tidings" / "shop.db"
+    database = tmp_path / ".tidings" / "tour.db"
     invoice: list[str] = []
     try:
         async with asyncio.timeout(60):

@@ -212,8 +212,8 @@ class InvoiceSent(tidings.Event, topic="billing.invoice_sent", type="tests.demo.
 @pytest.mark.parametrize(
     ("kind", "said"),
     [
-        ("another store", "holds a store the demo did not make (streams invoice-1, …)"),
-        ("added to after the demo", "holds events appended after the demo's last run"),
+        ("another store", "holds a store the demo did not make (streams invoice-1)"),
+        ("added to after the demo", "holds streams the demo does not write (invoice-1)"),
         ("not a store", "is not a tidings store"),
     ],
 )

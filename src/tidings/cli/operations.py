@@ -354,13 +354,14 @@ def demo(
         str,
         typer.Option(
             "--store",
-            envvar="TIDINGS_STORE",
             metavar="URL",
-            help="Store URL. A store the demo made is replaced, an empty one used, any other refused.",
+            help="Store URL (TIDINGS_STORE is not read). A store the demo made is replaced, one"
+            " holding nothing used, any other refused.",
         ),
     ] = DEFAULT_STORE,
     bus: Annotated[
-        str | None, typer.Option("--bus", envvar="TIDINGS_BUS", help="A nats:// URL: distributed mode.")
+        str | None,
+        typer.Option("--bus", help="A nats:// URL: distributed mode (TIDINGS_BUS is not read)."),
     ] = None,
     orders: Annotated[int, typer.Option("--orders", min=1, help="How many orders to place.")] = 300,
 ) -> None:

@@ -1,0 +1,209 @@
+"""The shop demo's store: an interrupted run's store is still the demo's, the shell's
+TIDINGS_STORE and TIDINGS_BUS are not the demo's business, and only a place holding nothing at
+all is taken as new."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from examples.shop.demo import prepare
+from examples.shop.demo_store import claim
+
+import tidings
+from tidings.adapters.registry import open_store
+from tidings.errors import ConfigurationError
+from tidings.ports import DataKeyRecord
+from tidings.testing.plugin import fresh_postgres_database
+from tidings.testing.raw import raw_execute
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _tidings_demo(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    script = Path(sys.executable).parent / "tidings"
+    return subprocess.run(
+        [str(script), "demo", *args],
+        cwd=cwd,
+        env={**(env or os.environ), "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {file.name: file.read_bytes() for file in sorted(folder.iterdir()) if file.is_file()}
+
+
+@pytest.mark.timeout(120)
+def test_a_store_the_demo_prepared_and_never_ended_is_replaced_by_the_next_claim(tmp_path: Path) -> None:
+    """A run that died after ``prepare`` (its store has no end mark) left the demo's store: the
+    next run takes it and starts afresh, on a new log."""
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    claim(url, None)
+    first = asyncio.run(prepare(url))
+    assert claim(url, None).state == "demo"
+    assert not (tmp_path / "demo.db").exists()
+    assert asyncio.run(prepare(url)) != first
+
+
+@pytest.mark.timeout(120)
+def test_an_interrupted_demo_on_postgresql_is_replaced_by_the_next_claim(postgres_url: str) -> None:
+    with fresh_postgres_database(postgres_url) as url:
+        assert claim(url, None).state == "new"
+        first = asyncio.run(prepare(url))
+        assert claim(url, None).state == "demo"
+        assert raw_execute(url, "SELECT tablename FROM pg_tables WHERE left(tablename, 8) = 'tidings_'") == []
+        assert asyncio.run(prepare(url)) != first
+
+
+def _streams(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as connection:
+            return [name for (name,) in connection.execute("SELECT stream FROM tidings_streams")]
+    except sqlite3.Error:
+        return []
+
+
+@pytest.mark.timeout(240)
+def test_a_demo_killed_mid_run_leaves_a_store_the_next_run_replaces(tmp_path: Path) -> None:
+    """The demo and its services killed (SIGKILL) while orders are in their sagas: no end mark,
+    sagas half done. Once the killed services' leases ran out, the next run replaces the store."""
+    path = tmp_path / "demo.db"
+    url = f"sqlite:///{path}"
+    logs = str(tmp_path / "logs")
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "examples.shop.demo", "--store", url, "--orders", "2000", "--logs", logs],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,  # its own process group: the demo and its services, killed at once
+    )
+    try:
+        give_up = time.monotonic() + 60
+        while time.monotonic() < give_up and not any(s.startswith("saga-") for s in _streams(path)):
+            assert demo.poll() is None, "the demo ended before it was killed"
+            time.sleep(0.2)
+    finally:
+        os.killpg(demo.pid, signal.SIGKILL)
+        demo.wait()
+    assert any(stream.startswith("saga-") for stream in _streams(path))
+    time.sleep(4)  # the killed services' leases (3 s) run out
+    done = _tidings_demo("--store", url, "--orders", "10", cwd=tmp_path)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "order-0010" not in _streams(path)  # the killed run's orders are gone with its store
+
+
+def _foreign_store(url: str) -> None:
+    async def work() -> None:
+        async with tidings.App("billing", store=url) as app:
+            await app.append("invoice-1", InvoiceSent(number=1))
+
+    asyncio.run(work())
+
+
+class InvoiceSent(tidings.Event, topic="billing.invoice_sent", type="tests.demo_store.InvoiceSent"):
+    number: int
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("entry", ["tidings demo", "python -m examples.shop.demo"])
+def test_the_demo_ignores_the_shells_tidings_store_and_bus(tmp_path: Path, entry: str) -> None:
+    """A shell set up for a real service: the demo runs on its own default store, without a bus,
+    and the service's store is byte for byte as it was."""
+    service = tmp_path / "service"
+    service.mkdir()
+    _foreign_store(f"sqlite:///{service / 'billing.db'}")
+    before = _files(service)
+    env = {
+        **os.environ,
+        "TIDINGS_STORE": f"sqlite:///{service / 'billing.db'}",
+        "TIDINGS_BUS": "nats://127.0.0.1:9",  # nothing listens there: using it would fail the run
+        "PYTHONPATH": str(ROOT),
+    }
+    here = tmp_path / "here"
+    here.mkdir()
+    if entry == "tidings demo":
+        done = _tidings_demo("--orders", "10", cwd=here, env=env)
+    else:
+        done = subprocess.run(
+            [sys.executable, "-m", "examples.shop.demo", "--orders", "10"],
+            cwd=here,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert _files(service) == before
+    assert "stock-kettle" in _streams(here / ".tidings" / "tidings.db")
+
+
+async def _put_document(url: str) -> None:
+    store = open_store(url)
+    await store.open()
+    try:
+        async with store.transaction() as tx:
+            await tx.put_document("notes", "n-1", b"keep me")
+    finally:
+        await store.close()
+
+
+async def _add_key(url: str) -> None:
+    store = open_store(url)
+    await store.open()
+    try:
+        record = DataKeyRecord(
+            scope="customer-1",
+            version=1,
+            master_version=1,
+            wrapped=b"\0" * 40,
+            uses=0,
+            created=datetime.now(UTC),
+        )
+        async with store.transaction() as tx:
+            await tx.add_data_key(record)
+    finally:
+        await store.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(("what", "put"), [("tidings_documents", _put_document), ("tidings_keys", _add_key)])
+def test_a_store_without_events_but_not_empty_is_refused_and_left_unchanged(
+    tmp_path: Path, what: str, put: Callable[[str], Coroutine[object, object, None]]
+) -> None:
+    path = tmp_path / "mine.db"
+    url = f"sqlite:///{path}"
+    asyncio.run(put(url))
+    before = _files(tmp_path)
+    done = _tidings_demo("--store", url, "--orders", "5", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert f"holds no events but is not empty (rows or tables: {what})" in lines[0]
+    assert f"rm -f {path} {path}-wal {path}-shm" in lines[0]
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.timeout(120)
+def test_a_store_with_a_document_is_refused_by_claim_on_postgresql(postgres_url: str) -> None:
+    with fresh_postgres_database(postgres_url) as url:
+        asyncio.run(_put_document(url))
+        with pytest.raises(ConfigurationError, match="holds no events but is not empty"):
+            claim(url, None)
+        assert raw_execute(url, "SELECT value FROM tidings_documents") == [(b"keep me",)]
