@@ -121,8 +121,8 @@ async def stored_on_bus(server: NatsServer) -> int:
 
 async def test_a_wrong_password_is_refused(server: NatsServer, store_url: str) -> None:
     app = App("payments", store=store_url, bus=bus_url(server, "payments", "wrong"), policy=policy())
-    # The server's reason, or, when the client meets the closed socket first, the hint.
-    with pytest.raises(BackendUnavailable, match=r"(?i)authorization|user and password"):
+    # The server's refusal, or the closed socket the client may meet first: both named so.
+    with pytest.raises(BackendUnavailable, match=r"user and password"):
         await app.open()
     await app.close()
 

@@ -98,7 +98,7 @@ async def test_another_ca_is_refused(
     other = make_dev_certificates(tmp_path / "other", client_name=USER)
     message = await _refusal(_verified(server, certificates, sslrootcert=other.ca))
     # A CA of the same name but another key: the server's certificate's signature does not verify.
-    assert "SSL error" in message and "certificate signature failure" in message
+    assert "(the server's certificate is not signed by a CA that the connection trusts)" in message
 
 
 async def test_an_expired_server_certificate_is_refused(
@@ -111,7 +111,7 @@ async def test_an_expired_server_certificate_is_refused(
     url = _verified(server, certificates, sslpassword="hunter2").replace(f"{USER}@", f"{USER}:sesame@")
     with presenting(server, certificates, expired, key):
         message = await _refusal(url)
-    assert "certificate verify failed: certificate has expired" in message
+    assert "(the server's certificate has expired)" in message
     assert "hunter2" not in message and "sesame" not in message
 
 
@@ -140,4 +140,4 @@ async def test_an_expired_client_certificate_is_refused(
         certificates, "expired-client", common_name=USER, not_before=BEGAN, not_after=ENDED
     )
     message = await _refusal(_verified(server, certificates, sslcert=expired, sslkey=key))
-    assert "alert certificate expired (the server refused the client certificate)" in message
+    assert "(the server refused the client certificate)" in message

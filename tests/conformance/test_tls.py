@@ -62,7 +62,7 @@ async def test_another_ca_is_refused(
 ) -> None:
     other = make_dev_certificates(tmp_path / "other")
     bus = _url(tls_server, tls_ca=other.ca, tls_cert=certificates.client, tls_key=certificates.client_key)
-    with pytest.raises(BackendUnavailable, match=r"(?i)certificate"):
+    with pytest.raises(BackendUnavailable, match=r"the server's certificate is not signed by a CA"):
         await _open(tmp_path, bus)
 
 
@@ -79,7 +79,7 @@ async def test_a_certificate_for_another_host_is_refused(
     elsewhere = make_dev_certificates(tmp_path / "elsewhere", hosts=("db.example",))
     with nats_servers(1, tls=(elsewhere.server, elsewhere.server_key, elsewhere.ca)) as (server,):
         bus = _url(server, tls_ca=elsewhere.ca, tls_cert=elsewhere.client, tls_key=elsewhere.client_key)
-        with pytest.raises(BackendUnavailable, match=r"(?i)hostname|match|certificate"):
+        with pytest.raises(BackendUnavailable, match=r"the server's certificate is not for this IP address"):
             await _open(tmp_path, bus)
 
 
@@ -93,7 +93,7 @@ async def test_an_expired_server_certificate_is_refused(
         bus = _url(
             server, tls_ca=certificates.ca, tls_cert=certificates.client, tls_key=certificates.client_key
         )
-        with pytest.raises(BackendUnavailable, match=r"certificate verify failed: certificate has expired"):
+        with pytest.raises(BackendUnavailable, match=r"the server's certificate has expired"):
             await _open(tmp_path, bus)
 
 
@@ -104,5 +104,5 @@ async def test_an_expired_client_certificate_is_refused(
     bus = _url(tls_server, tls_ca=certificates.ca, tls_cert=expired, tls_key=key)
     # nats-server refuses it with a TLS alert, which may reach the client only after a write of
     # its own failed: the error names the alert, not the broken pipe.
-    with pytest.raises(BackendUnavailable, match=r"alert certificate expired"):
+    with pytest.raises(BackendUnavailable, match=r"the server refused the client certificate"):
         await _open(tmp_path, bus)

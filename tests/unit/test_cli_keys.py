@@ -221,10 +221,16 @@ def test_read_commands_show_sealed_sizes_without_the_key(key_file: Path, tmp_pat
     completed = tidings_cli("sagas", "list", "--state", "completed", "--store", url)
     assert completed.exit_code == 0 and instance not in completed.stdout
     assert "1 sealed instance(s) left out" in completed.stderr
+    # The state the listing shows for them can be asked for: it lists them, and nothing is left out.
+    only_sealed = tidings_cli("sagas", "list", "--state", "sealed", "--store", url)
+    assert only_sealed.exit_code == 0 and f"{instance} " in only_sealed.stdout, only_sealed.output
+    assert "left out" not in only_sealed.stderr
     # With the key, the same commands open the data.
     env: dict[str, str | None] = {ENV_KEY_FILE: str(key_file)}
     opened = tidings_cli("sagas", "list", "--state", "completed", "--store", url, env=env)
     assert opened.exit_code == 0 and instance in opened.stdout
+    none_sealed = tidings_cli("sagas", "list", "--state", "sealed", "--store", url, env=env)
+    assert instance not in none_sealed.stdout and "no saga instances in state 'sealed'" in none_sealed.stderr
     assert "sealed-secret" in tidings_cli("events", "note-9", "--store", url, env=env).stdout
 
 

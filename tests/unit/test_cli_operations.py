@@ -117,7 +117,8 @@ def test_an_unknown_state_or_saga_is_refused_with_the_valid_ones(tmp_path: Path)
     line = one_error_line("dlq", "list", "--state", "bogus", "--store", url)
     assert "--state 'bogus' is not one of dead, redrive, redriven, purged, all" in line
     line = one_error_line("sagas", "list", "--state", "bogus", "--store", url)
-    assert "--state 'bogus' is not one of running, compensating, completed, compensated, stuck" in line
+    states = "running, compensating, completed, compensated, stuck, sealed"
+    assert f"--state 'bogus' is not one of {states}" in line
     line = one_error_line("sagas", "list", "--saga", "nosuch", "--store", url)
     assert "no saga 'nosuch' in this store" in line
     # A known state that nothing is in is an answer, not an error.

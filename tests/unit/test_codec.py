@@ -342,7 +342,7 @@ def test_upcasting_msgpack_data() -> None:
 
 def test_upcast_data_is_still_schema_checked() -> None:
     codec = fresh_codec(CodecTolerant)
-    with pytest.raises(MalformedEvent, match=r"invalid data: Expected `int`, got `str` - at `\$.value`"):
+    with pytest.raises(MalformedEvent, match="invalid data: field 'value' has a wrong type or value"):
         codec.decode(hand_built("TestCodecTolerant", b'{"value":"seven"}'))
     with pytest.raises(MalformedEvent, match="data must be an object"):
         codec.decode(hand_built("TestCodecTolerant", b"[1,2,3]"))
@@ -500,14 +500,16 @@ def test_payload_too_large_on_decode() -> None:
 @pytest.mark.parametrize(
     ("data", "problem"),
     [
-        (b'{"order_id":"o","total":1e400}', "Number out of range"),
-        (b'{"order_id":"o","total":' + b"9" * 5000 + b"}", "Integer value out of range"),
+        (b'{"order_id":"o","total":1e400}', "invalid data: field 'total' has a wrong type or value"),
+        (b'{"order_id":"o","total":' + b"9" * 5000 + b"}", "invalid data: field 'total' has a wrong type"),
         (b'{"order_id":"o","total":NaN}', "data is malformed"),
-        (b'{"order_id":"\xff","total":1}', "not valid UTF-8"),
-        (b'{"order_id":"o"}', "missing required field `total`"),
-        (b'{"order_id":1,"total":1}', "Expected `str`, got `int` - at `$.order_id`"),
+        (b'{"order_id":"\xff","total":1}', "data is not valid UTF-8 at byte 13"),
+        (b'{"order_id":"o"}', "invalid data: required field 'total' is missing"),
+        (b'{"order_id":1,"total":1}', "invalid data: field 'order_id' has a wrong type or value"),
+        (b'{"order_id":1,"tot', "invalid data: field 'order_id' has a wrong type or value"),
         (b"", "data is malformed"),
-        (b"null", "Expected `object`, got `null`"),
+        (b"null", "invalid data: data must be an object, got null"),
+        (b'["o",1]', "invalid data: data must be an object, got array"),
     ],
 )
 def test_bad_json_data(codec: Codec, data: bytes, problem: str) -> None:
@@ -533,7 +535,7 @@ def test_deeply_nested_data(codec: Codec) -> None:
     )
     for data in (b'{"anything":' + b"[" * 100_000, b"[" * 100_000):
         envelope = msgspec.structs.replace(base, data=data)
-        with pytest.raises(MalformedEvent, match=r"nested too deeply|Expected `object`"):
+        with pytest.raises(MalformedEvent, match=r"nested too deeply|data must be an object, got array"):
             codec.decode(envelope)
         with pytest.raises(MalformedEvent, match="nested too deeply"):
             codec.decode_fields(envelope)

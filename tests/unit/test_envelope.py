@@ -437,9 +437,9 @@ def test_topic_attribute_follows_the_topic_grammar(topic: str) -> None:
         validate_topic(topic)
     except InvalidTopic:
         event("invalid topic")
-        with pytest.raises(MalformedEvent, match=re.escape("$.topic")):
+        with pytest.raises(MalformedEvent, match="attribute 'topic' has a wrong type or value"):
             from_structured(document(topic=topic))
-        with pytest.raises(MalformedEvent, match=re.escape("$.topic")):
+        with pytest.raises(MalformedEvent, match="invalid envelope headers"):
             from_binary(headers(**{"ce-topic": topic}), b"{}")
     else:
         event("valid topic")
@@ -492,13 +492,13 @@ def test_from_binary_on_mutated_headers(
 
 @pytest.mark.parametrize("name", ["specversion", "id", "source", "type"])
 def test_missing_attribute(name: str) -> None:
-    with pytest.raises(MalformedEvent, match=re.escape(f"missing required field `{name}`")):
+    with pytest.raises(MalformedEvent, match=f"invalid envelope: required attribute '{name}' is missing"):
         from_structured(document(**{name: MISSING}))
 
 
 @pytest.mark.parametrize("name", ["id", "source", "type"])
 def test_missing_binary_header(name: str) -> None:
-    with pytest.raises(MalformedEvent, match=re.escape(f"missing required field `{name}`")):
+    with pytest.raises(MalformedEvent, match="invalid envelope headers"):
         from_binary(headers(**{f"ce-{name}": None}), b"{}")
 
 
@@ -516,34 +516,36 @@ def test_missing_topic_or_time_without_a_way_to_derive_them() -> None:
 
 
 @pytest.mark.parametrize(
-    ("name", "value", "problem"),
+    ("name", "value"),
     [
-        ("id", 1, "Expected `str`, got `int` - at `$.id`"),
-        ("source", None, "Expected `str`, got `null` - at `$.source`"),
-        ("type", ["x"], "Expected `str`, got `array` - at `$.type`"),
-        ("subject", {}, "Expected `str | null`, got `object` - at `$.subject`"),
-        ("schemaversion", "1", "got `str` - at `$.schemaversion`"),
-        ("schemaversion", 1.5, "got `float` - at `$.schemaversion`"),
-        ("schemaversion", 0, "Expected `int` >= 1 - at `$.schemaversion`"),
-        ("schemaversion", 1_000_001, "Expected `int` <= 1000000 - at `$.schemaversion`"),
-        ("time", "yesterday", "at `$.time`"),
-        ("time", 1_700_000_000, "at `$.time`"),
-        ("id", "", "Expected `str` of length >= 1 - at `$.id`"),
-        ("id", "i" * 257, "Expected `str` of length <= 256 - at `$.id`"),
-        ("source", "s" * 4097, "Expected `str` of length <= 4096 - at `$.source`"),
-        ("data_base64", 5, "at `$.data_base64`"),
-        ("datacontenttype", "", "at `$.datacontenttype`"),
+        ("id", 1),
+        ("source", None),
+        ("type", ["x"]),
+        ("subject", {}),
+        ("schemaversion", "1"),
+        ("schemaversion", 1.5),
+        ("schemaversion", 0),
+        ("schemaversion", 1_000_001),
+        ("time", "yesterday"),
+        ("time", 1_700_000_000),
+        ("id", ""),
+        ("id", "i" * 257),
+        ("source", "s" * 4097),
+        ("data_base64", 5),
+        ("datacontenttype", ""),
     ],
 )
-def test_mistyped_attribute(name: str, value: object, problem: str) -> None:
-    with pytest.raises(MalformedEvent, match=re.escape(problem)):
+def test_mistyped_attribute(name: str, value: object) -> None:
+    with pytest.raises(
+        MalformedEvent, match=f"invalid envelope: attribute '{name}' has a wrong type or value"
+    ):
         from_structured(document(**{name: value}))
 
 
 def test_mistyped_binary_header() -> None:
     with pytest.raises(MalformedEvent, match="ce-schemaversion must be a whole number, got 'one'"):
         from_binary(headers(**{"ce-schemaversion": "one"}), b"{}")
-    with pytest.raises(MalformedEvent, match=re.escape("at `$.time`")):
+    with pytest.raises(MalformedEvent, match="invalid envelope headers"):
         from_binary(headers(**{"ce-time": "yesterday"}), b"{}")
 
 
@@ -575,7 +577,7 @@ def test_deep_nesting(blob: bytes) -> None:
 
 
 def test_deep_nesting_at_the_top_is_not_an_object() -> None:
-    with pytest.raises(MalformedEvent, match=re.escape("Expected `object`, got `array`")):
+    with pytest.raises(MalformedEvent, match="invalid envelope: envelope must be an object, got array"):
         from_structured(b"[" * 100_000)
 
 
@@ -587,7 +589,7 @@ def test_nan_and_infinity_are_not_json(name: str, raw: bytes) -> None:
 
 
 def test_huge_float() -> None:
-    with pytest.raises(MalformedEvent, match=re.escape("Number out of range - at `$.schemaversion`")):
+    with pytest.raises(MalformedEvent, match="attribute 'schemaversion' has a wrong type or value"):
         from_structured(document_with_raw("schemaversion", b"1e400"))
     with pytest.raises(MalformedEvent, match="ce-schemaversion must be a whole number, got '1e400'"):
         from_binary(headers(**{"ce-schemaversion": "1e400"}), b"{}")
@@ -595,7 +597,7 @@ def test_huge_float() -> None:
 
 def test_huge_integer() -> None:
     digits = b"9" * 5000
-    with pytest.raises(MalformedEvent, match=re.escape("Integer value out of range - at `$.schemaversion`")):
+    with pytest.raises(MalformedEvent, match="attribute 'schemaversion' has a wrong type or value"):
         from_structured(document_with_raw("schemaversion", digits))
     with pytest.raises(MalformedEvent, match="ce-schemaversion must be a whole number"):
         from_binary(headers(**{"ce-schemaversion": digits.decode()}), b"{}")
@@ -646,14 +648,14 @@ def test_oversized_binary_body() -> None:
 
 @pytest.mark.parametrize("version", ["0.3", "1", "1.0 ", "2.0"])
 def test_bad_specversion(version: str) -> None:
-    with pytest.raises(MalformedEvent, match=re.escape("at `$.specversion`")):
+    with pytest.raises(MalformedEvent, match="attribute 'specversion' has a wrong type or value"):
         from_structured(document(specversion=version))
     with pytest.raises(MalformedEvent, match=re.escape(f"unsupported CloudEvents specversion {version!r}")):
         from_binary(headers(**{"ce-specversion": version}), b"{}")
 
 
 def test_bad_specversion_type_and_absence() -> None:
-    with pytest.raises(MalformedEvent, match=re.escape("at `$.specversion`")):
+    with pytest.raises(MalformedEvent, match="attribute 'specversion' has a wrong type or value"):
         from_structured(document(specversion=1.0))
     with pytest.raises(MalformedEvent, match=re.escape("unsupported CloudEvents specversion None")):
         from_binary(headers(**{"ce-specversion": None}), b"{}")
@@ -661,17 +663,17 @@ def test_bad_specversion_type_and_absence() -> None:
 
 @pytest.mark.parametrize("name", ["time", "expirytime"])
 def test_naive_time(name: str) -> None:
-    with pytest.raises(MalformedEvent, match=re.escape(f"with a timezone component - at `$.{name}`")):
+    with pytest.raises(MalformedEvent, match=f"attribute '{name}' has a wrong type or value"):
         from_structured(document(**{name: "2024-05-06T07:08:09.123456"}))
-    with pytest.raises(MalformedEvent, match=re.escape(f"with a timezone component - at `$.{name}`")):
+    with pytest.raises(MalformedEvent, match="invalid envelope headers"):
         from_binary(headers(**{f"ce-{name}": "2024-05-06T07:08:09"}), b"{}")
 
 
 @pytest.mark.parametrize("topic", ["a..b", "order.*", "order.>", "order.placed\n", "ordér", "a" * 256, ""])
 def test_invalid_topic(topic: str) -> None:
-    with pytest.raises(MalformedEvent, match=re.escape("at `$.topic`")):
+    with pytest.raises(MalformedEvent, match="attribute 'topic' has a wrong type or value"):
         from_structured(document(topic=topic))
-    with pytest.raises(MalformedEvent, match=re.escape("at `$.topic`")):
+    with pytest.raises(MalformedEvent, match="invalid envelope headers"):
         from_binary(headers(**{"ce-topic": topic}), b"{}")
 
 

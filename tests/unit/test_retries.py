@@ -47,6 +47,34 @@ def test_errors_that_another_attempt_may_pass_are_retried(error: Exception) -> N
     assert Retry().is_transient(error)
 
 
+class FlakyStore(tidings.BackendUnavailable):
+    pass
+
+
+@pytest.mark.parametrize("wide", [Exception, tidings.TidingsError, tidings.BackendUnavailable])
+@pytest.mark.parametrize(
+    "error",
+    [
+        tidings.BackendUnavailable("sqlite:///shop.db is locked"),
+        FlakyStore("postgresql://app@db/shop refused the connection"),
+        tidings.ConcurrencyError("invoice-42", 0, 1),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_passing_faults_are_retried_whatever_dead_letter_on_says(
+    wide: type[Exception], error: Exception
+) -> None:
+    # A dead_letter_on of Exception would otherwise dead-letter at the first blip of the store.
+    retry = Retry(dead_letter_on=(wide,))
+    assert retry.is_transient(error)
+
+
+def test_a_wide_dead_letter_on_still_dead_letters_the_rest() -> None:
+    assert not Retry(dead_letter_on=(Exception,)).is_transient(OutOfStock())
+    missing = tidings.AggregateNotFound("Invoice '42'")
+    assert not Retry(dead_letter_on=(tidings.TidingsError,)).is_transient(missing)
+
+
 @pytest.mark.parametrize("given", [ValueError, (ValueError, "KeyError"), (KeyboardInterrupt,), [ValueError]])
 def test_dead_letter_on_takes_a_tuple_of_exception_classes(given: object) -> None:
     with pytest.raises(tidings.ConfigurationError, match="dead_letter_on"):

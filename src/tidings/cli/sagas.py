@@ -31,12 +31,16 @@ from tidings.runtime.master_key import ENV_KEY_FILE
 sagas_app = typer.Typer(help="Saga instances: where each stands, and its history.", no_args_is_help=True)
 
 SAGA_STATES: Final = get_args(Status)
+# What `sagas list` shows for an instance whose events it cannot open without the master key;
+# it can be asked for like the others.
+SEALED_STATE: Final = "sealed"
+LISTED_STATES: Final = (*SAGA_STATES, SEALED_STATE)
 _STYLE = {
     "completed": "green",
     "compensated": "yellow",
     "stuck": "bold red",
     "running": "cyan",
-    "sealed": "dim",
+    SEALED_STATE: "dim",
 }
 
 
@@ -55,7 +59,7 @@ class _Seen:
 
     @property
     def status(self) -> str:
-        return "sealed" if self.sealed else self.instance.status
+        return SEALED_STATE if self.sealed else self.instance.status
 
 
 async def _instance(store: EventStore, stream: str) -> _Seen:
@@ -82,9 +86,9 @@ def sagas_list(
         str | None,
         typer.Option(
             "--state",
-            metavar="|".join(SAGA_STATES),
-            callback=one_of("--state", SAGA_STATES),
-            help="Only instances in this state.",
+            metavar="|".join(LISTED_STATES),
+            callback=one_of("--state", LISTED_STATES),
+            help="Only instances in this state (sealed: those that need the master key to read).",
         ),
     ] = None,
     saga: Annotated[str | None, typer.Option("--saga", help="Only instances of this saga.")] = None,
@@ -103,7 +107,7 @@ def sagas_list(
     if seen is None:
         fail(f"no saga {saga!r} in this store (see `tidings sagas list`)")
     found = [one for one in seen if state is None or one.status == state]
-    left_out = sum(1 for one in seen if state is not None and one.sealed)
+    left_out = sum(1 for one in seen if state not in (None, SEALED_STATE) and one.sealed)
     if left_out:
         note(f"{left_out} sealed instance(s) left out: their state needs the master key ({ENV_KEY_FILE})")
     found = found[-limit:] if limit else found

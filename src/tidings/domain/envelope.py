@@ -41,6 +41,7 @@ from tidings.domain.attributes import (
 )
 from tidings.domain.attributes import MSGPACK as MSGPACK
 from tidings.domain.events import Event
+from tidings.domain.schema_problems import json_problem
 from tidings.domain.topics import MAX_TOPIC_LENGTH, TOPIC_REGEX
 from tidings.errors import MalformedEvent, PayloadTooLarge
 
@@ -207,7 +208,8 @@ def from_structured(
         raw = _structured_decoder.decode(document)
         members = _members_decoder.decode(document)
     except msgspec.ValidationError as exc:
-        raise MalformedEvent(f"invalid envelope: {exc}") from None
+        problem = json_problem(exc, document, _Structured, whole="envelope", member="attribute")
+        raise MalformedEvent(f"invalid envelope: {problem}") from None
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MalformedEvent(f"envelope is {utf8_problem(document) or f'not valid JSON: {exc}'}") from None
     except RecursionError:

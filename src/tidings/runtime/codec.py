@@ -7,11 +7,10 @@ data stored under an older version is lifted by the class's upcasters, one versi
 
 from __future__ import annotations
 
-import re
 import typing
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import msgspec
 
@@ -28,6 +27,7 @@ from tidings.domain.envelope import (
 )
 from tidings.domain.events import Erased, Event, EventRegistry, default_registry
 from tidings.domain.ids import uuid7
+from tidings.domain.schema_problems import decoder_detail, json_problem, kind_of, value_problem
 from tidings.errors import MalformedEvent, Undecryptable, UnknownEventType
 from tidings.runtime.crypto import SEALED
 from tidings.runtime.keyring import Erasure, KeyRing
@@ -54,7 +54,7 @@ class Codec:
         self._encoder = msgspec.json.Encoder()
         self._decoders: dict[type[Event], msgspec.json.Decoder[Any]] = {}
         self._float_classes: dict[type[Event], bool] = {}
-        self._fast: dict[str, tuple[msgspec.json.Decoder[Any], int]] = {}
+        self._fast: dict[str, tuple[msgspec.json.Decoder[Any], int, type[Event]]] = {}
         #: Opens sealed data (``use_keys``); without it sealed data fails.
         self.keys: KeyRing | None = None
         #: Whether data in the clear is read (an App with encryption refuses it unless told:
@@ -131,7 +131,7 @@ class Codec:
             try:
                 event: Event = fast[0].decode(envelope.data)
             except (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError) as exc:
-                raise _malformed(envelope, exc) from None
+                raise _malformed(envelope, exc, fast[2]) from None
             return event
         if envelope.datacontenttype == SEALED:
             opened = self._open(envelope, stream, version)
@@ -171,8 +171,8 @@ class Codec:
         current = cls.__event_version__
         if stored == current and envelope.datacontenttype == JSON:
             decoder = self._decoder_for(cls)
-            self._fast[envelope.type] = (decoder, current)
-            with _Decoding(envelope):
+            self._fast[envelope.type] = (decoder, current, cls)
+            with _Decoding(envelope, cls):
                 event: Event = decoder.decode(envelope.data)
             return event
         if stored > current:
@@ -184,7 +184,7 @@ class Codec:
             fields = self._decode_untyped(envelope)
         if not isinstance(fields, dict):
             # The type, never the value: error texts reach logs and dead letters, data must not.
-            raise MalformedEvent(f"event {envelope.id}: data must be an object, got {type(fields).__name__}")
+            raise MalformedEvent(f"event {envelope.id}: data must be an object, got {kind_of(fields)}")
         for version in range(stored, current):
             upcaster = cls.__event_upcasters__.get(version)
             if upcaster is None:
@@ -203,7 +203,7 @@ class Codec:
                     f"event {envelope.id}: upcaster {upcaster.__name__} returned "
                     f"{type(fields).__name__}, not a dict"
                 )
-        with _Decoding(envelope):
+        with _Decoding(envelope, cls, fields):
             upcast: Event = msgspec.convert(fields, cls)
         return upcast
 
@@ -249,15 +249,22 @@ class Codec:
         return value if isinstance(value, dict) else {"value": value}
 
 
-_VALUE_QUOTED = re.compile(r"^(Invalid [a-z ]*value)\b.*?(?= - at `|$)")
+# The data of a typed decode that failed has not been read into fields: it is read again to say why.
+_UNREAD: Final = object()
 
 
-def _malformed(envelope: Envelope, exc: BaseException) -> MalformedEvent:
+def _malformed(
+    envelope: Envelope, exc: BaseException, cls: type[Event] | None = None, fields: object = _UNREAD
+) -> MalformedEvent:
+    """The error for data that failed to decode, naming what is wrong in tidings' words."""
     what = f"event {envelope.id} ({envelope.type})"
     if isinstance(exc, msgspec.ValidationError):
-        # msgspec quotes the value of an invalid enum or literal: keep the reason and the path,
-        # never the value (error texts reach logs and dead letters).
-        reason = _VALUE_QUOTED.sub(r"\1", str(exc))
+        if cls is None:
+            reason = f"data does not fit its schema ({decoder_detail(exc)})"
+        elif fields is _UNREAD:  # a typed decode reads JSON only
+            reason = json_problem(exc, envelope.data, cls, whole="data", member="field")
+        else:
+            reason = value_problem(exc, fields, cls, whole="data", member="field")
         return MalformedEvent(f"{what}: invalid data: {reason}")
     if isinstance(exc, (UnicodeDecodeError, msgspec.DecodeError)) and (
         problem := utf8_problem(envelope.data)
@@ -265,16 +272,18 @@ def _malformed(envelope: Envelope, exc: BaseException) -> MalformedEvent:
         return MalformedEvent(f"{what}: data is {problem}")
     if isinstance(exc, RecursionError):
         return MalformedEvent(f"{what}: data is nested too deeply")
-    return MalformedEvent(f"{what}: data is malformed: {exc}")
+    return MalformedEvent(f"{what}: data is malformed: {decoder_detail(exc)}")
 
 
 class _Decoding:
     """Turns every decoder failure inside its block into a ``MalformedEvent`` that names it."""
 
-    __slots__ = ("_envelope",)
+    __slots__ = ("_cls", "_envelope", "_fields")
 
-    def __init__(self, envelope: Envelope) -> None:
+    def __init__(self, envelope: Envelope, cls: type[Event] | None = None, fields: object = _UNREAD) -> None:
         self._envelope = envelope
+        self._cls = cls  # the class the data is decoded as, if any
+        self._fields = fields  # the data already read as fields, if it was
 
     def __enter__(self) -> None:
         return None
@@ -283,4 +292,4 @@ class _Decoding:
         if isinstance(
             exc, (msgspec.ValidationError, msgspec.DecodeError, UnicodeDecodeError, RecursionError)
         ):
-            raise _malformed(self._envelope, exc) from None
+            raise _malformed(self._envelope, exc, self._cls, self._fields) from None

@@ -114,8 +114,10 @@ class LocalMasterKey:
     def from_file(cls, path: Path) -> LocalMasterKey:
         try:
             status = path.stat()
+        except FileNotFoundError:
+            raise ConfigurationError(f"master key file {path} does not exist") from None
         except OSError as exc:
-            raise ConfigurationError(f"master key file {path}: {exc.strerror}") from None
+            raise ConfigurationError(f"master key file {path} cannot be read: {exc.strerror}") from None
         if status.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
             raise ConfigurationError(
                 f"master key file {path} may be read by group or others "

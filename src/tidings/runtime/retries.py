@@ -7,7 +7,15 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tidings.errors import AccessDenied, ConfigurationError, InvalidArgument, InvalidTopic, MalformedEvent
+from tidings.errors import (
+    AccessDenied,
+    BackendUnavailable,
+    ConcurrencyError,
+    ConfigurationError,
+    InvalidArgument,
+    InvalidTopic,
+    MalformedEvent,
+)
 
 #: tidings' errors that another attempt would only repeat: the policy's answer, an argument or a
 #: topic that can never work, data that cannot be encoded or decoded. A handler that raises one
@@ -15,6 +23,11 @@ from tidings.errors import AccessDenied, ConfigurationError, InvalidArgument, In
 #: ``ConcurrencyError`` are not among them: the aggregate may be created, and the stream moved
 #: on, by another group's handler a moment later, and a new attempt loads it afresh.
 NEVER_RETRIED: tuple[type[Exception], ...] = (AccessDenied, InvalidArgument, InvalidTopic, MalformedEvent)
+
+#: Passing faults, retried whatever ``dead_letter_on`` says: a ``dead_letter_on`` as wide as
+#: ``(Exception,)`` or ``(TidingsError,)`` would otherwise send an event to the dead letter queue
+#: at the first blip of the store or the bus, or the first lost race for a stream's version.
+ALWAYS_RETRIED: tuple[type[Exception], ...] = (BackendUnavailable, ConcurrencyError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +37,9 @@ class Retry:
     shifted at random by up to ``jitter`` of itself so that failing members do not retry in step.
 
     A handler that raises one of ``dead_letter_on`` (or of ``NEVER_RETRIED``) is not tried again:
-    the event goes to the group's dead letter queue at once, with the error.
+    the event goes to the group's dead letter queue at once, with the error. ``BackendUnavailable``
+    and ``ConcurrencyError`` (and their subclasses) are always retried, even when a class in
+    ``dead_letter_on`` covers them, such as ``Exception`` or ``TidingsError``.
     """
 
     attempts: int = 3
@@ -51,6 +66,8 @@ class Retry:
 
     def is_transient(self, error: BaseException) -> bool:
         """Whether another attempt might pass where ``error`` failed the handler."""
+        if isinstance(error, ALWAYS_RETRIED):
+            return True
         return not isinstance(error, NEVER_RETRIED + self.dead_letter_on)
 
     def delay(self, failures: int, uniform: Callable[[], float] = random.random) -> float:

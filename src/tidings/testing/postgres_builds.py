@@ -122,7 +122,8 @@ def _trusted(shared: Path) -> bool:
 
 
 def _copy(install: Path, shared: Path) -> None:
-    """Copy the build to ``shared``, readable by all, in one rename (runs may race for it).
+    """Copy the build to ``shared``, readable by all, in one rename (runs may race for it), and
+    refuse what is there if another won the race with a copy that is not ours.
 
     The layout around it is kept: a wheel's programs may find their libraries in a folder
     beside the package (``<package>.libs``, where wheel repair tools put them) by a relative path.
@@ -145,3 +146,10 @@ def _copy(install: Path, shared: Path) -> None:
             os.rename(staging, shared)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    # Whoever won the race, what is there now is what the server will run: check it again (the
+    # winner may be another account that placed its own programs between our check and rename).
+    if not _trusted(shared):
+        raise RuntimeError(
+            f"{shared} is not a copy tidings made: another account owns it or may change it "
+            "(it was removed; run the tests again)"
+        )

@@ -38,6 +38,7 @@ from tidings.adapters.nats.names import check_prefix, inbox_prefix, read_pattern
 from tidings.adapters.nats.publish import publish_in_order, resync
 from tidings.adapters.nats.reads import POSITION_HEADER, STREAM_HEADER, VERSION_HEADER, direct_get, record_of
 from tidings.adapters.nats.views import ensure_read_stream, read_stream_config
+from tidings.adapters.tls_refusals import refuses_client_certificate, server_certificate_problem
 from tidings.adapters.urls import redact_url
 from tidings.domain.binary import to_binary
 from tidings.domain.envelope import RecordedEvent, TopicOf
@@ -230,6 +231,12 @@ class NatsBus:
                 # The client upgrades to TLS by itself when the server demands it, and then
                 # verifies the server against the system's CAs only.
                 hint = " (the server requires TLS: give tls_ca, and tls_cert with tls_key if it asks)"
+            elif isinstance(cause, ssl.SSLCertVerificationError):
+                hint = f" ({server_certificate_problem(cause)})"
+            elif isinstance(cause, ssl.SSLError) and refuses_client_certificate(cause):
+                hint = " (the server refused the client certificate)"
+            elif isinstance(cause, AuthorizationError):
+                hint = " (the server refused the user and password)"
             elif isinstance(cause, ConnectionError) and "@" in self.settings.servers[0]:
                 # A server that refuses credentials closes the connection, and the client may
                 # meet the closed socket before it reads the server's reason.

@@ -4,8 +4,9 @@ libpq reports only OpenSSL's last error ("SSL error: certificate verify failed",
 the same name with another key "provider signature failure"), not the verification result that
 says why: an expired certificate and an unknown CA read the same. When a connection that
 verifies the server (``sslmode=verify-ca`` or ``verify-full``) fails in TLS, the store asks
-again with Python's TLS stack, which names the reason (``certificate has expired``). A TLS
-alert from the server about a certificate is about the client's, and is said so.
+again with Python's TLS stack, whose verification code tells the reason, said in tidings' words
+(``the server's certificate has expired``). A TLS alert from the server about a certificate is
+about the client's, and is said so.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from typing import Any
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
+
+from tidings.adapters.tls_refusals import server_certificate_problem
 
 # PostgreSQL's SSLRequest: a length of 8 and the code 1234 << 16 | 5679. The server answers b"S"
 # and the TLS handshake follows on the same connection (or b"N": it does not speak TLS).
@@ -65,14 +68,12 @@ def explain_refusal(conninfo: str, message: str) -> str:
     reason = _verification_failure(params)
     if not reason:
         return message
-    if message.endswith("certificate verify failed"):
-        return f"{message}: {reason}"  # reads on: "...: certificate verify failed: certificate has expired"
-    return f"{message} (the server's certificate: {reason})"
+    return f"{message} ({reason})"
 
 
 def _verification_failure(params: dict[str, Any]) -> str:
-    """OpenSSL's reason why the server's certificate fails verification with the connection's
-    root certificate (``certificate has expired``), or "" if it passes or was not to be verified."""
+    """Why the server's certificate fails verification with the connection's root certificate
+    (``the server's certificate has expired``), or "" if it passes or was not to be verified."""
     mode = _text(params, "sslmode") or os.environ.get("PGSSLMODE", "")
     if mode not in _VERIFYING_MODES:
         return ""
@@ -92,7 +93,7 @@ def _verification_failure(params: dict[str, Any]) -> str:
             context.load_verify_locations(cafile=root)
         handshake(address, int(port), context)
     except ssl.SSLCertVerificationError as exc:
-        return str(exc.verify_message)
+        return server_certificate_problem(exc)
     except (OSError, ValueError):
         return ""
     return ""
