@@ -439,7 +439,7 @@ def test_topic_attribute_follows_the_topic_grammar(topic: str) -> None:
         event("invalid topic")
         with pytest.raises(MalformedEvent, match="attribute 'topic' has a wrong type or value"):
             from_structured(document(topic=topic))
-        with pytest.raises(MalformedEvent, match="invalid envelope headers"):
+        with pytest.raises(MalformedEvent, match="invalid envelope headers: attribute 'topic' has a wrong"):
             from_binary(headers(**{"ce-topic": topic}), b"{}")
     else:
         event("valid topic")
@@ -498,7 +498,9 @@ def test_missing_attribute(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["id", "source", "type"])
 def test_missing_binary_header(name: str) -> None:
-    with pytest.raises(MalformedEvent, match="invalid envelope headers"):
+    with pytest.raises(
+        MalformedEvent, match=f"invalid envelope headers: required attribute '{name}' is missing"
+    ):
         from_binary(headers(**{f"ce-{name}": None}), b"{}")
 
 

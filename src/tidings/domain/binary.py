@@ -39,6 +39,7 @@ from tidings.domain.envelope import (
     received_time,
 )
 from tidings.domain.headers import HeaderError, needs_encoding, percent_decode, percent_encode
+from tidings.domain.schema_problems import value_problem
 from tidings.errors import MalformedEvent
 
 # The attributes that travel as ``ce-*`` headers, in the order they are written.
@@ -171,7 +172,8 @@ def from_binary(
     try:
         envelope = msgspec.convert(attributes, Envelope)
     except msgspec.ValidationError as exc:
-        raise MalformedEvent(f"invalid envelope headers: {exc}") from None
+        problem = value_problem(exc, attributes, Envelope, whole="envelope", member="attribute")
+        raise MalformedEvent(f"invalid envelope headers: {problem}") from None
     if envelope.datacontenttype == JSON and body:
         try:
             json_syntax.decode(body)
