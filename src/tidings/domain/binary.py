@@ -42,25 +42,9 @@ from tidings.domain.headers import HeaderError, needs_encoding, percent_decode, 
 from tidings.domain.schema_problems import value_problem
 from tidings.errors import MalformedEvent
 
-# The attributes that travel as ``ce-*`` headers, in the order they are written.
-_HEADER_ATTRIBUTES: Final = (
-    "id",
-    "source",
-    "type",
-    "topic",
-    "time",
-    "subject",
-    "specversion",
-    "datacontenttype",
-    "dataschema",
-    "schemaversion",
-    "correlationid",
-    "causationid",
-    "traceparent",
-    "tracestate",
-    "expirytime",
-    "partitionkey",
-)
+# The attributes that travel as ``ce-*`` headers (the envelope's, but its data and extensions),
+# in the order they are written.
+_HEADER_ATTRIBUTES: Final = tuple(n for n in Envelope.__struct_fields__ if n not in ("data", "extensions"))
 _KNOWN_HEADERS: Final = frozenset(_HEADER_ATTRIBUTES)
 _CE: Final = "ce-"
 
