@@ -38,6 +38,8 @@ HOSTILE = {
     "nul-id-structured": (_document(id="evil\u0000id", data={"order": "o-1"}), STRUCTURED),
     "line-break-in-subject": (b'{"order":"o-1"}', {**BINARY, "ce-id": "e-2", "ce-subject": "a%0Ab"}),
     "deep-body": (DEEP, {**BINARY, "ce-id": "e-3"}),
+    # A valid event whose handler fails with a message that quotes its data, NUL included.
+    "nul-in-handler-error": (b'{"order":"bad\\u0000x"}', {**BINARY, "ce-id": "e-5"}),
     "deep-data-base64": (
         _document(id="e-4", data_base64=base64.b64encode(b"[" * 200_000).decode()),
         STRUCTURED,
@@ -54,6 +56,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield url
 
 
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("case", sorted(HOSTILE))
 async def test_a_hostile_message_is_dead_lettered_and_the_partition_goes_on(
     store: str, nats_url: str, case: str
@@ -65,6 +68,8 @@ async def test_a_hostile_message_is_dead_lettered_and_the_partition_goes_on(
 
     @app.subscribe("hostile.>", group="reader")
     async def read(event: HostileShipped, ctx: Context) -> None:
+        if event.order.startswith("bad"):
+            raise ValueError(f"no such order {event.order}")
         handled.append(event.order)
 
     client = await nats.connect(nats_url)
@@ -76,7 +81,7 @@ async def test_a_hostile_message_is_dead_lettered_and_the_partition_goes_on(
             await client.jetstream().publish(subject, b'{"order":"o-2"}', headers={**BINARY, "ce-id": "good"})
             await eventually(lambda: handled == ["o-2"], within=20)
             (letter,) = await app.dead_letters("reader")
-            assert letter.reason == "malformed"
+            assert letter.reason == ("failed" if case == "nul-in-handler-error" else "malformed")
             assert "\x00" not in (letter.event_id or "") and "\n" not in letter.error
     finally:
         await client.close()

@@ -33,11 +33,19 @@ def lowest_versions(requirements: list[str]) -> list[str]:
     return pins
 
 
+_NOT_PASSED = frozenset({"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PIP_CONSTRAINT"})
+
+
 def run(
     *command: str | Path, cwd: Path, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
+    """``command`` in an environment of its own: nothing of this test run's Python or pip set-up
+    (a path, a constraint, an index) may decide what the new virtualenv installs or imports."""
+    clean = {
+        k: v for k, v in (env or os.environ).items() if not k.startswith(("PYTHON", "PIP_", "VIRTUAL_ENV"))
+    }
     return subprocess.run(
-        [str(part) for part in command], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+        [str(part) for part in command], cwd=cwd, env=clean, capture_output=True, text=True, timeout=600
     )
 
 

@@ -6,12 +6,15 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import ssl
+import sys
 from datetime import UTC, datetime
 
 import pytest
 from nats.aio.msg import Msg
 
 from tidings.adapters.nats.reads import record_of
+from tidings.adapters.tls_refusals import server_certificate_problem
 from tidings.cli.logs import TextFormatter
 from tidings.domain.binary import from_binary
 from tidings.domain.envelope import Envelope, Undecodable, from_structured, validate_envelope
@@ -105,3 +108,23 @@ def test_a_text_log_shows_control_characters_escaped() -> None:
     line = TextFormatter().format(record)
     assert "\n" not in line
     assert "a\\x0a2026 ERROR forged" in line
+
+
+def test_a_text_log_marks_traceback_lines_and_escapes_line_separators() -> None:
+    try:
+        raise ValueError("line one\n2026-01-01T00:00:00.000Z ERROR forged: record")
+    except ValueError:
+        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "id x\u2028y", (), sys.exc_info())
+    lines = TextFormatter().format(record).split("\n")
+    assert "\\u2028" in lines[0]
+    assert all(line.startswith("  | ") for line in lines[1:]), lines
+
+
+def test_a_structured_document_given_as_text_is_named_in_tidings_words() -> None:
+    with pytest.raises(MalformedEvent, match="required attribute 'source' is missing"):
+        from_structured(structured().decode().replace('"source": "s", ', ""))  # type: ignore[arg-type]
+
+
+def test_a_certificate_error_without_openssls_verdict_is_described() -> None:
+    problem = server_certificate_problem(ssl.CertificateError("hostname mismatch"))
+    assert problem.startswith("the server's certificate does not verify")

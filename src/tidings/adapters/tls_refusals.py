@@ -29,9 +29,10 @@ _SERVER_CERTIFICATE: Final = {
 
 def server_certificate_problem(error: ssl.SSLCertVerificationError) -> str:
     """What is wrong with the server's certificate that ``error`` refused."""
-    words = _SERVER_CERTIFICATE.get(error.verify_code)
+    # An error made without OpenSSL's verdict (ssl.CertificateError("...")) has neither field.
+    words = _SERVER_CERTIFICATE.get(getattr(error, "verify_code", -1))
     if words is None:
-        return f"the server's certificate does not verify: {error.verify_message}"
+        return f"the server's certificate does not verify: {getattr(error, 'verify_message', None) or error}"
     return f"the server's certificate {words}"
 
 

@@ -13,6 +13,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Final
 
+from tidings.domain.attributes import escape_controls
 from tidings.runtime.log_context import FIELDS, LogContextFilter
 
 LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -29,13 +30,8 @@ def _context(record: logging.LogRecord) -> dict[str, object]:
     return {name: getattr(record, name) for name in FIELDS if getattr(record, name, None) is not None}
 
 
-#: Control characters shown escaped (``\x0a``) in a text log: a value that came from the bus
-#: (an event id, a message) must not start a line of its own and pass for another record.
-_ESCAPES: Final = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
-
-
-def _escaped(text: str) -> str:
-    return text.translate(_ESCAPES)
+def _indented(block: str) -> str:
+    return "".join(f"\n  | {line}" for line in escape_controls(block, lines=True).split("\n"))
 
 
 class TextFormatter(logging.Formatter):
@@ -43,13 +39,15 @@ class TextFormatter(logging.Formatter):
     then the traceback, if any, on the lines below."""
 
     def format(self, record: logging.LogRecord) -> str:
-        fields = " ".join(f"{name}={_escaped(str(value))}" for name, value in _context(record).items())
-        line = f"{_time(record)} {record.levelname:<7} {record.name}: {_escaped(record.getMessage())}"
+        fields = " ".join(f"{name}={escape_controls(str(value))}" for name, value in _context(record).items())
+        line = f"{_time(record)} {record.levelname:<7} {record.name}: {escape_controls(record.getMessage())}"
         text = f"{line}  {fields}" if fields else line
+        # A traceback's lines are marked, so that none of them (an exception's text may come
+        # from the bus) can pass for a record of its own.
         if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
+            text += _indented(self.formatException(record.exc_info))
         if record.stack_info:
-            text += "\n" + self.formatStack(record.stack_info)
+            text += _indented(self.formatStack(record.stack_info))
         return text
 
 

@@ -73,6 +73,22 @@ def has_control(text: str) -> bool:
     return _CONTROL.search(text) is not None
 
 
+#: Control characters as ``\x0a``; and the line and paragraph separators, which split lines in
+#: some viewers and in ``str.splitlines`` though they are no control characters.
+_ESCAPES: Final = {
+    code: f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    for code in (*range(0x20), *range(0x7F, 0xA0), 0x2028, 0x2029)
+}
+_LINES: Final = {key: value for key, value in _ESCAPES.items() if key != ord("\n")}
+
+
+def escape_controls(text: str, *, lines: bool = False) -> str:
+    """``text`` with its control characters escaped (``lines``: line breaks kept), for what
+    is stored or logged of untrusted input: a NUL cannot enter a PostgreSQL text column, and a
+    line break from the bus would start what passes for a log record of its own."""
+    return text.translate(_LINES if lines else _ESCAPES)
+
+
 def check_extension_name(name: str) -> None:
     """Raise ``MalformedEvent`` unless ``name`` may name an extension."""
     if name in RESERVED_NAMES:

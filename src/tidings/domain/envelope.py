@@ -21,6 +21,7 @@ problem.
 from __future__ import annotations
 
 import base64
+import operator
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -296,10 +297,19 @@ _TEXT_ATTRIBUTES: Final = (
 )  # fmt: skip
 
 
+_text_of: Final = operator.attrgetter(*_TEXT_ATTRIBUTES)
+
+
 def check_text(envelope: Envelope) -> Envelope:
     """``envelope``, if none of its text attributes holds a control character."""
-    values = [getattr(envelope, name) for name in _TEXT_ATTRIBUTES]
-    if has_control("".join(value for value in values if type(value) is str)):
+    values = _text_of(envelope)
+    try:
+        joined = "".join(filter(None, values))  # in C: str or None, as decoding made them
+    except TypeError:  # an envelope built in code with a value of another type
+        raise MalformedEvent("envelope text attributes must be strings") from None
+    # isprintable is one pass in C and nearly always true; the pattern decides the rest (a
+    # no-break space is not "printable", and is allowed).
+    if not joined.isprintable() and has_control(joined):
         for name, value in zip(_TEXT_ATTRIBUTES, values, strict=True):
             if type(value) is str and has_control(value):
                 raise MalformedEvent(f"envelope attribute {name!r} holds a control character")

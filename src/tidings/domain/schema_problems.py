@@ -34,12 +34,19 @@ _READ_ERRORS: Final = (msgspec.DecodeError, msgspec.ValidationError, UnicodeDeco
 
 
 def json_problem(
-    error: msgspec.ValidationError, document: bytes, schema: type[msgspec.Struct], *, whole: str, member: str
+    error: msgspec.ValidationError,
+    document: bytes | str,
+    schema: type[msgspec.Struct],
+    *,
+    whole: str,
+    member: str,
 ) -> str:
     """What is wrong with the JSON ``document`` as a ``schema``, which ``error`` refused.
 
     ``whole`` names the document (``data``, ``envelope``), ``member`` one of its members
     (``field``, ``attribute``)."""
+    if isinstance(document, str):  # msgspec reads text as well as bytes
+        document = document.encode("utf-8", "surrogatepass")
     start = document.lstrip(b" \t\r\n")[:1]
     kind = _JSON_KINDS.get(start[0], "number") if start else "nothing"
     members: Collection[str] | None = None

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from tidings.domain.attributes import escape_controls
 from tidings.domain.envelope import RecordedEvent, Undecodable, from_structured, to_structured
 from tidings.domain.events import Erased, Event
 from tidings.domain.topics import AnyOf, Pattern
@@ -458,11 +459,13 @@ class GroupConsumer(PartitionMember):
         if not isinstance(record, Undecodable):
             with contextlib.suppress(MalformedEvent):
                 document = to_structured(envelope)
+        # The texts may hold what the event held (an exception's message quotes its data): a NUL
+        # would fail the letter's insert on PostgreSQL and stop the partition.
         return DeadLetter(
             group=self.group,
             reason=reason,
-            error=error,
-            traceback=trace,
+            error=escape_controls(error),
+            traceback=escape_controls(trace, lines=True),
             attempts=attempts,
             event_id=envelope.id,
             position=record.position,

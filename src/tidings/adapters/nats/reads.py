@@ -20,7 +20,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from tidings.adapters.nats.inbox import Inbox
-from tidings.domain.attributes import has_control
+from tidings.domain.attributes import escape_controls, has_control
 from tidings.domain.binary import from_message
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, TopicOf, Undecodable
 from tidings.domain.headers import percent_decode
@@ -110,12 +110,12 @@ def record_of(
             id=_shown(headers, "ce-id") or f"nats:{sequence}",
             source=_shown(headers, "ce-source") or "unknown",
             type=_shown(headers, "ce-type") or "unknown",
-            topic=_printable(topic),
+            topic=escape_controls(topic),
             time=datetime.now(UTC),
             data=body,
         )
-        error = _printable(f"message {sequence} on {subject!r} is no valid event: {exc}")
-        return Undecodable(stand_in, _printable(stream), 0, sequence, error=error)
+        error = escape_controls(f"message {sequence} on {subject!r} is no valid event: {exc}")
+        return Undecodable(stand_in, escape_controls(stream), 0, sequence, error=error)
     return RecordedEvent(envelope, stream, version, sequence)
 
 
@@ -129,12 +129,6 @@ def _stored_at(stamp: str | None) -> datetime:
     return datetime.now(UTC)
 
 
-def _printable(text: str) -> str:
-    """``text`` with its control characters replaced: what is kept of an invalid message is
-    stored and logged, and a NUL cannot enter PostgreSQL, a line break would forge a log line."""
-    return "".join("?" if has_control(c) else c for c in text) if has_control(text) else text
-
-
 def _shown(headers: dict[str, str], name: str) -> str:
     """A header of a message that is no valid event, as far as it can be read (for its dead
     letter): in any case, percent-decoded if it can be, cut short."""
@@ -142,5 +136,5 @@ def _shown(headers: dict[str, str], name: str) -> str:
         if key.lower() == name and isinstance(value, str):
             with contextlib.suppress(ValueError):
                 value = percent_decode(value)
-            return _printable(value[:_MAX_ID])
+            return escape_controls(value[:_MAX_ID])
     return ""
