@@ -83,7 +83,7 @@ class TimerWorker:
                 raise MalformedEvent(f"timer {timer.id}: {timer.error}")
             await tx.append(timer.stream, [timer.envelope])
         except _CANNOT_FIRE as exc:
-            # Checked before anything of this append is written (on PostgreSQL the append runs
+            # These are found before the event's row is written (on PostgreSQL the insert runs
             # under a savepoint besides), so the transaction goes on with the next timer.
             reason = _reason(exc)
             log.error("timers: dead-lettering timer %s of %s (%s): %s", timer.id, timer.stream, reason, exc)
