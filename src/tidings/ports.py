@@ -94,7 +94,9 @@ class StoreTransaction(Protocol):
     async def cancel_timer(self, timer_id: str) -> None: ...
 
     async def due_timers(self, now: datetime, limit: int) -> list[Timer]:
-        """Timers due by ``now``, soonest first, held by this transaction until it ends."""
+        """Timers due by ``now``, soonest first, held by this transaction until it ends; a row
+        that cannot be read is returned too (``envelope`` None, with its error), never raised,
+        so that it cannot stop the timers behind it."""
 
     async def holds_lease(self, group: str, partition: int, member: str) -> bool:
         """Whether ``member`` still holds the partition: checked before a checkpoint commits,
@@ -113,7 +115,10 @@ class StoreTransaction(Protocol):
 class Timer(msgspec.Struct, frozen=True):
     id: str
     stream: str
-    envelope: Envelope
+    #: None if the stored row is no envelope that can be read; ``error`` says why, ``raw`` holds it.
+    envelope: Envelope | None
+    error: str = ""
+    raw: bytes = b""
 
 
 class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):

@@ -174,6 +174,15 @@ def test_what_is_sealed_opens_only_whole(
         opened(blob[:-1])
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=300), st.text(min_size=1, max_size=60), st.text(min_size=1, max_size=60))
+def test_the_sealed_size_is_known_before_sealing(plaintext: bytes, scope: str, stream: str) -> None:
+    """What publishing checks against the limit is what sealing makes."""
+    content = "application/json"
+    size = crypto.sealed_size(len(plaintext), scope=scope, stream=stream, content_type=content)
+    assert size == len(sealed(plaintext, scope=scope, stream=stream, content_type=content))
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=120))
 def test_any_master_key_text_parses_or_is_a_configuration_error(text: str) -> None:

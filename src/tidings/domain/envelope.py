@@ -356,9 +356,11 @@ def utf8_problem(blob: bytes) -> str | None:
     return None
 
 
-def check_size(blob: bytes, max_size: int, what: str) -> None:
-    if len(blob) > max_size:
-        raise PayloadTooLarge(f"{what} of {len(blob):,} bytes exceeds the limit of {max_size:,} bytes")
+def check_size(blob: bytes | int, max_size: int, what: str) -> None:
+    """Refuse ``blob`` (or a blob of that many bytes) if it is over ``max_size``."""
+    size = blob if isinstance(blob, int) else len(blob)
+    if size > max_size:
+        raise PayloadTooLarge(f"{what} of {size:,} bytes exceeds the limit of {max_size:,} bytes")
 
 
 class Stored(msgspec.Struct, Generic[E], frozen=True, kw_only=True):

@@ -114,6 +114,14 @@ class Codec:
             partition_key,
         )
 
+    def check_fits(self, stream: str, envelope: Envelope) -> None:
+        """Refuse an envelope (from ``encode``) that could not be published whole in ``stream``:
+        with encryption on, its data must fit the limit sealed (the header, nonce and tag come on
+        top of what ``encode`` measured), as a timer that fires and a reader of the bus check it."""
+        if self.keys is not None and envelope.datacontenttype != SEALED:
+            size = self.keys.sealed_size(stream, envelope)
+            check_size(size, self.max_size, f"sealed payload of {envelope.type}")
+
     def decode(self, envelope: Envelope, stream: str | None = None, version: int | None = None) -> Event:
         """Decode an envelope's data into its event class, upcast to the current version.
 

@@ -37,7 +37,7 @@ from tidings.runtime.crypto import SEALED
 from tidings.runtime.deadlines import lateness
 from tidings.runtime.leasing import LeaseLost, PartitionMember
 from tidings.runtime.log_context import log_fields
-from tidings.runtime.publishing import aggregate_envelopes_of, publisher_of
+from tidings.runtime.publishing import aggregate_envelopes_of, publisher_of, trial_of
 from tidings.runtime.retries import Retry
 from tidings.runtime.unit_of_work import UnitOfWork, write_documents
 
@@ -109,7 +109,12 @@ class Context:
         self.log = logging.LoggerAdapter(log, {**fields, "correlation_id": self.correlation_id})
         self._unit: UnitOfWork | None = None
         self._new_unit = new_unit or (
-            lambda: UnitOfWork(loader=app.load, document_reader=app.store.get_document, guard=app.codec.guard)
+            lambda: UnitOfWork(
+                loader=app.load,
+                document_reader=app.store.get_document,
+                guard=app.codec.guard,
+                trial=trial_of(app),
+            )
         )
 
     @contextlib.asynccontextmanager
@@ -252,7 +257,9 @@ class GroupConsumer(PartitionMember):
                 await self._settle(partition, waiting[-1].record.position)
             return await self.app.load(cls, id)
 
-        return UnitOfWork(loader=load, document_reader=read_document, guard=self.app.codec.guard)
+        return UnitOfWork(
+            loader=load, document_reader=read_document, guard=self.app.codec.guard, trial=trial_of(self.app)
+        )
 
     async def _settle(
         self,

@@ -32,6 +32,7 @@ from tidings.errors import Undecryptable
 SEALED: Final = "application/vnd.tidings.sealed"
 MAGIC: Final = b"tds1"
 NONCE_SIZE: Final = 12
+TAG_SIZE: Final = 16
 KEY_SIZE: Final = 32
 _FIXED = struct.Struct(">4sBIQ")  # magic, kind, key version, stream version
 _LENGTH = struct.Struct(">H")
@@ -78,6 +79,14 @@ def seal(
     return header + nonce + key.encrypt(nonce, plaintext, header + context)
 
 
+def sealed_size(size: int, *, scope: str, stream: str, content_type: str) -> int:
+    """How long ``seal`` makes ``size`` bytes: the header, the nonce and the tag come on top."""
+    strings = (scope, stream, content_type)
+    # Measured, not encoded: a name that cannot be encoded fails where it is sealed, not here.
+    named = sum(_LENGTH.size + len(s.encode("utf-8", "surrogatepass")) for s in strings)
+    return _FIXED.size + named + NONCE_SIZE + size + TAG_SIZE
+
+
 def read_header(blob: bytes, what: str) -> Header:
     """The clear header of a sealed blob; ``Undecryptable`` if it is not one."""
     try:
@@ -91,7 +100,7 @@ def read_header(blob: bytes, what: str) -> Header:
                 raise ValueError("cut short")
             strings.append(blob[offset : offset + length].decode())
             offset += length
-        if magic != MAGIC or offset + NONCE_SIZE + 16 > len(blob):
+        if magic != MAGIC or offset + NONCE_SIZE + TAG_SIZE > len(blob):
             raise ValueError("not a sealed blob")
         scope, stream, content_type = strings
         return Header(Kind(kind), key_version, version, scope, stream, content_type, blob[:offset])

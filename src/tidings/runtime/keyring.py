@@ -219,6 +219,15 @@ class KeyRing:
         """A timer's event, sealed until it fires (its stream version is not known yet)."""
         return self._sealed(stream, envelope, staged, Kind.PENDING, 0)
 
+    def sealed_size(self, stream: str, envelope: Envelope) -> int:
+        """How long the envelope's data will be once sealed in ``stream``, as event or timer."""
+        return crypto.sealed_size(
+            len(envelope.data),
+            scope=self.scope_of(stream, envelope),
+            stream=stream,
+            content_type=envelope.datacontenttype,
+        )
+
     def _sealed(
         self, stream: str, envelope: Envelope, staged: dict[str, Reserved], kind: Kind, version: int
     ) -> Envelope:

@@ -46,7 +46,8 @@ def publication_envelope(
     """The stream and envelope of a published event.
 
     With a key, the event joins the key's stream, so events of one key keep their order; without
-    one, it is a stream of its own (its id), spread over the partitions.
+    one, it is a stream of its own (its id), spread over the partitions. An event too large to be
+    published whole (sealed, with encryption on) is refused here, for publications and timers alike.
     """
     event_id = publication.id or uuid7()
     stream = publication.key or event_id
@@ -60,6 +61,7 @@ def publication_envelope(
         expires_at=deadline(now, publication.ttl, publication.expires_at),
         partition_key=publication.key,
     )
+    codec.check_fits(stream, envelope)
     return stream, envelope
 
 
@@ -84,6 +86,12 @@ def publisher_of(app: App, context: Context) -> Callable[[Publication], tuple[st
     lineage = Lineage(context.correlation_id, context.envelope.id)
     now = app.clock.now()
     return lambda publication: publication_envelope(app.codec, publication, now, lineage)
+
+
+def trial_of(app: App) -> Callable[[Publication], object]:
+    """How a unit of work checks a timer where it is set: its envelope is made as at commit (the
+    lineage, which changes no size, aside), so that one that could never fire is refused at once."""
+    return lambda publication: publication_envelope(app.codec, publication, app.clock.now(), Lineage())
 
 
 def aggregate_envelopes_of(app: App, context: Context) -> Callable[[Aggregate], list[Envelope]]:

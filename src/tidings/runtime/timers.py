@@ -1,20 +1,40 @@
 """Firing durable timers: a due timer's event is appended, and the timer deleted, in one
 transaction. Every App that runs sagas fires timers; racing workers cannot fire one twice (a
-timer's event id is fixed when it is set, and appending a stored id again is a no-op)."""
+timer's event id is fixed when it is set, and appending a stored id again is a no-op).
+
+Timers fire in due order, a batch per transaction. A timer that can never fire (unreadable,
+too large, unopenable, denied) is dead-lettered in that transaction, under ``TIMERS_GROUP``,
+instead of failing it: else the batch would roll back and the same timer come first again,
+for ever, and no timer behind it (saga timeouts included) would fire. A passing fault of the
+store fails the batch, which is tried again later.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
+import traceback
+from datetime import datetime
 from typing import TYPE_CHECKING
 
-from tidings.errors import Undecryptable
+from tidings.domain.envelope import to_structured
+from tidings.errors import AccessDenied, IntegrityError, MalformedEvent, Undecryptable
+from tidings.ports import DeadLetter, StoreTransaction, Timer
+from tidings.runtime.outbox import RESERVED_GROUP_PREFIX
+from tidings.runtime.retries import NEVER_RETRIED
 
 if TYPE_CHECKING:
     from tidings.runtime.app import App
 
 log = logging.getLogger("tidings.timers")
+
+#: The dead letter queue of timers that cannot fire (``tidings dlq list --group tidings:timers``).
+TIMERS_GROUP = f"{RESERVED_GROUP_PREFIX}timers"
+
+#: What firing a timer again would only repeat: the verdicts on its data (malformed, too large,
+#: denied) and stored data that cannot be opened or was altered (``Undecryptable``).
+_CANNOT_FIRE: tuple[type[Exception], ...] = (*NEVER_RETRIED, IntegrityError)
 
 
 class TimerWorker:
@@ -34,8 +54,8 @@ class TimerWorker:
                 wait = await self.fire()
                 pause = self.poll
             except Exception as exc:
-                # The store may be away, or a timer unreadable: keep going, ever more slowly
-                # while it lasts; a dead timer loop would leave every saga without timeouts.
+                # The store may be away: keep going, ever more slowly while it lasts; a dead
+                # timer loop would leave every saga without timeouts.
                 log.warning("timers: %s: %s", type(exc).__name__, exc)
                 wait, pause = pause, min(pause * 2, 30.0)
             with contextlib.suppress(TimeoutError):
@@ -51,14 +71,51 @@ class TimerWorker:
         async with store.transaction() as tx:
             timers = await tx.due_timers(now, self.batch)
             for timer in timers:
-                try:
-                    await tx.append(timer.stream, [timer.envelope])
-                except Undecryptable as exc:
-                    # Its scope was shredded or its row altered: it can never fire. Holding it
-                    # would stop every timer behind it, so it goes, on record.
-                    log.error("timers: dropping timer %s of %s: %s", timer.id, timer.stream, exc)
-                await tx.cancel_timer(timer.id)
+                await self._fire_one(tx, timer, now)
         if not timers:
             return self.poll  # due, but another worker holds them (SKIP LOCKED)
         self.app.notify()
         return 0.0  # look again at once: more may be due
+
+    async def _fire_one(self, tx: StoreTransaction, timer: Timer, now: datetime) -> None:
+        try:
+            if timer.envelope is None:
+                raise MalformedEvent(f"timer {timer.id}: {timer.error}")
+            await tx.append(timer.stream, [timer.envelope])
+        except _CANNOT_FIRE as exc:
+            # These are found before the event's row is written (on PostgreSQL the insert runs
+            # under a savepoint besides), so the transaction goes on with the next timer.
+            reason = _reason(exc)
+            log.error("timers: dead-lettering timer %s of %s (%s): %s", timer.id, timer.stream, reason, exc)
+            await tx.dead_letter(_letter(timer, reason, exc, now))
+        await tx.cancel_timer(timer.id)
+
+
+def _reason(exc: Exception) -> str:
+    """The dead letter's reason, in the words consumers use for the same failures."""
+    if isinstance(exc, Undecryptable):
+        return "undecryptable"
+    if isinstance(exc, MalformedEvent):
+        return "malformed"
+    return "denied" if isinstance(exc, AccessDenied) else "failed"
+
+
+def _letter(timer: Timer, reason: str, exc: Exception, now: datetime) -> DeadLetter:
+    envelope, document = timer.envelope, None
+    if envelope is not None:
+        with contextlib.suppress(MalformedEvent):
+            document = to_structured(envelope)  # as stored: sealed data stays sealed
+    return DeadLetter(
+        group=TIMERS_GROUP,
+        reason=reason,
+        error=f"{type(exc).__name__}: {exc}",
+        traceback="".join(traceback.format_exception(exc)) if reason == "failed" else "",
+        attempts=1,
+        event_id=envelope.id if envelope is not None else None,
+        stream=timer.stream,
+        topic=envelope.topic if envelope is not None else None,
+        key=(envelope.partitionkey if envelope is not None else None) or timer.stream,
+        envelope=document,
+        raw=None if document is not None else timer.raw or None,
+        dead_at=now,
+    )

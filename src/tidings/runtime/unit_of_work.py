@@ -40,6 +40,15 @@ class Publication:
     #: Published at this moment, by a durable timer, instead of at commit.
     at: datetime | None = None
 
+    def fired(self) -> Publication:
+        """What a timer publishes when it fires. The timer's id names its row (a later schedule
+        of the same id replaces it); its event's id adds the moment, so that a timer set again
+        after it fired fires again, while racing workers firing one row still append it once."""
+        if self.at is None or self.id is None:
+            return self
+        moment = round(self.at.timestamp() * 1_000_000)
+        return dataclasses.replace(self, id=f"{self.id}@{moment}")
+
 
 @dataclass
 class UnitOfWork:
@@ -55,6 +64,9 @@ class UnitOfWork:
     #: The App's access check (``runtime/access.py``), applied as each effect is staged, so that
     #: a denied publication fails the handler where it is made. The codec checks again at commit.
     guard: Callable[[str], None] | None = None
+    #: Makes a timer's envelope as commit will (``publishing.trial_of``), so that ``schedule``
+    #: refuses at once what could never fire (too large, sealed size included).
+    trial: Callable[[Publication], object] | None = None
 
     def _check(self, events: Sequence[Event]) -> None:
         if self.guard is not None:
@@ -100,9 +112,13 @@ class UnitOfWork:
 
     def schedule(self, event: Event, *, at: datetime, key: str | None = None, id: str | None = None) -> None:
         """Publish an event at ``at``, by a durable timer set at commit (it survives restarts and
-        fires once); a timer with the same ``id`` is replaced."""
+        fires once); a timer with the same ``id`` is replaced. An event that could not be
+        published when it fires (``PayloadTooLarge``, its sealed size included) is refused here."""
         self._check([event])
-        self.publications.append(Publication(event, key, id=id, at=at))
+        publication = Publication(event, key, id=id, at=at)
+        if self.trial is not None:
+            self.trial(publication.fired())
+        self.publications.append(publication)
 
     async def get(self, collection: str, key: str, type: type[T]) -> T | None:
         value = self.documents.get((collection, key))
@@ -168,12 +184,7 @@ class UnitOfWork:
             await tx.cancel_timer(timer_id)
         for publication in self.publications:
             if publication.at is not None:
-                # The timer's id names the row (a later schedule of the same id replaces it);
-                # its event's id adds the moment, so that a timer set again after it fired
-                # fires again, while racing workers firing one row still append it once.
-                moment = round(publication.at.timestamp() * 1_000_000)
-                event_id = f"{publication.id}@{moment}" if publication.id else None
-                stream, envelope = publish(dataclasses.replace(publication, id=event_id))
+                stream, envelope = publish(publication.fired())
                 await tx.schedule_timer(publication.id or envelope.id, publication.at, stream, envelope)
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from tidings.domain.envelope import from_structured
+from tidings.errors import MalformedEvent
 from tidings.ports import Timer
 
 
@@ -53,7 +54,15 @@ class TimerSql(NamedTuple):
 
 
 def timers_of(rows: Sequence[Sequence[Any]], max_size: int) -> list[Timer]:
-    return [
-        Timer(id, stream, from_structured(bytes(envelope), max_size=max_size))
-        for id, stream, envelope in rows
-    ]
+    """The timers of due rows. The stored document carries sealed data in base64, a third larger
+    than the data, which the firing append checks against ``max_size``: the document may be up to
+    twice that. A row that cannot be read is handed on with its error, for the worker to set
+    aside: raised here, it would stop every timer due after it."""
+    timers: list[Timer] = []
+    for id, stream, stored in rows:
+        document = bytes(stored)
+        try:
+            timers.append(Timer(id, stream, from_structured(document, max_size=2 * max_size)))
+        except MalformedEvent as exc:
+            timers.append(Timer(id, stream, None, error=str(exc), raw=document))
+    return timers

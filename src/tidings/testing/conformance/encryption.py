@@ -254,6 +254,8 @@ async def test_a_timer_that_cannot_be_opened_does_not_hold_up_the_others(store_u
         async with app.running(**RUN):
             await eventually(lambda: fired == [other])
             await eventually(lambda: _no_timers(store_url))
+        letters = await app.dead_letters("tidings:timers")
+    assert [(letter.reason, letter.stream) for letter in letters] == [("undecryptable", victim)]
 
 
 async def _no_timers(store_url: str) -> bool:

@@ -1,18 +1,29 @@
 """Durable timers, asserted on every backend: an event scheduled in a unit of work is published
-when it is due, once, whichever of several Apps fires it, and whatever restarted meanwhile."""
+when it is due, once, whichever of several Apps fires it, and whatever restarted meanwhile; a
+timer that could never fire is refused when it is set, and one that fails when it fires is
+dead-lettered without holding up the others."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
 
+from tidings.domain.envelope import Envelope, to_structured
+from tidings.domain.events import Event
+from tidings.errors import PayloadTooLarge
 from tidings.runtime.app import App
 from tidings.runtime.consuming import Context
 from tidings.testing.clock import ManualClock
 from tidings.testing.conformance.events import Alarm, Ping, unique
+from tidings.testing.conformance.sagas import OrderPlaced, Shop, _status, fulfilment
 from tidings.testing.eventually import eventually
+from tidings.testing.raw import raw_execute
 
 RUN = {"lease_ttl": 2.0, "poll": 0.2}
+
+
+class Note(Event, topic="conformance.timer.note", type="conformance.TimerNote"):
+    text: str
 
 
 def _scheduler(app: App, got: list[int], *, delay: timedelta) -> None:
@@ -90,3 +101,109 @@ async def test_a_timer_survives_a_restart(store_url: str) -> None:
     _scheduler(second, got, delay=timedelta(seconds=30))
     async with second, second.running(**RUN):
         await eventually(lambda: got == [3])
+
+
+async def test_a_timer_that_could_never_fire_is_refused_when_it_is_set(store_url: str) -> None:
+    """The rule of publishing: the encoded event, and with encryption on the sealed one (its
+    header, nonce and tag come on top), must fit the limit. ``schedule`` itself refuses."""
+    clock = ManualClock()
+    app = App("timers", store=store_url, clock=clock)
+    limit = app.codec.max_size
+    sealed = app.encryption is not None
+    refused: dict[str, str] = {}
+    got: list[int] = []
+    sizes = {"over": limit, "near": limit - 100, "large": 800_000}
+
+    @app.subscribe("conformance.bus.ping", group="scheduler")
+    async def schedule(event: Ping, ctx: Context) -> None:
+        async with ctx.unit_of_work() as uow:
+            for name, size in sizes.items():
+                try:
+                    uow.schedule(Note(text=name.ljust(size, "x")), at=clock.now() + timedelta(minutes=1))
+                except PayloadTooLarge as exc:
+                    refused[name] = str(exc)
+            uow.schedule(Alarm(level=event.n), at=clock.now() + timedelta(minutes=2), key=event.key)
+
+    @app.subscribe("conformance.timer.note", group="notes")
+    async def note(event: Note, ctx: Context) -> None:
+        got.append(len(event.text))
+
+    @app.subscribe("conformance.alarm.*", group="alarms")
+    async def ring(event: Alarm, ctx: Context) -> None:
+        got.append(event.level)
+
+    key = unique("t")
+    async with app, app.running(**RUN):
+        await app.publish(Ping(key=key, n=7), key=key)
+
+        async def scheduled() -> bool:
+            return await app.store.next_timer_due() is not None
+
+        await eventually(scheduled)
+        clock.advance(timedelta(minutes=3))
+        # An 800 KB event fits, sealed or not: it fires, and so does the alarm behind it.
+        fired = [800_000, 7] if sealed else [limit - 100, 800_000, 7]
+        await eventually(lambda: sorted(got) == sorted(fired))
+    assert sorted(refused) == (["near", "over"] if sealed else ["over"])
+    assert f"exceeds the limit of {limit:,} bytes" in refused["over"]
+    if sealed:
+        assert refused["near"].startswith("sealed payload of conformance.TimerNote of ")
+        assert refused["near"].endswith(f"exceeds the limit of {limit:,} bytes")
+
+
+def _plant(store_url: str, timer_id: str, due: int, document: bytes) -> None:
+    """A timer row written behind tidings' back (as an older version, or an attacker, might)."""
+    raw_execute(
+        store_url,
+        "INSERT INTO tidings_timers (id, due_us, stream, envelope) VALUES (?, ?, ?, ?)",
+        timer_id,
+        due,
+        unique("planted"),
+        document,
+    )
+
+
+async def test_a_timer_that_cannot_fire_is_dead_lettered_and_the_others_fire(store_url: str) -> None:
+    clock = ManualClock()
+    app = App("shop", store=store_url, clock=clock)
+    shop, name, order = Shop(app), unique("fulfil"), unique("order")
+    app.add_saga(fulfilment(name))
+    got: list[int] = []
+    _scheduler(app, got, delay=timedelta(seconds=10))
+    limit = app.codec.max_size
+    too_large = Envelope(
+        id=unique("big"),
+        source="elsewhere",
+        type="conformance.TimerNote",
+        topic="conformance.timer.note",
+        time=clock.now(),
+        data=b'"' + b"x" * limit + b'"',
+    )
+    due = round(clock.now().timestamp() * 1_000_000)  # due first: before every timer set below
+    key = unique("t")
+    async with app:
+        _plant(store_url, unique("garbled"), due, b'{"specversion": "1.0", "id": ')
+        _plant(store_url, unique("too-large"), due, to_structured(too_large))
+        async with app.running(**RUN):
+            await app.publish(OrderPlaced(order_id=order, amount=40, trouble="silent"), key=order)
+            await app.publish(Ping(key=key, n=5), key=key)
+            await eventually(lambda: shop.seen[("ship", order)] == 1)
+
+            async def set_and_planted_gone() -> bool:
+                ids = [row[0] for row in raw_execute(store_url, "SELECT id FROM tidings_timers")]
+                kinds = {i.split("-")[0].split(":")[0] for i in ids}
+                return kinds == {"alarm", "timeout"}
+
+            await eventually(set_and_planted_gone)
+            clock.advance(timedelta(seconds=31))  # past the alarm and the shipping step's timeout
+            await eventually(lambda: got == [5])
+            await eventually(lambda: _status(app, name, order, "compensated"))
+        letters = await app.dead_letters("tidings:timers")
+    assert sorted((letter.reason, letter.stream is not None) for letter in letters) == [
+        ("malformed", True),
+        ("malformed", True),
+    ]
+    big = next(letter for letter in letters if letter.event_id == too_large.id)
+    assert f"exceeds the limit of {limit:,} bytes" in big.error
+    garbled = next(letter for letter in letters if letter.event_id is None)
+    assert garbled.raw == b'{"specversion": "1.0", "id": '
