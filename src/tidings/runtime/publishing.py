@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import Envelope
 from tidings.domain.ids import uuid7
+from tidings.domain.names import check_name
 from tidings.errors import InvalidArgument
 from tidings.runtime.codec import Codec
 from tidings.runtime.unit_of_work import Publication
@@ -49,6 +50,8 @@ def publication_envelope(
     one, it is a stream of its own (its id), spread over the partitions.
     """
     event_id = publication.id or uuid7()
+    if publication.key is not None:
+        check_name("key", publication.key)
     stream = publication.key or event_id
     envelope = codec.encode(
         publication.event,

@@ -19,6 +19,7 @@ import msgspec
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import Envelope
 from tidings.domain.events import Event
+from tidings.domain.names import check_name
 from tidings.errors import AggregateNotFound
 from tidings.ports import StoreTransaction
 
@@ -56,7 +57,10 @@ class UnitOfWork:
     #: a denied publication fails the handler where it is made. The codec checks again at commit.
     guard: Callable[[str], None] | None = None
 
-    def _check(self, events: Sequence[Event]) -> None:
+    def _check(self, events: Sequence[Event], key: str | None = None) -> None:
+        """Refuse, where it is staged, what the commit would refuse: a denied topic, a bad key."""
+        if key is not None:
+            check_name("key", key)
         if self.guard is not None:
             for event in events:
                 self.guard(event.__event_topic__)
@@ -90,7 +94,7 @@ class UnitOfWork:
     ) -> None:
         """Publish an event at commit; it inherits the handled event's correlation. An ``id`` of
         the caller's making makes publishing it again a no-op."""
-        self._check([event])
+        self._check([event], key)
         self.publications.append(Publication(event, key, ttl, expires_at, id))
 
     def dead_letter(self, error: str) -> None:
@@ -101,7 +105,7 @@ class UnitOfWork:
     def schedule(self, event: Event, *, at: datetime, key: str | None = None, id: str | None = None) -> None:
         """Publish an event at ``at``, by a durable timer set at commit (it survives restarts and
         fires once); a timer with the same ``id`` is replaced."""
-        self._check([event])
+        self._check([event], key)
         self.publications.append(Publication(event, key, id=id, at=at))
 
     async def get(self, collection: str, key: str, type: type[T]) -> T | None:
