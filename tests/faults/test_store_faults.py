@@ -15,6 +15,7 @@ import pytest
 from tidings.adapters.registry import open_store
 from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError, InvalidArgument
 from tidings.testing.conformance.events import items, unique
+from tidings.testing.plugin import fresh_postgres_database
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -185,7 +186,32 @@ def test_bad_urls_are_configuration_errors(url: str, needle: str) -> None:
 async def test_bad_stream_names_are_refused(tmp_path: Path) -> None:
     store = open_store(f"sqlite:///{tmp_path / 's.db'}")
     await store.open()
-    for name in ("", "x" * 600, "line\nbreak"):
+    for name in ("", "x" * 600, "line\nbreak", "nul\x00", "lone-\ud800"):
         with pytest.raises(InvalidArgument, match="stream name"):
             await store.append(name, items("x", 1))
     await store.close()
+
+
+async def test_a_value_postgresql_cannot_store_is_an_invalid_argument(postgres_url: str) -> None:
+    """A NUL in text is refused by the driver: the caller's argument, never the store being down
+    (which a handler retries for ever), wherever it reaches the adapter."""
+    with fresh_postgres_database(postgres_url) as url:
+        await _refuses_nul(url)
+
+
+async def _refuses_nul(url: str) -> None:
+    store = open_store(url)
+    await store.open()
+    try:
+        with pytest.raises(InvalidArgument, match="cannot store a value"):
+            await store.data_keys(["scope\x00"])
+        with pytest.raises(InvalidArgument, match="cannot store a value"):
+            await store.read_stream("stream\x00")
+        with pytest.raises(InvalidArgument, match="cannot store a value"):
+            async with store.transaction() as tx:
+                await tx.newest_data_key("scope\x00")
+        stream = unique("after")
+        await store.append(stream, items("x", 1))  # the store is as usable as before
+        assert len(await store.read_stream(stream)) == 1
+    finally:
+        await store.close()

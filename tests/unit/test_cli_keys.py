@@ -109,6 +109,36 @@ def test_list_rotate_and_shred(key_file: Path, tmp_path: Path) -> None:
     assert "second-note-text" in tidings_cli("events", "note-2", "--store", url, env=env).output
 
 
+def test_shred_tells_a_stream_named_like_a_topic_from_the_topic(key_file: Path, tmp_path: Path) -> None:
+    """``keys shred topic:<topic>`` shreds the stream of that name; the topic's unkeyed events
+    are shredded with ``--topic`` (they used to share one key)."""
+    url = f"sqlite:///{tmp_path}/x.db"
+    lookalike = f"topic:{KeyNoted.__event_topic__}"
+    write(url, key_file, [(lookalike, "stream-note-text")])
+
+    async def publish_unkeyed() -> str:
+        master = LocalMasterKey.from_file(key_file)
+        async with tidings.App("cli-keys", store=url, encryption=Encryption(master_key=master)) as app:
+            return (await app.publish(KeyNoted(text="unkeyed-note-text"))).stream
+
+    unkeyed = asyncio.run(publish_unkeyed())
+    env: dict[str, str | None] = {ENV_KEY_FILE: str(key_file)}
+    listed = tidings_cli("keys", "list", "--store", url, env=env).output
+    assert f"{lookalike} (stream)" in listed and "\x1f" not in listed
+    shredded = tidings_cli("keys", "shred", lookalike, "--yes", "--store", url, env=env)
+    assert shredded.exit_code == 0 and f"shredded 1 data key version(s) of '{lookalike}'" in shredded.output
+    assert "stream-note-text" not in tidings_cli("events", lookalike, "--store", url, env=env).output
+    assert "unkeyed-note-text" in tidings_cli("events", unkeyed, "--store", url, env=env).output
+    name = KeyNoted.__event_topic__
+    topic = tidings_cli("keys", "shred", "--topic", name, "--yes", "--store", url, env=env)
+    assert topic.exit_code == 0 and "of the unkeyed events of topic" in topic.output
+    assert "unkeyed-note-text" not in tidings_cli("events", unkeyed, "--store", url, env=env).output
+    neither = tidings_cli("keys", "shred", "--yes", "--store", url, env=env)
+    assert neither.exit_code == 2 and "name a scope" in neither.output
+    both = tidings_cli("keys", "shred", "x", "--topic", "a.b", "--yes", "--store", url, env=env)
+    assert both.exit_code == 2 and "not both" in both.output
+
+
 def test_dlq_show_opens_a_sealed_letter_only_with_the_key(key_file: Path, tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path}/x.db"
 

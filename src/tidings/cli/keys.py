@@ -15,10 +15,11 @@ from rich.table import Table
 from tidings.adapters.sql.keys import RETIRED
 from tidings.cli.common import StoreOption, fail, note, run_with_store, stdout
 from tidings.cli.render import cell, when
-from tidings.errors import ConfigurationError
+from tidings.errors import ConfigurationError, TidingsError
 from tidings.ports import DataKeyRecord, EventStore
 from tidings.runtime.app import DEFAULT_STORE
 from tidings.runtime.key_admin import Rotation, rotate
+from tidings.runtime.keyring import scope_label, stored_scope
 from tidings.runtime.master_key import (
     ENV_KEY,
     ENV_KEY_FILE,
@@ -105,23 +106,32 @@ def keys_rotate(
 
 @keys_app.command("shred")
 def keys_shred(
-    scope: Annotated[str, typer.Argument(help="The scope whose data keys to destroy (by default a stream).")],
+    scope: Annotated[
+        str | None, typer.Argument(help="The scope whose data keys to destroy (by default a stream).")
+    ] = None,
+    topic: Annotated[
+        str | None, typer.Option("--topic", help="Destroy the data key of this topic's unkeyed events.")
+    ] = None,
     store: StoreOption = DEFAULT_STORE,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Destroy a scope's data keys: its events then read as erased, for good."""
-    if not yes and not typer.confirm(
-        f"Destroy the data keys of {scope!r}? Its events become unreadable, for good"
-    ):
+    try:
+        stored = stored_scope(scope, topic)
+    except TidingsError as exc:
+        fail(str(exc))
+    named = repr(scope) if topic is None else f"the unkeyed events of topic {topic!r}"
+    question = f"Destroy the data keys of {named}? Its events become unreadable, for good"
+    if not yes and not typer.confirm(question):
         raise typer.Exit(1)
 
     async def work(opened: EventStore) -> int:
-        return await opened.shred_data_keys(scope)
+        return await opened.shred_data_keys(stored)
 
     destroyed = run_with_store(store, work, writable=True)
     if not destroyed:
-        fail(f"no live data key for scope {scope!r} (never used, or shredded already)")
-    stdout().print(f"shredded {destroyed} data key version(s) of {scope!r}")
+        fail(f"no live data key for {named} (never used, or shredded already)")
+    stdout().print(f"shredded {destroyed} data key version(s) of {named}")
     note("running processes stop using the key within a minute; snapshots of it are ignored from now on")
 
 
@@ -157,7 +167,7 @@ def keys_list(
         superseded = following is not None and following.scope == record.scope
         state = _state(record, superseded=superseded)
         table.add_row(
-            cell(record.scope, "cyan"),
+            cell(scope_label(record.scope), "cyan"),
             str(record.version),
             str(record.master_version),
             "-" if record.uses >= RETIRED else f"{record.uses:,}",  # a rotation kept no count

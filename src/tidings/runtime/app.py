@@ -20,6 +20,7 @@ from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, RecordedEvent, Stored
 from tidings.domain.events import Event, EventRegistry, default_registry
 from tidings.domain.integrity import IntegrityReport
+from tidings.domain.names import check_name
 from tidings.domain.policy import Policy
 from tidings.domain.saga import Saga
 from tidings.domain.topics import compile_pattern
@@ -31,7 +32,7 @@ from tidings.runtime.consuming import GroupConsumer, Subscription
 from tidings.runtime.deadlines import Clock, SystemClock
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.key_admin import Rotation, rotate
-from tidings.runtime.keyring import KeyRing
+from tidings.runtime.keyring import KeyRing, stored_scope
 from tidings.runtime.leasing import PartitionMember
 from tidings.runtime.log_context import log_fields
 from tidings.runtime.outbox import RESERVED_GROUP_PREFIX, Relay
@@ -231,6 +232,7 @@ class App:
         causation_id: str | None = None,
     ) -> list[RecordedEvent]:
         """Append events to a stream, atomically, with optimistic concurrency if asked."""
+        check_name("stream name", stream)
         batch = [events] if isinstance(events, Event) else list(events)
         now = datetime.now(UTC)  # the events of one append happen, and commit, together
         async with self._audited():
@@ -319,11 +321,13 @@ class App:
         self._keyring().drop_reservations()  # this process moves to new versions at once
         return rotation
 
-    async def shred_keys(self, scope: str) -> int:
-        """Destroy a scope's data keys (by default a scope is a stream): its events read as
-        ``Erased`` from now on, here at once and in other processes within a minute."""
-        destroyed = await self.store.shred_data_keys(scope)
-        self._keyring().forget(scope)
+    async def shred_keys(self, scope: str | None = None, *, topic: str | None = None) -> int:
+        """Destroy a scope's data keys (by default a scope is a stream), or with ``topic`` those
+        of the topic's unkeyed publications: their events read as ``Erased`` from now on, here
+        at once and in other processes within a minute."""
+        stored = stored_scope(scope, topic)
+        destroyed = await self.store.shred_data_keys(stored)
+        self._keyring().forget(stored)
         return destroyed
 
     def _keyring(self) -> KeyRing:

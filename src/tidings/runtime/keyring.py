@@ -5,6 +5,12 @@ erases that entity's events and nothing else); events published without a key, e
 its own, share one key per topic (``topic:<topic>``) instead of a key per event. An application
 can map streams to scopes of its own (``Encryption(scope=...)``: a customer, a tenant).
 
+The two kinds never share a stored name: a stream (or an application's scope) whose name starts
+with ``topic:`` is stored with a control character in front (``named_scope``), which no stream
+name holds, so a stream called ``topic:order.placed`` can neither read with nor shred the key of
+that topic's unkeyed events. Every other stream keeps the stored name it always had; events
+sealed under an old name still open, as each names its scope in its header.
+
 Each scope has versions of its key. A process reserves encryptions with the newest version in
 blocks (a counter in the store) and moves to a new version once a version has been used
 ``rotate_after`` times, far below the 2**32 encryptions that AES-GCM allows with random nonces.
@@ -27,7 +33,9 @@ import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tidings.domain.envelope import Envelope
-from tidings.errors import ConfigurationError, Undecryptable
+from tidings.domain.names import check_name
+from tidings.domain.topics import validate_topic
+from tidings.errors import InvalidArgument, Undecryptable
 from tidings.ports import DataKeyRecord, EventStore, StoreTransaction
 from tidings.runtime import crypto
 from tidings.runtime.crypto import SEALED, Header, Kind
@@ -45,6 +53,47 @@ REFRESH_SECONDS: Final = 60.0
 CACHED_SCOPES: Final = 100_000
 
 ScopeOf = Callable[[str], str]
+
+#: The stored scopes of topics (the key of their unkeyed publications) start with this.
+TOPIC_SCOPE: Final = "topic:"
+#: Put in front of a stream's or an application's scope that starts with ``TOPIC_SCOPE``: a
+#: control character, which ``check_name`` keeps out of every stream name and scope, so these
+#: stored names are a namespace of their own (finding: a stream named ``topic:x`` shared, and
+#: shredded, the key of topic x's unkeyed events).
+NAMED_MARK: Final = "\x1f"
+#: The longest scope an application may map a stream to.
+MAX_SCOPE: Final = 1000
+
+
+def topic_scope(topic: str) -> str:
+    """The stored scope of a topic's unkeyed publications."""
+    return TOPIC_SCOPE + validate_topic(topic)
+
+
+def named_scope(scope: str) -> str:
+    """The stored scope of a stream, or of an application's scope (by default a stream is its
+    own scope): never one of a topic."""
+    return _marked(check_name("encryption scope", scope, max_length=MAX_SCOPE))
+
+
+def _marked(scope: str) -> str:
+    return NAMED_MARK + scope if scope.startswith(TOPIC_SCOPE) else scope
+
+
+def stored_scope(scope: str | None = None, topic: str | None = None) -> str:
+    """The stored scope that a person names: a stream's or an application's ``scope``, or a
+    ``topic``'s (exactly one of them)."""
+    if (scope is None) == (topic is None):
+        raise InvalidArgument("name a scope (a stream, by default) or a topic, not both")
+    return named_scope(scope) if scope is not None else topic_scope(topic or "")
+
+
+def scope_label(stored: str) -> str:
+    """A stored scope as people name it: ``topic:<topic>`` for a topic's, else the stream's or
+    the application's scope with ``(stream)`` after it where it could be read as a topic's."""
+    if stored.startswith(NAMED_MARK):
+        return f"{stored[len(NAMED_MARK) :]} (stream)"
+    return stored
 
 
 @dataclass(slots=True)
@@ -102,18 +151,21 @@ class KeyRing:
 
     def scope_of(self, stream: str, envelope: Envelope) -> str:
         if stream == envelope.id and envelope.partitionkey is None:
-            return f"topic:{envelope.topic}"  # an unkeyed publication: one stream per event
+            check_name("stream name", stream)
+            return topic_scope(envelope.topic)  # an unkeyed publication: one stream per event
         return self.stream_scope(stream)
 
     def stream_scope(self, stream: str) -> str:
-        """The scope of a stream's events and snapshots (the application's mapping, checked)."""
-        scope = self._scope(stream)
-        if not scope or len(scope) > 1000 or (self._custom_scope and scope.startswith("topic:")):
-            raise ConfigurationError(
-                f"the encryption scope of stream {stream!r} must be 1 to 1000 characters and not "
-                f"start with 'topic:' (tidings' own scopes), got {scope[:80]!r}"
-            )
-        return scope
+        """The stored scope of a stream's events and snapshots (the application's mapping,
+        checked): ``InvalidArgument`` for a stream name, or a scope it maps to, that no store
+        can hold, before any key is looked up with it."""
+        check_name("stream name", stream)
+        if not self._custom_scope:
+            return _marked(stream)
+        try:
+            return named_scope(self._scope(stream))
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"the scope that stream {stream!r} maps to is invalid: {exc}") from None
 
     # -- sealing -----------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import Envelope
 from tidings.domain.ids import uuid7
+from tidings.domain.names import check_name
 from tidings.errors import InvalidArgument
 from tidings.runtime.codec import Codec
 from tidings.runtime.unit_of_work import Publication
@@ -50,6 +51,8 @@ def publication_envelope(
     published whole (sealed, with encryption on) is refused here, for publications and timers alike.
     """
     event_id = publication.id or uuid7()
+    if publication.key is not None:
+        check_name("key", publication.key)
     stream = publication.key or event_id
     envelope = codec.encode(
         publication.event,

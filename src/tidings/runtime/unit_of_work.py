@@ -19,6 +19,7 @@ import msgspec
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import Envelope
 from tidings.domain.events import Event
+from tidings.domain.names import check_name
 from tidings.errors import AggregateNotFound
 from tidings.ports import StoreTransaction
 
@@ -68,7 +69,10 @@ class UnitOfWork:
     #: refuses at once what could never fire (too large, sealed size included).
     trial: Callable[[Publication], object] | None = None
 
-    def _check(self, events: Sequence[Event]) -> None:
+    def _check(self, events: Sequence[Event], key: str | None = None) -> None:
+        """Refuse, where it is staged, what the commit would refuse: a denied topic, a bad key."""
+        if key is not None:
+            check_name("key", key)
         if self.guard is not None:
             for event in events:
                 self.guard(event.__event_topic__)
@@ -102,7 +106,7 @@ class UnitOfWork:
     ) -> None:
         """Publish an event at commit; it inherits the handled event's correlation. An ``id`` of
         the caller's making makes publishing it again a no-op."""
-        self._check([event])
+        self._check([event], key)
         self.publications.append(Publication(event, key, ttl, expires_at, id))
 
     def dead_letter(self, error: str) -> None:
@@ -114,7 +118,7 @@ class UnitOfWork:
         """Publish an event at ``at``, by a durable timer set at commit (it survives restarts and
         fires once); a timer with the same ``id`` is replaced. An event that could not be
         published when it fires (``PayloadTooLarge``, its sealed size included) is refused here."""
-        self._check([event])
+        self._check([event], key)
         publication = Publication(event, key, id=id, at=at)
         if self.trial is not None:
             self.trial(publication.fired())

@@ -43,6 +43,7 @@ from tidings.domain.integrity import IntegrityReport
 from tidings.errors import (
     BackendUnavailable,
     ConfigurationError,
+    InvalidArgument,
     TidingsError,
 )
 from tidings.ports import (
@@ -194,6 +195,10 @@ class PostgresStore(PostgresKeyring):
         return message.replace(self.settings.conninfo, self.url)
 
     def _translate(self, exc: psycopg.Error) -> TidingsError:
+        if isinstance(exc, psycopg.DataError):
+            # A value that no attempt can store (a NUL in text, say) is the caller's argument,
+            # dead-lettered in a handler, not an outage that is retried for ever.
+            return InvalidArgument(f"PostgreSQL at {self.url} cannot store a value: {self._message(exc)}")
         return BackendUnavailable(f"PostgreSQL at {self.url}: {self._message(exc)}")
 
     @asynccontextmanager
@@ -205,7 +210,7 @@ class PostgresStore(PostgresKeyring):
                 yield connection
         except psycopg_pool.PoolTimeout as exc:
             raise BackendUnavailable(f"no connection to {self.url} became free: {exc}") from None
-        except psycopg.OperationalError as exc:
+        except (psycopg.OperationalError, psycopg.DataError) as exc:
             raise self._translate(exc) from None
 
     # -- appending -------------------------------------------------------------------------

@@ -15,6 +15,7 @@ from typing import Any, Final, NamedTuple
 from tidings.adapters.sql.rows import row_digest, to_micros, unpack_meta
 from tidings.domain.envelope import Envelope
 from tidings.domain.integrity import IntegrityProblem, IntegrityReport, StreamChecker
+from tidings.domain.names import check_name
 from tidings.errors import ConcurrencyError, IntegrityError, InvalidArgument
 from tidings.ports import ANY, NO_STREAM, ExpectedVersion
 
@@ -96,11 +97,7 @@ def unique_by_id(envelopes: Sequence[Envelope]) -> list[Envelope]:
 
 
 def validate_stream_name(stream: str) -> str:
-    if not isinstance(stream, str) or not stream or len(stream) > 512:
-        raise InvalidArgument(f"a stream name must be 1 to 512 characters, got {stream!r:.60}")
-    if any(ord(c) < 32 for c in stream):
-        raise InvalidArgument(f"stream name {stream!r} contains control characters")
-    return stream
+    return check_name("stream name", stream)
 
 
 class StoreAudit:
