@@ -108,8 +108,11 @@ class StoreTransaction(Protocol):
     async def dead_letter(self, letter: DeadLetter) -> int:
         """Put an event into the group's dead letter queue; returns the entry's id."""
 
-    async def settle_dead_letter(self, entry: int, state: str) -> None:
-        """Move a dead letter to another state (``redriven`` once its redrive succeeded)."""
+    async def settle_dead_letter(self, entry: int, state: str) -> bool:
+        """End a redrive: move the dead letter to ``state`` if it is still queued for redrive
+        (``redrive``); else change nothing and return False. A compare-and-set, so that a run
+        that ends after another settled the letter cannot undo it: a letter ``redriven`` (its
+        effects committed) never returns to ``dead``."""
 
 
 class Timer(msgspec.Struct, frozen=True):
@@ -167,6 +170,9 @@ class Log(Protocol):
     partitions: int
     #: Made with the log (the store): a broker that carries a log checks it carries this one.
     log_id: str
+
+    def partition_of(self, key: str) -> int:
+        """The partition of a partition key (a stream's name when its events carry none)."""
 
     def checkpoint_name(self, group: str, partition: int) -> str:
         """Where the group's checkpoint in this log's positions is kept (positions of different

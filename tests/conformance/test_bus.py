@@ -1,9 +1,11 @@
 """Runs the bus part of the conformance suite on the SQLite log, the PostgreSQL log and
-JetStream (PostgreSQL as the store, the relay feeding a nats-server)."""
+JetStream (PostgreSQL as the store, the relay feeding a nats-server), and on SQLite with
+encryption on; redrive with several members of a group included."""
 
 import pytest
 
 from tidings.testing.conformance.bus import *  # noqa: F403
+from tidings.testing.conformance.redrive import *  # noqa: F403
 from tidings.testing.plugin import BUS_BACKENDS, SEALED
 
 

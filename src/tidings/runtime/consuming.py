@@ -28,12 +28,12 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from tidings.domain.attributes import escape_controls
-from tidings.domain.envelope import RecordedEvent, Undecodable, from_structured, to_structured
+from tidings.domain.envelope import RecordedEvent, Undecodable, to_structured
 from tidings.domain.events import Erased, Event
 from tidings.domain.topics import AnyOf, Pattern
 from tidings.errors import AccessDenied, BackendUnavailable, ConcurrencyError, MalformedEvent, Undecryptable
 from tidings.ports import DeadLetter, Log, StoreTransaction
-from tidings.runtime.crypto import SEALED
+from tidings.runtime.deadletter import Redrive, redrive_letters, settle
 from tidings.runtime.deadlines import lateness
 from tidings.runtime.leasing import LeaseLost, PartitionMember
 from tidings.runtime.log_context import log_fields
@@ -175,9 +175,13 @@ class GroupConsumer(PartitionMember):
         return self.log.checkpoint_name(self.group, partition)
 
     async def between_leases(self) -> None:
-        await self._redrive()
+        await redrive_letters(self)
         if self.subscription.ordered:
             self._blocked = await self.log.blocked_keys(self.group)
+
+    async def handle_again(self, record: RecordedEvent, redrive: Redrive) -> bool:
+        """Handle a dead letter's event again (``runtime/deadletter.py``); True if handled."""
+        return await self._process(None, record, redrive)
 
     def on_stop(self) -> None:
         self.app.wakeups.wake()  # idle partitions notice at once instead of at their next poll
@@ -267,18 +271,20 @@ class GroupConsumer(PartitionMember):
         position: int,
         now: _Handled | None = None,
         extra: Callable[[StoreTransaction], Awaitable[None]] | None = None,
+        redrive: Redrive | None = None,
     ) -> None:
         """One transaction, fenced by the partition's lease: the inbox records and units of work
         of the waiting events and of ``now`` (an event that commits at once), then ``extra`` (a
         dead letter's row), then the checkpoint at ``position``. Without a partition (a redrive):
-        ``now`` and ``extra`` alone."""
+        ``now`` and ``extra`` alone, fenced by the lease of the redrive's partition."""
         waiting = self._waiting.pop(partition, []) if partition is not None else []
         handled = waiting + ([now] if now is not None else [])
         saved: list[tuple[Any, int]] = []
         try:
             async with self.app.store.transaction() as tx:
-                if partition is not None:
-                    await self.fence(tx, partition)
+                fenced_by = redrive.partition if redrive is not None else partition
+                if fenced_by is not None:
+                    await self.fence(tx, fenced_by)
                 units: list[tuple[Context, UnitOfWork]] = []
                 for done in handled:
                     # Not in the inbox yet, else another delivery made its effects already.
@@ -329,7 +335,11 @@ class GroupConsumer(PartitionMember):
             self.app.notify()
 
     async def _process(
-        self, partition: int | None, record: RecordedEvent, redrive: int = 0, duplicate: bool = False
+        self,
+        partition: int | None,
+        record: RecordedEvent,
+        redrive: Redrive | None = None,
+        duplicate: bool = False,
     ) -> bool:
         """Handle one event to its end (done, skipped or dead-lettered); True if it was handled."""
         envelope = record.envelope
@@ -337,11 +347,11 @@ class GroupConsumer(PartitionMember):
             return await self._process_event(partition, record, redrive, duplicate)
 
     async def _process_event(
-        self, partition: int | None, record: RecordedEvent, redrive: int, duplicate: bool
+        self, partition: int | None, record: RecordedEvent, redrive: Redrive | None, duplicate: bool
     ) -> bool:
         app, envelope = self.app, record.envelope
         key = envelope.partitionkey or record.stream
-        parks = self.subscription.ordered and not redrive
+        parks = self.subscription.ordered and redrive is None
         if parks and key in self._blocked:
             # The cache may be stale (the key may have drained since): ask the store.
             self._blocked = await self.log.blocked_keys(self.group)
@@ -361,10 +371,10 @@ class GroupConsumer(PartitionMember):
             await self._dead(partition, record, "undecryptable", str(exc), "", 0, None, redrive)
             return False
         if isinstance(event, Erased):  # shredded: no data left to handle
-            if redrive:
-                await self.log.set_dead_letter_state([redrive], "purged")
+            if redrive is not None:
+                await settle(self, redrive, "purged")
             return False  # the checkpoint moves past it
-        late = None if redrive else lateness(envelope, app.clock.now(), self.subscription.max_age)
+        late = None if redrive is not None else lateness(envelope, app.clock.now(), self.subscription.max_age)
         if late is not None:
             error = f"expired {late.total_seconds():.3f} s before it could be handled"
             await self._dead(partition, record, "expired", error, "", 0, None, redrive)
@@ -411,9 +421,13 @@ class GroupConsumer(PartitionMember):
         return False
 
     async def _commit(
-        self, partition: int | None, record: RecordedEvent, context: Context, redrive: int
+        self, partition: int | None, record: RecordedEvent, context: Context, redrive: Redrive | None
     ) -> None:
-        if partition is not None and not redrive and record.position > self._alone_until.get(partition, 0):
+        if (
+            partition is not None
+            and redrive is None
+            and record.position > self._alone_until.get(partition, 0)
+        ):
             # Its effects wait for the partition's next commit (at the latest, the end of the
             # batch). A crash before it redelivers the batch's events; a concurrency conflict
             # of a saved aggregate fails the shared commit, and the batch's events are then
@@ -422,11 +436,10 @@ class GroupConsumer(PartitionMember):
             return
 
         async def settle_redrive(tx: StoreTransaction) -> None:
-            await tx.settle_dead_letter(redrive, "redriven")
+            if redrive is not None:  # the inbox record above keeps a second run's effects out
+                await tx.settle_dead_letter(redrive.entry, "redriven")
 
-        await self._settle(
-            partition, record.position, _Handled(record, context), settle_redrive if redrive else None
-        )
+        await self._settle(partition, record.position, _Handled(record, context), settle_redrive, redrive)
 
     async def _dead(
         self,
@@ -437,7 +450,7 @@ class GroupConsumer(PartitionMember):
         trace: str,
         attempts: int,
         first_failure: datetime | None,
-        redrive: int,
+        redrive: Redrive | None,
     ) -> None:
         if self.subscription.ordered:
             self._blocked.add(record.envelope.partitionkey or record.stream)
@@ -445,12 +458,13 @@ class GroupConsumer(PartitionMember):
         letter = self._letter(record, reason, error, trace, attempts, first_failure)
 
         async def write(tx: StoreTransaction) -> None:
-            if redrive:
-                await tx.settle_dead_letter(redrive, "dead")
+            if redrive is not None:
+                # Only out of ``redrive``: a letter another run settled as redriven stays so.
+                await tx.settle_dead_letter(redrive.entry, "dead")
             else:
                 await tx.dead_letter(letter)
 
-        await self._settle(partition, record.position, extra=write)
+        await self._settle(partition, record.position, extra=write, redrive=redrive)
 
     def _letter(
         self,
@@ -484,45 +498,3 @@ class GroupConsumer(PartitionMember):
             first_failed=first_failure,
             dead_at=self.app.clock.now(),
         )
-
-    async def _redrive(self) -> None:
-        """Hand the group's dead letters that an operator asked to redrive to its handler again;
-        only this group sees them, whatever other groups read the same event."""
-        failed_keys: set[str] = set()
-        for letter in await self.log.dead_letters(self.group, state="redrive", limit=100):
-            ordered_key = letter.key if self.subscription.ordered else None
-            if letter.envelope is None or (ordered_key is not None and ordered_key in failed_keys):
-                # Unusable, or an earlier event of its key failed again: it stays parked.
-                await self.log.set_dead_letter_state([letter.id], "dead")
-                continue
-            try:
-                # The document carries the data in base64 when it is sealed: a third larger.
-                envelope = from_structured(letter.envelope, max_size=self.app.codec.max_size * 2)
-            except MalformedEvent as exc:
-                log.error("group %s: dead letter %d cannot be redriven: %s", self.group, letter.id, exc)
-                await self.log.set_dead_letter_state([letter.id], "dead")
-                continue
-            if not self.subscription.pattern.matches(envelope.topic):
-                # Not this group's to handle: a group of the same name in another App (another
-                # principal, with another pattern) dead-lettered it. It stays dead.
-                log.error(
-                    "group %s: dead letter %d (%s) is not of its pattern",
-                    self.group,
-                    letter.id,
-                    envelope.topic,
-                )
-                await self.log.set_dead_letter_state([letter.id], "dead")
-                continue
-            if self.app.keys is not None and envelope.datacontenttype == SEALED:
-                await self.app.keys.load([envelope.data])
-            # Version 0: a dead letter does not record it (sealed data is checked by stream only).
-            record = RecordedEvent(envelope, letter.stream or "", 0, letter.position or 0)
-            handled = False
-            with contextlib.suppress(ConcurrencyError):
-                handled = await self._process(None, record, redrive=letter.id)
-            if ordered_key is None:
-                continue
-            if handled:
-                await self.log.unpark(self.group, ordered_key)  # next of the key, in order
-            else:
-                failed_keys.add(ordered_key)

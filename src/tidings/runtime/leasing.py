@@ -46,6 +46,11 @@ class PartitionMember:
     def stopping(self) -> bool:
         return self._stopping.is_set()
 
+    @property
+    def held(self) -> frozenset[int]:
+        """The partitions this member held at its last renewal (``fence`` tells for sure)."""
+        return frozenset(self._tasks)
+
     async def work(self, partition: int) -> None:
         """Process the partition until ``stopping`` (or until cancelled)."""
         raise NotImplementedError
@@ -67,7 +72,7 @@ class PartitionMember:
             while not self._stopping.is_set():
                 try:
                     await self.between_leases()
-                    await self._rebalance()
+                    await self.renew()
                 except Exception:
                     # The store may be down for a while: keep trying; leases held meanwhile
                     # expire, and other members take the partitions over.
@@ -95,7 +100,9 @@ class PartitionMember:
         if not await tx.holds_lease(self.group, partition, self.member):
             raise LeaseLost(f"member {self.member} lost partition {partition} of {self.group}")
 
-    async def _rebalance(self) -> None:
+    async def renew(self) -> None:
+        """Renew the leases, taking or giving up partitions for an even share, and start or stop
+        their tasks (every third of ``lease_ttl``; housekeeping that runs longer calls it too)."""
         held = set(await self.log.lease(self.group, self.member, ttl=self.lease_ttl))
         for partition in list(self._tasks):
             if partition not in held or self._tasks[partition].done():

@@ -48,6 +48,7 @@ class SealedLog:
         self.partitions = inner.partitions
         self.log_id = inner.log_id  # the inner log is open: its id is known
         self.checkpoint_name = inner.checkpoint_name
+        self.partition_of = inner.partition_of
         self.lease = inner.lease
         self.release = inner.release
         self.handled = inner.handled

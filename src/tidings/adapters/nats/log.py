@@ -24,6 +24,9 @@ class JetStreamLog:
         self.partitions = store_log.partitions
         self.log_id = store_log.log_id
 
+    def partition_of(self, key: str) -> int:
+        return self.store_log.partition_of(key)  # the bus keeps the store's partitions
+
     def checkpoint_name(self, group: str, partition: int) -> str:
         # Stream sequences, not store positions: kept apart from the embedded log's checkpoints.
         read = self.bus.read_stream_of(partition)

@@ -332,6 +332,9 @@ class PostgresStore(PostgresKeyring):
     def partitions(self) -> int:
         return self._partition_of.partitions
 
+    def partition_of(self, key: str) -> int:
+        return self._partition_of(key)
+
     def checkpoint_name(self, group: str, partition: int) -> str:
         return group_checkpoint(group, partition)
 
@@ -521,6 +524,7 @@ class PostgresTransaction(PostgresTransactionKeys):
         row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
-    async def settle_dead_letter(self, entry: int, state: str) -> None:
+    async def settle_dead_letter(self, entry: int, state: str) -> bool:
         check_dead_letter_state(state)
-        await self._connection.execute(CONSUMERS.set_dead_letter_state, (state, entry))
+        cursor = await self._connection.execute(CONSUMERS.settle_dead_letter, (state, entry))
+        return cursor.rowcount == 1

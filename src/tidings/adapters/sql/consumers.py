@@ -91,6 +91,7 @@ class ConsumerSql(NamedTuple):
     insert_dead_letter: str
     dead_letters: str
     set_dead_letter_state: str
+    settle_dead_letter: str
     trace_events: str
     blocked_keys: str
     unpark: str
@@ -147,6 +148,10 @@ class ConsumerSql(NamedTuple):
                 f" ORDER BY id LIMIT {m}"
             ),
             set_dead_letter_state=f"UPDATE tidings_dead_letters SET state = {m} WHERE id = {m}",
+            # Compare-and-set: only a letter still queued for redrive moves (see the port).
+            settle_dead_letter=(
+                f"UPDATE tidings_dead_letters SET state = {m} WHERE id = {m} AND state = 'redrive'"
+            ),
             blocked_keys=(
                 "SELECT DISTINCT partition_key FROM tidings_dead_letters"
                 f" WHERE group_name = {m} AND state IN ('dead', 'redrive') AND partition_key IS NOT NULL"

@@ -307,6 +307,10 @@ def set_dead_letter_state(connection: sqlite3.Connection, entries: Sequence[int]
     return sum(connection.execute(CONSUMERS.set_dead_letter_state, (state, e)).rowcount for e in entries)
 
 
+def settle_dead_letter(connection: sqlite3.Connection, entry: int, state: str) -> bool:
+    return connection.execute(CONSUMERS.settle_dead_letter, (state, entry)).rowcount == 1
+
+
 def shred_keys(connection: sqlite3.Connection, statement: str, scope: str) -> int:
     """Destroy a scope's wrapped keys; with secure_delete, SQLite overwrites the old bytes in the
     pages it rewrites instead of leaving them in free space."""

@@ -347,6 +347,9 @@ class SqliteStore(SqliteKeyring):
     def partitions(self) -> int:
         return self._partition_of.partitions
 
+    def partition_of(self, key: str) -> int:
+        return self._partition_of(key)
+
     def checkpoint_name(self, group: str, partition: int) -> str:
         return group_checkpoint(group, partition)
 
@@ -489,6 +492,6 @@ class SqliteTransaction(SqliteTransactionKeys):
     async def dead_letter(self, letter: DeadLetter) -> int:
         return await self._store._write(steps.dead_letter, letter)
 
-    async def settle_dead_letter(self, entry: int, state: str) -> None:
+    async def settle_dead_letter(self, entry: int, state: str) -> bool:
         check_dead_letter_state(state)
-        await self._store._write(steps.set_dead_letter_state, [entry], state)
+        return await self._store._write(steps.settle_dead_letter, entry, state)

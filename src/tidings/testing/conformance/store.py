@@ -11,7 +11,7 @@ import pytest
 from tidings.adapters.registry import open_store
 from tidings.domain.envelope import Envelope, RecordedEvent
 from tidings.errors import ConcurrencyError, MalformedEvent
-from tidings.ports import ANY, NO_STREAM, EventStore, ExpectedVersion, Log, Snapshot
+from tidings.ports import ANY, NO_STREAM, DeadLetter, EventStore, ExpectedVersion, Log, Snapshot
 from tidings.testing.conformance.events import CartCheckedOut, ItemAdded, codec, items, unique
 
 
@@ -326,6 +326,35 @@ async def test_a_transaction_commits_appends_documents_and_checkpoints_together(
         await tx.clear_collection("carts")
     assert await store.get_document("carts", stream) is None
     assert await store.get_checkpoint("never-set") == 0
+
+
+async def test_a_redrive_settles_only_a_letter_queued_for_redrive(store: EventStore) -> None:
+    """``settle_dead_letter`` is a compare-and-set out of ``redrive``: a run that ends after
+    another run settled the letter (as redriven) cannot put it back to dead."""
+    assert isinstance(store, Log)
+    group = unique("settling")
+    letter = DeadLetter(group=group, reason="failed", error="boom", dead_at=datetime.now(UTC))
+    async with store.transaction() as tx:
+        entry = await tx.dead_letter(letter)
+    async with store.transaction() as tx:
+        assert await tx.settle_dead_letter(entry, "redriven") is False  # not queued: stays dead
+    assert await store.set_dead_letter_state([entry], "redrive") == 1
+    async with store.transaction() as tx:
+        assert await tx.settle_dead_letter(entry, "redriven") is True
+    async with store.transaction() as tx:
+        assert await tx.settle_dead_letter(entry, "dead") is False
+    assert [x.state for x in await store.dead_letters(group, state=None)] == ["redriven"]
+
+
+async def test_the_log_names_the_partition_of_a_key(store: EventStore) -> None:
+    """``Log.partition_of``: the partition where the store puts the events of a key (the
+    member that holds it redrives the key's dead letters)."""
+    assert isinstance(store, Log)
+    for n in range(5):
+        stream = unique(f"placed-{n}")
+        (record,) = await store.append(stream, items(stream, 1))
+        found = await store.read_partition(store.partition_of(stream), after=record.position - 1, limit=1)
+        assert [r.envelope.id for r in found] == [record.envelope.id]
 
 
 async def test_list_streams(store: EventStore) -> None:
