@@ -50,6 +50,11 @@ from tidings.ports import EventStore, Log
 
 #: Services working on a store right now: consumer group members whose lease has not run out.
 LIVE_MEMBERS = "SELECT count(*) FROM tidings_members WHERE expires_us > ?"
+#: The tables of a PostgreSQL database that refer (by a foreign key) to one of the given tables.
+REFERENCES = (
+    "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint"
+    " WHERE contype = 'f' AND confrelid::regclass::text = ANY(%s)"
+)
 
 
 @dataclass(frozen=True)
@@ -229,8 +234,14 @@ def _survey_postgres(url: str, now_us: int) -> Survey:
                 if "tidings_members" in tables
                 else 0
             )
-            # Other tables and views of the database are left as they are by the replacement.
+            # Other tables and views of the database are left as they are by the replacement,
+            # but one that refers to the store's rows would keep them from being removed.
             strange = strangers(lambda statement: connection.execute(statement).fetchall(), own & set(tables))
+            strange += [
+                f"a foreign key of {referrer} on {referred}"
+                for referrer, referred in connection.execute(REFERENCES, (sorted(own),))
+                if referrer not in own
+            ]
     except psycopg.Error as exc:
         raise BackendUnavailable(
             f"PostgreSQL at {redact_url(url)}: cannot look at the store ({type(exc).__name__})"

@@ -350,3 +350,19 @@ def test_replacing_the_demos_store_on_postgresql_leaves_other_tables_and_views(p
         assert raw_execute(url, "SELECT count(*) FROM order_events") == [(0,)]
         assert asyncio.run(prepare(url)) != first
         assert raw_execute(url, "SELECT count(*) FROM order_events")[0][0] > 0
+
+
+@pytest.mark.timeout(120)
+def test_a_demo_store_another_table_refers_to_on_postgresql_is_refused(postgres_url: str) -> None:
+    """A user's table with a foreign key on the demo's events: emptying the store would break it
+    (or, with CASCADE, empty it too), so the store is refused untouched."""
+    with fresh_postgres_database(postgres_url) as url:
+        _claim(url)
+        asyncio.run(prepare(url))
+        raw_execute(url, "CREATE TABLE audit_notes (position BIGINT REFERENCES tidings_events (position))")
+        raw_execute(url, "INSERT INTO audit_notes SELECT min(position) FROM tidings_events")
+        events = raw_execute(url, "SELECT count(*) FROM tidings_events")
+        with pytest.raises(ConfigurationError, match="a foreign key of audit_notes on tidings_events"):
+            _claim(url)
+        assert raw_execute(url, "SELECT count(*) FROM tidings_events") == events
+        assert raw_execute(url, "SELECT count(*) FROM audit_notes") == [(1,)]
