@@ -31,7 +31,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import tidings
 from examples.shop import settings
-from examples.shop.demo_store import MARK_STREAM, DemoRunEnded, DemoStoreMade, bus_for, claim, order_id
+from examples.shop.demo_contents import (
+    DEMO_APP,
+    MARK_STREAM,
+    SERVICES,
+    WATCH_GROUP,
+    DemoRunEnded,
+    DemoStoreMade,
+    order_id,
+)
+from examples.shop.demo_lock import exclusive
+from examples.shop.demo_store import bus_for, claim, sqlite_path
 from examples.shop.events import OrderPlaced
 from examples.shop.inventory import Stock
 from examples.shop.summary import SKUS, Report, report, show
@@ -41,7 +51,6 @@ from tidings.ports import Log
 from tidings.runtime.app import DEFAULT_STORE
 
 ROOT = Path(__file__).resolve().parents[2]
-SERVICES = ("orders", "inventory", "payments", "shipping")
 LOGS = Path(".tidings/logs")
 
 
@@ -136,7 +145,7 @@ class Pace:
 
 async def prepare(url: str) -> str:
     """Mark the store as the demo's (its first event) and stock it; returns its log's id."""
-    async with tidings.App("shop-demo", store=url) as app:
+    async with tidings.App(DEMO_APP, store=url) as app:
         await app.append(MARK_STREAM, DemoStoreMade(), expected_version=tidings.NO_STREAM)
         for sku, quantity in SKUS.items():
             stock = Stock(sku)
@@ -147,18 +156,18 @@ async def prepare(url: str) -> str:
 
 async def mark_end(url: str, orders: int) -> None:
     """The run's last event: the next run knows the store as the demo's, unchanged since."""
-    async with tidings.App("shop-demo", store=url) as app:
+    async with tidings.App(DEMO_APP, store=url) as app:
         await app.append(MARK_STREAM, DemoRunEnded(orders=orders))
 
 
 async def drive(url: str, bus: str | None, orders: int, console: Console) -> Report:
     """Place the orders while the services work, at the pace they keep; wait until every saga
     ended."""
-    watcher = tidings.App("shop-demo", store=url, bus=bus)
+    watcher = tidings.App(DEMO_APP, store=url, bus=bus)
     pace = Pace(target=settings.STEP_TIMEOUT_SECONDS / 3)
     ended = 0
 
-    @watcher.subscribe("tidings.saga.ended", group="demo-watch")
+    @watcher.subscribe("tidings.saga.ended", group=WATCH_GROUP)
     async def on_end(event: SagaEnded, ctx: tidings.Context) -> None:
         nonlocal ended
         ended += 1
@@ -227,9 +236,15 @@ def environment(changes: dict[str, str]) -> Iterator[None]:
 
 def run(url: str, bus: str | None, orders: int, logs: Path = LOGS) -> bool:
     """The whole demo; True if every check held. The services' output goes to ``logs``.
-    Raises ``tidings.ConfigurationError`` for a store that is not the demo's to use."""
+    Raises ``tidings.ConfigurationError`` for a store that is not the demo's to use, or that another
+    demo runs on."""
+    with exclusive(url, sqlite_path(url)) as held:  # from judging the store to the run's end
+        claim(url, bus, held)
+        return _run(url, bus, orders, logs)
+
+
+def _run(url: str, bus: str | None, orders: int, logs: Path) -> bool:
     console = Console()
-    claim(url, bus)
     with environment({"TIDINGS_STORE": url, "TIDINGS_BUS": ""}):  # the store alone
         log_id = asyncio.run(prepare(url))
     if bus:

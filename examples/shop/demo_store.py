@@ -2,13 +2,20 @@
 
 A store the demo makes begins with its mark: the first event of the log is ``DemoStoreMade`` in
 the stream ``shop-demo``, and each run that ends adds a ``DemoRunEnded`` there. A store that
-begins so and whose every stream is one the demo writes (its marks, the stock, the orders and
-their sagas) is the demo's, ended or interrupted, and the next run replaces it: the SQLite file
-is deleted, or on PostgreSQL the tidings tables are dropped, together with the JetStream streams
-that carried its log. A place that holds nothing at all (no file, an empty file, a database
-without tables, a store with no rows but its identity) is used as it is. Anything else (another
-store, streams the demo does not write, documents or keys without events, a file that is no
-store) is refused untouched, and the refusal says what to do.
+begins so, whose every stream is one the demo writes (its marks, the stock, the orders and
+their sagas), whose every event comes from one of the demo's Apps and is of one of its types,
+and whose other tables hold only what the demo's services write (see
+``examples.shop.demo_contents``) is the demo's, ended or interrupted, and the next run replaces
+it: the SQLite file is deleted, or on PostgreSQL the rows of tidings' own tables are removed
+(the tables stay, and so do other tables and views of the database), together with the
+JetStream streams that carried its log. The run holds the store from judging it to its end
+(``examples.shop.demo_lock``): a second demo on it is refused.
+
+A place that holds nothing at all (no file, an empty file, a database without tables, a store
+with no rows but its identity) is used as it is. Anything else (another store, streams the demo
+does not write, events of other Apps, documents or keys it does not write, other tables or
+views in the SQLite file, a file that is no store) is refused untouched, and the refusal says
+what to do.
 
 On a bus, each store gets JetStream streams and subjects of its own (named after its log), so
 that a run never meets the streams of an earlier run's store.
@@ -27,50 +34,27 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
-import tidings
-from examples.shop.inventory import Stock
-from examples.shop.orders import fulfilment
-from examples.shop.summary import SKUS
+from examples.shop.demo_contents import (
+    MARK_STREAM,
+    DemoStoreMade,
+    demo_writes,
+    own_tables,
+    stranger,
+    strangers,
+)
+from examples.shop.demo_lock import Held
 from tidings.adapters.registry import open_store
 from tidings.adapters.urls import redact_url
-from tidings.domain.saga import SagaInstance
 from tidings.errors import BackendUnavailable, ConfigurationError, TidingsError
-from tidings.ports import Log
+from tidings.ports import EventStore, Log
 
-MARK_STREAM = "shop-demo"
-ORDER_PREFIX = "order-"
 #: Services working on a store right now: consumer group members whose lease has not run out.
 LIVE_MEMBERS = "SELECT count(*) FROM tidings_members WHERE expires_us > ?"
-
-
-class DemoStoreMade(tidings.Event, topic="shop.demo.made", type="shop.DemoStoreMade"):
-    """The first event of a store the demo made."""
-
-
-class DemoRunEnded(tidings.Event, topic="shop.demo.ended", type="shop.DemoRunEnded"):
-    """The last event of each run that ended (an interrupted run has none)."""
-
-    orders: int
-
-
-def order_id(number: int) -> str:
-    """The id of the demo's ``number``-th order; its events are the stream of that name."""
-    return f"{ORDER_PREFIX}{number:04d}"
-
-
-def _is_order(name: str) -> bool:
-    digits = name.removeprefix(ORDER_PREFIX)
-    return digits.isdigit() and order_id(int(digits)) == name
-
-
-def demo_writes(stream: str) -> bool:
-    """Whether the demo or its services write a stream of this name: the marks, the stock of its
-    SKUs, an order (the order's events and its services' replies, keyed by the order's id) and
-    the order's fulfilment saga."""
-    if stream == MARK_STREAM or stream in {Stock.stream_of(sku) for sku in SKUS}:
-        return True
-    saga_prefix = SagaInstance.stream_of(f"{fulfilment.name}:")
-    return _is_order(stream.removeprefix(saga_prefix))
+#: The tables of a PostgreSQL database that refer (by a foreign key) to one of the given tables.
+REFERENCES = (
+    "SELECT conrelid::regclass::text, confrelid::regclass::text FROM pg_constraint"
+    " WHERE contype = 'f' AND confrelid::regclass::text = ANY(%s)"
+)
 
 
 @dataclass(frozen=True)
@@ -89,9 +73,12 @@ def sqlite_path(url: str) -> Path | None:
     return Path(url.removeprefix("sqlite:///").partition("?")[0])
 
 
-def claim(url: str, bus: str | None) -> Found:
+def claim(url: str, bus: str | None, held: Held) -> Found:
     """Make ``url`` ready for a run: replace the demo's own store, keep an empty one; raise
-    ``ConfigurationError`` (and change nothing) for anything else."""
+    ``ConfigurationError`` (and change nothing) for anything else. ``held`` is the run's hold on
+    the store (``examples.shop.demo_lock.exclusive``): no other demo judges or uses it meanwhile."""
+    if held.url != url:
+        raise ConfigurationError(f"the demo holds {redact_url(held.url)}, not {redact_url(url)}")
     path = sqlite_path(url)
     if path is not None and (not path.exists() or path.stat().st_size == 0):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -141,32 +128,49 @@ def refusal(url: str, why: str) -> ConfigurationError:
     return ConfigurationError(f"{shown} {why}; the demo replaces only a store it made: {advice}")
 
 
+@dataclass(frozen=True)
+class Survey:
+    """What a store's database holds, seen from outside the store: its ``tables`` (each with
+    whether it holds a row), the consumer group members with a ``live`` lease (services working
+    on it now), the tables, views and triggers of a SQLite file that are not tidings' own
+    (``foreign``: they go with the file), and what tidings' tables hold that the demo does not
+    write (``strange``)."""
+
+    tables: dict[str, bool]
+    live: int = 0
+    foreign: tuple[str, ...] = ()
+    strange: tuple[str, ...] = ()
+
+
 def _judge(url: str) -> Found:
-    tables, live = _survey(url)
+    survey = _survey(url)
+    tables = survey.tables
     others = sorted(name for name in tables if not name.startswith("tidings_"))
     if not tables:
         return Found("new")
     if "tidings_events" not in tables:
         raise refusal(url, f"is not a tidings store (it has the tables {_some(others)})")
     filled = sorted(name for name, rows in tables.items() if rows and name != "tidings_meta")
-    if not filled and not others:
+    if not filled and not others and not survey.foreign:
         return Found("empty")
     if not tables["tidings_events"]:
-        held = ", ".join(filled + others)
+        held = ", ".join(filled + others) or _some(list(survey.foreign))
         raise refusal(url, f"holds no events but is not empty (rows or tables: {held})")
     found = asyncio.run(_inspect(url))
-    if live:
+    if survey.foreign:
+        raise refusal(url, f"holds tables or views the demo does not make ({_some(list(survey.foreign))})")
+    if survey.strange:
+        raise refusal(url, f"holds what the demo does not write ({_some(list(survey.strange))})")
+    if survey.live:
         raise ConfigurationError(
-            f"{redact_url(url)} is the demo's store but {live} service(s) still work on it (their"
+            f"{redact_url(url)} is the demo's store but {survey.live} service(s) still work on it (their"
             " consumer group leases are live): stop those `tidings run` processes, or wait a few"
             " seconds if they were just stopped, then run the demo again"
         )
     return found
 
 
-def _survey(url: str) -> tuple[dict[str, bool], int]:
-    """The tables of the store's database (or schema), each with whether it holds a row, and how
-    many consumer group members hold a live lease (services working on the store right now)."""
+def _survey(url: str) -> Survey:
     path = sqlite_path(url)
     now_us = int(time.time() * 1_000_000)
     if path is not None:
@@ -174,32 +178,41 @@ def _survey(url: str) -> tuple[dict[str, bool], int]:
     return _survey_postgres(url, now_us)
 
 
-def _survey_sqlite(url: str, path: Path, now_us: int) -> tuple[dict[str, bool], int]:
+def _survey_sqlite(url: str, path: Path, now_us: int) -> Survey:
     # Read-only: looking at what may be someone else's file must never change it.
+    own = own_tables(postgres=False)
     try:
         with closing(sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True)) as connection:
-            names = [
-                name
-                for (name,) in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            objects = [
+                (kind, name)
+                for kind, name in connection.execute(
+                    "SELECT type, name FROM sqlite_master WHERE type IN ('table', 'view', 'trigger')"
+                )
                 if not name.startswith("sqlite_")
             ]
+            names = [name for kind, name in objects if kind == "table"]
             tables = {name: _holds_rows(connection, name) for name in names}
+            foreign = tuple(f"{kind} {name}" for kind, name in objects if kind != "table" or name not in own)
+            if "tidings_events" not in tables:
+                return Survey(tables, foreign=foreign)
             live = (
                 _live_members(connection.execute, LIVE_MEMBERS, now_us) if "tidings_members" in tables else 0
             )
+            strange = strangers(lambda statement: connection.execute(statement).fetchall(), own & set(tables))
     except sqlite3.Error as exc:
         if getattr(exc, "sqlite_errorname", "") in ("SQLITE_BUSY", "SQLITE_LOCKED"):
             raise BackendUnavailable(f"{redact_url(url)} is locked by another process; try again") from None
         raise refusal(url, "is not a tidings store (SQLite cannot read it as a database)") from None
-    return tables, live
+    return Survey(tables, live, foreign, tuple(strange))
 
 
-def _survey_postgres(url: str, now_us: int) -> tuple[dict[str, bool], int]:
+def _survey_postgres(url: str, now_us: int) -> Survey:
     import psycopg
     from psycopg import sql
 
     from tidings.adapters.postgres import PostgresSettings
 
+    own = own_tables(postgres=True)
     try:
         conninfo = PostgresSettings.from_url(url).conninfo
         with psycopg.connect(conninfo, autocommit=True) as connection:
@@ -214,16 +227,26 @@ def _survey_postgres(url: str, now_us: int) -> tuple[dict[str, bool], int]:
                 exists = sql.SQL("SELECT EXISTS (SELECT 1 FROM {})").format(sql.Identifier(name))
                 row = connection.execute(exists).fetchone()
                 tables[name] = bool(row and row[0])
+            if "tidings_events" not in tables:
+                return Survey(tables)
             live = (
                 _live_members(connection.execute, LIVE_MEMBERS.replace("?", "%s"), now_us)
                 if "tidings_members" in tables
                 else 0
             )
+            # Other tables and views of the database are left as they are by the replacement,
+            # but one that refers to the store's rows would keep them from being removed.
+            strange = strangers(lambda statement: connection.execute(statement).fetchall(), own & set(tables))
+            strange += [
+                f"a foreign key of {referrer} on {referred}"
+                for referrer, referred in connection.execute(REFERENCES, (sorted(own),))
+                if referrer not in own
+            ]
     except psycopg.Error as exc:
         raise BackendUnavailable(
             f"PostgreSQL at {redact_url(url)}: cannot look at the store ({type(exc).__name__})"
         ) from None
-    return tables, live
+    return Survey(tables, live, strange=tuple(strange))
 
 
 def _holds_rows(connection: sqlite3.Connection, table: str) -> bool:
@@ -237,8 +260,9 @@ def _live_members(execute: Callable[..., Any], statement: str, now_us: int) -> i
 
 
 async def _inspect(url: str) -> Found:
-    """A store with events: the demo's if its log begins with the demo's mark and its every
-    stream is one the demo writes."""
+    """A store with events: the demo's if its log begins with the demo's mark, its every stream
+    is one the demo writes, and its every event comes from one of the demo's Apps and is of one
+    of its types."""
     store = open_store(url, create=False)  # read-only: nothing is written to what may not be ours
     try:
         await store.open()
@@ -250,6 +274,7 @@ async def _inspect(url: str) -> Found:
         assert isinstance(store, Log)  # noqa: S101 - every store engine has a log
         first = [record async for record in store.read_log(after=0, limit=1)]
         streams = [info.stream for info in await store.list_streams()]
+        strange = await _strange_event(store)
     finally:
         await store.close()
     if not first or first[0].stream != MARK_STREAM or first[0].envelope.type != DemoStoreMade.__event_type__:
@@ -257,7 +282,24 @@ async def _inspect(url: str) -> Found:
     foreign = [stream for stream in streams if not demo_writes(stream)]
     if foreign:
         raise refusal(url, f"holds streams the demo does not write ({_some(foreign)})")
+    if strange:
+        raise refusal(url, f"holds {strange}, which the demo does not write")
     return Found("demo", store.log_id, store.partitions)
+
+
+async def _strange_event(log: EventStore) -> str | None:
+    """The first event of the log that another App wrote, or that is of a type the demo does not
+    write, in words; None if there is none."""
+    after = 0
+    while True:
+        batch = [record async for record in log.read_log(after=after, limit=1000)]
+        if not batch:
+            return None
+        for record in batch:
+            why = stranger(record.envelope)
+            if why:
+                return f"{why} in {record.stream} at position {record.position}"
+        after = batch[-1].position
 
 
 def _some(names: list[str]) -> str:
@@ -270,26 +312,36 @@ def _discard(url: str) -> None:
         for suffix in ("", "-wal", "-shm", "-journal"):
             Path(f"{path}{suffix}").unlink(missing_ok=True)
         return
-    _drop_postgres_tables(url)
+    _empty_postgres_tables(url)
 
 
-def _drop_postgres_tables(url: str) -> None:
-    """Every tidings table of the database, in one transaction (the store is the demo's)."""
+def _empty_postgres_tables(url: str) -> None:
+    """Remove every row of tidings' own tables, in one transaction (the store is the demo's); the
+    next App to open the store makes it anew, with an identity of its own. The tables stay:
+    a view someone made on them would keep a ``DROP`` from working (and CASCADE would drop the
+    view), and tables of the database that are not tidings' own are not touched at all."""
     import psycopg
     from psycopg import sql
 
     from tidings.adapters.postgres import PostgresSettings
 
+    own = own_tables(postgres=True)
     try:
         conninfo = PostgresSettings.from_url(url).conninfo
         with psycopg.connect(conninfo, autocommit=True) as connection, connection.transaction():
-            rows = connection.execute(
-                "SELECT tablename FROM pg_tables"
-                " WHERE schemaname = current_schema() AND tablename LIKE 'tidings\\_%'"
-            ).fetchall()
-            if rows:
-                tables = sql.SQL(", ").join(sql.Identifier(name) for (name,) in rows)
-                connection.execute(sql.SQL("DROP TABLE {} CASCADE").format(tables))
+            present = sorted(
+                name
+                for (name,) in connection.execute(
+                    "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()"
+                )
+                if name in own
+            )
+            if present:
+                tables = sql.SQL(", ").join(sql.Identifier(name) for name in present)
+                connection.execute(sql.SQL("TRUNCATE {} RESTART IDENTITY").format(tables))
+    except psycopg.errors.FeatureNotSupported:
+        # A table of the database refers to one of tidings' tables (a foreign key).
+        raise refusal(url, "has tables that refer to the demo's store (foreign keys)") from None
     except psycopg.Error as exc:
         raise BackendUnavailable(
             f"PostgreSQL at {redact_url(url)}: cannot replace the demo's store ({type(exc).__name__})"

@@ -43,6 +43,8 @@ class Stock(tidings.Aggregate, category="stock"):
 
 
 app = tidings.App("inventory")
+#: The collection of the documents this service keeps, one per order.
+RESERVATIONS = "reservations"
 
 
 async def stock_of(uow: UnitOfWork, sku: str) -> Stock:
@@ -66,7 +68,7 @@ async def reserve(command: ReserveStock, ctx: tidings.Context) -> None:
         stock = await stock_of(uow, command.sku)
         if stock.reserve(command.order_id, command.quantity):
             uow.save(stock)
-            uow.put("reservations", command.order_id, Reservation(command.sku, command.quantity))
+            uow.put(RESERVATIONS, command.order_id, Reservation(command.sku, command.quantity))
             reply: tidings.Event = StockReserved(
                 order_id=command.order_id, sku=command.sku, quantity=command.quantity
             )
@@ -79,12 +81,12 @@ async def reserve(command: ReserveStock, ctx: tidings.Context) -> None:
 @app.subscribe("inventory.release", group="inventory-release", retry=tidings.Retry(attempts=20, backoff=0.01))
 async def release(command: ReleaseStock, ctx: tidings.Context) -> None:
     async with ctx.unit_of_work() as uow:
-        held = await uow.get("reservations", command.order_id, Reservation)
+        held = await uow.get(RESERVATIONS, command.order_id, Reservation)
         if held is not None and not held.released:
             stock = await stock_of(uow, held.sku)
             stock.release(command.order_id, held.quantity)
             uow.save(stock)
-            uow.put("reservations", command.order_id, Reservation(held.sku, held.quantity, released=True))
+            uow.put(RESERVATIONS, command.order_id, Reservation(held.sku, held.quantity, released=True))
         uow.publish(
             StockReleased(order_id=command.order_id, sku=command.sku, quantity=command.quantity),
             key=command.order_id,

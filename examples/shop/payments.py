@@ -18,6 +18,8 @@ from examples.shop.events import (
 )
 
 app = tidings.App("payments")
+#: The collection of the documents this service keeps, one per order.
+LEDGERS = "ledgers"
 
 
 class Ledger(msgspec.Struct):
@@ -35,8 +37,8 @@ async def charge(command: ChargePayment, ctx: tidings.Context) -> None:
                 PaymentDeclined(order_id=command.order_id, reason="card declined"), key=command.order_id
             )
             return
-        ledger = await uow.get("ledgers", command.order_id, Ledger) or Ledger()
-        uow.put("ledgers", command.order_id, Ledger(charged=command.amount, refunded=ledger.refunded))
+        ledger = await uow.get(LEDGERS, command.order_id, Ledger) or Ledger()
+        uow.put(LEDGERS, command.order_id, Ledger(charged=command.amount, refunded=ledger.refunded))
         for _ in range(replies(command.order_id, "charge")):
             uow.publish(
                 PaymentCharged(order_id=command.order_id, amount=command.amount), key=command.order_id
@@ -46,9 +48,9 @@ async def charge(command: ChargePayment, ctx: tidings.Context) -> None:
 @app.subscribe("payment.refund", group="refunds")
 async def refund(command: RefundPayment, ctx: tidings.Context) -> None:
     async with ctx.unit_of_work() as uow:
-        ledger = await uow.get("ledgers", command.order_id, Ledger) or Ledger()
+        ledger = await uow.get(LEDGERS, command.order_id, Ledger) or Ledger()
         if not ledger.refunded:
-            uow.put("ledgers", command.order_id, Ledger(charged=ledger.charged, refunded=command.amount))
+            uow.put(LEDGERS, command.order_id, Ledger(charged=ledger.charged, refunded=command.amount))
         for _ in range(replies(command.order_id, "refund")):
             uow.publish(
                 PaymentRefunded(order_id=command.order_id, amount=command.amount), key=command.order_id

@@ -20,6 +20,8 @@ from examples.shop.events import (
 )
 
 app = tidings.App("shipping")
+#: The collection of the documents this service keeps, one per order.
+SHIPMENTS = "shipments"
 
 
 class Shipment(msgspec.Struct):
@@ -41,8 +43,8 @@ async def schedule(command: ScheduleShipment, ctx: tidings.Context) -> None:
         if settings.chance(order, "fail") < settings.SHIPPING_FAILURE_RATE:
             reply: tidings.Event = ShipmentFailed(order_id=order, reason="no courier")
         else:
-            if await uow.get("shipments", order, Shipment) is None:
-                uow.put("shipments", order, Shipment(command.sku, command.quantity))
+            if await uow.get(SHIPMENTS, order, Shipment) is None:
+                uow.put(SHIPMENTS, order, Shipment(command.sku, command.quantity))
             reply = ShipmentScheduled(order_id=order, sku=command.sku, quantity=command.quantity)
         for _ in range(twice(order)):
             uow.publish(reply, key=order)
@@ -52,7 +54,7 @@ async def schedule(command: ScheduleShipment, ctx: tidings.Context) -> None:
 async def cancel(command: CancelShipment, ctx: tidings.Context) -> None:
     order = command.order_id
     async with ctx.unit_of_work() as uow:
-        shipment = await uow.get("shipments", order, Shipment)
+        shipment = await uow.get(SHIPMENTS, order, Shipment)
         if shipment is not None and not shipment.cancelled:
-            uow.put("shipments", order, Shipment(shipment.sku, shipment.quantity, cancelled=True))
+            uow.put(SHIPMENTS, order, Shipment(shipment.sku, shipment.quantity, cancelled=True))
         uow.publish(ShipmentCancelled(order_id=order), key=order)

@@ -22,8 +22,8 @@ from examples.shop import settings
 from examples.shop.events import ShipmentFailed, StockChanged, StockRejected
 from examples.shop.inventory import Stock
 from examples.shop.orders import fulfilment
-from examples.shop.payments import Ledger
-from examples.shop.shipping import Shipment
+from examples.shop.payments import LEDGERS, Ledger
+from examples.shop.shipping import SHIPMENTS, Shipment
 from tidings.cli.operations import causation_tree
 from tidings.domain.saga import SagaInstance, parse_command_id
 from tidings.ports import Log, Trace
@@ -103,10 +103,10 @@ async def report(app: tidings.App, placed: list[tidings.RecordedEvent]) -> Repor
 
     for record in placed:
         order = record.envelope.partitionkey or ""
-        raw = await app.store.get_document("ledgers", order)
+        raw = await app.store.get_document(LEDGERS, order)
         if raw is not None:
             found.ledgers[order] = msgspec.json.decode(raw, type=Ledger)
-        raw = await app.store.get_document("shipments", order)
+        raw = await app.store.get_document(SHIPMENTS, order)
         shipment = None if raw is None else msgspec.json.decode(raw, type=Shipment)
         if shipment is not None and not shipment.cancelled:
             found.shipped[order] = shipment.quantity

@@ -15,7 +15,8 @@ import time
 from pathlib import Path
 
 import pytest
-from examples.shop.demo import SERVICES, start_service
+from examples.shop.demo import start_service
+from examples.shop.demo_contents import SERVICES
 from examples.shop.events import OrderPlaced
 from examples.shop.inventory import Stock
 from examples.shop.summary import SKUS, report

@@ -1,6 +1,8 @@
 """The shop demo's store: an interrupted run's store is still the demo's, the shell's
-TIDINGS_STORE and TIDINGS_BUS are not the demo's business, and only a place holding nothing at
-all is taken as new."""
+TIDINGS_STORE and TIDINGS_BUS are not the demo's business, only a place holding nothing at
+all is taken as new, a store holding anything another App wrote is refused, one demo at a time
+runs on a store, and replacing the demo's store on PostgreSQL leaves the database's other
+tables and views alone."""
 
 from __future__ import annotations
 
@@ -18,7 +20,10 @@ from pathlib import Path
 
 import pytest
 from examples.shop.demo import prepare
-from examples.shop.demo_store import claim
+from examples.shop.demo_contents import order_id
+from examples.shop.demo_lock import exclusive, lock_path
+from examples.shop.demo_store import Found, claim, sqlite_path
+from examples.shop.events import OrderPlaced
 
 import tidings
 from tidings.adapters.registry import open_store
@@ -48,14 +53,20 @@ def _files(folder: Path) -> dict[str, bytes]:
     return {file.name: file.read_bytes() for file in sorted(folder.iterdir()) if file.is_file()}
 
 
+def _claim(url: str) -> Found:
+    """What one demo run does first: hold the store, and judge (and maybe replace) it."""
+    with exclusive(url, sqlite_path(url)) as held:
+        return claim(url, None, held)
+
+
 @pytest.mark.timeout(120)
 def test_a_store_the_demo_prepared_and_never_ended_is_replaced_by_the_next_claim(tmp_path: Path) -> None:
     """A run that died after ``prepare`` (its store has no end mark) left the demo's store: the
     next run takes it and starts afresh, on a new log."""
     url = f"sqlite:///{tmp_path / 'demo.db'}"
-    claim(url, None)
+    _claim(url)
     first = asyncio.run(prepare(url))
-    assert claim(url, None).state == "demo"
+    assert _claim(url).state == "demo"
     assert not (tmp_path / "demo.db").exists()
     assert asyncio.run(prepare(url)) != first
 
@@ -63,10 +74,11 @@ def test_a_store_the_demo_prepared_and_never_ended_is_replaced_by_the_next_claim
 @pytest.mark.timeout(120)
 def test_an_interrupted_demo_on_postgresql_is_replaced_by_the_next_claim(postgres_url: str) -> None:
     with fresh_postgres_database(postgres_url) as url:
-        assert claim(url, None).state == "new"
+        assert _claim(url).state == "new"
         first = asyncio.run(prepare(url))
-        assert claim(url, None).state == "demo"
-        assert raw_execute(url, "SELECT tablename FROM pg_tables WHERE left(tablename, 8) = 'tidings_'") == []
+        assert _claim(url).state == "demo"
+        assert raw_execute(url, "SELECT count(*) FROM tidings_events") == [(0,)]
+        assert raw_execute(url, "SELECT count(*) FROM tidings_meta") == [(0,)]
         assert asyncio.run(prepare(url)) != first
 
 
@@ -205,5 +217,152 @@ def test_a_store_with_a_document_is_refused_by_claim_on_postgresql(postgres_url:
     with fresh_postgres_database(postgres_url) as url:
         asyncio.run(_put_document(url))
         with pytest.raises(ConfigurationError, match="holds no events but is not empty"):
-            claim(url, None)
+            _claim(url)
         assert raw_execute(url, "SELECT value FROM tidings_documents") == [(b"keep me",)]
+
+
+def _demo_store(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    _claim(url)
+    asyncio.run(prepare(url))
+    return url
+
+
+async def _append_to_first_order(url: str, source: str, event: tidings.Event) -> None:
+    async with tidings.App(source, store=url) as app:
+        await app.append(order_id(1), event)
+
+
+_ORDER = OrderPlaced(order_id=order_id(1), customer="c-1", sku="kettle", quantity=1, amount=900)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("source", "event", "said"),
+    [
+        ("someone-else", _ORDER, "holds an event from 'someone-else' in order-0001 at position"),
+        (
+            "shop-demo",
+            InvoiceSent(number=1),
+            "holds an event of type 'tests.demo_store.InvoiceSent' in order-0001",
+        ),
+    ],
+)
+def test_a_demo_store_with_an_event_the_demo_does_not_write_is_refused_and_left_unchanged(
+    tmp_path: Path, source: str, event: tidings.Event, said: str
+) -> None:
+    """An App that is not the demo's (or an event type the demo has not) in a stream the demo
+    writes: the store holds someone else's data, and the demo does not delete it."""
+    url = _demo_store(tmp_path)
+    asyncio.run(_append_to_first_order(url, source, event))
+    before = _files(tmp_path)
+    done = _tidings_demo("--store", url, "--orders", "5", cwd=tmp_path)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and said in lines[0] and "give it another --store" in lines[0], done.stderr
+    assert _files(tmp_path) == before
+
+
+async def _put_report(url: str) -> None:
+    store = open_store(url)
+    await store.open()
+    try:
+        async with store.transaction() as tx:
+            await tx.put_document("order-report", order_id(1), b"a user's projection")
+    finally:
+        await store.close()
+
+
+async def _set_projection_checkpoint(url: str) -> None:
+    store = open_store(url)
+    await store.open()
+    try:
+        async with store.transaction() as tx:
+            await tx.set_checkpoint("projection:order-report", 3)
+    finally:
+        await store.close()
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize(
+    ("put", "said"),
+    [
+        (_put_report, "the document order-report/order-0001"),
+        (_set_projection_checkpoint, "the checkpoint projection:order-report"),
+    ],
+)
+def test_a_demo_store_holding_what_another_projection_wrote_is_refused_and_left_unchanged(
+    tmp_path: Path, put: Callable[[str], Coroutine[object, object, None]], said: str
+) -> None:
+    url = _demo_store(tmp_path)
+    asyncio.run(put(url))
+    before = _files(tmp_path)
+    with pytest.raises(ConfigurationError, match="holds what the demo does not write") as refused:
+        _claim(url)
+    assert said in str(refused.value)
+    assert _files(tmp_path) == before
+
+
+@pytest.mark.timeout(120)
+def test_a_second_demo_on_a_store_a_demo_holds_is_refused(tmp_path: Path) -> None:
+    """The first demo holds its store from judging it to its end: a second one started meanwhile
+    (here right after the first prepared it, before any service leased anything) neither
+    judges nor deletes it."""
+    path = tmp_path / "demo.db"
+    url = f"sqlite:///{path}"
+    with exclusive(url, path) as held:
+        claim(url, None, held)
+        asyncio.run(prepare(url))
+        before = path.read_bytes()
+        with pytest.raises(ConfigurationError, match="another demo is running on this store"):
+            _claim(url)
+        done = _tidings_demo("--store", url, "--orders", "5", cwd=tmp_path)
+        assert done.returncode == 2, done.stdout[-2000:] + done.stderr
+        lines = done.stderr.strip().splitlines()
+        assert len(lines) == 1 and "another demo is running on this store" in lines[0], done.stderr
+        assert path.read_bytes() == before
+    assert not lock_path(path).exists()
+    assert _claim(url).state == "demo"  # the first run ended: the next one takes the store
+
+
+@pytest.mark.timeout(120)
+def test_a_second_demo_on_postgresql_is_refused(postgres_url: str) -> None:
+    with fresh_postgres_database(postgres_url) as url, exclusive(url, None) as held:
+        claim(url, None, held)
+        asyncio.run(prepare(url))
+        with pytest.raises(ConfigurationError, match="another demo is running on this store"):
+            _claim(url)
+        assert raw_execute(url, "SELECT count(*) FROM tidings_events")[0][0] > 0
+
+
+@pytest.mark.timeout(120)
+def test_replacing_the_demos_store_on_postgresql_leaves_other_tables_and_views(postgres_url: str) -> None:
+    """A table of the user's that begins with ``tidings_`` and a view over the demo's events are
+    not the demo's store: they are there after the replacement, and the view shows the new run."""
+    with fresh_postgres_database(postgres_url) as url:
+        _claim(url)
+        first = asyncio.run(prepare(url))
+        raw_execute(url, "CREATE TABLE tidings_reports (id INTEGER PRIMARY KEY, line TEXT)")
+        raw_execute(url, "INSERT INTO tidings_reports VALUES (1, 'keep me')")
+        raw_execute(url, "CREATE VIEW order_events AS SELECT position, stream FROM tidings_events")
+        assert _claim(url).state == "demo"
+        assert raw_execute(url, "SELECT line FROM tidings_reports") == [("keep me",)]
+        assert raw_execute(url, "SELECT count(*) FROM order_events") == [(0,)]
+        assert asyncio.run(prepare(url)) != first
+        assert raw_execute(url, "SELECT count(*) FROM order_events")[0][0] > 0
+
+
+@pytest.mark.timeout(120)
+def test_a_demo_store_another_table_refers_to_on_postgresql_is_refused(postgres_url: str) -> None:
+    """A user's table with a foreign key on the demo's events: emptying the store would break it
+    (or, with CASCADE, empty it too), so the store is refused untouched."""
+    with fresh_postgres_database(postgres_url) as url:
+        _claim(url)
+        asyncio.run(prepare(url))
+        raw_execute(url, "CREATE TABLE audit_notes (position BIGINT REFERENCES tidings_events (position))")
+        raw_execute(url, "INSERT INTO audit_notes SELECT min(position) FROM tidings_events")
+        events = raw_execute(url, "SELECT count(*) FROM tidings_events")
+        with pytest.raises(ConfigurationError, match="a foreign key of audit_notes on tidings_events"):
+            _claim(url)
+        assert raw_execute(url, "SELECT count(*) FROM tidings_events") == events
+        assert raw_execute(url, "SELECT count(*) FROM audit_notes") == [(1,)]

@@ -192,7 +192,7 @@ def test_the_summary_says_why_steps_timed_out(tmp_path: Path) -> None:
 
 
 def _mark_store(url: str, *, runs: int, then: tidings.Event | None) -> None:
-    from examples.shop.demo_store import MARK_STREAM, DemoRunEnded, DemoStoreMade
+    from examples.shop.demo_contents import MARK_STREAM, DemoRunEnded, DemoStoreMade
 
     async def work() -> None:
         async with tidings.App("someone", store=url) as app:
