@@ -89,8 +89,8 @@ def _reachable(bin_dir: Path, account: pwd.struct_passwd) -> Path:
     install = bin_dir.parent
     marker = install / "bin" / "postgres"
     # Named by the build, not by where it is: every virtualenv with this build shares one copy.
-    facts = f"{install.parent.name}|{marker.stat().st_size}|{marker.stat().st_mtime_ns}"
-    digest = hashlib.sha256(facts.encode()).hexdigest()[:16]
+    # The server program's bytes (not its file's times, which each new install changes).
+    digest = hashlib.sha256(install.parent.name.encode() + marker.read_bytes()).hexdigest()[:16]
     shared = Path(tempfile.gettempdir()) / f"tidings-pginstall-{digest}"
     if not _trusted(shared):
         _copy(install, shared)
