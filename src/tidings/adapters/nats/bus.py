@@ -76,6 +76,12 @@ def _telling(errors: Sequence[Exception]) -> Exception:
     return (refusals or list(errors))[-1]
 
 
+def _is_authorization_violation(error: Exception) -> bool:
+    """Whether ``error`` carries the server's ``-ERR 'Authorization Violation'`` (the protocol's
+    own words), which some client versions hand over as a plain error, not AuthorizationError."""
+    return isinstance(error, NatsError) and "authorization violation" in str(error).lower()
+
+
 @dataclass(frozen=True, slots=True)
 class NatsSettings:
     servers: tuple[str, ...] = field(repr=False)  # they may carry a password
@@ -235,7 +241,7 @@ class NatsBus:
                 hint = f" ({server_certificate_problem(cause)})"
             elif isinstance(cause, ssl.SSLError) and refuses_client_certificate(cause):
                 hint = " (the server refused the client certificate)"
-            elif isinstance(cause, AuthorizationError):
+            elif isinstance(cause, AuthorizationError) or _is_authorization_violation(cause):
                 hint = " (the server refused the user and password)"
             elif isinstance(cause, ConnectionError) and "@" in self.settings.servers[0]:
                 # A server that refuses credentials closes the connection, and the client may
