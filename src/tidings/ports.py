@@ -229,7 +229,8 @@ class Bus(Protocol):
 
     async def published(self, partition: int) -> int:
         """The log position of the partition's last event that the broker holds (0: none):
-        the relay publishes on from there, so the broker itself is the relay's checkpoint."""
+        the relay publishes on from there, so the broker itself is the relay's checkpoint. A
+        message counts only if the log (given to ``open``) holds the event it claims to be."""
 
     async def publish(self, partition: int, records: Sequence[RecordedEvent]) -> None:
         """Publish one partition's next events in log order; return once the broker stored them."""

@@ -160,6 +160,8 @@ class NatsBus:
         self.url = settings.display_url
         self.partitions = 0
         self.log_id = ""
+        #: The store's log, which confirms (or denies) what a message on a stream claims to be.
+        self._store_log: Log | None = None
         self._client: Client | None = None
         self._inbox: Inbox | None = None
         #: Per partition, its stream's last sequence as this bus last saw it (unknown after a
@@ -196,7 +198,7 @@ class NatsBus:
     async def open(self, log: Log) -> None:
         if self._client is not None:
             return
-        self.partitions, self.log_id = log.partitions, log.log_id
+        self.partitions, self.log_id, self._store_log = log.partitions, log.log_id, log
         # The client reconnects forever once connected; the first connection has a deadline (a
         # server it cannot talk to, such as one that wants TLS, would be retried forever), and
         # the errors the client met say why it failed.
@@ -323,10 +325,23 @@ class NatsBus:
         return f"{self.settings.prefix}.{partition}.{topic}"
 
     async def published(self, partition: int) -> int:
-        """The store position of the partition's last event on the bus (0: none yet)."""
+        """The store position of the partition's last event on the bus (0: none yet): of the
+        last message there whose position and event id the store confirms (anyone may publish)."""
         client, _ = self._connected()
+        store_log = self._store_log
+        if store_log is None:
+            raise BackendUnavailable(f"bus {self.url} is not open (call open() first)")
+
+        async def holds(position: int, message_id: str) -> bool:
+            found = await store_log.read_partition(partition, after=position - 1, limit=1)
+            return (
+                bool(found)
+                and found[0].position == position
+                and (percent_encode(found[0].envelope.id) == message_id)
+            )
+
         try:
-            self._tails[partition], position = await resync(client, self.settings.stream_of(partition))
+            self._tails[partition], position = await resync(client, self.settings.stream_of(partition), holds)
         except DRIVER_ERRORS as exc:
             raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
         return position

@@ -5,15 +5,22 @@ before it is stored (``Nats-Expected-Last-Sequence``). So a batch goes out pipel
 prefix of it can ever be stored, in order: a message lost in a leader change makes every later
 one of the batch fail its expectation instead of overtaking it. A second relay on the same
 partition (one that lost its lease without knowing) fails the same way. After any failure the
-publisher asks the stream where it stands (``resync``): the last message's ``Tidings-Position``
-says which event of the store's log it holds last, and publishing continues after it, so nothing
-is published twice and the stream itself is the relay's checkpoint.
+publisher asks the stream where it stands (``resync``): the last message that tidings published
+says, in ``Tidings-Position``, which event of the store's log the stream holds last, and
+publishing continues after it, so nothing is published twice and the stream itself is the
+relay's checkpoint.
+
+Anyone may publish to a partition's subjects, so a message's word is not taken: a claim (the
+position and the event id in ``Nats-Msg-Id``) counts only if the store holds that very event at
+that position. Messages whose claim the store denies are passed over, however many there are: a
+forged position must never make the relay skip events, and junk may cost time, never events.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import re
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import msgspec
@@ -26,9 +33,9 @@ from tidings.adapters.nats.reads import POSITION_HEADER
 from tidings.errors import BackendUnavailable
 
 ACK_TIMEOUT: Final = 10.0
-#: How far back from a stream's end ``resync`` looks for a message of tidings' own (others may
-#: publish to the partition's subjects too).
-RESYNC_SCAN: Final = 1000
+#: A position as tidings writes it: ASCII digits, no more than a signed 64-bit column holds
+#: (``str.isdigit`` also passes "²", which ``int`` refuses).
+_POSITION: Final = re.compile(r"[1-9][0-9]{0,17}")
 
 Message = tuple[str, bytes, dict[str, str]]
 
@@ -80,27 +87,35 @@ def _resolver(reply: asyncio.Future[Msg]) -> Callable[[Msg], None]:
     return resolve
 
 
-async def resync(client: Client, stream: str) -> tuple[int, int]:
-    """The stream's last sequence, and the store position of the last event it holds (0: none)."""
+#: Whether the store holds the event with this id (``Nats-Msg-Id``) at this position.
+Verifier = Callable[[int, str], Awaitable[bool]]
+
+
+async def resync(client: Client, stream: str, verify: Verifier) -> tuple[int, int]:
+    """The stream's last sequence, and the store position of the last event on it that tidings
+    published (0: none): the last message whose claim ``verify`` confirms, others passed over."""
     try:
         state = (await client.jetstream().stream_info(stream)).state
     except NotFoundError:
         raise BackendUnavailable(f"JetStream stream {stream!r} is gone") from None
-    sequence = state.last_seq
-    while sequence >= max(state.first_seq, 1) and state.last_seq - sequence < RESYNC_SCAN:
+    # Each claim costs the store one read; a message without one costs only its get. No limit on
+    # how far back: a limit that junk can exhaust would stall the relay for good.
+    for sequence in range(state.last_seq, max(state.first_seq, 1) - 1, -1):
         # The stream's leader answers this get (a direct get may come from a lagging replica,
         # whose "not found" would send the relay back to publish what is stored already).
         try:
             found = await client.jetstream().get_msg(stream, sequence)
         except NotFoundError:
-            found = None
-        position = (found.headers or {}).get(POSITION_HEADER) if found is not None else None
-        if position is not None and position.isdigit():
+            continue  # deleted
+        headers = found.headers or {}
+        position, event_id = headers.get(POSITION_HEADER), headers.get("Nats-Msg-Id")
+        if (
+            isinstance(position, str)
+            and _POSITION.fullmatch(position)
+            and isinstance(event_id, str)
+            and await verify(int(position), event_id)
+        ):
             return state.last_seq, int(position)
-        sequence -= 1
-    if state.messages and sequence >= state.first_seq:
-        raise BackendUnavailable(
-            f"JetStream stream {stream!r}: none of its last {RESYNC_SCAN} messages is an event "
-            "published by tidings; cannot tell where the relay stopped"
-        )
+    # No message of tidings' own (or none left): publishing from the log's start repeats what a
+    # purge removed, which costs time; going on after a guess could skip events.
     return state.last_seq, 0
