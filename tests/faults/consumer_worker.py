@@ -10,6 +10,10 @@ worker SIGKILLs itself at that point:
 - ``committed``: right after that event's unit of work is committed, before anything else;
 - ``relay-before-publish``: in the relay, with a batch read from the store, before publishing;
 - ``relay-after-publish``: in the relay, right after the bus stored a batch.
+
+With ``TIDINGS_WORKER_ECHO=1`` the handler first publishes ``Pong(key, n)`` at once
+(``ctx.publish``, outside the unit of work) to the stream ``echo-<key>``, so the test can count
+publications that a handler run again would make twice.
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import sys
 from tidings.runtime.app import App
 from tidings.runtime.consuming import COMMITTED, Context
 from tidings.runtime.outbox import PUBLISHED, PUBLISHING
-from tidings.testing.conformance.events import Ping
+from tidings.testing.conformance.events import Ping, Pong
 
 FAULT_POINT = os.environ.get("TIDINGS_FAULT_POINT", "")
 FAULT_AT = int(os.environ.get("TIDINGS_FAULT_AT", "-1"))
+ECHO = os.environ.get("TIDINGS_WORKER_ECHO") == "1"
 _LOGGED_POINTS = {
     COMMITTED: "committed",
     PUBLISHING: "relay-before-publish",
@@ -54,6 +59,8 @@ def build(url: str, group: str) -> App:
 
     @app.subscribe("conformance.bus.ping", group=group, batch_size=20)
     async def apply(event: Ping, ctx: Context) -> None:
+        if ECHO:
+            await ctx.publish(Pong(key=event.key, n=event.n), key=f"echo-{event.key}")
         async with ctx.unit_of_work() as uow:
             seen = await uow.get("effects", event.key, list[int]) or []
             uow.put("effects", event.key, [*seen, event.n])

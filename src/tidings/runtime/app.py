@@ -347,16 +347,19 @@ class App:
         expires_at: datetime | None = None,
         correlation_id: str | None = None,
         causation_id: str | None = None,
+        id: str | None = None,
     ) -> RecordedEvent:
         """Publish an event to every group whose pattern matches its topic.
 
         ``key`` orders it after earlier events of the same key (it is also the partition key and
         the stream); ``ttl`` or ``expires_at`` set its deadline, past which no handler gets it.
+        An ``id`` of the caller's making makes publishing it again a no-op that returns the
+        event first recorded.
         """
         lineage = Lineage(correlation_id, causation_id)
         async with self._audited():
             stream, envelope = publication_envelope(
-                self.codec, Publication(event, key, ttl, expires_at), self.clock.now(), lineage
+                self.codec, Publication(event, key, ttl, expires_at, id), self.clock.now(), lineage
             )
         (record,) = await self.store.append(stream, [envelope])
         self.notify()

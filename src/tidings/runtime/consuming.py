@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from tidings.domain.attributes import escape_controls
 from tidings.domain.envelope import RecordedEvent, Undecodable, to_structured
 from tidings.domain.events import Erased, Event
+from tidings.domain.ids import publication_id
 from tidings.domain.topics import AnyOf, Pattern
 from tidings.errors import AccessDenied, BackendUnavailable, ConcurrencyError, MalformedEvent, Undecryptable
 from tidings.ports import DeadLetter, Log, StoreTransaction
@@ -108,6 +109,7 @@ class Context:
         fields = {"app": app.name, "group": group, "event_id": self.envelope.id}
         self.log = logging.LoggerAdapter(log, {**fields, "correlation_id": self.correlation_id})
         self._unit: UnitOfWork | None = None
+        self._publications = 0  # ids drawn by this run's publications (see ``publication_id``)
         self._new_unit = new_unit or (
             lambda: UnitOfWork(
                 loader=app.load,
@@ -123,7 +125,24 @@ class Context:
         if self._unit is not None:
             raise RuntimeError("a handler has one unit of work")
         self._unit = self._new_unit()
+        self._unit.next_id = self._publication_id
         yield self._unit
+
+    def _publication_id(self) -> str:
+        """The id of this run's next publication without an id of the caller's making.
+
+        Derived from the handled event, the group and a count of the run's publications
+        (``ctx.publish`` and the unit of work's ``publish`` count together), never drawn at
+        random: a handler run again (a retry, a redelivery after a crash before the commit, a
+        redrive) makes the same publications in the same order with the same ids, and the
+        store keeps the first of each. Without that, ``ctx.publish`` (which appends at once)
+        published again on every run. A handler whose publications depend on what changes
+        between runs (the clock, a random draw, a read) may make other ones the next time:
+        their ids follow the order the run makes them in, whatever they hold.
+        """
+        sequence = self._publications
+        self._publications += 1
+        return publication_id(self.envelope.id, self.envelope.time, self.group, sequence)
 
     async def publish(
         self,
@@ -132,8 +151,11 @@ class Context:
         key: str | None = None,
         ttl: timedelta | None = None,
         expires_at: datetime | None = None,
+        id: str | None = None,
     ) -> None:
-        """Publish now (outside any unit of work), carrying this event's correlation."""
+        """Publish now (outside any unit of work), carrying this event's correlation. Its id is
+        ``id``, else derived from the handled event (``_publication_id``), so that a handler run
+        again publishes it once."""
         await self.app.publish(
             event,
             key=key,
@@ -141,6 +163,7 @@ class Context:
             expires_at=expires_at,
             correlation_id=self.correlation_id,
             causation_id=self.envelope.id,
+            id=self._publication_id() if id is None else id,
         )
 
 

@@ -68,6 +68,10 @@ class UnitOfWork:
     #: Makes a timer's envelope as commit will (``publishing.trial_of``), so that ``schedule``
     #: refuses at once what could never fire (too large, sealed size included).
     trial: Callable[[Publication], object] | None = None
+    #: The id of the handler's next publication (``Context``: derived from the handled event,
+    #: the group and a count shared with ``ctx.publish``), so that a unit made again by a
+    #: handler run again publishes the same ids.
+    next_id: Callable[[], str] | None = None
 
     def _check(self, events: Sequence[Event], key: str | None = None) -> None:
         """Refuse, where it is staged, what the commit would refuse: a denied topic, a bad key."""
@@ -104,9 +108,12 @@ class UnitOfWork:
         expires_at: datetime | None = None,
         id: str | None = None,
     ) -> None:
-        """Publish an event at commit; it inherits the handled event's correlation. An ``id`` of
-        the caller's making makes publishing it again a no-op."""
+        """Publish an event at commit; it inherits the handled event's correlation. Its id is
+        the caller's ``id``, else derived from the handled event (``Context.publish``): either
+        way, publishing it again is a no-op."""
         self._check([event], key)
+        if id is None and self.next_id is not None:
+            id = self.next_id()
         self.publications.append(Publication(event, key, ttl, expires_at, id))
 
     def dead_letter(self, error: str) -> None:
