@@ -26,6 +26,7 @@ from tidings.adapters.sql.consumers import group_checkpoint
 from tidings.domain import saga
 from tidings.domain.envelope import Envelope, from_structured
 from tidings.domain.saga import SagaInstance
+from tidings.runtime.keyring import CHECK_SCOPE
 
 #: The App that marks the store, places the orders and watches the sagas end.
 DEMO_APP = "shop-demo"
@@ -132,11 +133,11 @@ def strangers(query: Query, tables: Iterable[str]) -> list[str]:
     snapshots = [stream for (stream,) in rows("tidings_snapshots", "stream") if not demo_writes(stream)]
     found += [f"a snapshot of {stream}" for stream in snapshots]
     # Keys are there only when the shell held a master key; their scopes are the demo's streams
-    # or its orders.
+    # or its orders, besides the master key's own check.
     found += [
         f"a data key of {scope}"
         for (scope,) in rows("tidings_keys", "scope")
-        if not (demo_writes(scope) or is_order(scope))
+        if not (demo_writes(scope) or is_order(scope) or scope == CHECK_SCOPE)
     ]
     return list(dict.fromkeys(found))
 

@@ -4,6 +4,7 @@ JetStream."""
 import pytest
 
 from tidings.testing.conformance.encryption import *  # noqa: F403
+from tidings.testing.conformance.encryption_master_key import *  # noqa: F403
 from tidings.testing.conformance.encryption_names import *  # noqa: F403
 from tidings.testing.plugin import BUS_BACKENDS
 

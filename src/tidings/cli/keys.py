@@ -6,6 +6,7 @@ where; ``list`` shows scopes, versions and counters, not keys.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Annotated, Final
 
@@ -19,11 +20,14 @@ from tidings.errors import ConfigurationError, TidingsError
 from tidings.ports import DataKeyRecord, EventStore
 from tidings.runtime.app import DEFAULT_STORE
 from tidings.runtime.key_admin import Rotation, rotate
-from tidings.runtime.keyring import scope_label, stored_scope
+from tidings.runtime.key_check import check_master_key
+from tidings.runtime.keyring import CHECK_SCOPE, scope_label, stored_scope
 from tidings.runtime.master_key import (
     ENV_KEY,
     ENV_KEY_FILE,
     LocalMasterKey,
+    add_master_key_version,
+    locked_key_file,
     new_master_key_entry,
     write_key_file,
 )
@@ -77,17 +81,19 @@ def keys_rotate(
     master = _master(key_file)
 
     async def work(opened: EventStore) -> tuple[LocalMasterKey, Rotation]:
-        # Only once the store is open: a wrong --store leaves the key file as it was.
-        newest = master
-        if key_file is not None:
-            entry = new_master_key_entry(master.current_version + 1)
-            existing = key_file.read_text().rstrip("\n")
-            write_key_file(key_file, f"{existing}\n{entry}\n")
-            newest = LocalMasterKey.from_file(key_file)
-            note(f"added master key version {newest.current_version} to {key_file}")
+        if key_file is None:
+            return master, await rotate(opened, master)
+        # Only once the store is open, and only with keys that match it (checked first): a wrong
+        # --store or a wrong key file leaves the key file as it was.
+        await check_master_key(opened, LocalMasterKey.from_file(key_file))
+        newest = add_master_key_version(key_file)
+        note(f"added master key version {newest.current_version} to {key_file}")
         return newest, await rotate(opened, newest)
 
-    newest, rotation = run_with_store(store, work, writable=True)
+    # The key file stays locked from its reading to the end of the rotation: a second rotation
+    # waits, then adds the version after this one's (instead of the same one) and rewraps to it.
+    with locked_key_file(key_file) if key_file is not None else contextlib.nullcontext():
+        newest, rotation = run_with_store(store, work, writable=True)
     if key_file is None and not rotation.rewrapped and not rotation.retired:
         if not rotation.current and not rotation.shredded:
             fail("no data keys in this store: nothing to rotate")
@@ -150,7 +156,7 @@ def keys_list(
         # Pages come in scope order, so the scopes with the prefix are one run from ``prefix`` on.
         # One more than shown: whether the last one shown has a newer version (then it is retired).
         while len(found) <= limit and (page := await opened.data_key_page(after, 500)):
-            found += [r for r in page if r.scope.startswith(prefix)]
+            found += [r for r in page if r.scope.startswith(prefix) and r.scope != CHECK_SCOPE]
             if not page[-1].scope.startswith(prefix):
                 break
             after = (page[-1].scope, page[-1].version)

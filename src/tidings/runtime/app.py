@@ -32,6 +32,7 @@ from tidings.runtime.consuming import GroupConsumer, Subscription
 from tidings.runtime.deadlines import Clock, SystemClock
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.key_admin import Rotation, rotate
+from tidings.runtime.key_check import check_master_key
 from tidings.runtime.keyring import KeyRing, stored_scope
 from tidings.runtime.leasing import PartitionMember
 from tidings.runtime.log_context import log_fields
@@ -143,7 +144,14 @@ class App:
             extra={"app": self.name},
         )
         if self.encryption is not None:
-            self.keys = self.encryption.keyring(raw)
+            keys = self.encryption.keyring(raw)
+            try:
+                # A wrong master key is refused here, before this App writes anything with it.
+                await check_master_key(raw, keys.master)
+            except BaseException:
+                await raw.close()
+                raise
+            self.keys = keys
             self.codec.use_keys(self.keys, accept_plaintext=self.encryption.accept_plaintext)
             store = SealedStore(raw, self.keys)
         self._store = store

@@ -7,7 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from tidings.ports import EventStore
-from tidings.runtime.keyring import key_context
+from tidings.runtime.key_check import check_master_key
+from tidings.runtime.keyring import CHECK_SCOPE, key_context
 from tidings.runtime.master_key import MasterKey
 
 _PAGE = 500
@@ -30,11 +31,16 @@ async def rotate(store: EventStore, master: MasterKey) -> Rotation:
     Each key is rewrapped with a compare-and-set, so running it twice, or beside running Apps,
     is safe; the master key must still hold the old versions until this has finished. Running
     Apps move to the new data key versions within a minute (they trust a reservation that long)."""
+    # Refuses a master key that does not match the store's before anything is rewrapped, and
+    # records the new version's key check.
+    await check_master_key(store, master)
     target = master.current_version
     rewrapped = current = shredded = 0
     after = ("", 0)
     while page := await store.data_key_page(after, _PAGE):
         for record in page:
+            if record.scope == CHECK_SCOPE:
+                continue  # each check stays wrapped by its own version
             if record.wrapped is None:
                 shredded += 1
             elif record.master_version == target:

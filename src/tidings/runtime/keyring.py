@@ -63,6 +63,12 @@ TOPIC_SCOPE: Final = "topic:"
 NAMED_MARK: Final = "\x1f"
 #: The longest scope an application may map a stream to.
 MAX_SCOPE: Final = 1000
+#: The scope of the master key check records (``runtime/key_check.py``), one per master key
+#: version; a control character in front, so no stream, application scope or topic names it.
+CHECK_SCOPE: Final = "\x1emaster key check"
+#: A check record's use count: the most any store counts (the SQL stores' retired mark), so it
+#: is never reserved, and a rotation does not count it among the data keys it retires.
+CHECK_USES: Final = 2**62
 
 
 def topic_scope(topic: str) -> str:
@@ -324,6 +330,8 @@ class KeyRing:
                 header = crypto.read_header(blob, "sealed data")
             except Undecryptable:
                 continue  # opening it will say so, with the event's name
+            if header.scope == CHECK_SCOPE:
+                continue  # a check record seals nothing: opening it says it is not in the keyring
             known = header.key_version in self._ciphers.get(header.scope, {})
             if not known or now - self._loaded_at.get(header.scope, 0.0) > self._refresh:
                 missing.add(header.scope)

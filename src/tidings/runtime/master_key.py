@@ -12,9 +12,12 @@ Another source (a KMS) plugs in by implementing ``MasterKey``.
 from __future__ import annotations
 
 import base64
+import fcntl
 import os
 import re
 import stat
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Final, Protocol
 
@@ -161,3 +164,30 @@ def write_key_file(path: Path, text: str) -> None:
         os.fsync(directory)  # the rename itself survives a crash
     finally:
         os.close(directory)
+
+
+@contextmanager
+def locked_key_file(path: Path) -> Iterator[None]:
+    """Hold the key file's exclusive lock while reading, changing and writing it (and whatever
+    must not interleave with that): two rotations at once would each add the same version, and
+    one of the new keys would be lost. The lock is on a sibling file, ``.<name>.lock``: the key
+    file itself is replaced whole on every write, so a lock on it would stay on the old one."""
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        descriptor = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigurationError(f"cannot lock master key file {path} ({lock}): {exc.strerror}") from None
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)  # waits for the holder; released with the descriptor
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def add_master_key_version(path: Path) -> LocalMasterKey:
+    """Add a new master key version (the highest plus one) to a key file, and return the keys it
+    holds now. The caller holds ``locked_key_file(path)``."""
+    existing = LocalMasterKey.from_file(path)
+    text = path.read_text().rstrip("\n")
+    write_key_file(path, f"{text}\n{new_master_key_entry(existing.current_version + 1)}\n")
+    return LocalMasterKey.from_file(path)
