@@ -27,8 +27,9 @@ from tidings.domain.envelope import (
 )
 from tidings.domain.events import Erased, Event, EventRegistry, default_registry
 from tidings.domain.ids import uuid7
+from tidings.domain.nesting import check_depth, nested_deeper, too_deep
 from tidings.domain.schema_problems import decoder_detail, json_problem, kind_of, value_problem
-from tidings.errors import MalformedEvent, Undecryptable, UnknownEventType
+from tidings.errors import MalformedEvent, PayloadTooLarge, Undecryptable, UnknownEventType
 from tidings.runtime.crypto import SEALED
 from tidings.runtime.keyring import Erasure, KeyRing
 from tidings.runtime.master_key import ENV_KEY, ENV_KEY_FILE
@@ -90,6 +91,10 @@ class Codec:
             data = self._encoder.encode(event)
         except (TypeError, ValueError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError
             raise MalformedEvent(f"cannot encode {event.__event_type__}: {exc}") from None
+        except RecursionError:  # the stack ran out before the limit could be measured
+            raise MalformedEvent(too_deep(f"cannot encode {event.__event_type__}: data")) from None
+        # Every reader must be able to decode it, in any thread and deep in its own stack.
+        check_depth(data, f"cannot encode {event.__event_type__}: data")
         if self._has_floats(type(event)):
             self._check_finite(event, data)
         check_size(data, self.max_size, f"payload of {event.__event_type__}")
@@ -135,6 +140,7 @@ class Codec:
             and envelope.schemaversion == fast[1]
             and envelope.datacontenttype == JSON
             and len(envelope.data) <= self.max_size
+            and not nested_deeper(envelope.data)
         ):
             try:
                 event: Event = fast[0].decode(envelope.data)
@@ -175,6 +181,8 @@ class Codec:
     def _decode(self, envelope: Envelope) -> Event:
         cls = self.registry.resolve(envelope.type)
         check_size(envelope.data, self.max_size, f"payload of {envelope.type}")
+        if envelope.datacontenttype == JSON:
+            check_depth(envelope.data, f"event {envelope.id} ({envelope.type}): data")
         stored = envelope.schemaversion
         current = cls.__event_version__
         if stored == current and envelope.datacontenttype == JSON:
@@ -240,6 +248,7 @@ class Codec:
 
     def _decode_untyped(self, envelope: Envelope) -> Any:
         if envelope.datacontenttype == JSON:
+            check_depth(envelope.data, f"event {envelope.id} ({envelope.type}): data")
             return msgspec.json.decode(envelope.data)
         if envelope.datacontenttype == MSGPACK:
             return msgspec.msgpack.decode(envelope.data)
@@ -278,8 +287,8 @@ def _malformed(
         problem := utf8_problem(envelope.data)
     ):
         return MalformedEvent(f"{what}: data is {problem}")
-    if isinstance(exc, RecursionError):
-        return MalformedEvent(f"{what}: data is nested too deeply")
+    if isinstance(exc, RecursionError):  # the stack ran out before the limit was reached
+        return MalformedEvent(too_deep(f"{what}: data"))
     return MalformedEvent(f"{what}: data is malformed: {decoder_detail(exc)}")
 
 
