@@ -61,6 +61,9 @@ class Codec:
         #: Whether data in the clear is read (an App with encryption refuses it unless told:
         #: else anyone who can write a row could slip in a forged event).
         self.plaintext_ok = True
+        #: In distributed mode, how much data the bus carries in the message of an envelope
+        #: (``Bus.room_for``): an event the relay could not publish is refused where it is made.
+        self.bus_room: Callable[[str, Envelope], int] | None = None
 
     def use_keys(self, keys: KeyRing | None, *, accept_plaintext: bool = True) -> None:
         """Open sealed data with ``keys`` from now on (they come with the store, so an App sets
@@ -122,10 +125,23 @@ class Codec:
     def check_fits(self, stream: str, envelope: Envelope) -> None:
         """Refuse an envelope (from ``encode``) that could not be published whole in ``stream``:
         with encryption on, its data must fit the limit sealed (the header, nonce and tag come on
-        top of what ``encode`` measured), as a timer that fires and a reader of the bus check it."""
+        top of what ``encode`` measured), as a timer that fires and a reader of the bus check it;
+        in distributed mode, the message that will carry it must fit the bus (its headers come on
+        top), or the relay could never publish it."""
+        size, relayed, what = len(envelope.data), envelope, f"payload of {envelope.type}"
         if self.keys is not None and envelope.datacontenttype != SEALED:
             size = self.keys.sealed_size(stream, envelope)
-            check_size(size, self.max_size, f"sealed payload of {envelope.type}")
+            what = f"sealed payload of {envelope.type}"
+            check_size(size, self.max_size, what)
+            relayed = msgspec.structs.replace(envelope, datacontenttype=SEALED)
+        if self.bus_room is not None:
+            room = self.bus_room(stream, relayed)
+            if size > room:
+                raise PayloadTooLarge(
+                    f"{what} of {size:,} bytes does not fit a message of the bus, which carries at "
+                    f"most {max(room, 0):,} bytes of this event's data (the server's max_payload less "
+                    "the event's headers)"
+                )
 
     def decode(self, envelope: Envelope, stream: str | None = None, version: int | None = None) -> Event:
         """Decode an envelope's data into its event class, upcast to the current version.
