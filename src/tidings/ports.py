@@ -235,6 +235,11 @@ class Bus(Protocol):
     async def publish(self, partition: int, records: Sequence[RecordedEvent]) -> None:
         """Publish one partition's next events in log order; return once the broker stored them."""
 
+    def room_for(self, stream: str, envelope: Envelope) -> int:
+        """How many bytes of data the message that carries ``envelope`` of ``stream`` may hold
+        (its attributes as given, its data as relayed): the broker's largest message, as the
+        server said when the bus opened, less what the message adds. Publishing refuses more."""
+
     def log(self, store_log: Log, *, topic_of: TopicOf | None = None) -> Log:
         """The log that consumer groups read: partitions from the broker; leases, inbox,
         checkpoints and dead letters stay in the store, so effects commit with them.

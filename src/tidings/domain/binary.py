@@ -39,6 +39,7 @@ from tidings.domain.envelope import (
     received_time,
 )
 from tidings.domain.headers import HeaderError, needs_encoding, percent_decode, percent_encode
+from tidings.domain.nesting import check_depth, too_deep
 from tidings.domain.schema_problems import value_problem
 from tidings.errors import MalformedEvent
 
@@ -159,12 +160,13 @@ def from_binary(
         problem = value_problem(exc, attributes, Envelope, whole="envelope", member="attribute")
         raise MalformedEvent(f"invalid envelope headers: {problem}") from None
     if envelope.datacontenttype == JSON and body:
+        check_depth(body, f"event {envelope.id}: body")
         try:
             json_syntax.decode(body)
         except msgspec.DecodeError as exc:
             raise MalformedEvent(f"event {envelope.id}: body is not one JSON value: {exc}") from None
         except RecursionError:
-            raise MalformedEvent(f"event {envelope.id}: body is nested too deeply") from None
+            raise MalformedEvent(too_deep(f"event {envelope.id}: body")) from None
     return check_text(envelope)
 
 

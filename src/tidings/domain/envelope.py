@@ -42,6 +42,7 @@ from tidings.domain.attributes import (
 )
 from tidings.domain.attributes import MSGPACK as MSGPACK
 from tidings.domain.events import Event
+from tidings.domain.nesting import MAX_DEPTH, check_depth, deeper_than, too_deep
 from tidings.domain.schema_problems import json_problem
 from tidings.domain.topics import MAX_TOPIC_LENGTH, TOPIC_REGEX
 from tidings.errors import MalformedEvent, PayloadTooLarge
@@ -155,6 +156,7 @@ def to_structured(envelope: Envelope) -> bytes:
     """
     inline = envelope.datacontenttype == JSON
     if inline and envelope.data:
+        check_depth(envelope.data, f"event {envelope.id}: data")
         try:
             json_syntax.decode(envelope.data)
         except (msgspec.DecodeError, RecursionError) as exc:
@@ -207,6 +209,9 @@ def from_structured(
     check_size(document, max_size, "envelope")
     try:
         raw = _structured_decoder.decode(document)
+        # The data sits one level inside the document: a document within the limit plus one is
+        # read on, its data then held to the limit itself.
+        check_depth(document, "envelope", MAX_DEPTH + 1)
         members = _members_decoder.decode(document)
     except msgspec.ValidationError as exc:
         problem = json_problem(exc, document, _Structured, whole="envelope", member="attribute")
@@ -214,7 +219,7 @@ def from_structured(
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise MalformedEvent(f"envelope is {utf8_problem(document) or f'not valid JSON: {exc}'}") from None
     except RecursionError:
-        raise MalformedEvent("envelope is nested too deeply") from None
+        raise MalformedEvent(too_deep("envelope", MAX_DEPTH + 1)) from None
     if raw.data and raw.data_base64 is not None:
         raise MalformedEvent("envelope has both 'data' and 'data_base64'")
     content_type = data_content_type(raw.datacontenttype or JSON)
@@ -224,6 +229,7 @@ def from_structured(
         except ValueError:
             raise MalformedEvent("envelope attribute 'data_base64' is not valid base64") from None
         if content_type == JSON and data:
+            check_depth(data, f"event {raw.id}: data_base64")
             try:
                 json_syntax.decode(data)
             except (msgspec.DecodeError, RecursionError) as exc:
@@ -238,6 +244,8 @@ def from_structured(
             ) from None
     else:
         data = bytes(raw.data)
+        if content_type == JSON:
+            check_depth(data, f"event {raw.id}: data")
     check_size(data, max_size, "payload")
     extensions = _extensions_of(members) if len(members) > len(_STRUCTURED_MEMBERS & members.keys()) else {}
     envelope = Envelope(
@@ -341,8 +349,8 @@ def format_time(moment: datetime) -> str:
 
 def _json_problem(exc: Exception) -> str:
     """What is wrong with data that should be one JSON value, in tidings' words first."""
-    if isinstance(exc, RecursionError):
-        return "nested too deeply"
+    if isinstance(exc, RecursionError):  # the stack ran out before the limit was reached
+        return deeper_than()
     return f"not one JSON value: {exc}"
 
 
@@ -396,6 +404,7 @@ def validate_envelope(envelope: Envelope, max_size: int = DEFAULT_MAX_SIZE) -> E
     if len(data) > max_size:
         check_size(data, max_size, f"payload of event {envelope.id}")
     if data and envelope.datacontenttype == JSON:
+        check_depth(data, f"event {envelope.id}: data")
         try:
             json_syntax.decode(data)
         except (msgspec.DecodeError, RecursionError) as exc:

@@ -38,7 +38,7 @@ from tidings.runtime.leasing import PartitionMember
 from tidings.runtime.log_context import log_fields
 from tidings.runtime.outbox import RESERVED_GROUP_PREFIX, Relay
 from tidings.runtime.projection import Projection, reset_projection, run_projection
-from tidings.runtime.publishing import Lineage, publication_envelope
+from tidings.runtime.publishing import Lineage, publication_envelope, say_bus_limit
 from tidings.runtime.repository import Repository
 from tidings.runtime.retries import Retry
 from tidings.runtime.saga_engine import SagaEngine
@@ -173,6 +173,8 @@ class App:
                 self._store = self._log = self._repository = None
                 self.state = AppState.CREATED
                 raise
+            self.codec.bus_room = bus.room_for
+            say_bus_limit(self.name, self.codec, bus)
             feed = bus.log(self.log, topic_of=self.codec.registry.topic_of)
             self._bus, self._feed = bus, feed if self.keys is None else SealedLog(feed, self.keys)
         await self.record_denials()  # those made before the App opened (at subscribe)
@@ -185,6 +187,7 @@ class App:
         if self._store is not None:
             await self._store.close()
         self._store = self._bus = self._feed = None
+        self.codec.bus_room = None
         self.state = AppState.CLOSED
 
     async def __aenter__(self) -> App:
@@ -250,6 +253,8 @@ class App:
                 )
                 for event in batch
             ]
+        for envelope in envelopes:
+            self.codec.check_fits(stream, envelope)
         records = await self.store.append(stream, envelopes, expected_version=expected_version)
         self.notify()
         return records

@@ -27,8 +27,9 @@ from tidings.domain.envelope import (
 )
 from tidings.domain.events import Erased, Event, EventRegistry, default_registry
 from tidings.domain.ids import uuid7
+from tidings.domain.nesting import check_depth, nested_deeper, too_deep
 from tidings.domain.schema_problems import decoder_detail, json_problem, kind_of, value_problem
-from tidings.errors import MalformedEvent, Undecryptable, UnknownEventType
+from tidings.errors import MalformedEvent, PayloadTooLarge, Undecryptable, UnknownEventType
 from tidings.runtime.crypto import SEALED
 from tidings.runtime.keyring import Erasure, KeyRing
 from tidings.runtime.master_key import ENV_KEY, ENV_KEY_FILE
@@ -60,6 +61,9 @@ class Codec:
         #: Whether data in the clear is read (an App with encryption refuses it unless told:
         #: else anyone who can write a row could slip in a forged event).
         self.plaintext_ok = True
+        #: In distributed mode, how much data the bus carries in the message of an envelope
+        #: (``Bus.room_for``): an event the relay could not publish is refused where it is made.
+        self.bus_room: Callable[[str, Envelope], int] | None = None
 
     def use_keys(self, keys: KeyRing | None, *, accept_plaintext: bool = True) -> None:
         """Open sealed data with ``keys`` from now on (they come with the store, so an App sets
@@ -90,6 +94,10 @@ class Codec:
             data = self._encoder.encode(event)
         except (TypeError, ValueError, OverflowError) as exc:  # UnicodeEncodeError is a ValueError
             raise MalformedEvent(f"cannot encode {event.__event_type__}: {exc}") from None
+        except RecursionError:  # the stack ran out before the limit could be measured
+            raise MalformedEvent(too_deep(f"cannot encode {event.__event_type__}: data")) from None
+        # Every reader must be able to decode it, in any thread and deep in its own stack.
+        check_depth(data, f"cannot encode {event.__event_type__}: data")
         if self._has_floats(type(event)):
             self._check_finite(event, data)
         check_size(data, self.max_size, f"payload of {event.__event_type__}")
@@ -117,10 +125,23 @@ class Codec:
     def check_fits(self, stream: str, envelope: Envelope) -> None:
         """Refuse an envelope (from ``encode``) that could not be published whole in ``stream``:
         with encryption on, its data must fit the limit sealed (the header, nonce and tag come on
-        top of what ``encode`` measured), as a timer that fires and a reader of the bus check it."""
+        top of what ``encode`` measured), as a timer that fires and a reader of the bus check it;
+        in distributed mode, the message that will carry it must fit the bus (its headers come on
+        top), or the relay could never publish it."""
+        size, relayed, what = len(envelope.data), envelope, f"payload of {envelope.type}"
         if self.keys is not None and envelope.datacontenttype != SEALED:
             size = self.keys.sealed_size(stream, envelope)
-            check_size(size, self.max_size, f"sealed payload of {envelope.type}")
+            what = f"sealed payload of {envelope.type}"
+            check_size(size, self.max_size, what)
+            relayed = msgspec.structs.replace(envelope, datacontenttype=SEALED)
+        if self.bus_room is not None:
+            room = self.bus_room(stream, relayed)
+            if size > room:
+                raise PayloadTooLarge(
+                    f"{what} of {size:,} bytes does not fit a message of the bus, which carries at "
+                    f"most {max(room, 0):,} bytes of this event's data (the server's max_payload less "
+                    "the event's headers)"
+                )
 
     def decode(self, envelope: Envelope, stream: str | None = None, version: int | None = None) -> Event:
         """Decode an envelope's data into its event class, upcast to the current version.
@@ -135,6 +156,7 @@ class Codec:
             and envelope.schemaversion == fast[1]
             and envelope.datacontenttype == JSON
             and len(envelope.data) <= self.max_size
+            and not nested_deeper(envelope.data)
         ):
             try:
                 event: Event = fast[0].decode(envelope.data)
@@ -175,6 +197,8 @@ class Codec:
     def _decode(self, envelope: Envelope) -> Event:
         cls = self.registry.resolve(envelope.type)
         check_size(envelope.data, self.max_size, f"payload of {envelope.type}")
+        if envelope.datacontenttype == JSON:
+            check_depth(envelope.data, f"event {envelope.id} ({envelope.type}): data")
         stored = envelope.schemaversion
         current = cls.__event_version__
         if stored == current and envelope.datacontenttype == JSON:
@@ -240,6 +264,7 @@ class Codec:
 
     def _decode_untyped(self, envelope: Envelope) -> Any:
         if envelope.datacontenttype == JSON:
+            check_depth(envelope.data, f"event {envelope.id} ({envelope.type}): data")
             return msgspec.json.decode(envelope.data)
         if envelope.datacontenttype == MSGPACK:
             return msgspec.msgpack.decode(envelope.data)
@@ -278,8 +303,8 @@ def _malformed(
         problem := utf8_problem(envelope.data)
     ):
         return MalformedEvent(f"{what}: data is {problem}")
-    if isinstance(exc, RecursionError):
-        return MalformedEvent(f"{what}: data is nested too deeply")
+    if isinstance(exc, RecursionError):  # the stack ran out before the limit was reached
+        return MalformedEvent(too_deep(f"{what}: data"))
     return MalformedEvent(f"{what}: data is malformed: {decoder_detail(exc)}")
 
 

@@ -3,9 +3,10 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from tidings.domain.aggregate import Aggregate
@@ -13,12 +14,15 @@ from tidings.domain.envelope import Envelope
 from tidings.domain.ids import uuid7
 from tidings.domain.names import check_name
 from tidings.errors import InvalidArgument
+from tidings.ports import Bus
 from tidings.runtime.codec import Codec
 from tidings.runtime.unit_of_work import Publication
 
 if TYPE_CHECKING:
     from tidings.runtime.app import App
     from tidings.runtime.consuming import Context
+
+log = logging.getLogger("tidings.app")
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,7 +75,7 @@ def publication_envelope(
 def aggregate_envelopes(
     codec: Codec, aggregate: Aggregate, now: datetime, lineage: Lineage
 ) -> list[Envelope]:
-    return [
+    envelopes = [
         codec.encode(
             event,
             subject=aggregate.stream,
@@ -81,6 +85,9 @@ def aggregate_envelopes(
         )
         for event in aggregate.pending
     ]
+    for envelope in envelopes:
+        codec.check_fits(aggregate.stream, envelope)
+    return envelopes
 
 
 def publisher_of(app: App, context: Context) -> Callable[[Publication], tuple[str, Envelope]]:
@@ -102,3 +109,21 @@ def aggregate_envelopes_of(app: App, context: Context) -> Callable[[Aggregate], 
     lineage = Lineage(context.correlation_id, context.envelope.id)
     now = app.clock.now()
     return lambda aggregate: aggregate_envelopes(app.codec, aggregate, now, lineage)
+
+
+def say_bus_limit(app: str, codec: Codec, bus: Bus) -> None:
+    """Say when an App opens if its bus, not ``max_event_size``, limits what it may publish: the
+    server's largest message less an event's headers (measured on a small event; one with longer
+    names has a little less room). Each event is measured where it is made (``check_fits``)."""
+    sample = Envelope(uuid7(), app, "event", "event", datetime.now(UTC), b"", "stream")
+    room = bus.room_for("stream", sample)
+    if room < codec.max_size:
+        log.warning(
+            "App %s: the bus at %s carries about %s bytes of event data (its max_payload less "
+            "the headers), less than max_event_size (%s bytes): larger events are refused at publish",
+            app,
+            bus.url,
+            f"{room:,}",
+            f"{codec.max_size:,}",
+            extra={"app": app},
+        )

@@ -69,6 +69,8 @@ class Repository:
         stream = aggregate.stream
         now = datetime.now(UTC)  # the events of one save happen, and commit, together
         envelopes = [self._codec.encode(event, subject=stream, time=now) for event in aggregate.pending]
+        for envelope in envelopes:
+            self._codec.check_fits(stream, envelope)
         before = aggregate.version
         records = await self._store.append(stream, envelopes, expected_version=before)
         aggregate._saved(records[-1].version)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -35,13 +36,20 @@ from nats.js.errors import NotFoundError
 
 from tidings.adapters.nats.inbox import Inbox
 from tidings.adapters.nats.names import check_prefix, inbox_prefix, read_patterns, read_stream
-from tidings.adapters.nats.publish import publish_in_order, resync
-from tidings.adapters.nats.reads import POSITION_HEADER, STREAM_HEADER, VERSION_HEADER, direct_get, record_of
+from tidings.adapters.nats.publish import SEQUENCE_HEADER_SIZE, message_size, publish_in_order, resync
+from tidings.adapters.nats.reads import (
+    POSITION_HEADER,
+    STREAM_HEADER,
+    TOO_LARGE_HEADER,
+    VERSION_HEADER,
+    direct_get,
+    record_of,
+)
 from tidings.adapters.nats.views import ensure_read_stream, read_stream_config
 from tidings.adapters.tls_refusals import refuses_client_certificate, server_certificate_problem
 from tidings.adapters.urls import redact_url
 from tidings.domain.binary import to_binary
-from tidings.domain.envelope import RecordedEvent, TopicOf
+from tidings.domain.envelope import Envelope, RecordedEvent, TopicOf
 from tidings.domain.headers import percent_encode
 from tidings.errors import BackendUnavailable, ConfigurationError
 from tidings.ports import Log
@@ -60,6 +68,7 @@ PARTITIONS_KEY = "tidings_partitions"  # in each stream's metadata: the log's pa
 LOG_KEY = "tidings_log"  # and the id of the log it carries
 #: What a broker error is, as far as the bus is concerned: the server is not there for us.
 DRIVER_ERRORS = (NatsError, JetStreamError, OSError, TimeoutError)
+log = logging.getLogger("tidings.nats")
 _ERRORS_KEPT = 20  # of a first connection that failed, the last errors the client reported
 
 
@@ -150,6 +159,47 @@ class NatsSettings:
     @property
     def doorbell(self) -> str:
         return f"{self.prefix}.wake"
+
+
+#: A version or position as wide as the relay may ever write one (19 digits).
+_WIDEST = 10**19 - 1
+
+
+def _message_of(record: RecordedEvent) -> tuple[dict[str, str], bytes]:
+    """The headers and body of the message that carries ``record``."""
+    headers, body = to_binary(record.envelope)
+    # Header values are printable ASCII (the NATS binding's rule for ce-* headers, kept for
+    # tidings' own too): a stream name may hold any character.
+    headers["Nats-Msg-Id"] = percent_encode(record.envelope.id)
+    headers[STREAM_HEADER] = percent_encode(record.stream)
+    headers[VERSION_HEADER] = str(record.version)
+    headers[POSITION_HEADER] = str(record.position)
+    return headers, body
+
+
+def _stand_in(
+    record: RecordedEvent, headers: dict[str, str], size: int, max_payload: int
+) -> tuple[dict[str, str], bytes]:
+    """What the relay publishes in place of an event too large for the server: where the event
+    is stored and its identity, and no data; readers turn it into a dead letter that says so."""
+    log.error(
+        "relay: event %s at position %d (stream %r, version %d) makes a message of %d bytes, more "
+        "than the server's max_payload of %d: a stand-in without its data is published in its "
+        "place, which consumer groups dead-letter",
+        record.envelope.id,
+        record.position,
+        record.stream,
+        record.version,
+        size,
+        max_payload,
+    )
+    kept = ("ce-id", "ce-type", "ce-source", "ce-topic", "ce-specversion", "Nats-Msg-Id")
+    stand_in = {name: headers[name] for name in kept if name in headers}
+    stand_in[STREAM_HEADER] = headers[STREAM_HEADER]
+    stand_in[VERSION_HEADER] = headers[VERSION_HEADER]
+    stand_in[POSITION_HEADER] = headers[POSITION_HEADER]
+    stand_in[TOO_LARGE_HEADER] = f"{size} {max_payload}"
+    return stand_in, b""
 
 
 class NatsBus:
@@ -357,13 +407,12 @@ class NatsBus:
             )
         messages = []
         for record in records:
-            headers, body = to_binary(record.envelope)
-            # Header values are printable ASCII (the NATS binding's rule for ce-* headers, kept
-            # for tidings' own too): a stream name may hold any character.
-            headers["Nats-Msg-Id"] = percent_encode(record.envelope.id)
-            headers[STREAM_HEADER] = percent_encode(record.stream)
-            headers[VERSION_HEADER] = str(record.version)
-            headers[POSITION_HEADER] = str(record.position)
+            headers, body = _message_of(record)
+            if message_size(headers, body) > client.max_payload - SEQUENCE_HEADER_SIZE:
+                # Published before the limit was checked at publish (or by an App with another
+                # limit): the server would close the connection on it, every time, stopping every
+                # partition. A stand-in takes its place, which every group dead-letters.
+                headers, body = _stand_in(record, headers, message_size(headers, body), client.max_payload)
             messages.append((self.subject(partition, record.envelope.topic), body, headers))
         try:
             self._tails[partition] = await publish_in_order(client, inbox, messages, last=last)
@@ -373,6 +422,14 @@ class NatsBus:
             # The doorbell only saves consumers a poll: the events are stored either way.
             with contextlib.suppress(*DRIVER_ERRORS):
                 await client.publish(self.settings.doorbell, b"")
+
+    def room_for(self, stream: str, envelope: Envelope) -> int:
+        """The bytes of data a message of ``envelope`` in ``stream`` may hold: the server's
+        ``max_payload`` (its INFO, read at connect) less the message's headers, counted with the
+        widest version, position and sequence that the relay may write."""
+        client, _ = self._connected()
+        headers, _ = _message_of(RecordedEvent(envelope, stream, _WIDEST, _WIDEST))
+        return client.max_payload - SEQUENCE_HEADER_SIZE - message_size(headers, b"")
 
     async def read_partition(
         self, partition: int, *, after: int, limit: int, topic_of: TopicOf | None = None

@@ -38,6 +38,17 @@ ACK_TIMEOUT: Final = 10.0
 _POSITION: Final = re.compile(r"[1-9][0-9]{0,17}")
 
 Message = tuple[str, bytes, dict[str, str]]
+_SEQUENCE_HEADER: Final = "Nats-Expected-Last-Sequence"
+#: What the sequence header adds to a message, at its widest (a 64-bit number).
+SEQUENCE_HEADER_SIZE: Final = len(_SEQUENCE_HEADER) + len(": \r\n") + 20
+
+
+def message_size(headers: dict[str, str], body: bytes) -> int:
+    """How many bytes of a server's ``max_payload`` a message takes: its header block (as the
+    client writes it: ``NATS/1.0``, a line per header, an empty line) and its body. The values
+    are ASCII (percent-encoded), so characters are bytes."""
+    lines = sum(len(name) + len(value) + 4 for name, value in headers.items())  # "k: v\r\n"
+    return len("NATS/1.0\r\n") + lines + len("\r\n") + len(body)
 
 
 class _Ack(msgspec.Struct):
@@ -57,7 +68,7 @@ async def publish_in_order(client: Client, inbox: Inbox, messages: list[Message]
             subject_to, forget = inbox.reply_to(_resolver(reply))
             replies.append(reply)
             forgets.append(forget)
-            headers["Nats-Expected-Last-Sequence"] = str(last + offset)
+            headers[_SEQUENCE_HEADER] = str(last + offset)
             await client.publish(subject, body, reply=subject_to, headers=headers)
         done, _ = await asyncio.wait(replies, timeout=ACK_TIMEOUT)
     finally:

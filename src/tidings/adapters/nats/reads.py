@@ -30,6 +30,8 @@ READ_TIMEOUT: Final = 5.0
 STREAM_HEADER: Final = "Tidings-Stream"
 VERSION_HEADER: Final = "Tidings-Version"
 POSITION_HEADER: Final = "Tidings-Position"
+#: On a stand-in the relay published for an event too large for the server: "<size> <max_payload>".
+TOO_LARGE_HEADER: Final = "Tidings-Too-Large"
 _END_OF_BATCH: Final = ("204", "404")  # EOB, or nothing (more) at or after the sequence
 _MAX_ID: Final = 200  # characters of a foreign message's id kept in its dead letter
 _StoredAt = Annotated[datetime, msgspec.Meta(tz=True)]
@@ -90,6 +92,12 @@ def record_of(
         if has_control(stream):
             raise MalformedEvent(f"header {STREAM_HEADER!r} holds a control character")
         version = int(headers.get(VERSION_HEADER, "0"))
+        if TOO_LARGE_HEADER in headers:
+            size, _, limit = headers[TOO_LARGE_HEADER].partition(" ")
+            raise MalformedEvent(
+                f"the event stored at version {version} of stream {stream!r} was not published: its "
+                f"message of {size[:20]} bytes exceeds the server's max_payload of {limit[:20]} bytes"
+            )
         envelope = from_message(
             headers,
             body,
