@@ -5,8 +5,9 @@
   credentials: allowed cells work end to end over JetStream, denied ones raise and are recorded;
 * only the relay's principal runs the relay;
 * raw nats-py clients, one per principal, that skip tidings altogether: the server itself refuses
-  what the policy does not allow (publishing on event subjects, JetStream API calls, core
-  subscriptions), while every allowed cell is shown to work (so no assertion passes vacuously).
+  what the policy does not allow (publishing on event subjects, JetStream API calls, any core
+  subscription to event subjects), while every allowed cell is shown to work (so no assertion
+  passes vacuously).
 """
 
 from __future__ import annotations
@@ -35,7 +36,6 @@ from tidings.runtime.consuming import Context
 from tidings.runtime.outbox import Relay
 from tidings.testing.conformance.access import (
     EVENTS,
-    MAY_SUBSCRIBE,
     PASSWORDS,
     PATTERNS,
     PRINCIPALS,
@@ -158,32 +158,30 @@ def violation(operation: str, subject: str) -> str:
     return f'nats: permissions violation for {operation} to "{subject.lower()}"'
 
 
-async def test_the_server_refuses_raw_publishes_the_policy_does_not_allow(server: NatsServer) -> None:
+async def test_the_server_refuses_raw_publishes_the_policy_does_not_allow(
+    server: NatsServer, store_url: str
+) -> None:
     """Events reach the bus only through the relay: only its principal may publish on event
-    subjects (or ring the doorbell). An observer allowed every topic sees exactly those."""
-    seen: list[str] = []
-
-    async def observe(message: Msg) -> None:
-        seen.append(message.subject)
-
+    subjects (or ring the doorbell). The auditor, allowed every topic, finds exactly those in its
+    read stream."""
+    async with App(RELAY, store=store_url, bus=bus_url(server, RELAY), policy=policy()):
+        pass  # the relay's App makes the streams that store what the server lets through
     async with contextlib.AsyncExitStack() as stack:
-        observer, _ = await stack.enter_async_context(raw_client(server, "auditor"))
-        await observer.subscribe(f"{PREFIX}.*.acl.>", cb=observe)
-        await observer.flush()
         clients = {p: await stack.enter_async_context(raw_client(server, p)) for p in PRINCIPALS}
-        expected_seen = []
         for principal, (client, _) in clients.items():
             for topic in TOPICS:
-                subject = f"{PREFIX}.1.{topic}"
-                await client.publish(subject, principal.encode())
-                if principal == RELAY:
-                    expected_seen.append(subject)
+                await client.publish(f"{PREFIX}.1.{topic}", principal.encode())
             await client.flush()
         for principal, (_, errors) in clients.items():
             denied = [] if principal == RELAY else [violation("publish", f"{PREFIX}.1.{t}") for t in TOPICS]
             await refused_exactly(errors, denied)
-        await eventually(lambda: seen == expected_seen)
-        assert len(expected_seen) == len(TOPICS)
+        auditor, _ = clients["auditor"]
+
+        async def seen() -> bool:
+            return await direct_get_all(auditor, own_read_stream(1, "auditor")) == list(TOPICS)
+
+        await eventually(seen)
+        assert await stored_on_bus(server) == len(TOPICS)
 
 
 @pytest.mark.parametrize("principal", PRINCIPALS)
@@ -226,60 +224,86 @@ async def test_the_server_allows_each_principal_only_its_jetstream_calls(
         await refused_exactly(errors, refused)
 
 
-#: Denied cells that nats-server lets subscribe all the same: it matches a subscription's '>' as
-#: a token against a permission's trailing '*'. The generated deny rule (``<prefix>.*.acl.payment.*.>``)
-#: keeps what such a subscription receives to what the permission allows.
-ACCEPTED_BUT_FILTERED = {("orders", "acl.payment.>"), ("fulfilment", "acl.payment.>")}
-
-
-async def test_the_server_allows_core_subscriptions_per_subscribe_pattern(server: NatsServer) -> None:
-    """Each principal subscribes to every pattern of the matrix on the event subjects: the
-    server refuses the cells the policy denies, and the subscriptions it accepts receive exactly
-    the topics the policy lets their principal have, when the relay's principal publishes one
-    message on each topic."""
-    received: dict[tuple[str, str], list[str]] = defaultdict(list)
+async def test_the_server_refuses_every_core_subscription_to_event_subjects(server: NatsServer) -> None:
+    """Readers read their read streams by direct gets: no principal may subscribe to an event
+    subject, whatever its patterns (nats-server would let a '>' in through a trailing '*'), nor
+    to everything, another prefix or the replies of others (a direct get's reply holds events).
+    What tidings does subscribe to works: its own replies and the doorbell."""
+    rings: dict[str, int] = defaultdict(int)
     async with contextlib.AsyncExitStack() as stack:
         clients = {p: await stack.enter_async_context(raw_client(server, p)) for p in PRINCIPALS}
+        refused_subjects = [f"{PREFIX}.*.{pattern}" for pattern in PATTERNS]
+        refused_subjects += [f"{PREFIX}.*.>", f"{PREFIX}.2.acl.order.placed", f"{PREFIX}.>"]
+        refused_subjects += [">", "other.*.acl.>", "_INBOX.>"]
         for principal, (client, _) in clients.items():
-            for pattern in PATTERNS:
+            for subject in refused_subjects:
+                await client.subscribe(subject)
+            other = next(p for p in PRINCIPALS if p != principal)
+            await client.subscribe(f"{inbox_prefix(other)}.>")
 
-                async def collect(message: Msg, cell: tuple[str, str] = (principal, pattern)) -> None:
-                    received[cell].append(message.subject.split(".", 2)[2])
+            async def ring(message: Msg, principal: str = principal) -> None:
+                rings[principal] += 1
 
-                await client.subscribe(f"{PREFIX}.*.{pattern}", cb=collect)
+            await client.subscribe(f"{PREFIX}.wake", cb=ring)
+            await client.subscribe(f"{inbox_prefix(principal)}.x")
             await client.flush()
         publisher, _ = clients[RELAY]
         for topic in TOPICS:
             await publisher.publish(f"{PREFIX}.2.{topic}", b"")
+        await publisher.publish(f"{PREFIX}.wake", b"")
         await publisher.flush()
-
-        def allowed_to(principal: str, topic: str) -> bool:
-            return any(p == principal and compile_pattern(q).matches(topic) for p, q in MAY_SUBSCRIBE)
-
-        expected = {
-            (p, pattern): sorted(
-                t for t in TOPICS if compile_pattern(pattern).matches(t) and allowed_to(p, t)
-            )
-            for p, pattern in MAY_SUBSCRIBE | ACCEPTED_BUT_FILTERED
-        }
-        assert all(expected.values())  # every accepted cell must receive something
-        await eventually(lambda: {cell: sorted(topics) for cell, topics in received.items()} == expected)
+        await eventually(lambda: rings == dict.fromkeys(PRINCIPALS, 1))
         for principal, (_, errors) in clients.items():
-            refused = [
-                violation("subscription", f"{PREFIX}.*.{pattern}")
-                for pattern in PATTERNS
-                if (principal, pattern) not in MAY_SUBSCRIBE | ACCEPTED_BUT_FILTERED
-            ]
+            other = next(p for p in PRINCIPALS if p != principal)
+            refused = [violation("subscription", s) for s in [*refused_subjects, f"{inbox_prefix(other)}.>"]]
             await refused_exactly(errors, refused)
-        # Nothing beyond the event subjects either: not everything, not another prefix, and not
-        # the replies of others (a direct get's reply holds events).
-        client, errors = clients["auditor"]
-        before = list(errors)
-        refused_subjects = [">", "other.*.acl.>", "_INBOX.>", f"_INBOX.{RELAY}.>"]
-        for subject in refused_subjects:
-            await client.subscribe(subject)
-        await client.flush()
-        await refused_exactly(errors, before + [violation("subscription", s) for s in refused_subjects])
+
+
+async def test_a_star_pattern_grants_no_subscription_to_every_topic() -> None:
+    """``subscribe = ["*", "audit.>"]``: nats-server would let ``<prefix>.*.>`` in through a grant
+    of ``<prefix>.*.*`` (its '*' taking the '>'), and no deny rule could keep ``audit.>`` away;
+    with no grant on event subjects, both that and a literal topic are refused."""
+    wide = Policy.from_toml(
+        '[principals.relay]\npublish = [">"]\nrelay = true\npassword = "relay-pw"\n'
+        '[principals.watcher]\nsubscribe = ["*", "audit.>"]\npassword = "watcher-pw"\n'
+    )
+    block = authorization_block(wide, prefix=PREFIX, stream=STREAM, partitions=1)
+    with nats_servers(1, extra=block) as (started,):
+        errors: list[str] = []
+        received: list[str] = []
+
+        async def note(error: Exception) -> None:
+            errors.append(str(error))
+
+        async def collect(message: Msg) -> None:
+            received.append(message.subject)
+
+        watcher = await nats.connect(
+            f"nats://watcher:watcher-pw@127.0.0.1:{started.port}",
+            error_cb=note,
+            allow_reconnect=False,
+            inbox_prefix=inbox_prefix("watcher"),
+        )
+        relay = await nats.connect(f"nats://relay:relay-pw@127.0.0.1:{started.port}", allow_reconnect=False)
+        try:
+            refused = [f"{PREFIX}.*.>", f"{PREFIX}.0.order.placed", f"{PREFIX}.*.*", f"{PREFIX}.0.audit.x"]
+            for subject in refused:
+                await watcher.subscribe(subject, cb=collect)
+            await watcher.subscribe(f"{PREFIX}.wake", cb=collect)
+            await watcher.flush()
+            for subject in (
+                f"{PREFIX}.0.order.placed",
+                f"{PREFIX}.0.audit.x",
+                f"{PREFIX}.0.x",
+                f"{PREFIX}.wake",
+            ):
+                await relay.publish(subject, b"")
+            await relay.flush()
+            await refused_exactly(errors, [violation("subscription", s) for s in refused])
+            await eventually(lambda: received == [f"{PREFIX}.wake"])  # only the doorbell
+        finally:
+            await relay.close()
+            await watcher.close()
 
 
 async def test_nobody_else_gets_in(server: NatsServer) -> None:

@@ -15,13 +15,13 @@ What the bus does on the wire (``bus.py``, ``publish.py``, ``reads.py``, ``inbox
   rings the doorbell. Events reach NATS only through the relay, from the store, so no other
   principal publishes on event subjects: tidings checks their topics when they append.
 
-Core subscriptions to event subjects are allowed per subscribe pattern (``<prefix>.*.<pattern>``).
-nats-server checks a subscription against its allow list by matching the subscription's subject
-as if its wildcards were tokens, so an allowed ``payment.*`` lets ``payment.>`` in (the ``*``
-takes the ``>``), which then receives ``payment.card.declined`` too. A deny rule of the deeper
-subjects (``payment.*.>``), which the server also applies to each message it delivers, closes
-that, unless another allowed pattern allows those subjects anyway, or some of them (denying
-would take them away): then the config says so in a comment.
+No principal may subscribe to event subjects (``<prefix>.<p>.<topic>``): readers use direct
+gets on their read streams, and nothing in tidings subscribes to an event subject. A grant per
+subscribe pattern could not be kept to its topics: nats-server checks a subscription against its
+allow list by matching the subscription's wildcards as if they were tokens, so an allowed
+``payment.*`` lets ``payment.>`` in (the ``*`` takes the ``>``), and an allowed ``*`` lets ``>``
+in, which receives every topic; a deny rule of the deeper subjects cannot be added when another
+allowed pattern needs some of them (``["*", "audit.>"]``).
 
 The relay's App also makes every principal's read streams (create, and update when the policy
 changes).
@@ -36,7 +36,6 @@ from dataclasses import dataclass
 
 from tidings.adapters.nats.names import check_prefix, inbox_prefix, read_stream
 from tidings.domain.policy import Policy, Principal
-from tidings.domain.topics import covers, overlaps
 from tidings.errors import ConfigurationError
 
 
@@ -46,10 +45,6 @@ class Permissions:
 
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
-    #: Subjects denied to subscriptions (and to each message delivered): see the module's docstring.
-    subscribe_deny: tuple[str, ...] = ()
-    #: Allowed patterns whose deeper subjects cannot be denied without taking another's away.
-    wider: tuple[str, ...] = ()
 
 
 def permissions_of(
@@ -67,26 +62,13 @@ def permissions_of(
     doorbell = f"{prefix}.wake"
     publish: list[str] = []
     subscribe = [f"{inbox_prefix(principal.name)}.>"]
-    events = [f"{prefix}.*.{pattern}" for pattern in dict.fromkeys(principal.subscribe)]
-    deny: list[str] = []
-    wider: list[str] = []
-    for subject in events:
-        if not subject.endswith(".*"):
-            continue
-        deeper = f"{subject}.>"
-        if any(covers(other, deeper) for other in events):
-            continue  # another pattern allows all of them anyway
-        if any(overlaps(other, deeper) for other in events):
-            wider.append(subject)  # denying them would take some of another pattern's away
-        else:
-            deny.append(deeper)
     if principal.subscribe:
         # Reads from its own read streams only (``views.py``), which hold only its topics.
         own = [read_stream(stream, p, principal.name, principal.subscribe) for p in range(partitions)]
         publish += [f"$JS.API.STREAM.INFO.{name}" for name in own]
         publish += [f"$JS.API.DIRECT.GET.{name}" for name in own]
+        # The doorbell only: never an event subject (see the module's docstring).
         subscribe.append(doorbell)
-        subscribe += events
     if principal.relay:
         publish += [f"$JS.API.STREAM.{verb}.{name}" for name in streams for verb in ("INFO", "CREATE")]
         publish += [f"$JS.API.STREAM.MSG.GET.{name}" for name in streams]
@@ -98,9 +80,7 @@ def permissions_of(
         publish += [f"$JS.API.STREAM.{verb}.{name}" for name in views for verb in ("INFO", "CREATE")]
         publish += [f"{prefix}.{partition}.>" for partition in range(partitions)]
         publish.append(doorbell)
-    return Permissions(
-        tuple(dict.fromkeys(publish)), tuple(dict.fromkeys(subscribe)), tuple(deny), tuple(wider)
-    )
+    return Permissions(tuple(dict.fromkeys(publish)), tuple(dict.fromkeys(subscribe)))
 
 
 def authorization_block(policy: Policy, *, prefix: str, stream: str, partitions: int) -> str:
@@ -136,11 +116,6 @@ def authorization_block(policy: Policy, *, prefix: str, stream: str, partitions:
         )
         lines += ["    {", f"      {credential}"]
         lines += [
-            f"      # {subject}: a subscription to its '*' as '>' also gets deeper subjects (an"
-            " overlapping pattern keeps them from being denied)"
-            for subject in allowed.wider
-        ]
-        lines += [
             "      permissions: {",
             "        publish: {",
             # An empty allow list would let everything through (nats-server reads it as no
@@ -149,7 +124,6 @@ def authorization_block(policy: Policy, *, prefix: str, stream: str, partitions:
             "        }",
             "        subscribe: {",
             *_subjects("allow", allowed.subscribe),
-            *(_subjects("deny", allowed.subscribe_deny) if allowed.subscribe_deny else []),
             "        }",
             "      }",
             "    }",
