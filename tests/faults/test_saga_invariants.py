@@ -44,7 +44,7 @@ async def _ended(app: App) -> int:
 
 
 @pytest.mark.parametrize("backend", ["sqlite", "nats"])
-@pytest.mark.timeout(400)
+@pytest.mark.timeout(500)
 async def test_every_order_ends_completed_or_compensated_through_kills(
     store_url: str, tmp_path: Path
 ) -> None:
@@ -83,7 +83,8 @@ async def test_every_order_ends_completed_or_compensated_through_kills(
                 await asyncio.sleep(1.0)
             # Every saga has ended; compensations of late successes may still be on their way
             # (a reply that came after its step timed out has the step undone after the end).
-            settle_by = time.monotonic() + 60
+            # On a loaded machine most steps time out, and hundreds of them may be in flight.
+            settle_by = time.monotonic() + 150
             found = await report(app, placed)
             while not all(holds for _, holds in found.checks()) and time.monotonic() < settle_by:
                 await asyncio.sleep(2.0)
