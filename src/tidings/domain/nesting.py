@@ -39,7 +39,19 @@ def nested_deeper(data: bytes, limit: int = MAX_DEPTH) -> bool:
         # every other quote opens or closes a string, and the pieces between pairs are outside.
         unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"")
         data = b"".join(unescaped.split(b'"')[::2])
-    runs = data.translate(_SQUARE, _NOT_BRACKETS).split(b"]")  # the opening brackets between closings
+    brackets = data.translate(_SQUARE, _NOT_BRACKETS)
+    # Each pass takes away the innermost pairs, one level: well-formed data of ordinary depth is
+    # gone after a few passes in C. What is left after ``limit`` passes, or stops shrinking
+    # (unbalanced brackets), is measured exactly.
+    remaining = brackets
+    for _ in range(limit):
+        if not remaining:
+            return False
+        shorter = remaining.replace(b"[]", b"")
+        if len(shorter) == len(remaining):
+            break
+        remaining = shorter
+    runs = brackets.split(b"]")  # the opening brackets between closings
     depth: int = max(map(operator.sub, itertools.accumulate(map(len, runs)), itertools.count()))
     return depth > limit
 
