@@ -252,7 +252,8 @@ async def test_the_server_refuses_every_core_subscription_to_event_subjects(serv
             await publisher.publish(f"{PREFIX}.2.{topic}", b"")
         await publisher.publish(f"{PREFIX}.wake", b"")
         await publisher.flush()
-        await eventually(lambda: rings == dict.fromkeys(PRINCIPALS, 1))
+        # Every principal hears the doorbell (the module's other Apps may ring it too).
+        await eventually(lambda: set(rings) == set(PRINCIPALS) and all(n >= 1 for n in rings.values()))
         for principal, (_, errors) in clients.items():
             other = next(p for p in PRINCIPALS if p != principal)
             refused = [violation("subscription", s) for s in [*refused_subjects, f"{inbox_prefix(other)}.>"]]
@@ -300,7 +301,8 @@ async def test_a_star_pattern_grants_no_subscription_to_every_topic() -> None:
                 await relay.publish(subject, b"")
             await relay.flush()
             await refused_exactly(errors, [violation("subscription", s) for s in refused])
-            await eventually(lambda: received == [f"{PREFIX}.wake"])  # only the doorbell
+            # Only the doorbell (which the module's other Apps may ring too, so perhaps more than once).
+            await eventually(lambda: bool(received) and set(received) == {f"{PREFIX}.wake"})
         finally:
             await relay.close()
             await watcher.close()
