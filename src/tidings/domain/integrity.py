@@ -105,9 +105,11 @@ class StreamChecker:
         if digest != stored_hash:
             return self._fail(version, position, "hash does not match its content and chain")
         # Appends commit in position order, so a stream's positions grow with its versions; a
-        # row moved in the log would be delivered out of its stream's order.
+        # row moved in the log would be delivered out of its stream's order, and one moved to
+        # position 0 or below would never be delivered (readers start after position 0).
         if position <= self.position:
-            return self._fail(version, position, f"position {position} is not after version {self.version}'s")
+            where = f"after version {self.version}'s" if self.version else "a log position (from 1 on)"
+            return self._fail(version, position, f"position {position} is not {where}")
         recorded = self.recorded
         if recorded is not None and version == recorded.version and digest != recorded.hash:
             return self._fail(

@@ -224,7 +224,8 @@ def verify(
         for position, stream, version in connection.execute(schema.LOG_LAYOUT):
             audit.feed_log(position, stream, version)
     finally:
-        connection.execute("COMMIT")
+        if connection.in_transaction:  # SQLite may have rolled it back on an error already
+            connection.execute("COMMIT")
     return audit.report()
 
 
