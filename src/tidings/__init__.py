@@ -3,7 +3,7 @@
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import Envelope, RecordedEvent, Stored
 from tidings.domain.events import Erased, Event, EventRegistry
-from tidings.domain.integrity import IntegrityReport
+from tidings.domain.integrity import IntegrityReport, VerifiedState
 from tidings.domain.policy import Policy, Principal, SecurityDenied
 from tidings.domain.saga import Saga, SagaData, SagaInstance
 from tidings.errors import (
@@ -72,5 +72,6 @@ __all__ = [
     "TidingsError",
     "Undecryptable",
     "UnknownEventType",
+    "VerifiedState",
     "View",
 ]

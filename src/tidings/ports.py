@@ -10,7 +10,7 @@ from typing import Final, Literal, Protocol, runtime_checkable
 import msgspec
 
 from tidings.domain.envelope import Envelope, RecordedEvent, TopicOf
-from tidings.domain.integrity import IntegrityReport
+from tidings.domain.integrity import IntegrityReport, VerifiedState
 
 ANY: Final = "any"
 NO_STREAM: Final = "no-stream"
@@ -340,5 +340,7 @@ class EventStore(Protocol):
         """Destroy every version of the scope's data key, also in the store's own files where the
         engine allows (SQLite: overwritten and checkpointed); returns how many were destroyed."""
 
-    async def verify(self) -> IntegrityReport:
-        """Check every stream's hash chain and the storage itself; report the first breaks."""
+    async def verify(self, against: VerifiedState | None = None) -> IntegrityReport:
+        """Check every stream's hash chain and the storage itself; report the first breaks.
+        With ``against`` (a state an earlier verify reported), also report each recorded head
+        no longer in its chain as recorded, and a log changed at or below the recorded end."""

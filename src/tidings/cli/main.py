@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from datetime import datetime
 from importlib import metadata
-from typing import Annotated, Final
+from pathlib import Path
+from typing import Annotated, Final, TypeVar
 
 import typer
 from rich.text import Text
@@ -44,9 +46,12 @@ from tidings.cli.render import (
 )
 from tidings.cli.sagas import sagas_app
 from tidings.domain.envelope import RecordedEvent
-from tidings.errors import IntegrityError
+from tidings.errors import IntegrityError, InvalidArgument
 from tidings.ports import EventStore
 from tidings.runtime.app import DEFAULT_STORE
+from tidings.runtime.verified_record import read_verified_record, write_verified_record
+
+T = TypeVar("T")
 
 FOLLOW_INTERVAL: Final = 0.2  # seconds between polls of ``tidings log --follow``
 #: What the stores add to an integrity error; ``verify`` is what the reader is running already.
@@ -208,16 +213,56 @@ def log(
         note(f"no events matching {topic!r}" if topic else "no events")
 
 
+RecordOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--record",
+        metavar="FILE",
+        help="After a verify that finds nothing, write every stream's head and the log's end to FILE "
+        "(owner-only); keep it where the database's writers cannot reach it.",
+    ),
+]
+AgainstOption = Annotated[
+    Path | None,
+    typer.Option(
+        "--against",
+        metavar="FILE",
+        help="Also check that every stream head recorded in FILE (by --record) is still in its chain, "
+        "unchanged: catches edits whose hash chain was recomputed.",
+    ),
+]
+
+
+def _on_record_file(work: Callable[[], T]) -> T:
+    """Run ``work`` on a verified record file; a missing, damaged or unwritable file is one red
+    line and exit code 2, like any other input the command cannot use."""
+    try:
+        return work()
+    except InvalidArgument as exc:
+        fail(str(exc))
+
+
 @app.command()
-def verify(store: StoreOption = DEFAULT_STORE) -> None:
+def verify(
+    store: StoreOption = DEFAULT_STORE, record: RecordOption = None, against: AgainstOption = None
+) -> None:
     """Check every stream's hash chain and the storage itself; exit 1 if anything is wrong."""
+    # Read first: a missing or damaged record is refused before the store is even opened.
+    recorded = _on_record_file(lambda: read_verified_record(against)) if against is not None else None
     # Damage so bad that the store cannot even be read is a finding too, not a failure to check.
     report = run_with_store(
-        store, lambda es: es.verify(), exit_codes={IntegrityError: EXIT_PROBLEMS}, unsaid=VERIFY_ADVICE
+        store,
+        lambda es: es.verify(recorded),
+        exit_codes={IntegrityError: EXIT_PROBLEMS},
+        unsaid=VERIFY_ADVICE,
     )
     console = stdout()
     console.print(report_summary(report))
     if report.ok:
+        if record is not None and report.verified is not None:
+            state = report.verified
+            _on_record_file(lambda: write_verified_record(record, state))
+            note(f"recorded {len(state.heads)} stream heads and log end {state.log_end} in {record}")
         console.print(Text("ok", style="bold green"))
         return
     count = len(report.problems)

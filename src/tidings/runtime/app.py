@@ -10,6 +10,7 @@ import os
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
 
@@ -45,6 +46,7 @@ from tidings.runtime.saga_engine import SagaEngine
 from tidings.runtime.sealed_store import SealedLog, SealedStore
 from tidings.runtime.timers import TimerWorker
 from tidings.runtime.unit_of_work import Publication
+from tidings.runtime.verified_record import read_verified_record, write_verified_record
 from tidings.runtime.wakeups import Wakeups
 
 A = TypeVar("A", bound=Aggregate)
@@ -323,8 +325,16 @@ class App:
         value = await self.store.get_document(projection.name, key)
         return None if value is None else msgspec.json.decode(value, type=type)
 
-    async def verify(self) -> IntegrityReport:
-        return await self.store.verify()
+    async def verify(self, *, against: Path | None = None, record: Path | None = None) -> IntegrityReport:
+        """Check every stream's hash chain and the storage itself; with ``against``, also that
+        each stream head recorded in that file is still in its chain, unchanged; with
+        ``record``, write what this verify saw to that file when it found nothing (see
+        docs/security.md: keep the file where the database's writers cannot reach it)."""
+        recorded = read_verified_record(against) if against is not None else None
+        report = await self.store.verify(recorded)
+        if record is not None and report.verified is not None:
+            write_verified_record(record, report.verified)
+        return report
 
     # -- keys ----------------------------------------------------------------------------------
 

@@ -39,7 +39,7 @@ from tidings.adapters.sql.rows import from_micros, records_of, to_micros
 from tidings.adapters.sql.timers import TimerSql, timers_of
 from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, to_structured
-from tidings.domain.integrity import IntegrityReport
+from tidings.domain.integrity import IntegrityReport, VerifiedState
 from tidings.errors import (
     BackendUnavailable,
     ConfigurationError,
@@ -435,16 +435,21 @@ class PostgresStore(PostgresKeyring):
 
     # -- integrity -------------------------------------------------------------------------
 
-    async def verify(self) -> IntegrityReport:
+    async def verify(self, against: VerifiedState | None = None) -> IntegrityReport:
         async with self._connection() as connection, connection.transaction():
             await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             cursor = await connection.execute(schema.ALL_HEADS)
-            audit = StoreAudit({s: (v, bytes(h)) for s, v, h in await cursor.fetchall()})
-            # A named (server-side) cursor streams the rows: memory stays flat for any size.
+            heads = {s: (v, bytes(h)) for s, v, h in await cursor.fetchall()}
+            audit = StoreAudit(heads, self._partition_of, self.log_id, against)
+            # Named (server-side) cursors stream the rows: memory stays flat for any size.
             async with connection.cursor(name="tidings_verify", binary=True) as rows:
                 await rows.execute(schema.ALL_EVENTS_BY_STREAM)
                 async for row in rows:
                     audit.feed(row)
+            async with connection.cursor(name="tidings_verify_log", binary=True) as rows:
+                await rows.execute(schema.LOG_LAYOUT)
+                async for position, stream, version in rows:
+                    audit.feed_log(position, stream, version)
         return audit.report()
 
 

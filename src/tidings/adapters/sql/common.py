@@ -14,7 +14,15 @@ from typing import Any, Final, NamedTuple
 
 from tidings.adapters.sql.rows import row_digest, to_micros, unpack_meta
 from tidings.domain.envelope import Envelope
-from tidings.domain.integrity import IntegrityProblem, IntegrityReport, StreamChecker
+from tidings.domain.integrity import (
+    IntegrityProblem,
+    IntegrityReport,
+    LogLayout,
+    StreamChecker,
+    VerifiedHead,
+    VerifiedState,
+    compare_logs,
+)
 from tidings.domain.names import check_name
 from tidings.errors import ConcurrencyError, IntegrityError, InvalidArgument
 from tidings.ports import ANY, NO_STREAM, ExpectedVersion
@@ -101,10 +109,33 @@ def validate_stream_name(stream: str) -> str:
 
 
 class StoreAudit:
-    """Walks every event ordered by (stream, version) and collects each stream's first break."""
+    """Walks every event ordered by (stream, version) and collects each stream's first break,
+    then the log in position order (``feed_log``) to check where events sit in it.
 
-    def __init__(self, heads: dict[str, tuple[int, bytes]]) -> None:
+    Beside the chain, each column that decides what is delivered, or when, is checked: those in
+    the hash as they are; the rest against what the hashed envelope says they must be (the
+    partition and correlation columns, the time column), and the position through the order
+    within each stream and the log digest of a verified record. Deriving them instead of hashing
+    them keeps the chain's format, so stores written before these checks verify unchanged.
+    """
+
+    def __init__(
+        self,
+        heads: dict[str, tuple[int, bytes]],
+        partition_of: Partitioner,
+        log_id: str,
+        against: VerifiedState | None = None,
+    ) -> None:
         self._heads = dict(heads)
+        self._partition_of = partition_of
+        self._log_id = log_id
+        self._against = against
+        # A record of another log says nothing of this one's streams: only that it is another.
+        same = against if against is not None and against.log_id == log_id else None
+        self._recorded = {head.stream: head for head in same.heads} if same else {}
+        self._seen: set[str] = set()
+        self._verified: list[VerifiedHead] = []
+        self._layout = LogLayout(same.log_end if same else None)
         self._checker: StreamChecker | None = None
         self._streams = 0
         self._events = 0
@@ -116,29 +147,63 @@ class StoreAudit:
         self._events += 1
         if self._checker is None or self._checker.stream != stream:
             self._finish_stream()
-            self._checker = StreamChecker(stream)
+            self._checker = StreamChecker(stream, self._recorded.get(stream))
+            self._seen.add(stream)
             self._streams += 1
         checker = self._checker
         if checker.problem is None and checker.feed(
             version, position, row_digest(checker.previous, row), bytes(row[7])
         ):
-            try:
-                packed_time = to_micros(unpack_meta(row[5], position).time)
-            except IntegrityError as exc:
-                checker.problem = IntegrityProblem(stream, version, position, str(exc))
-            else:
-                if packed_time != row[8]:
-                    checker.problem = IntegrityProblem(
-                        stream, version, position, "the time column disagrees with the event's time"
-                    )
+            problem = self._derived_column_problem(row)
+            if problem is not None:
+                checker.problem = IntegrityProblem(stream, version, position, problem)
+
+    def feed_log(self, position: int, stream: str, version: int) -> None:
+        """One event of the log, in position order."""
+        self._layout.feed(position, stream, version)
 
     def report(self) -> IntegrityReport:
         self._finish_stream()
         for stream, (version, _) in sorted(self._heads.items()):
             self.problems.append(IntegrityProblem(stream, version, 0, "the stream's events are all missing"))
-        return IntegrityReport(
-            streams=self._streams + len(self._heads), events=self._events, problems=self.problems
+        gone = sorted(set(self._recorded) - self._seen - set(self._heads))
+        for stream in gone:
+            version = self._recorded[stream].version
+            problem = f"stream verified at version {version} is gone"
+            self.problems.append(IntegrityProblem(stream, version, 0, problem))
+        state = VerifiedState(
+            self._log_id,
+            self._partition_of.partitions,
+            self._layout.end,
+            self._layout.digest(),
+            tuple(self._verified),
         )
+        if self._against is not None:
+            layout = self._layout.at_recorded_end or b""
+            self.problems.extend(compare_logs(self._against, state, layout))
+        return IntegrityReport(
+            streams=self._streams + len(self._heads),
+            events=self._events,
+            problems=self.problems,
+            verified=None if self.problems else state,
+        )
+
+    def _derived_column_problem(self, row: Sequence[Any]) -> str | None:
+        """What is wrong with the columns that repeat or derive from the hashed envelope."""
+        position, stream = row[0], row[1]
+        try:
+            meta = unpack_meta(row[5], position)
+        except IntegrityError as exc:
+            return str(exc)
+        if to_micros(meta.time) != row[8]:
+            return "the time column disagrees with the event's time"
+        # The partition decides which consumers see the event at all: one moved to a partition
+        # no lease covers (or another key's) would never be delivered, or out of order.
+        if row[9] != self._partition_of(meta.partitionkey or stream):
+            return f"the partition column ({row[9]}) disagrees with the event's partition key"
+        if row[10] != (meta.correlationid or row[3]):
+            return "the correlation column disagrees with the event's correlation id"
+        return None
 
     def _finish_stream(self) -> None:
         checker, self._checker = self._checker, None
@@ -152,3 +217,5 @@ class StoreAudit:
         problem = checker.finish(*(head or (None, None)))
         if problem is not None:
             self.problems.append(problem)
+        else:
+            self._verified.append(VerifiedHead(checker.stream, checker.version, checker.previous))

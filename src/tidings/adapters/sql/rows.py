@@ -94,8 +94,11 @@ INSERT_COLUMNS: Final = "stream, version, partition, id, topic, correlation_id, 
 LOG_COLUMNS: Final = "position, stream, version, id, topic, meta, data"
 #: What a read of a stream selects: the same and the hash.
 SELECT_COLUMNS: Final = f"{LOG_COLUMNS}, hash"
-#: What ``verify`` selects: the same and the time column, to compare with the packed time.
-AUDIT_COLUMNS: Final = f"{SELECT_COLUMNS}, time_us"
+#: What ``verify`` selects: the same and the columns that repeat or derive from the envelope,
+#: to compare with it (``position`` is left out of the hash: the log assigns it at insert).
+AUDIT_COLUMNS: Final = f"{SELECT_COLUMNS}, time_us, partition, correlation_id"
+#: What ``verify`` selects of the log, in position order, for the log digest.
+LAYOUT_COLUMNS: Final = "position, stream, version"
 
 
 def row_digest(previous: bytes, row: Sequence[Any]) -> bytes:

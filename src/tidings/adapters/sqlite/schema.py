@@ -6,7 +6,13 @@ from typing import Final
 
 from tidings.adapters.sql.consumers import consumer_tables
 from tidings.adapters.sql.keys import key_tables
-from tidings.adapters.sql.rows import AUDIT_COLUMNS, INSERT_COLUMNS, LOG_COLUMNS, SELECT_COLUMNS
+from tidings.adapters.sql.rows import (
+    AUDIT_COLUMNS,
+    INSERT_COLUMNS,
+    LAYOUT_COLUMNS,
+    LOG_COLUMNS,
+    SELECT_COLUMNS,
+)
 from tidings.adapters.sql.timers import timer_tables
 
 # AUTOINCREMENT keeps positions from ever being reused, even after the newest row is deleted.
@@ -110,3 +116,4 @@ PUT_CHECKPOINT: Final = (
 
 ALL_HEADS: Final = "SELECT stream, version, hash FROM tidings_streams ORDER BY stream"
 ALL_EVENTS_BY_STREAM: Final = f"SELECT {AUDIT_COLUMNS} FROM tidings_events ORDER BY stream, version"
+LOG_LAYOUT: Final = f"SELECT {LAYOUT_COLUMNS} FROM tidings_events ORDER BY position"

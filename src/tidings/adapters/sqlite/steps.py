@@ -27,7 +27,7 @@ from tidings.adapters.sql.reads import StreamQuery, snapshot_query
 from tidings.adapters.sql.rows import from_micros, plan_rows, record_of, records_of, to_micros
 from tidings.adapters.sqlite import schema
 from tidings.domain.envelope import Envelope, RecordedEvent
-from tidings.domain.integrity import IntegrityProblem, IntegrityReport
+from tidings.domain.integrity import IntegrityProblem, IntegrityReport, VerifiedState
 from tidings.errors import ConcurrencyError
 from tidings.ports import DeadLetter, ExpectedVersion, Sealer, Snapshot, Trace
 
@@ -208,13 +208,24 @@ def get_checkpoint(connection: sqlite3.Connection, name: str) -> int:
     return int(row[0]) if row else 0
 
 
-def verify(connection: sqlite3.Connection) -> IntegrityReport:
-    audit = StoreAudit({s: (v, bytes(h)) for s, v, h in connection.execute(schema.ALL_HEADS)})
-    for (message,) in connection.execute("PRAGMA quick_check"):
-        if message != "ok":
-            audit.problems.append(IntegrityProblem("", 0, 0, f"SQLite storage check: {message}"))
-    for row in connection.execute(schema.ALL_EVENTS_BY_STREAM):
-        audit.feed(row)
+def verify(
+    connection: sqlite3.Connection, partition_of: Partitioner, log_id: str, against: VerifiedState | None
+) -> IntegrityReport:
+    # One read transaction: the heads, the events and the log layout are one snapshot (WAL).
+    connection.execute("BEGIN")
+    try:
+        heads = {s: (v, bytes(h)) for s, v, h in connection.execute(schema.ALL_HEADS)}
+        audit = StoreAudit(heads, partition_of, log_id, against)
+        for (message,) in connection.execute("PRAGMA quick_check"):
+            if message != "ok":
+                audit.problems.append(IntegrityProblem("", 0, 0, f"SQLite storage check: {message}"))
+        for row in connection.execute(schema.ALL_EVENTS_BY_STREAM):
+            audit.feed(row)
+        for position, stream, version in connection.execute(schema.LOG_LAYOUT):
+            audit.feed_log(position, stream, version)
+    finally:
+        if connection.in_transaction:  # SQLite may have rolled it back on an error already
+            connection.execute("COMMIT")
     return audit.report()
 
 

@@ -35,7 +35,7 @@ from tidings.adapters.sqlite import schema, steps
 from tidings.adapters.sqlite.keys import SqliteKeyring, SqliteTransactionKeys
 from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, to_structured
-from tidings.domain.integrity import IntegrityReport
+from tidings.domain.integrity import IntegrityReport, VerifiedState
 from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError
 from tidings.ports import (
     ANY,
@@ -423,8 +423,8 @@ class SqliteStore(SqliteKeyring):
 
     # -- integrity -------------------------------------------------------------------------
 
-    async def verify(self) -> IntegrityReport:
-        return await self._read(steps.verify)
+    async def verify(self, against: VerifiedState | None = None) -> IntegrityReport:
+        return await self._read(steps.verify, self._partition_of, self.log_id, against)
 
 
 class SqliteTransaction(SqliteTransactionKeys):

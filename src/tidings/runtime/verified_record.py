@@ -1,0 +1,32 @@
+"""The verified record on disk: what ``verify --record`` writes and ``verify --against`` reads.
+
+The record is only worth something kept where the database's writers cannot reach it (another
+machine, a write-once bucket, a signed commit); this module writes it owner-only and atomically,
+so a crash never leaves half a record to compare against.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tidings.domain.integrity import VerifiedState, decode_verified, encode_verified
+from tidings.errors import InvalidArgument
+from tidings.runtime.master_key import write_key_file
+
+
+def read_verified_record(path: Path) -> VerifiedState:
+    """The state a record file holds; ``InvalidArgument`` if it is missing, unreadable or damaged."""
+    try:
+        text = path.read_bytes()
+    except OSError as exc:
+        raise InvalidArgument(f"cannot read verified record {path}: {exc.strerror}") from None
+    return decode_verified(text, f"verified record {path}")
+
+
+def write_verified_record(path: Path, state: VerifiedState) -> None:
+    """Write ``state`` to ``path``, readable by its owner only, replacing any older record whole."""
+    try:
+        # Written like a key file: owner-only from creation, atomic rename, fsync of both.
+        write_key_file(path, encode_verified(state).decode())
+    except OSError as exc:
+        raise InvalidArgument(f"cannot write verified record {path}: {exc.strerror}") from None
