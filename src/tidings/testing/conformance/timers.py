@@ -10,9 +10,11 @@ from datetime import timedelta
 
 from tidings.domain.envelope import Envelope, to_structured
 from tidings.domain.events import Event
+from tidings.domain.ids import publication_id
 from tidings.errors import PayloadTooLarge
 from tidings.runtime.app import App
 from tidings.runtime.consuming import Context
+from tidings.runtime.retries import Retry
 from tidings.testing.clock import ManualClock
 from tidings.testing.conformance.events import Alarm, Ping, unique
 from tidings.testing.conformance.sagas import OrderPlaced, Shop, _status, fulfilment
@@ -81,6 +83,43 @@ async def test_a_timer_set_again_after_it_fired_fires_again(store_url: str) -> N
             await eventually(scheduled)
             clock.advance(timedelta(seconds=11))
             await eventually(lambda n=n: got == [1, 2][:n])
+
+
+async def test_a_handler_run_again_sets_the_same_timer(store_url: str) -> None:
+    """A timer scheduled without an id while handling an event gets an id derived from that
+    event, the group and its place in the run, like a publication's: a run again (here a retry
+    of a run that failed after scheduling) sets the same timer, never a second one. (Its id was
+    drawn at random: a handler run again after a crash set the timer twice.)"""
+    clock = ManualClock()
+    app = App("timers", store=store_url, clock=clock)
+    group, key = unique("scheduler"), unique("t")
+    runs: list[int] = []
+    got: list[str] = []
+
+    @app.subscribe("conformance.bus.ping", group=group, retry=Retry(attempts=2, backoff=0.01))
+    async def schedule(event: Ping, ctx: Context) -> None:
+        async with ctx.unit_of_work() as uow:
+            uow.schedule(Alarm(level=event.n), at=app.clock.now() + timedelta(minutes=1), key=event.key)
+        runs.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise RuntimeError("crashed after scheduling")
+
+    @app.subscribe("conformance.alarm.*", group=unique("alarms"))
+    async def ring(event: Alarm, ctx: Context) -> None:
+        got.append(ctx.envelope.id)
+
+    async with app, app.running(**RUN):
+        ping = await app.publish(Ping(key=key, n=3), key=key)
+
+        async def scheduled() -> bool:
+            return await app.store.next_timer_due() is not None
+
+        await eventually(scheduled)
+        clock.advance(timedelta(minutes=1))
+        await eventually(lambda: len(got) == 1)
+    assert runs == [1, 2]
+    expected = publication_id(ping.envelope.id, ping.envelope.time, group, 0)
+    assert got[0].startswith(f"{expected}@"), got
 
 
 async def test_a_timer_survives_a_restart(store_url: str) -> None:
