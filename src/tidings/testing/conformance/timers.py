@@ -6,6 +6,7 @@ dead-lettered without holding up the others."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from datetime import timedelta
 
 from tidings.domain.envelope import Envelope, to_structured
@@ -14,7 +15,10 @@ from tidings.domain.ids import publication_id
 from tidings.errors import PayloadTooLarge
 from tidings.runtime.app import App
 from tidings.runtime.consuming import Context
+from tidings.runtime.publishing import Lineage, publication_envelope
 from tidings.runtime.retries import Retry
+from tidings.runtime.timers import REARM_EVERY, TIMERS_GROUP, _letter
+from tidings.runtime.unit_of_work import Publication
 from tidings.testing.clock import ManualClock
 from tidings.testing.conformance.events import Alarm, Ping, unique
 from tidings.testing.conformance.sagas import OrderPlaced, Shop, _status, fulfilment
@@ -246,3 +250,49 @@ async def test_a_timer_that_cannot_fire_is_dead_lettered_and_the_others_fire(sto
     assert f"exceeds the limit of {limit:,} bytes" in big.error
     garbled = next(letter for letter in letters if letter.event_id is None)
     assert garbled.raw == b'{"specversion": "1.0", "id": '
+
+
+async def test_a_timer_letter_redriven_is_set_again_and_fires(store_url: str) -> None:
+    """A timer that could not fire (dead-lettered as the timer worker does, its event as stored:
+    sealed with encryption on) and is queued for redrive is set again, due at once, and fires;
+    its letter is ``redriven``. One whose row could not be read has no event to set again: it
+    goes back to ``dead``, still on record. (Nothing consumed these letters: queued for
+    redrive, they stayed there and the timer never fired.)"""
+    clock = ManualClock()
+    app = App("timers", store=store_url, clock=clock)
+    got: list[int] = []
+
+    @app.subscribe("conformance.alarm.*", group=unique("alarms"))
+    async def ring(event: Alarm, ctx: Context) -> None:
+        got.append(event.level)
+
+    now = clock.now()
+    timer = Publication(Alarm(level=4), unique("t"), id=unique("alarm"), at=now)
+    stream, envelope = publication_envelope(app.codec, timer.fired(), now, Lineage())
+    async with app:
+        async with app.store.transaction() as tx:
+            await tx.schedule_timer(unique("timer"), now, stream, envelope)
+        async with app.store.transaction() as tx:
+            (stored,) = await tx.due_timers(now, 10)
+            await tx.dead_letter(_letter(stored, "failed", RuntimeError("refused when it fired"), now))
+            await tx.cancel_timer(stored.id)
+        _plant(store_url, unique("garbled"), round(now.timestamp() * 1_000_000), b'{"specversion": ')
+
+        async def states() -> dict[str | None, str]:
+            return {
+                letter.event_id: letter.state for letter in await app.dead_letters(TIMERS_GROUP, state=None)
+            }
+
+        async with app.running(**RUN):
+            await eventually(lambda: _equal(states(), {envelope.id: "dead", None: "dead"}))
+            letters = await app.dead_letters(TIMERS_GROUP)
+            assert await app.redrive([letter.id for letter in letters]) == 2
+            await eventually(lambda: got == [4])
+            await eventually(lambda: _equal(states(), {envelope.id: "redriven", None: "dead"}))
+            await asyncio.sleep(2 * REARM_EVERY)  # every worker had its look again
+            assert await app.store.next_timer_due() is None
+    assert got == [4]
+
+
+async def _equal(found: Awaitable[object], expected: object) -> bool:
+    return await found == expected
