@@ -34,7 +34,7 @@ from tidings.domain.ids import publication_id
 from tidings.domain.topics import AnyOf, Pattern
 from tidings.errors import AccessDenied, BackendUnavailable, ConcurrencyError, MalformedEvent, Undecryptable
 from tidings.ports import DeadLetter, Log, StoreTransaction
-from tidings.runtime.deadletter import Redrive, redrive_letters, settle
+from tidings.runtime.deadletter import LetterSettled, Redrive, redrive_letters, settle
 from tidings.runtime.deadlines import lateness
 from tidings.runtime.leasing import LeaseLost, PartitionMember
 from tidings.runtime.log_context import log_fields
@@ -198,9 +198,11 @@ class GroupConsumer(PartitionMember):
         return self.log.checkpoint_name(self.group, partition)
 
     async def between_leases(self) -> None:
-        await redrive_letters(self)
         if self.subscription.ordered:
             self._blocked = await self.log.blocked_keys(self.group)
+
+    async def aside(self) -> None:
+        await redrive_letters(self)
 
     async def handle_again(self, record: RecordedEvent, redrive: Redrive) -> bool:
         """Handle a dead letter's event again (``runtime/deadletter.py``); True if handled."""
@@ -334,7 +336,7 @@ class GroupConsumer(PartitionMember):
                     await extra(tx)
                 if partition is not None:
                     await tx.set_checkpoint(self.checkpoint_name(partition), position)
-        except (LeaseLost, asyncio.CancelledError):
+        except (LeaseLost, LetterSettled, asyncio.CancelledError):
             raise  # the waiting events were not committed: the partition's next holder gets them
         except Exception as exc:
             if partition is None or not waiting:
@@ -411,7 +413,7 @@ class GroupConsumer(PartitionMember):
             try:
                 await self.subscription.handler(event, context)
                 await self._commit(partition, record, context, redrive)
-            except (LeaseLost, _SharedCommitFailed, asyncio.CancelledError):
+            except (LeaseLost, LetterSettled, _SharedCommitFailed, asyncio.CancelledError):
                 raise
             except Exception as exc:
                 await app.record_denials()  # an AccessDenied fails the handler, and is audited
@@ -459,8 +461,10 @@ class GroupConsumer(PartitionMember):
             return
 
         async def settle_redrive(tx: StoreTransaction) -> None:
-            if redrive is not None:  # the inbox record above keeps a second run's effects out
-                await tx.settle_dead_letter(redrive.entry, "redriven")
+            # The letter must still be queued for redrive: purged meanwhile, or settled by
+            # another run, this run's effects and inbox record roll back with the transaction.
+            if redrive is not None and not await tx.settle_dead_letter(redrive.entry, "redriven"):
+                raise LetterSettled(f"dead letter {redrive.entry} left redrive while its handler ran")
 
         await self._settle(partition, record.position, _Handled(record, context), settle_redrive, redrive)
 

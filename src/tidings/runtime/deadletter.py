@@ -6,8 +6,12 @@ lease on the partition of the letter's key. That lease fences every commit of th
 fences the partition's own commits, and each commit moves the letter only out of ``redrive`` (a
 compare-and-set, ``StoreTransaction.settle_dead_letter``). So a member that lost the partition
 while its handler ran, or whose run fails after another member's run committed, changes nothing:
-a letter ``redriven`` (its effects committed) never returns to ``dead``. A letter whose event is
-in the group's inbox already is settled as ``redriven`` without running the handler again.
+a letter ``redriven`` (its effects committed) never returns to ``dead``. A run's effects and
+inbox record commit only with that move: if the letter was purged, or settled by another run,
+while the handler ran, they roll back (``LetterSettled``). A letter whose event is in the
+group's inbox already is settled as ``redriven`` without running the handler again. Passes run
+in a task beside the lease loop (``PartitionMember.aside``), so that a handler that hangs in a
+redrive cannot hold up the renewal of the leases that fence it.
 
 (Before, every member redrove every letter: two members ran 12 letters 23 times, and a run that
 failed after another had committed put the letter back to ``dead``.)
@@ -17,12 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from tidings.domain.envelope import RecordedEvent, from_structured
-from tidings.errors import ConcurrencyError, MalformedEvent
+from tidings.errors import ConcurrencyError, MalformedEvent, TidingsError
 from tidings.ports import DeadLetter
 from tidings.runtime.crypto import SEALED
 from tidings.runtime.leasing import LeaseLost
@@ -32,8 +35,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tidings.consumer")
 
-#: Letters taken per pass (a pass runs between lease renewals).
+#: Letters taken per pass (a pass runs in a task beside the lease loop: ``PartitionMember.aside``).
 LETTERS_PER_PASS = 100
+
+
+class LetterSettled(TidingsError):
+    """The letter left ``redrive`` while its handler ran (purged by an operator, or settled by
+    another run): the run's transaction rolls back, its effects and inbox record with it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,17 +63,11 @@ async def redrive_letters(member: GroupConsumer) -> None:
     """Hand the group's letters queued for redrive, of the partitions that this member holds, to
     its handler again; only this group sees them, whatever other groups read the same event."""
     letters = await member.log.dead_letters(member.group, state="redrive", limit=LETTERS_PER_PASS)
-    renew_at = time.monotonic() + member.lease_ttl / 3
     lost: set[int] = set()
     failed_keys: set[str] = set()  # ordered groups: a key whose earlier letter failed again
     for letter in letters:
         if member.stopping:
             return
-        if time.monotonic() >= renew_at:
-            # A pass runs between the member's lease renewals and holds them up: renew between
-            # letters, so that a long pass keeps the partitions that fence its commits.
-            await member.renew()
-            renew_at = time.monotonic() + member.lease_ttl / 3
         # The partition of its key, as the store places the key's events (any fixed choice
         # would do for "one member"; this one keeps a key's letters with one member, in order).
         partition = member.log.partition_of(letter.key or letter.stream or "")
@@ -81,6 +83,8 @@ async def redrive_letters(member: GroupConsumer) -> None:
                 exc,
             )
             lost.add(partition)
+        except LetterSettled as exc:
+            log.info("group %s: %s; its effects were not committed", member.group, exc)
 
 
 async def _redrive(

@@ -40,6 +40,7 @@ class PartitionMember:
         self.lease_ttl = lease_ttl
         self.grace = grace
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        self._aside: asyncio.Task[None] | None = None  # the pass of ``aside`` under way
         self._stopping = asyncio.Event()
 
     @property
@@ -56,7 +57,14 @@ class PartitionMember:
         raise NotImplementedError
 
     async def between_leases(self) -> None:
-        """Done once per lease renewal, before it (housekeeping of subclasses)."""
+        """Done once per lease renewal, before it (short housekeeping of subclasses)."""
+
+    async def aside(self) -> None:
+        """Housekeeping that may take long (it may run a handler: a redrive), in a task of its
+        own beside the lease loop: started at a renewal unless a pass is still under way, and
+        cancelled on stop after the grace period. Not in the loop, where a slow or hanging pass
+        held up the renewals: the leases expired, and another member took the partitions over
+        while this one still worked on them."""
 
     def on_stop(self) -> None:
         """Wake whatever the partition tasks wait on, so that they see ``stopping`` at once."""
@@ -77,19 +85,33 @@ class PartitionMember:
                     # The store may be down for a while: keep trying; leases held meanwhile
                     # expire, and other members take the partitions over.
                     log.exception("%s: member %s could not renew its leases", self.group, self.member)
+                if self._aside is None or self._aside.done():
+                    self._aside = asyncio.create_task(self._run_aside())
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), self.lease_ttl / 3)
         finally:
             # Graceful: each partition finishes the item in hand (its loop checks for the stop
             # between items); what still runs after the grace period is cancelled, and its
             # uncommitted work is redone by whoever takes the partition next.
-            if self._tasks:
-                await asyncio.wait(list(self._tasks.values()), timeout=self.grace)
+            running = [*self._tasks.values(), *([self._aside] if self._aside is not None else [])]
+            if running:
+                await asyncio.wait(running, timeout=self.grace)
+            if self._aside is not None:
+                self._aside.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._aside
             for partition in list(self._tasks):
                 await self._stop_partition(partition)
             with contextlib.suppress(TidingsError):
                 await self.log.release(self.group, self.member)
             log.info("member %s of %s stopped", self.member, self.group)
+
+    async def _run_aside(self) -> None:
+        try:
+            await self.aside()
+        except Exception:
+            # The store may be down: the next renewal starts another pass.
+            log.exception("%s: member %s: housekeeping failed", self.group, self.member)
 
     def stop(self) -> None:
         self._stopping.set()

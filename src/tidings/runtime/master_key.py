@@ -42,7 +42,11 @@ class MasterKey(Protocol):
     async def wrap(self, key: bytes, context: bytes) -> tuple[int, bytes]:
         """Wrap with the current version; returns (version, wrapped)."""
 
-    async def unwrap(self, version: int, wrapped: bytes, context: bytes) -> bytes: ...
+    async def unwrap(self, version: int, wrapped: bytes, context: bytes) -> bytes:
+        """The key; ``Undecryptable`` only if ``version`` does not open ``wrapped`` (the key
+        check reads that as a wrong master key). A provider that cannot answer raises anything
+        else (``BackendUnavailable`` best): the open that checks the key fails, to be tried
+        again."""
 
 
 class LocalMasterKey:

@@ -7,6 +7,13 @@ too large, unopenable, denied) is dead-lettered in that transaction, under ``TIM
 instead of failing it: else the batch would roll back and the same timer come first again,
 for ever, and no timer behind it (saga timeouts included) would fire. A passing fault of the
 store fails the batch, which is tried again later.
+
+Such a letter queued for redrive (``App.redrive``, ``tidings dlq redrive``) is set again as a
+timer, due at once, by the next timer worker that looks (``REARM_EVERY``): the letter keeps the
+timer's stream and its event as it was stored, which is all a timer is. (No group consumed
+these letters: a redrive left them queued for ever, and the timer never fired.) A letter without
+its event (its row could not be read) cannot be set again: it goes back to ``dead``, said in
+the log.
 """
 
 from __future__ import annotations
@@ -14,13 +21,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 import traceback
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from tidings.domain.envelope import to_structured
+from tidings.domain.envelope import Envelope, from_structured, to_structured
 from tidings.errors import AccessDenied, IntegrityError, MalformedEvent, Undecryptable
 from tidings.ports import DeadLetter, StoreTransaction, Timer
+from tidings.runtime.crypto import SEALED
 from tidings.runtime.outbox import RESERVED_GROUP_PREFIX
 from tidings.runtime.retries import NEVER_RETRIED
 
@@ -31,6 +40,9 @@ log = logging.getLogger("tidings.timers")
 
 #: The dead letter queue of timers that cannot fire (``tidings dlq list --group tidings:timers``).
 TIMERS_GROUP = f"{RESERVED_GROUP_PREFIX}timers"
+
+#: Seconds between two looks of a timer worker for letters of ``TIMERS_GROUP`` queued for redrive.
+REARM_EVERY = 1.0
 
 #: What firing a timer again would only repeat: the verdicts on its data (malformed, too large,
 #: denied) and stored data that cannot be opened or was altered (``Undecryptable``).
@@ -49,8 +61,12 @@ class TimerWorker:
 
     async def run(self) -> None:
         pause = self.poll
+        next_look = 0.0
         while not self._stopping.is_set():
             try:
+                if time.monotonic() >= next_look:
+                    await self.rearm()
+                    next_look = time.monotonic() + REARM_EVERY
                 wait = await self.fire()
                 pause = self.poll
             except Exception as exc:
@@ -89,6 +105,55 @@ class TimerWorker:
             log.error("timers: dead-lettering timer %s of %s (%s): %s", timer.id, timer.stream, reason, exc)
             await tx.dead_letter(_letter(timer, reason, exc, now))
         await tx.cancel_timer(timer.id)
+
+    async def rearm(self) -> int:
+        """Set again, due at once, the timers whose dead letters an operator queued for
+        redrive; returns how many."""
+        letters = await self.app.log.dead_letters(TIMERS_GROUP, state="redrive", limit=self.batch)
+        rearmed = 0
+        for letter in letters:
+            rearmed += await self._rearm_one(letter)
+        return rearmed
+
+    async def _rearm_one(self, letter: DeadLetter) -> bool:
+        store = self.app.store
+        try:
+            stream, envelope = await self._timer_of(letter)
+        except (MalformedEvent, Undecryptable) as exc:
+            log.error("timers: dead letter %d cannot be set again as a timer: %s", letter.id, exc)
+            async with store.transaction() as tx:
+                await tx.settle_dead_letter(letter.id, "dead")
+            return False
+        try:
+            async with store.transaction() as tx:
+                # Timers first, as everywhere (see ``UnitOfWork.write_timers``). Its id is its
+                # event's: set again twice, it is replaced, and fired twice, appended once.
+                await tx.schedule_timer(envelope.id, self.app.clock.now(), stream, envelope)
+                if not await tx.settle_dead_letter(letter.id, "redriven"):
+                    raise _AlreadySettled  # another worker set it again, or it was purged
+        except _AlreadySettled:
+            return False
+        log.info("timers: dead letter %d set again as timer %s of %s", letter.id, envelope.id, stream)
+        return True
+
+    async def _timer_of(self, letter: DeadLetter) -> tuple[str, Envelope]:
+        """The stream and event of the timer that the letter holds, its data open (the
+        store's transaction seals it again for the timer)."""
+        if letter.envelope is None or letter.stream is None:
+            raise MalformedEvent("the timer's row could not be read: its event was not kept")
+        # The document carries the data in base64 when it is sealed: a third larger.
+        envelope = from_structured(letter.envelope, max_size=self.app.codec.max_size * 2)
+        if envelope.datacontenttype != SEALED:
+            return letter.stream, envelope
+        keys = self.app.keys
+        if keys is None:
+            raise Undecryptable("its event is sealed, and this App has no master key")
+        await keys.load([envelope.data])
+        return letter.stream, keys.open_pending(envelope, letter.stream)
+
+
+class _AlreadySettled(Exception):
+    """Rolls back a timer set again from a letter that left ``redrive`` meanwhile."""
 
 
 def _reason(exc: Exception) -> str:

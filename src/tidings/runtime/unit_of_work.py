@@ -123,9 +123,13 @@ class UnitOfWork:
 
     def schedule(self, event: Event, *, at: datetime, key: str | None = None, id: str | None = None) -> None:
         """Publish an event at ``at``, by a durable timer set at commit (it survives restarts and
-        fires once); a timer with the same ``id`` is replaced. An event that could not be
+        fires once); a timer with the same ``id`` is replaced. Without an ``id``, a handler's
+        timer gets one derived like its publications' (``next_id``), so that a handler run
+        again sets the same timer instead of a second one. An event that could not be
         published when it fires (``PayloadTooLarge``, its sealed size included) is refused here."""
         self._check([event], key)
+        if id is None and self.next_id is not None:
+            id = self.next_id()
         publication = Publication(event, key, id=id, at=at)
         if self.trial is not None:
             self.trial(publication.fired())

@@ -4,17 +4,21 @@ version; a store from before the check records opens with the right key and gets
 
 from __future__ import annotations
 
+import logging
 import os
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, cast
 
 import pytest
 
-from tidings.errors import ConfigurationError
+from tidings.errors import BackendUnavailable, ConfigurationError
+from tidings.ports import DataKeyRecord, EventStore
 from tidings.runtime.app import App
 from tidings.runtime.encryption import Encryption
-from tidings.runtime.keyring import CHECK_SCOPE
+from tidings.runtime.key_check import check_master_key
+from tidings.runtime.keyring import CHECK_SCOPE, key_context
 from tidings.runtime.master_key import LocalMasterKey
-from tidings.testing.conformance.encryption import Secret, master_key_of, sealed_app
+from tidings.testing.conformance.encryption import Secret, master, master_key_of, sealed_app
 from tidings.testing.conformance.events import unique
 from tidings.testing.raw import raw_execute
 
@@ -111,3 +115,118 @@ async def test_a_version_the_store_never_saw_opens_and_is_recorded(store_url: st
     async with sealed_app(store_url, 7):
         pass
     assert checks(store_url) == [1, 7]
+
+
+async def test_a_check_record_rewrapped_by_an_older_binary_still_checks(
+    store_url: str, store: EventStore
+) -> None:
+    """A binary from before the check records rotated the master key from version 1 to 2 and
+    rewrapped the check record of version 1 with version 2, as any data key. The right keys
+    still open the store, and a wrong version 2 is still refused. (The check unwrapped the
+    record with its own number, 1, instead of the version that wraps it now: the right key was
+    refused.)"""
+    stream = unique("s")
+    async with sealed_app(store_url, 1) as app:
+        await app.append(stream, [Secret(owner="ann", text="before")])
+    keys = master(1, 2)
+    (check,) = await store.data_keys([CHECK_SCOPE])
+    assert check.wrapped is not None
+    context = key_context(CHECK_SCOPE, check.version)
+    version, wrapped = await keys.wrap(await keys.unwrap(1, check.wrapped, context), context)
+    assert await store.rewrap_data_key(check, version, wrapped)  # as the older rotation did
+    with pytest.raises(ConfigurationError, match=refused(2)):
+        await app_with(store_url, {1: master_key_of(1), 2: os.urandom(32)}).open()
+    async with sealed_app(store_url, 1, 2) as reader:
+        assert [s.event.text for s in await reader.read_stream(stream)] == ["before"]  # type: ignore[attr-defined]
+
+
+class _Provider:
+    """A master key provider (a KMS, say) over local keys: ``decrypt_only`` as a principal
+    that may only unwrap, ``down`` as a provider that does not answer."""
+
+    def __init__(self, keys: LocalMasterKey, *, decrypt_only: bool = False, down: bool = False) -> None:
+        self.keys, self.decrypt_only, self.down = keys, decrypt_only, down
+
+    @property
+    def current_version(self) -> int:
+        return self.keys.current_version
+
+    async def wrap(self, key: bytes, context: bytes) -> tuple[int, bytes]:
+        if self.decrypt_only or self.down:
+            raise PermissionError("this principal may not encrypt")
+        return await self.keys.wrap(key, context)
+
+    async def unwrap(self, version: int, wrapped: bytes, context: bytes) -> bytes:
+        if self.down:
+            raise ConnectionError("the provider did not answer")
+        return await self.keys.unwrap(version, wrapped, context)
+
+
+async def test_a_decrypt_only_principal_opens_without_writing_the_check(
+    store_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The provider moved on to version 2, and this App's principal may only decrypt: the
+    check record of version 2 cannot be written. The App opens all the same, reads, writes
+    nothing, and says so. (The open failed.)"""
+    stream = unique("s")
+    async with sealed_app(store_url, 1) as app:
+        await app.append(stream, [Secret(owner="ann", text="readable")])
+    before = store_contents(store_url)
+    provider = _Provider(master(1, 2), decrypt_only=True)
+    with caplog.at_level(logging.WARNING, logger="tidings.keys"):
+        async with App("reader", store=store_url, encryption=Encryption(master_key=provider)) as reader:
+            assert [s.event.text for s in await reader.read_stream(stream)] == ["readable"]  # type: ignore[attr-defined]
+    assert store_contents(store_url) == before
+    assert any("master key version 2" in record.getMessage() for record in caplog.records)
+
+
+async def test_a_provider_that_does_not_answer_is_not_a_wrong_key(store_url: str) -> None:
+    """A provider's own failure while the key is checked fails the open as a backend that may
+    answer next time (``BackendUnavailable``), never as a key that does not match."""
+    async with sealed_app(store_url, 1) as app:
+        await app.append(unique("s"), [Secret(owner="ann", text="hidden")])
+    provider = _Provider(master(1), down=True)
+    with pytest.raises(BackendUnavailable) as raised:
+        await App("keyed", store=store_url, encryption=Encryption(master_key=provider)).open()
+    assert isinstance(raised.value.__cause__, ConnectionError)
+
+
+class _CountingStore:
+    """A store that counts the keyring rows read through ``data_key_page``."""
+
+    def __init__(self, store: EventStore) -> None:
+        self.store, self.rows = store, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    async def data_key_page(self, after: tuple[str, int], limit: int) -> list[DataKeyRecord]:
+        page = await self.store.data_key_page(after, limit)
+        self.rows += len(page)
+        return page
+
+
+async def test_an_old_version_never_recorded_costs_a_few_rows_per_open(
+    store_url: str, store: EventStore
+) -> None:
+    """Version 2 is recorded; the key also holds version 1, which never was (it can never be:
+    only the current version wraps). Each open looks at a few keyring rows for it, not at the
+    whole first pages (up to 5,000 rows, on every open)."""
+    async with sealed_app(store_url, 2):
+        pass
+    now = datetime.now(UTC)
+    async with store.transaction() as tx:
+        for n in range(200):  # data keys of version 2 only: no evidence for version 1
+            key = DataKeyRecord(
+                scope=f"{unique('scope')}-{n}",
+                version=1,
+                master_version=2,
+                wrapped=os.urandom(60),
+                uses=1,
+                created=now,
+            )
+            await tx.add_data_key(key)
+    counting = _CountingStore(store)
+    for _ in range(2):
+        await check_master_key(cast(EventStore, counting), master(1, 2))
+    assert 0 < counting.rows <= 2 * 50, counting.rows

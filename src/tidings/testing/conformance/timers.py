@@ -6,13 +6,19 @@ dead-lettered without holding up the others."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from datetime import timedelta
 
 from tidings.domain.envelope import Envelope, to_structured
 from tidings.domain.events import Event
+from tidings.domain.ids import publication_id
 from tidings.errors import PayloadTooLarge
 from tidings.runtime.app import App
 from tidings.runtime.consuming import Context
+from tidings.runtime.publishing import Lineage, publication_envelope
+from tidings.runtime.retries import Retry
+from tidings.runtime.timers import REARM_EVERY, TIMERS_GROUP, _letter
+from tidings.runtime.unit_of_work import Publication
 from tidings.testing.clock import ManualClock
 from tidings.testing.conformance.events import Alarm, Ping, unique
 from tidings.testing.conformance.sagas import OrderPlaced, Shop, _status, fulfilment
@@ -81,6 +87,43 @@ async def test_a_timer_set_again_after_it_fired_fires_again(store_url: str) -> N
             await eventually(scheduled)
             clock.advance(timedelta(seconds=11))
             await eventually(lambda n=n: got == [1, 2][:n])
+
+
+async def test_a_handler_run_again_sets_the_same_timer(store_url: str) -> None:
+    """A timer scheduled without an id while handling an event gets an id derived from that
+    event, the group and its place in the run, like a publication's: a run again (here a retry
+    of a run that failed after scheduling) sets the same timer, never a second one. (Its id was
+    drawn at random: a handler run again after a crash set the timer twice.)"""
+    clock = ManualClock()
+    app = App("timers", store=store_url, clock=clock)
+    group, key = unique("scheduler"), unique("t")
+    runs: list[int] = []
+    got: list[str] = []
+
+    @app.subscribe("conformance.bus.ping", group=group, retry=Retry(attempts=2, backoff=0.01))
+    async def schedule(event: Ping, ctx: Context) -> None:
+        async with ctx.unit_of_work() as uow:
+            uow.schedule(Alarm(level=event.n), at=app.clock.now() + timedelta(minutes=1), key=event.key)
+        runs.append(ctx.attempt)
+        if ctx.attempt == 1:
+            raise RuntimeError("crashed after scheduling")
+
+    @app.subscribe("conformance.alarm.*", group=unique("alarms"))
+    async def ring(event: Alarm, ctx: Context) -> None:
+        got.append(ctx.envelope.id)
+
+    async with app, app.running(**RUN):
+        ping = await app.publish(Ping(key=key, n=3), key=key)
+
+        async def scheduled() -> bool:
+            return await app.store.next_timer_due() is not None
+
+        await eventually(scheduled)
+        clock.advance(timedelta(minutes=1))
+        await eventually(lambda: len(got) == 1)
+    assert runs == [1, 2]
+    expected = publication_id(ping.envelope.id, ping.envelope.time, group, 0)
+    assert got[0].startswith(f"{expected}@"), got
 
 
 async def test_a_timer_survives_a_restart(store_url: str) -> None:
@@ -207,3 +250,49 @@ async def test_a_timer_that_cannot_fire_is_dead_lettered_and_the_others_fire(sto
     assert f"exceeds the limit of {limit:,} bytes" in big.error
     garbled = next(letter for letter in letters if letter.event_id is None)
     assert garbled.raw == b'{"specversion": "1.0", "id": '
+
+
+async def test_a_timer_letter_redriven_is_set_again_and_fires(store_url: str) -> None:
+    """A timer that could not fire (dead-lettered as the timer worker does, its event as stored:
+    sealed with encryption on) and is queued for redrive is set again, due at once, and fires;
+    its letter is ``redriven``. One whose row could not be read has no event to set again: it
+    goes back to ``dead``, still on record. (Nothing consumed these letters: queued for
+    redrive, they stayed there and the timer never fired.)"""
+    clock = ManualClock()
+    app = App("timers", store=store_url, clock=clock)
+    got: list[int] = []
+
+    @app.subscribe("conformance.alarm.*", group=unique("alarms"))
+    async def ring(event: Alarm, ctx: Context) -> None:
+        got.append(event.level)
+
+    now = clock.now()
+    timer = Publication(Alarm(level=4), unique("t"), id=unique("alarm"), at=now)
+    stream, envelope = publication_envelope(app.codec, timer.fired(), now, Lineage())
+    async with app:
+        async with app.store.transaction() as tx:
+            await tx.schedule_timer(unique("timer"), now, stream, envelope)
+        async with app.store.transaction() as tx:
+            (stored,) = await tx.due_timers(now, 10)
+            await tx.dead_letter(_letter(stored, "failed", RuntimeError("refused when it fired"), now))
+            await tx.cancel_timer(stored.id)
+        _plant(store_url, unique("garbled"), round(now.timestamp() * 1_000_000), b'{"specversion": ')
+
+        async def states() -> dict[str | None, str]:
+            return {
+                letter.event_id: letter.state for letter in await app.dead_letters(TIMERS_GROUP, state=None)
+            }
+
+        async with app.running(**RUN):
+            await eventually(lambda: _equal(states(), {envelope.id: "dead", None: "dead"}))
+            letters = await app.dead_letters(TIMERS_GROUP)
+            assert await app.redrive([letter.id for letter in letters]) == 2
+            await eventually(lambda: got == [4])
+            await eventually(lambda: _equal(states(), {envelope.id: "redriven", None: "dead"}))
+            await asyncio.sleep(2 * REARM_EVERY)  # every worker had its look again
+            assert await app.store.next_timer_due() is None
+    assert got == [4]
+
+
+async def _equal(found: Awaitable[object], expected: object) -> bool:
+    return await found == expected
