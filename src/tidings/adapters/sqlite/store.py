@@ -36,7 +36,7 @@ from tidings.adapters.sqlite.keys import SqliteKeyring, SqliteTransactionKeys
 from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, to_structured
 from tidings.domain.integrity import IntegrityReport
-from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError
+from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError, StoreFull
 from tidings.ports import (
     ANY,
     DeadLetter,
@@ -231,6 +231,8 @@ class SqliteStore(SqliteKeyring):
                 f"{self.url} stayed locked by another writer for over "
                 f"{self.settings.busy_timeout:g} s (busy_timeout): {text}"
             )
+        if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+            return StoreFull(f"{self.url} is full (its disk, or max_page_count): {text}; nothing was written")
         if "malformed" in text or "not a database" in text or "disk image" in text:
             return IntegrityError(f"{self.url} is damaged ({text}); run `tidings verify`")
         if "unable to open" in text or "readonly" in text:
