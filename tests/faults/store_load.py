@@ -5,18 +5,41 @@ work, and the count of lost, duplicated and out-of-order effects."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+
+import pytest
 
 from tidings.domain.ids import uuid7
 from tidings.errors import BackendUnavailable
 from tidings.runtime.app import App
 from tidings.runtime.consuming import Context
 from tidings.testing.conformance.events import Ping
+from tidings.testing.servers import EmbeddedServer, embedded_server
 
 GROUP = "store-faults"
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
+
+
+@contextlib.contextmanager
+def throwaway_postgres() -> Iterator[EmbeddedServer]:
+    """A PostgreSQL server of the test's own, which it may crash or give a tablespace; skipped
+    when none can be started (an error with ``CI`` set)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(embedded_server())
+        except RuntimeError as exc:
+            if in_ci():
+                raise
+            pytest.skip(f"no throwaway PostgreSQL: {exc}")
+        yield server
 
 
 def consuming_app(name: str, store_url: str, bus_url: str | None = None) -> App:

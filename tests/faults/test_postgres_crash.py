@@ -20,9 +20,9 @@ import psycopg
 import pytest
 
 from tidings.testing.plugin import fresh_bus_url
-from tidings.testing.servers import EmbeddedServer, embedded_server
+from tidings.testing.servers import EmbeddedServer
 
-from .store_load import Producer, consuming_app, count_faults
+from .store_load import Producer, consuming_app, count_faults, throwaway_postgres
 from .workers import effects
 
 KEYS = 6
@@ -33,7 +33,7 @@ SEEDS = range(3)
 @pytest.fixture(scope="module")
 def crashing_server() -> Iterator[EmbeddedServer]:
     """A throwaway PostgreSQL of this module's own: the tests crash it."""
-    with embedded_server() as server:
+    with throwaway_postgres() as server:
         yield server
 
 

@@ -22,18 +22,14 @@ import psycopg
 import pytest
 
 from tidings.errors import StoreFull
-from tidings.testing.servers import embedded_server, server_account
+from tidings.testing.servers import server_account
 
-from .store_load import Producer, consuming_app, count_faults
+from .store_load import Producer, consuming_app, count_faults, in_ci, throwaway_postgres
 from .workers import effects
 
 KEYS = 4
 AFTER_FULL = 40  # rounds of publications once space has returned
 SEEDS = range(3)
-
-
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").lower() not in ("", "0", "false", "no")
 
 
 def _program(name: str) -> str:
@@ -56,7 +52,7 @@ def small_filesystem(size_kib: int) -> Iterator[Path]:
     if mounted.returncode != 0:
         mount_point.rmdir()
         reason = f"cannot mount a small filesystem here: {mounted.stderr.strip()}"
-        if _in_ci():
+        if in_ci():
             pytest.fail(reason)
         pytest.skip(reason)
     try:
@@ -78,13 +74,8 @@ def _disk_size(seed: int, smallest: int) -> int:
 @pytest.fixture(scope="module")
 def tablespace_server() -> Iterator[str]:
     """A throwaway PostgreSQL of this module's own (a tablespace is a path on its machine)."""
-    try:
-        with embedded_server() as server:
-            yield f"postgresql://{server.user}@127.0.0.1:{server.port}/{server.database}"
-    except RuntimeError as exc:
-        if _in_ci():
-            raise
-        pytest.skip(f"no throwaway PostgreSQL: {exc}")
+    with throwaway_postgres() as server:
+        yield f"postgresql://{server.user}@127.0.0.1:{server.port}/{server.database}"
 
 
 @pytest.mark.timeout(120)
