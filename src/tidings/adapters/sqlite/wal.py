@@ -28,6 +28,9 @@ _FRAME_HEADER: Final = 24
 _MAGIC_LITTLE: Final = 0x377F0682
 _MAGIC_BIG: Final = 0x377F0683
 _MASK: Final = 0xFFFFFFFF
+#: A WAL grows this large only while a reader keeps checkpoints from finishing for long; reading
+#: it whole at every open, under the write lock, would stall the other processes' writes.
+_LARGEST_CHECKED: Final = 256 * 1024 * 1024
 
 
 def refuse_set_aside(path: Path, url: str) -> None:
@@ -48,10 +51,13 @@ def check(connection: sqlite3.Connection, path: Path, url: str) -> None:
     The WAL is read under the write lock: no other process writes frames or starts the WAL over
     meanwhile, which could look like damage. (SQLite's own files are never opened here: closing
     another descriptor of the database or its -shm file would drop SQLite's locks.)"""
+    wal_path = Path(f"{path}-wal")
     connection.execute("BEGIN IMMEDIATE")
     try:
-        data = Path(f"{path}-wal").read_bytes()
-    except FileNotFoundError:
+        if wal_path.stat().st_size > _LARGEST_CHECKED:
+            return
+        data = wal_path.read_bytes()
+    except OSError:  # none (or unreadable, which SQLite reports itself)
         return
     finally:
         connection.execute("COMMIT")
@@ -59,8 +65,9 @@ def check(connection: sqlite3.Connection, path: Path, url: str) -> None:
     last = wal.last_intact_commit() if wal is not None else 0
     if wal is None or not last:
         return
-    # Most often SQLite holds every frame valid (it may have more by now, never fewer): cheap to
-    # ask. Only otherwise is the chain of checksums walked, which costs a moment per MiB.
+    # Most often SQLite holds every frame of the copy valid (cheap to ask; it may count more by
+    # now). Otherwise (damage, or another process has started the WAL over since) the copy's
+    # chain of checksums decides, which costs a moment per MiB.
     (_, valid, _) = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
     if valid >= last:
         return
