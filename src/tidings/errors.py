@@ -8,6 +8,7 @@ driver's errors at their edge, so callers never need to import a driver to catch
     ├── InvalidArgument           an argument that can never work (bad stream name, naive time);
     │                             also a ValueError
     ├── BackendUnavailable        the engine cannot be reached (names the URL, never its password)
+    │   └── StoreFull             the store's disk or size limit is full: writes wait for space
     ├── ConcurrencyError          expected_version did not match the stream's version
     ├── IntegrityError            stored data was cut short or altered behind tidings' back
     │   └── Undecryptable         sealed data that cannot be opened (altered, moved, no key)
@@ -37,6 +38,11 @@ class InvalidArgument(TidingsError, ValueError):
 
 class BackendUnavailable(TidingsError):
     """The store or bus could not be reached; the message names the URL without its password."""
+
+
+class StoreFull(BackendUnavailable):
+    """The store's disk (or its configured size limit) is full: nothing of the failed write was
+    stored. Retried like any outage, so that work resumes by itself once space is freed."""
 
 
 class ConcurrencyError(TidingsError):

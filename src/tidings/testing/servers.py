@@ -31,7 +31,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
@@ -99,6 +99,15 @@ class EmbeddedServer:
     server_id: str  # the value of setting ``tidings.server_id``: tells this server from others
     log_path: Path
     socket_dir: Path
+    lifecycle: _Lifecycle = field(repr=False, compare=False)
+
+    def stop_immediately(self) -> None:
+        """Crash the server: ``pg_ctl stop -m immediate`` (no checkpoint, clients cut off)."""
+        self.lifecycle.stop_immediately()
+
+    def start_again(self) -> None:
+        """Start the stopped server again on the same port; return once it accepts connections."""
+        self.lifecycle.start_again()
 
     def socket_conninfo(self, dbname: str = "postgres") -> str:
         """Connection string for the server's Unix socket in our private directory."""
@@ -133,18 +142,21 @@ def embedded_server(
 
         started = time.monotonic()
         runner.initdb(bin_dir / "initdb", data_dir, log_path)
-        port = _start(stack, runner, bin_dir / "postgres", data_dir, log_path)
+        port, process = _start(stack, runner, bin_dir / "postgres", data_dir, log_path)
         # Set up over the Unix socket in our private directory, which can only be our server's.
         with psycopg.connect(_socket_conninfo(runner.socket_dir, port), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{_DATABASE}"')
         log.write(f"tidings: ready after {time.monotonic() - started:.2f}s\n".encode())
         log.flush()
-        yield EmbeddedServer(port, _SUPERUSER, _DATABASE, runner.server_id, log_path, runner.socket_dir)
+        lifecycle = _Lifecycle(stack, runner, bin_dir, data_dir, log_path, port, process)
+        yield EmbeddedServer(
+            port, _SUPERUSER, _DATABASE, runner.server_id, log_path, runner.socket_dir, lifecycle
+        )
 
 
 def _start(
     stack: contextlib.ExitStack, runner: _Runner, postgres: Path, data_dir: Path, log_path: Path
-) -> int:
+) -> tuple[int, subprocess.Popen[bytes]]:
     """Start the server on a free port, registering its shutdown on ``stack``; return the port.
 
     The port is free when chosen but another process may take it before the server binds it;
@@ -156,8 +168,37 @@ def _start(
         stack.callback(_stop, process)
         conninfo = _socket_conninfo(runner.socket_dir, port)
         if _wait_ready(process, conninfo, log_path, retry_on_port_clash=attempt < _PORT_ATTEMPTS):
-            return port
+            return port, process
     raise RuntimeError("PostgreSQL could not find a free port")  # _wait_ready raised already
+
+
+class _Lifecycle:
+    """Stops a running embedded server abruptly and starts it again, for the fault tests."""
+
+    def __init__(
+        self,
+        stack: contextlib.ExitStack,
+        runner: _Runner,
+        bin_dir: Path,
+        data_dir: Path,
+        log_path: Path,
+        port: int,
+        process: subprocess.Popen[bytes],
+    ) -> None:
+        self._stack, self._runner, self._bin_dir = stack, runner, bin_dir
+        self._data_dir, self._log_path, self._port = data_dir, log_path, port
+        self._process = process
+
+    def stop_immediately(self) -> None:
+        self._runner.run(self._bin_dir / "pg_ctl", "stop", "-D", str(self._data_dir), "-m", "immediate", "-w")
+        self._process.wait(timeout=_STOP_TIMEOUT)
+
+    def start_again(self) -> None:
+        process = self._runner.start_postgres(self._bin_dir / "postgres", self._data_dir, self._port)
+        self._stack.callback(_stop, process)
+        self._process = process
+        conninfo = _socket_conninfo(self._runner.socket_dir, self._port)
+        _wait_ready(process, conninfo, self._log_path, retry_on_port_clash=False)
 
 
 def _socket_conninfo(socket_dir: Path, port: int, dbname: str = "postgres") -> str:
@@ -262,6 +303,21 @@ class _Runner:
             )
         except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
             raise RuntimeError(f"initdb failed ({exc}):\n{_log_tail(log_path)}") from None
+
+    def run(self, program: Path, *args: str) -> None:
+        subprocess.run(
+            [str(program), *args],
+            check=True,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            timeout=_STOP_TIMEOUT,
+            cwd=self._root,
+            env=self._env,
+            user=self._uid,
+            group=self._gid,
+            extra_groups=self._extra_groups,
+        )
 
     def start_postgres(self, postgres: Path, data_dir: Path, port: int) -> subprocess.Popen[bytes]:
         args = [

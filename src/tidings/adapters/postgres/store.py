@@ -44,6 +44,7 @@ from tidings.errors import (
     BackendUnavailable,
     ConfigurationError,
     InvalidArgument,
+    StoreFull,
     TidingsError,
 )
 from tidings.ports import (
@@ -199,6 +200,8 @@ class PostgresStore(PostgresKeyring):
             # A value that no attempt can store (a NUL in text, say) is the caller's argument,
             # dead-lettered in a handler, not an outage that is retried for ever.
             return InvalidArgument(f"PostgreSQL at {self.url} cannot store a value: {self._message(exc)}")
+        if isinstance(exc, psycopg.errors.DiskFull):
+            return StoreFull(f"PostgreSQL at {self.url} is out of disk space: {self._message(exc)}")
         return BackendUnavailable(f"PostgreSQL at {self.url}: {self._message(exc)}")
 
     @asynccontextmanager

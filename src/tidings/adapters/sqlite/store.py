@@ -31,12 +31,12 @@ from tidings.adapters.sql.consumers import check_dead_letter_state, group_checkp
 from tidings.adapters.sql.reads import StreamQuery, follow_log
 from tidings.adapters.sql.rows import from_micros, to_micros
 from tidings.adapters.sql.timers import TimerSql, timers_of
-from tidings.adapters.sqlite import schema, steps
+from tidings.adapters.sqlite import schema, steps, wal
 from tidings.adapters.sqlite.keys import SqliteKeyring, SqliteTransactionKeys
 from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, to_structured
 from tidings.domain.integrity import IntegrityReport, VerifiedState
-from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError
+from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError, StoreFull
 from tidings.ports import (
     ANY,
     DeadLetter,
@@ -148,6 +148,8 @@ class SqliteStore(SqliteKeyring):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 # Event data is the most valuable data a company has: owner-only from the start.
                 os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        if writer:
+            wal.refuse_set_aside(path, self.url)
         # Inspecting (create=False) opens read-only: looking at a file must never change it.
         target = f"file:{quote(str(path))}?mode=ro" if inspecting else str(path)
         connection = sqlite3.connect(
@@ -161,6 +163,8 @@ class SqliteStore(SqliteKeyring):
         try:
             if not inspecting:
                 connection.execute("PRAGMA journal_mode=WAL")
+                if writer:
+                    wal.check(connection, path, self.url)
             connection.execute(f"PRAGMA synchronous={self.settings.synchronous}")
             connection.execute(f"PRAGMA busy_timeout={int(self.settings.busy_timeout * 1000)}")
             if writer and not inspecting:
@@ -231,6 +235,8 @@ class SqliteStore(SqliteKeyring):
                 f"{self.url} stayed locked by another writer for over "
                 f"{self.settings.busy_timeout:g} s (busy_timeout): {text}"
             )
+        if exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+            return StoreFull(f"{self.url} is full (its disk, or max_page_count): {text}; nothing was written")
         if "malformed" in text or "not a database" in text or "disk image" in text:
             return IntegrityError(f"{self.url} is damaged ({text}); run `tidings verify`")
         if "unable to open" in text or "readonly" in text:
