@@ -4,8 +4,8 @@ members of a group): an event past its deadline when a member looks at it is dea
 never handled; every other event is handled once, and not after its deadline. Durable timers
 fire once each, never before they are due, however the clock went back in between.
 
-Leases are not on this clock: they expire by the store's clock (the database server's, or
-SQLite's wall clock), so jumps of the App's clock cannot make two members hold one partition.
+Leases are not on this clock: each member dates its leases by its process's wall clock
+(``time.time``), so jumps of the App's clock cannot make two members hold one partition.
 """
 
 from __future__ import annotations
