@@ -79,7 +79,7 @@ async def test_a_paused_stream_leader_loses_and_doubles_nothing(tmp_path: Path, 
                     victim.resume()
                 resumed = time.monotonic()
                 await load
-                recovered = await settle(app, TOTAL, within=120)
+                recovered = await settle(app, TOTAL, within=60)
             await _check(
                 f"leader {victim.name} of partition {partition} paused {PAUSE:.0f} s (seed {seed})",
                 app,
@@ -115,7 +115,7 @@ async def test_a_cluster_killed_whole_and_restarted_loses_and_doubles_nothing(
                     await asyncio.to_thread(server.wait_until_listening)
                 restarted = time.monotonic()
                 await load
-                recovered = await settle(app, TOTAL, within=120)
+                recovered = await settle(app, TOTAL, within=60)
             await _check(
                 f"whole cluster killed and restarted (seed {seed})",
                 app,
@@ -150,7 +150,7 @@ async def test_a_connection_cut_before_the_acknowledgement_loses_and_doubles_not
                 await asyncio.wait_for(cut.wait(), 60)
             last_cut = time.monotonic()
             await load
-            recovered = await settle(app, TOTAL, within=120)
+            recovered = await settle(app, TOTAL, within=60)
             await _check(
                 f"connection cut after a publish, {cuts} times (seed {seed})",
                 app,
