@@ -37,7 +37,9 @@ class CuttingProxy:
         self.cuts = 0  # how many times connections were cut
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        self._connections: set[asyncio.Task[None]] = set()
         self._trigger: _Trigger | None = None
+        self._muted = False  # from the marker to the cut: nothing from the server gets through
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
@@ -47,6 +49,9 @@ class CuttingProxy:
         if self._server is not None:
             self._server.close()
         self._close_all()
+        # The connections' tasks end on their aborted transports; wait for them, so that none
+        # outlives the event loop.
+        await asyncio.gather(*self._connections, return_exceptions=True)
         if self._server is not None:
             await self._server.wait_closed()
 
@@ -62,13 +67,14 @@ class CuttingProxy:
         return self._trigger.fired
 
     def cut_after_server_bytes(self, count: int) -> asyncio.Event:
-        """Cut once ``count`` more bytes came from the server (those are not forwarded)."""
+        """Let ``count`` more bytes from the server through, then cut."""
         self._trigger = _Trigger(server_bytes=count)
         return self._trigger.fired
 
     def _fire(self) -> None:
         trigger, self._trigger = self._trigger, None
         self.cut()
+        self._muted = False
         if trigger is not None:
             trigger.fired.set()
 
@@ -80,6 +86,10 @@ class CuttingProxy:
         self._writers.clear()
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+            task.add_done_callback(self._connections.discard)
         try:
             server_reader, server_writer = await asyncio.open_connection(*self.upstream)
         except OSError:
@@ -103,17 +113,26 @@ class CuttingProxy:
                 trigger = self._trigger
                 if trigger is not None and not from_client and trigger.server_bytes is not None:
                     if len(chunk) >= trigger.server_bytes:
+                        writer.write(chunk[: trigger.server_bytes])  # the last bytes let through
+                        with contextlib.suppress(OSError):
+                            await writer.drain()
                         self._fire()
                         return
                     trigger.server_bytes -= len(chunk)
                 if writer.transport.is_closing():
                     return
+                if self._muted and not from_client:
+                    continue  # an answer to the marked message (or later): lost with the cut
+                seen, tail = tail + chunk, chunk[-64:]
+                marked = (
+                    trigger is not None and from_client and bool(trigger.marker) and trigger.marker in seen
+                )
+                self._muted = self._muted or marked
                 writer.write(chunk)
                 await writer.drain()
-                seen, tail = tail + chunk, chunk[-64:]
-                if trigger is not None and from_client and trigger.marker and trigger.marker in seen:
+                if marked:
                     # Give the server the moment to read the chunk before the connection goes.
-                    await asyncio.sleep(0.01)
+                    await asyncio.sleep(0.05)
                     self._fire()
                     return
         writer.transport.abort()
