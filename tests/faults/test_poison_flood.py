@@ -1,7 +1,8 @@
 """A poison flood: 10,000 malformed raw messages on one partition's subject, while valid events
-flow through the relay on the other partitions. The flooded partition drains (a ``malformed``
-dead letter per message, no more, no fewer) and every valid event is handled once, in its
-partition's order. How much the flood slows the other partitions is a speed question, measured
+flow through the relay on every partition, the flooded one included (there the relay publishes
+between the junk, and finds its place again past it). The flooded partition drains (a
+``malformed`` dead letter per message, no more, no fewer) and every valid event is handled once,
+in its partition's order. How much the flood slows the other partitions is a speed question, measured
 by ``benchmarks/poison.py``, not here."""
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ import pytest
 
 from tests.faults.bus_load import GROUP, KEYS, committed, counting_app, settle
 from tests.faults.tally import tally
-from tidings.adapters.sql.common import Partitioner
 from tidings.runtime.app import App
 from tidings.testing.conformance.events import Ping
 from tidings.testing.eventually import eventually
@@ -54,12 +54,6 @@ async def flood(nats_url: str, subject: str, rng: random.Random, count: int) -> 
         await client.close()
 
 
-def _keys_outside(partitions: int, flooded: int) -> list[str]:
-    partition_of = Partitioner(partitions)
-    keys = [f"key-{k}" for k in range(KEYS * 4) if partition_of(f"key-{k}") != flooded]
-    return keys[:KEYS]
-
-
 async def _publish_valid(app: App, keys: list[str], rng: random.Random, total: int) -> None:
     counts = dict.fromkeys(keys, 0)
     for _ in range(total):
@@ -85,7 +79,7 @@ async def test_a_poison_flood_drains_and_the_other_partitions_lose_nothing(
         started = time.monotonic()
         await asyncio.gather(
             flood(nats_url, subject, rng, FLOOD),
-            _publish_valid(app, _keys_outside(app.log.partitions, flooded), rng, VALID),
+            _publish_valid(app, [f"key-{k}" for k in range(KEYS)], rng, VALID),
         )
         done = await settle(app, VALID, within=180)
 
