@@ -40,6 +40,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.bus
 	$(BIN)/python -m benchmarks.backlog
 	$(BIN)/python -m benchmarks.sagas
+	$(BIN)/python -m benchmarks.poison
 
 clean:
 	rm -rf $(VENV) .tidings .pytest_cache .mypy_cache .ruff_cache

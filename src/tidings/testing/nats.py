@@ -128,8 +128,20 @@ class NatsServer:
             self.process.send_signal(signal.SIGKILL)
             self.process.wait(timeout=10)
 
+    def pause(self) -> None:
+        """SIGSTOP: the server keeps its connections open and answers nothing, as a node that
+        hangs (a long GC pause, a stalled disk, a frozen VM) would."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT, after ``pause``."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
+            self.resume()  # a paused server would not act on the SIGTERM
             self.process.terminate()
             try:
                 self.process.wait(timeout=10)
