@@ -374,6 +374,10 @@ class GroupConsumer(PartitionMember):
     async def _process_event(
         self, partition: int | None, record: RecordedEvent, redrive: Redrive | None, duplicate: bool
     ) -> bool:
+        if duplicate:
+            # The inbox has it: the group decided this event before (a redelivery after a crash
+            # or a handover). Whatever it would be now, late or parked, it needs nothing more.
+            return False  # the checkpoint moves past it with the partition's next commit
         app, envelope = self.app, record.envelope
         key = envelope.partitionkey or record.stream
         parks = self.subscription.ordered and redrive is None
@@ -404,8 +408,6 @@ class GroupConsumer(PartitionMember):
             error = f"expired {late.total_seconds():.3f} s before it could be handled"
             await self._dead(partition, record, "expired", error, "", 0, None, redrive)
             return False
-        if duplicate:
-            return False  # the checkpoint moves past it with the partition's next commit
         retry = self.subscription.retry
         first_failure: datetime | None = None
         for attempt in range(1, retry.attempts + 1):

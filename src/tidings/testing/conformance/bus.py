@@ -348,6 +348,41 @@ async def test_an_expired_event_never_reaches_a_handler(store_url: str) -> None:
     assert "expired 60.000 s" in letters[1].error  # 6 min after it was published, max_age 5 min
 
 
+async def test_a_handled_event_read_again_after_its_deadline_is_not_dead_lettered(store_url: str) -> None:
+    """A redelivery (a crash before the checkpoint moved, a handover) of an event the group has
+    handled is a duplicate whatever its age: no handler run, and no `expired` letter for an event
+    whose effects committed."""
+    clock = ManualClock(datetime.now(UTC))
+    app = App("bus", store=store_url, clock=clock)
+    handled: list[int] = []
+
+    @app.subscribe("conformance.bus.ping", group="timely", max_age=timedelta(minutes=5))
+    async def timely(event: Ping, ctx: Context) -> None:
+        handled.append(event.n)
+
+    async with app:
+        await app.publish(Ping(key="t", n=1), key="t")
+        async with app.running(**RUN):
+            await eventually(lambda: handled == [1])
+        feed = app.feed
+        async with app.store.transaction() as tx:  # as if no checkpoint had been committed
+            for partition in range(feed.partitions):
+                await tx.set_checkpoint(feed.checkpoint_name("timely", partition), 0)
+        clock.advance(timedelta(minutes=10))  # the event is past its max_age when read again
+        await app.publish(Ping(key="t", n=2), key="t")
+        clock.advance(timedelta(minutes=6))
+        async with app.running(**RUN):
+            # One key, one partition: by the time the second event's letter is there, the first
+            # (read again before it) has been decided too.
+            async def second_decided() -> bool:
+                return any("60.000 s" in letter.error for letter in await app.dead_letters("timely"))
+
+            await eventually(second_decided)
+        letters = await app.dead_letters("timely")
+    assert handled == [1]
+    assert [letter.error for letter in letters] == ["expired 60.000 s before it could be handled"]
+
+
 async def test_an_undecodable_event_is_dead_lettered_as_malformed(store_url: str) -> None:
     app = App("bus", store=store_url)
     handled: list[int] = []
