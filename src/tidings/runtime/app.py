@@ -20,7 +20,7 @@ from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, RecordedEvent, Stored
 from tidings.domain.events import Event, EventRegistry, default_registry
 from tidings.domain.integrity import IntegrityReport
-from tidings.domain.names import check_name
+from tidings.domain.names import check_stream_name
 from tidings.domain.policy import Policy
 from tidings.domain.saga import Saga
 from tidings.domain.topics import compile_pattern
@@ -243,7 +243,7 @@ class App:
         causation_id: str | None = None,
     ) -> list[RecordedEvent]:
         """Append events to a stream, atomically, with optimistic concurrency if asked."""
-        check_name("stream name", stream)
+        check_stream_name(stream)
         batch = [events] if isinstance(events, Event) else list(events)
         now = datetime.now(UTC)  # the events of one append happen, and commit, together
         async with self._audited():

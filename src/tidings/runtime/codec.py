@@ -27,6 +27,7 @@ from tidings.domain.envelope import (
 )
 from tidings.domain.events import Erased, Event, EventRegistry, default_registry
 from tidings.domain.ids import uuid7
+from tidings.domain.names import subject_of
 from tidings.domain.nesting import check_depth, too_deep
 from tidings.domain.schema_problems import decoder_detail, json_problem, kind_of, value_problem
 from tidings.errors import MalformedEvent, PayloadTooLarge, Undecryptable, UnknownEventType
@@ -101,6 +102,8 @@ class Codec:
         if self._has_floats(type(event)):
             self._check_finite(event, data)
         check_size(data, self.max_size, f"payload of {event.__event_type__}")
+        if subject is not None and not subject.isprintable():
+            subject = subject_of(subject)  # the stream name, valid as CloudEvents text
         # Positional, in Envelope's field order: keywords cost several times more in msgspec.
         return Envelope(
             event_id or uuid7(),

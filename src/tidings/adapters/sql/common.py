@@ -15,7 +15,7 @@ from typing import Any, Final, NamedTuple
 from tidings.adapters.sql.rows import row_digest, to_micros, unpack_meta
 from tidings.domain.envelope import Envelope
 from tidings.domain.integrity import IntegrityProblem, IntegrityReport, StreamChecker
-from tidings.domain.names import check_name
+from tidings.domain.names import check_stream_name
 from tidings.errors import ConcurrencyError, IntegrityError, InvalidArgument
 from tidings.ports import ANY, NO_STREAM, ExpectedVersion
 
@@ -97,7 +97,7 @@ def unique_by_id(envelopes: Sequence[Envelope]) -> list[Envelope]:
 
 
 def validate_stream_name(stream: str) -> str:
-    return check_name("stream name", stream)
+    return check_stream_name(stream)
 
 
 class StoreAudit:
