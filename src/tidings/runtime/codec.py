@@ -28,7 +28,7 @@ from tidings.domain.envelope import (
 from tidings.domain.events import Erased, Event, EventRegistry, default_registry
 from tidings.domain.ids import uuid7
 from tidings.domain.names import subject_of
-from tidings.domain.nesting import check_depth, too_deep
+from tidings.domain.nesting import check_depth, check_msgpack_depth, too_deep
 from tidings.domain.schema_problems import decoder_detail, json_problem, kind_of, value_problem
 from tidings.errors import MalformedEvent, PayloadTooLarge, Undecryptable, UnknownEventType
 from tidings.runtime.crypto import SEALED
@@ -272,6 +272,7 @@ class Codec:
             check_depth(envelope.data, f"event {envelope.id} ({envelope.type}): data")
             return msgspec.json.decode(envelope.data)
         if envelope.datacontenttype == MSGPACK:
+            check_msgpack_depth(envelope.data, f"event {envelope.id} ({envelope.type}): data")
             return msgspec.msgpack.decode(envelope.data)
         raise MalformedEvent(f"event {envelope.id}: unsupported datacontenttype {envelope.datacontenttype!r}")
 
