@@ -60,6 +60,18 @@ def test_at_the_limit_and_one_more() -> None:
 
 def test_brackets_in_strings_do_not_nest() -> None:
     assert not nested_deeper(json.dumps(["[" * 1000, "\\", '"{' * 500]).encode())
+    # Empty strings beside strings of brackets, and quotes escaped before brackets: the pass that
+    # takes away empty strings must leave every string with something in it to the exact measure.
+    assert not nested_deeper(json.dumps({"[" * 300: "", "": "]" * 300, "x": ["", "{" * 300]}).encode())
+    assert not nested_deeper(json.dumps(['\\"' + "[" * 300, '"', "\\\\"]).encode())
+    assert nested_deeper(json.dumps([""] * 300 + [nested_value(MAX_DEPTH)]).encode())
+
+
+def nested_value(levels: int) -> Any:
+    value: Any = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
 
 
 def test_malformed_data_is_measured_never_an_error() -> None:
