@@ -235,10 +235,12 @@ class Bus(Protocol):
     async def publish(self, partition: int, records: Sequence[RecordedEvent]) -> None:
         """Publish one partition's next events in log order; return once the broker stored them."""
 
-    def room_for(self, stream: str, envelope: Envelope) -> int:
+    def room_for(self, stream: str, envelope: Envelope, size: int | None = None) -> int:
         """How many bytes of data the message that carries ``envelope`` of ``stream`` may hold
         (its attributes as given, its data as relayed): the broker's largest message, as the
-        server said when the bus opened, less what the message adds. Publishing refuses more."""
+        server said when the bus opened, less what the message adds. Publishing refuses more.
+        With the data's ``size``, it may answer a cheaper lower bound, at least ``size``, when
+        the data fits by far: exact whenever the data does not fit."""
 
     def log(self, store_log: Log, *, topic_of: TopicOf | None = None) -> Log:
         """The log that consumer groups read: partitions from the broker; leases, inbox,

@@ -64,7 +64,7 @@ class Codec:
         self.plaintext_ok = True
         #: In distributed mode, how much data the bus carries in the message of an envelope
         #: (``Bus.room_for``): an event the relay could not publish is refused where it is made.
-        self.bus_room: Callable[[str, Envelope], int] | None = None
+        self.bus_room: Callable[[str, Envelope, int], int] | None = None
 
     def use_keys(self, keys: KeyRing | None, *, accept_plaintext: bool = True) -> None:
         """Open sealed data with ``keys`` from now on (they come with the store, so an App sets
@@ -138,7 +138,7 @@ class Codec:
             check_size(size, self.max_size, what)
             relayed = msgspec.structs.replace(envelope, datacontenttype=SEALED)
         if self.bus_room is not None:
-            room = self.bus_room(stream, relayed)
+            room = self.bus_room(stream, relayed, size)
             if size > room:
                 raise PayloadTooLarge(
                     f"{what} of {size:,} bytes does not fit a message of the bus, which carries at "

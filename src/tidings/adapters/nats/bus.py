@@ -36,7 +36,13 @@ from nats.js.errors import NotFoundError
 
 from tidings.adapters.nats.inbox import Inbox
 from tidings.adapters.nats.names import check_prefix, inbox_prefix, read_patterns, read_stream
-from tidings.adapters.nats.publish import SEQUENCE_HEADER_SIZE, message_size, publish_in_order, resync
+from tidings.adapters.nats.publish import (
+    SEQUENCE_HEADER_SIZE,
+    headers_bound,
+    message_size,
+    publish_in_order,
+    resync,
+)
 from tidings.adapters.nats.reads import (
     POSITION_HEADER,
     STREAM_HEADER,
@@ -423,13 +429,21 @@ class NatsBus:
             with contextlib.suppress(*DRIVER_ERRORS):
                 await client.publish(self.settings.doorbell, b"")
 
-    def room_for(self, stream: str, envelope: Envelope) -> int:
+    def room_for(self, stream: str, envelope: Envelope, size: int | None = None) -> int:
         """The bytes of data a message of ``envelope`` in ``stream`` may hold: the server's
         ``max_payload`` (its INFO, read at connect) less the message's headers, counted with the
-        widest version, position and sequence that the relay may write."""
+        widest version, position and sequence that the relay may write. Data of ``size`` bytes
+        far from the limit gets a lower bound that holds it, without building the headers."""
         client, _ = self._connected()
+        room = client.max_payload - SEQUENCE_HEADER_SIZE
+        if (
+            size is not None
+            and (bound := headers_bound(stream, envelope)) is not None
+            and size <= room - bound
+        ):
+            return room - bound
         headers, _ = _message_of(RecordedEvent(envelope, stream, _WIDEST, _WIDEST))
-        return client.max_payload - SEQUENCE_HEADER_SIZE - message_size(headers, b"")
+        return room - message_size(headers, b"")
 
     async def read_partition(
         self, partition: int, *, after: int, limit: int, topic_of: TopicOf | None = None

@@ -19,6 +19,7 @@ forged position must never make the relay skip events, and junk may cost time, n
 from __future__ import annotations
 
 import asyncio
+import operator
 import re
 from collections.abc import Awaitable, Callable
 from typing import Final
@@ -29,7 +30,8 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from tidings.adapters.nats.inbox import Inbox
-from tidings.adapters.nats.reads import POSITION_HEADER
+from tidings.adapters.nats.reads import POSITION_HEADER, STREAM_HEADER, VERSION_HEADER
+from tidings.domain.envelope import Envelope
 from tidings.errors import BackendUnavailable
 
 ACK_TIMEOUT: Final = 10.0
@@ -49,6 +51,44 @@ def message_size(headers: dict[str, str], body: bytes) -> int:
     are ASCII (percent-encoded), so characters are bytes."""
     lines = sum(len(name) + len(value) + 4 for name, value in headers.items())  # "k: v\r\n"
     return len("NATS/1.0\r\n") + lines + len("\r\n") + len(body)
+
+
+#: The attributes that go into headers as text, and those that are times or a number.
+_TIMES: Final = ("time", "expirytime")
+_TEXT_ATTRIBUTES: Final = tuple(
+    name
+    for name in Envelope.__struct_fields__
+    if name not in ("data", "extensions", "schemaversion", *_TIMES)
+)
+_text_of: Final = operator.attrgetter(*_TEXT_ATTRIBUTES)
+#: What a message's headers take besides their text values, at the most: the header block's
+#: frame, every attribute's line (``ce-<name>: \r\n``) with a time (RFC 3339, 27 characters,
+#: percent-encoded at worst) or a 64-bit number as its value, and tidings' own lines, with a
+#: version and a position of at most 19 digits.
+_HEADERS_FRAME_BOUND: Final = (
+    len("NATS/1.0\r\n\r\n")
+    + sum(len(f"ce-{name}: \r\n") for name in Envelope.__struct_fields__)
+    + 3 * 27 * len(_TIMES)
+    + 20  # schemaversion
+    + sum(len(f"{name}: \r\n") for name in ("Nats-Msg-Id", STREAM_HEADER, VERSION_HEADER, POSITION_HEADER))
+    + 2 * 19
+)
+#: A character of a text value percent-encoded at worst: 4 bytes of UTF-8, each as ``%XY``.
+_WORST_ENCODED: Final = 12
+
+
+def headers_bound(stream: str, envelope: Envelope) -> int | None:
+    """A cheap upper bound of what the headers of ``envelope``'s message in ``stream`` take of
+    ``max_payload`` (None: the envelope has extensions, or values of other types: measure it)."""
+    if envelope.extensions:
+        return None
+    try:
+        text = "".join(filter(None, _text_of(envelope)))  # in C
+    except TypeError:
+        return None
+    # The id twice (ce-id, Nats-Msg-Id), the stream name once.
+    chars = len(text) + len(envelope.id) + len(stream)
+    return _HEADERS_FRAME_BOUND + _WORST_ENCODED * chars
 
 
 class _Ack(msgspec.Struct):
