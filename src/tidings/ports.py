@@ -9,7 +9,7 @@ from typing import Final, Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from tidings.domain.envelope import Envelope, RecordedEvent, TopicOf
+from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, TopicOf
 from tidings.domain.integrity import IntegrityReport
 
 ANY: Final = "any"
@@ -242,10 +242,13 @@ class Bus(Protocol):
         With the data's ``size``, it may answer a cheaper lower bound, at least ``size``, when
         the data fits by far: exact whenever the data does not fit."""
 
-    def log(self, store_log: Log, *, topic_of: TopicOf | None = None) -> Log:
+    def log(
+        self, store_log: Log, *, topic_of: TopicOf | None = None, max_event_size: int = DEFAULT_MAX_SIZE
+    ) -> Log:
         """The log that consumer groups read: partitions from the broker; leases, inbox,
         checkpoints and dead letters stay in the store, so effects commit with them.
-        ``topic_of`` gives the topic of an event from another producer that carries none."""
+        ``topic_of`` gives the topic of an event from another producer that carries none;
+        ``max_event_size`` is the App's limit, which what it reads is held to, as what it writes."""
 
     def read_as(self, principal: str, readers: Mapping[str, Sequence[str]], *, relay: bool) -> None:
         """With an access policy (before ``open``): read only what ``principal`` may subscribe to,

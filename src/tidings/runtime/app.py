@@ -133,7 +133,7 @@ class App:
             return self
         if self.state is AppState.CLOSED:
             raise ConfigurationError(f"App {self.name!r} is closed; create a new App")
-        raw = open_store(self.store_url)
+        raw = open_store(self.store_url, max_size=self.codec.max_size)
         await raw.open()
         store: EventStore = raw
         # Said once per open, so that a deployment that forgot its master key shows it in its log.
@@ -175,7 +175,9 @@ class App:
                 raise
             self.codec.bus_room = bus.room_for
             say_bus_limit(self.name, self.codec, bus)
-            feed = bus.log(self.log, topic_of=self.codec.registry.topic_of)
+            feed = bus.log(
+                self.log, topic_of=self.codec.registry.topic_of, max_event_size=self.codec.max_size
+            )
             self._bus, self._feed = bus, feed if self.keys is None else SealedLog(feed, self.keys)
         await self.record_denials()  # those made before the App opened (at subscribe)
         return self

@@ -42,11 +42,11 @@ from tidings.adapters.nats.publish import (
     message_size,
     publish_in_order,
     resync,
+    stand_in,
 )
 from tidings.adapters.nats.reads import (
     POSITION_HEADER,
     STREAM_HEADER,
-    TOO_LARGE_HEADER,
     VERSION_HEADER,
     direct_get,
     record_of,
@@ -55,7 +55,7 @@ from tidings.adapters.nats.views import ensure_read_stream, read_stream_config
 from tidings.adapters.tls_refusals import refuses_client_certificate, server_certificate_problem
 from tidings.adapters.urls import redact_url
 from tidings.domain.binary import to_binary
-from tidings.domain.envelope import Envelope, RecordedEvent, TopicOf
+from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, TopicOf
 from tidings.domain.headers import percent_encode
 from tidings.errors import BackendUnavailable, ConfigurationError
 from tidings.ports import Log
@@ -181,31 +181,6 @@ def _message_of(record: RecordedEvent) -> tuple[dict[str, str], bytes]:
     headers[VERSION_HEADER] = str(record.version)
     headers[POSITION_HEADER] = str(record.position)
     return headers, body
-
-
-def _stand_in(
-    record: RecordedEvent, headers: dict[str, str], size: int, max_payload: int
-) -> tuple[dict[str, str], bytes]:
-    """What the relay publishes in place of an event too large for the server: where the event
-    is stored and its identity, and no data; readers turn it into a dead letter that says so."""
-    log.error(
-        "relay: event %s at position %d (stream %r, version %d) makes a message of %d bytes, more "
-        "than the server's max_payload of %d: a stand-in without its data is published in its "
-        "place, which consumer groups dead-letter",
-        record.envelope.id,
-        record.position,
-        record.stream,
-        record.version,
-        size,
-        max_payload,
-    )
-    kept = ("ce-id", "ce-type", "ce-source", "ce-topic", "ce-specversion", "Nats-Msg-Id")
-    stand_in = {name: headers[name] for name in kept if name in headers}
-    stand_in[STREAM_HEADER] = headers[STREAM_HEADER]
-    stand_in[VERSION_HEADER] = headers[VERSION_HEADER]
-    stand_in[POSITION_HEADER] = headers[POSITION_HEADER]
-    stand_in[TOO_LARGE_HEADER] = f"{size} {max_payload}"
-    return stand_in, b""
 
 
 class NatsBus:
@@ -418,7 +393,7 @@ class NatsBus:
                 # Published before the limit was checked at publish (or by an App with another
                 # limit): the server would close the connection on it, every time, stopping every
                 # partition. A stand-in takes its place, which every group dead-letters.
-                headers, body = _stand_in(record, headers, message_size(headers, body), client.max_payload)
+                headers, body = stand_in(record, headers, message_size(headers, body), client.max_payload)
             messages.append((self.subject(partition, record.envelope.topic), body, headers))
         try:
             self._tails[partition] = await publish_in_order(client, inbox, messages, last=last)
@@ -446,17 +421,25 @@ class NatsBus:
         return room - message_size(headers, b"")
 
     async def read_partition(
-        self, partition: int, *, after: int, limit: int, topic_of: TopicOf | None = None
+        self,
+        partition: int,
+        *,
+        after: int,
+        limit: int,
+        topic_of: TopicOf | None = None,
+        max_size: int = DEFAULT_MAX_SIZE,
     ) -> list[RecordedEvent]:
         """Messages of one partition after stream sequence ``after``, in stream order;
-        ``topic_of`` gives the topic of an event from another producer that carries none."""
+        ``topic_of`` gives the topic of an event from another producer that carries none, and
+        ``max_size`` the most data an event may hold (the App's ``max_event_size``)."""
         client, inbox = self._connected()
         request = {"seq": after + 1, "next_by_subj": self.settings.subject_of(partition), "batch": limit}
         try:
             found = await direct_get(client, inbox, self.read_stream_of(partition), request, limit)
         except DRIVER_ERRORS as exc:
             raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
-        return [record_of(message, self.settings.prefix, topic_of=topic_of) for message in found]
+        prefix = self.settings.prefix
+        return [record_of(message, prefix, max_size, topic_of=topic_of) for message in found]
 
     async def watch(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` on every doorbell, until cancelled."""
@@ -485,7 +468,9 @@ class NatsBus:
                 with contextlib.suppress(*DRIVER_ERRORS):
                     await subscription.unsubscribe()
 
-    def log(self, store_log: Log, *, topic_of: TopicOf | None = None) -> Log:
+    def log(
+        self, store_log: Log, *, topic_of: TopicOf | None = None, max_event_size: int = DEFAULT_MAX_SIZE
+    ) -> Log:
         from tidings.adapters.nats.log import JetStreamLog
 
-        return JetStreamLog(self, store_log, topic_of)
+        return JetStreamLog(self, store_log, topic_of, max_event_size)

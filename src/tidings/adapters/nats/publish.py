@@ -19,6 +19,7 @@ forged position must never make the relay skip events, and junk may cost time, n
 from __future__ import annotations
 
 import asyncio
+import logging
 import operator
 import re
 from collections.abc import Awaitable, Callable
@@ -30,9 +31,11 @@ from nats.aio.msg import Msg
 from nats.js.errors import NotFoundError
 
 from tidings.adapters.nats.inbox import Inbox
-from tidings.adapters.nats.reads import POSITION_HEADER, STREAM_HEADER, VERSION_HEADER
-from tidings.domain.envelope import Envelope
+from tidings.adapters.nats.reads import POSITION_HEADER, STREAM_HEADER, TOO_LARGE_HEADER, VERSION_HEADER
+from tidings.domain.envelope import Envelope, RecordedEvent
 from tidings.errors import BackendUnavailable
+
+log = logging.getLogger("tidings.nats")
 
 ACK_TIMEOUT: Final = 10.0
 #: A position as tidings writes it: ASCII digits, no more than a signed 64-bit column holds
@@ -89,6 +92,31 @@ def headers_bound(stream: str, envelope: Envelope) -> int | None:
     # The id twice (ce-id, Nats-Msg-Id), the stream name once.
     chars = len(text) + len(envelope.id) + len(stream)
     return _HEADERS_FRAME_BOUND + _WORST_ENCODED * chars
+
+
+def stand_in(
+    record: RecordedEvent, headers: dict[str, str], size: int, max_payload: int
+) -> tuple[dict[str, str], bytes]:
+    """What the relay publishes in place of an event too large for the server: where the event
+    is stored and its identity, and no data; readers turn it into a dead letter that says so."""
+    log.error(
+        "relay: event %s at position %d (stream %r, version %d) makes a message of %d bytes, more "
+        "than the server's max_payload of %d: a stand-in without its data is published in its "
+        "place, which consumer groups dead-letter",
+        record.envelope.id,
+        record.position,
+        record.stream,
+        record.version,
+        size,
+        max_payload,
+    )
+    kept = ("ce-id", "ce-type", "ce-source", "ce-topic", "ce-specversion", "Nats-Msg-Id")
+    kept_headers = {name: headers[name] for name in kept if name in headers}
+    kept_headers[STREAM_HEADER] = headers[STREAM_HEADER]
+    kept_headers[VERSION_HEADER] = headers[VERSION_HEADER]
+    kept_headers[POSITION_HEADER] = headers[POSITION_HEADER]
+    kept_headers[TOO_LARGE_HEADER] = f"{size} {max_payload}"
+    return kept_headers, b""
 
 
 class _Ack(msgspec.Struct):
