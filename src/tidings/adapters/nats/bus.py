@@ -23,7 +23,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, urlsplit
 
 import nats
@@ -38,6 +38,7 @@ from tidings.adapters.nats.inbox import Inbox
 from tidings.adapters.nats.names import check_prefix, inbox_prefix, read_patterns, read_stream
 from tidings.adapters.nats.publish import (
     SEQUENCE_HEADER_SIZE,
+    Seen,
     headers_bound,
     message_size,
     publish_in_order,
@@ -198,6 +199,8 @@ class NatsBus:
         #: Per partition, its stream's last sequence as this bus last saw it (unknown after a
         #: failed publish: ``published`` asks the stream again).
         self._tails: dict[int, int] = {}
+        #: Per partition, what resyncs learned of its stream (the next one looks only after it).
+        self._seen: dict[int, Seen] = {}
         #: With an access policy (``read_as``): who reads here, what each principal may read, and
         #: whether this App makes the read streams (the relay's does).
         self._reader: str | None = None
@@ -342,6 +345,7 @@ class NatsBus:
         if self._client is not None:
             client, self._client, self._inbox = self._client, None, None
             self._tails.clear()
+            self._seen.clear()
             try:
                 await client.drain()
             except DRIVER_ERRORS:
@@ -372,10 +376,12 @@ class NatsBus:
             )
 
         try:
-            self._tails[partition], position = await resync(client, self.settings.stream_of(partition), holds)
+            stream = self.settings.stream_of(partition)
+            self._tails[partition], seen = await resync(client, stream, holds, self._seen.get(partition))
+            self._seen[partition] = seen
         except DRIVER_ERRORS as exc:
             raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
-        return position
+        return seen.position
 
     async def publish(self, partition: int, records: Sequence[RecordedEvent]) -> None:
         """Publish the partition's events after those it holds (``published``), in order; returns
@@ -396,9 +402,12 @@ class NatsBus:
                 headers, body = stand_in(record, headers, message_size(headers, body), client.max_payload)
             messages.append((self.subject(partition, record.envelope.topic), body, headers))
         try:
-            self._tails[partition] = await publish_in_order(client, inbox, messages, last=last)
+            tail = self._tails[partition] = await publish_in_order(client, inbox, messages, last=last)
         except DRIVER_ERRORS as exc:
             raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
+        seen = self._seen.get(partition)
+        if records and seen is not None:  # the last message is the relay's own: look after it
+            self._seen[partition] = replace(seen, through=tail, own=tail, position=records[-1].position)
         if records:
             # The doorbell only saves consumers a poll: the events are stored either way.
             with contextlib.suppress(*DRIVER_ERRORS):

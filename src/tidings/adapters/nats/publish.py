@@ -23,11 +23,14 @@ import logging
 import operator
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
 import msgspec
 from nats.aio.client import Client
 from nats.aio.msg import Msg
+from nats.js.client import JetStreamContext
 from nats.js.errors import NotFoundError
 
 from tidings.adapters.nats.inbox import Inbox
@@ -170,20 +173,74 @@ def _resolver(reply: asyncio.Future[Msg]) -> Callable[[Msg], None]:
 Verifier = Callable[[int, str], Awaitable[bool]]
 
 
-async def resync(client: Client, stream: str, verify: Verifier) -> tuple[int, int]:
-    """The stream's last sequence, and the store position of the last event on it that tidings
-    published (0: none): the last message whose claim ``verify`` confirms, others passed over."""
-    try:
-        state = (await client.jetstream().stream_info(stream)).state
-    except NotFoundError:
-        raise BackendUnavailable(f"JetStream stream {stream!r} is gone") from None
+@dataclass(frozen=True)
+class Seen:
+    """What resyncs learned of a partition's stream, so that the next one looks only at what came
+    after: the stream (its creation time), the sequence looked through, and the last message of
+    tidings' own up to there (its sequence and store position; 0: none)."""
+
+    created: datetime
+    through: int
+    own: int
+    position: int
+
+
+#: Rounds of a resync that look again at what came while it looked: junk that keeps coming must
+#: not keep it from answering (the relay's publish then fails, and it backs off).
+_ROUNDS: Final = 10
+
+
+async def resync(client: Client, stream: str, verify: Verifier, seen: Seen | None = None) -> tuple[int, Seen]:
+    """The stream's last sequence, and what it holds of tidings' own (``Seen.position``: the store
+    position of the last message there whose claim ``verify`` confirms; others passed over).
+    With ``seen`` (of the same stream), only the messages after it are looked at."""
+    js = client.jetstream()
+    passed_over, last = 0, 0
+    for _ in range(_ROUNDS):
+        try:
+            info = await js.stream_info(stream)
+        except NotFoundError:
+            raise BackendUnavailable(f"JetStream stream {stream!r} is gone") from None
+        last, first = info.state.last_seq, max(info.state.first_seq, 1)
+        if seen is not None and (
+            info.created != seen.created or last < seen.through or (seen.own and first > seen.own)
+        ):
+            seen = None  # another stream of the name, or its message of tidings' own is gone
+        if seen is not None and last == seen.through:
+            break
+        own, position, junk = await _last_own(
+            js, stream, verify, last, first - 1 if seen is None else seen.through
+        )
+        passed_over += junk
+        if own == 0 and seen is not None:
+            own, position = seen.own, seen.position
+        # A server that does not say when it made the stream: nothing learned can be kept.
+        seen = Seen(info.created or datetime.min, last if info.created else 0, own, position)
+        if info.created is None:
+            break
+    if passed_over:
+        log.warning(
+            "relay: passed over %d messages on JetStream stream %r that tidings did not publish "
+            "(with an access policy, only the relay's principal may publish on event subjects)",
+            passed_over,
+            stream,
+        )
+    return last, seen or Seen(datetime.min, 0, 0, 0)
+
+
+async def _last_own(
+    js: JetStreamContext, stream: str, verify: Verifier, last: int, since: int
+) -> tuple[int, int, int]:
+    """The sequence and store position of the last message of tidings' own after ``since`` up to
+    ``last`` (0, 0: none), and how many others it passed over."""
+    junk = 0
     # Each claim costs the store one read; a message without one costs only its get. No limit on
     # how far back: a limit that junk can exhaust would stall the relay for good.
-    for sequence in range(state.last_seq, max(state.first_seq, 1) - 1, -1):
+    for sequence in range(last, since, -1):
         # The stream's leader answers this get (a direct get may come from a lagging replica,
         # whose "not found" would send the relay back to publish what is stored already).
         try:
-            found = await client.jetstream().get_msg(stream, sequence)
+            found = await js.get_msg(stream, sequence)
         except NotFoundError:
             continue  # deleted
         headers = found.headers or {}
@@ -194,7 +251,8 @@ async def resync(client: Client, stream: str, verify: Verifier) -> tuple[int, in
             and isinstance(event_id, str)
             and await verify(int(position), event_id)
         ):
-            return state.last_seq, int(position)
+            return sequence, int(position), junk
+        junk += 1
     # No message of tidings' own (or none left): publishing from the log's start repeats what a
     # purge removed, which costs time; going on after a guess could skip events.
-    return state.last_seq, 0
+    return 0, 0, junk
