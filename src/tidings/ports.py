@@ -9,7 +9,7 @@ from typing import Final, Literal, Protocol, runtime_checkable
 
 import msgspec
 
-from tidings.domain.envelope import Envelope, RecordedEvent, TopicOf
+from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, TopicOf
 from tidings.domain.integrity import IntegrityReport, VerifiedState
 
 ANY: Final = "any"
@@ -235,15 +235,20 @@ class Bus(Protocol):
     async def publish(self, partition: int, records: Sequence[RecordedEvent]) -> None:
         """Publish one partition's next events in log order; return once the broker stored them."""
 
-    def room_for(self, stream: str, envelope: Envelope) -> int:
+    def room_for(self, stream: str, envelope: Envelope, size: int | None = None) -> int:
         """How many bytes of data the message that carries ``envelope`` of ``stream`` may hold
         (its attributes as given, its data as relayed): the broker's largest message, as the
-        server said when the bus opened, less what the message adds. Publishing refuses more."""
+        server said when the bus opened, less what the message adds. Publishing refuses more.
+        With the data's ``size``, it may answer a cheaper lower bound, at least ``size``, when
+        the data fits by far: exact whenever the data does not fit."""
 
-    def log(self, store_log: Log, *, topic_of: TopicOf | None = None) -> Log:
+    def log(
+        self, store_log: Log, *, topic_of: TopicOf | None = None, max_event_size: int = DEFAULT_MAX_SIZE
+    ) -> Log:
         """The log that consumer groups read: partitions from the broker; leases, inbox,
         checkpoints and dead letters stay in the store, so effects commit with them.
-        ``topic_of`` gives the topic of an event from another producer that carries none."""
+        ``topic_of`` gives the topic of an event from another producer that carries none;
+        ``max_event_size`` is the App's limit, which what it reads is held to, as what it writes."""
 
     def read_as(self, principal: str, readers: Mapping[str, Sequence[str]], *, relay: bool) -> None:
         """With an access policy (before ``open``): read only what ``principal`` may subscribe to,

@@ -196,3 +196,30 @@ async def test_with_max_payload_raised_the_limit_counts_the_sealing(
             await plain.publish(blob_of(1_048_350), key="k")  # in the clear, it fits
             await eventually(lambda: got["plain"] == [1_048_350], within=30)
             assert await plain.dead_letters("blobs") == []
+
+
+async def test_with_the_limits_raised_consumers_read_events_above_one_mib(tmp_path: Path) -> None:
+    """max_event_size and the server's max_payload both raised: an event of 1.5 MiB is published,
+    read and handled, sealed or not, as readers on NATS hold it to the App's limit, not to 1 MiB."""
+    two_mib = 2 * 1_048_576
+    with nats_servers(extra=f"max_payload: {two_mib + 4096}") as (server,):
+        for sealed in (False, True):
+            app = App(
+                "limits-raised",
+                store=_sqlite(tmp_path, f"raised-{sealed}.db"),
+                bus=fresh_bus_url(server.url),
+                max_event_size=two_mib,
+                encryption=_encryption() if sealed else None,
+            )
+            got: list[int] = []
+
+            @app.subscribe("limits.blob", group="blobs")
+            async def handle(event: LimitBlob, ctx: Context, got: list[int] = got) -> None:
+                got.append(len(event.blob) + len('{"blob":""}'))
+
+            async with app, app.running(lease_ttl=2.0, poll=0.2):
+                await app.publish(blob_of(1_572_864), key="k")
+                await app.publish(blob_of(20), key="k")  # after it, in the same partition
+                await eventually(lambda got=got: 20 in got, within=30)  # the large one came first
+                assert got == [1_572_864, 20]
+                assert await app.dead_letters("blobs") == []

@@ -4,13 +4,17 @@ it published itself, skipping none (a real nats-server, no policy on)."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+import uuid
 from pathlib import Path
 
 import nats
 import pytest
+from nats.js.api import StreamConfig
 
 from tidings import Context, Event
+from tidings.adapters.nats.publish import resync
 from tidings.adapters.sql.common import Partitioner
 from tidings.runtime.app import App
 from tidings.testing.eventually import eventually
@@ -127,4 +131,48 @@ async def test_junk_past_any_scan_limit_costs_time_never_events(tmp_path: Path, 
                 await eventually(relayed_later, within=30)
             assert time.monotonic() - started < 30
     finally:
+        await client.close()
+
+
+@pytest.mark.timeout(120)
+async def test_junk_is_looked_at_once_however_often_the_relay_resyncs(nats_url: str) -> None:
+    """Junk that keeps coming makes every publish of the relay fail and resync: each resync looks
+    only at what came after the last one, so junk costs time once, never a scan of all of it
+    again (which grew without bound and kept the relay from ever publishing)."""
+    stream, subject = f"JUNK_{uuid.uuid4().hex[:8]}", f"junk{uuid.uuid4().hex[:8]}"
+    client = await nats.connect(nats_url, connect_timeout=5)
+    looked_at: list[str] = []
+
+    async def verify(position: int, event_id: str) -> bool:
+        looked_at.append(event_id)
+        return event_id == "own"  # the store confirms only the relay's own message
+
+    async def publish(event_id: str, count: int = 1) -> None:
+        for _ in range(count):
+            # Ids of their own: the stream drops a message whose id it holds already.
+            headers = {
+                "Tidings-Position": "7",
+                "Nats-Msg-Id": event_id if count == 1 else f"{event_id}-{uuid.uuid4()}",
+            }
+            await client.publish(f"{subject}.x", b"", headers=headers)
+        await client.flush()
+
+    try:
+        await client.jetstream().add_stream(StreamConfig(name=stream, subjects=[f"{subject}.>"]))
+        await publish("own")
+        await publish("junk", 500)  # forged claims: each one costs the store a read
+        last, seen = await resync(client, stream, verify)
+        assert (last, seen.position, len(looked_at)) == (501, 7, 501)
+        await publish("junk", 20)
+        last, seen = await resync(client, stream, verify, seen)
+        assert (last, seen.position, len(looked_at)) == (521, 7, 521)
+        last, seen = await resync(client, stream, verify, seen)  # nothing new: nothing looked at
+        assert (last, seen.position, len(looked_at)) == (521, 7, 521)
+        await client.jetstream().purge_stream(stream)  # the relay's own message is gone
+        await publish("junk", 3)
+        last, seen = await resync(client, stream, verify, seen)
+        assert (last, seen.position, len(looked_at)) == (524, 0, 524)
+    finally:
+        with contextlib.suppress(Exception):
+            await client.jetstream().delete_stream(stream)
         await client.close()

@@ -12,10 +12,17 @@ from pathlib import Path
 
 import pytest
 
+from tidings import Context
 from tidings.adapters.registry import open_store
+from tidings.domain.attributes import escape_controls
+from tidings.domain.events import Erased
 from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError, InvalidArgument
-from tidings.testing.conformance.events import items, unique
-from tidings.testing.plugin import fresh_postgres_database
+from tidings.runtime.app import App
+from tidings.runtime.encryption import Encryption
+from tidings.runtime.master_key import LocalMasterKey
+from tidings.testing.conformance.events import ItemAdded, items, unique
+from tidings.testing.eventually import eventually
+from tidings.testing.plugin import fresh_bus_url, fresh_postgres_database
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -190,6 +197,52 @@ async def test_bad_stream_names_are_refused(tmp_path: Path) -> None:
         with pytest.raises(InvalidArgument, match="stream name"):
             await store.append(name, items("x", 1))
     await store.close()
+
+
+#: Names with DEL and C1 controls, which tidings stored before its name rule (that refused C0 only).
+_OLDER_NAMES = ("del-\x7f", "c1-\x85-\x9f")
+
+
+async def test_streams_named_with_del_or_c1_controls_stay_usable_on_sqlite(tmp_path: Path) -> None:
+    """A store may hold streams whose names have DEL or C1 controls: they are appended to and read
+    (sealed too, under their own scope), never refused as bad names."""
+    await _older_names_are_usable(f"sqlite:///{tmp_path / 'older.db'}")
+
+
+async def test_streams_named_with_del_or_c1_controls_stay_usable_on_postgres(postgres_url: str) -> None:
+    with fresh_postgres_database(postgres_url) as url:
+        await _older_names_are_usable(url)
+
+
+async def test_events_of_such_streams_cross_nats(tmp_path: Path, nats_url: str) -> None:
+    """The relay publishes them (the name percent-encoded), and a group handles them."""
+    app = App("older-names-bus", store=f"sqlite:///{tmp_path / 'bus.db'}", bus=fresh_bus_url(nats_url))
+    handled: list[tuple[str, str]] = []
+
+    @app.subscribe("conformance.item.added", group="older-names")
+    async def handle(event: ItemAdded, ctx: Context) -> None:
+        handled.append((ctx.envelope.subject or "", event.cart_id))
+
+    async with app, app.running(lease_ttl=2.0, poll=0.2):
+        for name in _OLDER_NAMES:
+            await app.append(name, ItemAdded(cart_id=name, sku="a"))
+        await eventually(lambda: len(handled) == len(_OLDER_NAMES), within=30)
+    assert handled == [(escape_controls(name), name) for name in _OLDER_NAMES]
+
+
+async def _older_names_are_usable(url: str) -> None:
+    encryption = Encryption(master_key=LocalMasterKey({1: os.urandom(32)}, "names"))
+    async with App("older-names", store=url, encryption=encryption) as app:
+        for name in _OLDER_NAMES:
+            await app.append(name, ItemAdded(cart_id=name, sku="a"))
+            await app.append(name, ItemAdded(cart_id=name, sku="b"), expected_version=1)
+            read = [(s.stream, s.version, s.event) for s in await app.read_stream(name)]
+            assert read == [
+                (name, 1, ItemAdded(cart_id=name, sku="a")),
+                (name, 2, ItemAdded(cart_id=name, sku="b")),
+            ]
+            assert await app.shred_keys(name) == 1
+            assert {type(s.event) for s in await app.read_stream(name)} == {Erased}
 
 
 async def test_a_value_postgresql_cannot_store_is_an_invalid_argument(postgres_url: str) -> None:

@@ -25,6 +25,7 @@ from tidings.domain.envelope import (
     to_structured,
 )
 from tidings.domain.events import Event, EventRegistry, default_registry, topic_of, type_of, version_of
+from tidings.domain.nesting import MAX_DEPTH
 from tidings.errors import InvalidTopic, MalformedEvent, PayloadTooLarge, RegistrationError, UnknownEventType
 from tidings.runtime.codec import Codec
 
@@ -542,6 +543,15 @@ def test_deeply_nested_data(codec: Codec) -> None:
     as_msgpack = msgspec.structs.replace(base, datacontenttype=MSGPACK, data=b"\x91" * 100_000)
     with pytest.raises(MalformedEvent, match="nested too deeply"):
         codec.decode(as_msgpack)
+    # One level past the limit, which msgspec decodes at the top of a stack (deep in a consumer's
+    # it may not): refused as JSON is, whatever the stack.
+    deep: dict[str, object] = {}
+    for _ in range(MAX_DEPTH):
+        deep = {"anything": deep}
+    as_msgpack = msgspec.structs.replace(base, datacontenttype=MSGPACK, data=msgspec.msgpack.encode(deep))
+    for decode in (codec.decode, codec.decode_fields):
+        with pytest.raises(MalformedEvent, match=f"data is nested too deeply: more than {MAX_DEPTH} levels"):
+            decode(as_msgpack)
 
 
 def test_unsupported_content_type_on_the_untyped_path(codec: Codec) -> None:

@@ -10,6 +10,7 @@ import ssl
 import sys
 from datetime import UTC, datetime
 
+import msgspec
 import pytest
 from nats.aio.msg import Msg
 
@@ -18,6 +19,7 @@ from tidings.adapters.tls_refusals import server_certificate_problem
 from tidings.cli.logs import TextFormatter
 from tidings.domain.binary import from_binary
 from tidings.domain.envelope import Envelope, Undecodable, from_structured, validate_envelope
+from tidings.domain.nesting import MAX_DEPTH
 from tidings.errors import MalformedEvent
 
 BASE = {"ce-specversion": "1.0", "ce-id": "e-1", "ce-source": "s", "ce-type": "T", "ce-topic": "a.b"}
@@ -60,6 +62,32 @@ def test_deep_nesting_in_a_binary_body_is_malformed() -> None:
 def test_deep_nesting_in_data_base64_is_malformed() -> None:
     with pytest.raises(MalformedEvent, match="nested too deeply"):
         from_structured(structured(data_base64=DEEP_BASE64))
+
+
+def _packed(levels: int) -> bytes:
+    """msgpack maps nested ``levels`` deep: msgspec decodes it whole, at the top of a stack."""
+    value: dict[str, object] = {}
+    for _ in range(levels - 1):
+        value = {"a": value}
+    return msgspec.msgpack.encode(value)
+
+
+def test_msgpack_data_nests_no_deeper_than_json_at_every_door() -> None:
+    """msgpack's decoder recurses as JSON's does: the same limit, refused in the same words,
+    whether the data comes in a binary body, in data_base64 or in an envelope built in code."""
+    msgpack = {"ce-datacontenttype": "application/msgpack"}
+    deep, limit = _packed(MAX_DEPTH + 1), _packed(MAX_DEPTH)
+    assert from_binary({**BASE, **TIME, **msgpack}, limit).data == limit
+    with pytest.raises(MalformedEvent, match=f"body is nested too deeply: more than {MAX_DEPTH} levels"):
+        from_binary({**BASE, **TIME, **msgpack}, deep)
+    as_base64 = {"datacontenttype": "application/msgpack"}
+    assert from_structured(structured(**as_base64, data_base64=base64.b64encode(limit).decode()))
+    with pytest.raises(MalformedEvent, match=f"data is nested too deeply: more than {MAX_DEPTH} levels"):
+        from_structured(structured(**as_base64, data_base64=base64.b64encode(deep).decode()))
+    built = Envelope("e-1", "s", "T", "a.b", datetime.now(UTC), deep, datacontenttype="application/msgpack")
+    with pytest.raises(MalformedEvent, match=f"data is nested too deeply: more than {MAX_DEPTH} levels"):
+        validate_envelope(built)
+    assert validate_envelope(msgspec.structs.replace(built, data=limit))
 
 
 def test_invalid_utf8_in_an_extension_is_malformed() -> None:

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tidings.domain.names import MAX_NAME, check_name
+from tidings.domain.names import MAX_NAME, check_name, check_stream_name, subject_of
 from tidings.errors import InvalidArgument, InvalidTopic
 from tidings.runtime.keyring import named_scope, scope_label, stored_scope, topic_scope
 
@@ -31,10 +31,25 @@ def _valid(name: str) -> bool:
 @given(NAMES)
 def test_a_name_passes_exactly_when_it_has_no_control_character_nor_surrogate(name: str) -> None:
     if _valid(name):
-        assert check_name("stream name", name) == name
+        assert check_name("key", name) == name
+    else:
+        with pytest.raises(InvalidArgument, match="key"):
+            check_name("key", name)
+
+
+@given(st.one_of(NAMES, st.text(alphabet=st.characters(max_codepoint=0xA0), min_size=1)))
+def test_a_stream_name_may_hold_del_and_c1_controls(name: str) -> None:
+    """Stores held such stream names before the rule: they stay readable and appendable."""
+    if _valid(name.translate(dict.fromkeys(range(0x7F, 0xA0), "x"))):
+        assert check_stream_name(name) == name
     else:
         with pytest.raises(InvalidArgument, match="stream name"):
-            check_name("stream name", name)
+            check_stream_name(name)
+
+
+def test_the_subject_of_a_stream_escapes_its_controls() -> None:
+    assert subject_of("order-42") == "order-42"
+    assert subject_of("c1-\x85\x7f") == "c1-\\x85\\x7f"
 
 
 @pytest.mark.parametrize(

@@ -154,12 +154,33 @@ def test_no_principal_may_subscribe_to_event_subjects(patterns: tuple[str, ...])
         (Policy({"x": Principal("x", password="p")}), {"partitions": 0}, "partitions must be at least 1"),
         (Policy({"x": Principal("x", password="p")}), {"prefix": "a.*"}, "subject prefix"),
         (Policy({"x": Principal("x", password="p")}), {"stream": "A.B"}, "stream name 'A.B'"),
+        (
+            Policy({n: Principal(n, password="p", relay=True) for n in ("a", "b")}, "p.toml"),
+            {},
+            "p.toml: principals 'a', 'b' all have relay = true",
+        ),
     ],
 )
 def test_mistakes_are_refused(policy: Policy, options: dict[str, object], message: str) -> None:
     settings: dict[str, object] = {"prefix": "tidings", "stream": "TIDINGS", "partitions": 2, **options}
     with pytest.raises(ConfigurationError, match=re.escape(message)):
         authorization_block(policy, **settings)  # type: ignore[arg-type]
+
+
+def test_only_the_relays_principal_may_publish_on_event_subjects() -> None:
+    """Junk on a partition subject costs the relay time: only the principal that relays the store
+    (the one writer of its streams) may publish there, whatever the others may publish or read."""
+    principals = {
+        "relay": Principal("relay", publish=("order.>",), password="p", relay=True),
+        "everything": Principal("everything", publish=(">",), subscribe=(">",), password="p"),
+        "reader": Principal("reader", subscribe=("order.*",), password="p"),
+    }
+    block = authorization_block(Policy(principals), prefix="ev", stream="EV", partitions=3)
+    users = block.split("    {\n")[1:]
+    event_subjects = [
+        [s for s in _subjects(user) if s.startswith("ev.") and s != "ev.wake"] for user in users
+    ]
+    assert event_subjects == [["ev.0.>", "ev.1.>", "ev.2.>"], [], []]
 
 
 def test_the_command_prints_the_block(tmp_path: Path) -> None:

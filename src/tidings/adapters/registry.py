@@ -2,26 +2,29 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from urllib.parse import urlsplit
 
 from tidings.adapters.urls import redact_url
+from tidings.domain.envelope import DEFAULT_MAX_SIZE
 from tidings.errors import ConfigurationError
 from tidings.ports import Bus, EventStore
 
 STORE_SCHEMES = ("sqlite", "postgresql", "postgres")
 
 
-def open_store(url: str, *, create: bool = True) -> EventStore:
+def open_store(url: str, *, create: bool = True, max_size: int = DEFAULT_MAX_SIZE) -> EventStore:
     """An event store for ``url`` (not yet opened: ``await store.open()``).
 
     ``create=False`` is for tools that only inspect a store: nothing is created or written, a
     SQLite file is opened read-only, and a place that holds no tidings store is an error.
+    ``max_size``: the most data an event may hold (the App's ``max_event_size``).
     """
     scheme = urlsplit(url).scheme
     if scheme == "sqlite":
         from tidings.adapters.sqlite import SqliteSettings, SqliteStore
 
-        return SqliteStore(SqliteSettings.from_url(url, create=create))
+        return SqliteStore(replace(SqliteSettings.from_url(url, create=create), max_size=max_size))
     if scheme in ("postgresql", "postgres"):
         try:
             from tidings.adapters.postgres import PostgresSettings, PostgresStore
@@ -30,7 +33,7 @@ def open_store(url: str, *, create: bool = True) -> EventStore:
                 f"the PostgreSQL store needs its driver ({exc.name} is missing): "
                 "pip install 'tidings[postgres]'"
             ) from None
-        return PostgresStore(PostgresSettings.from_url(url, create=create))
+        return PostgresStore(replace(PostgresSettings.from_url(url, create=create), max_size=max_size))
     raise ConfigurationError(
         f"unknown store URL scheme {scheme!r} in {redact_url(url)!r}; "
         f"expected one of: {', '.join(s + '://' for s in STORE_SCHEMES)}"

@@ -19,6 +19,7 @@ import msgspec
 
 from tidings.domain.attributes import (
     JSON,
+    MSGPACK,
     canonical_string,
     check_extension_name,
     check_extensions,
@@ -39,7 +40,7 @@ from tidings.domain.envelope import (
     received_time,
 )
 from tidings.domain.headers import HeaderError, needs_encoding, percent_decode, percent_encode
-from tidings.domain.nesting import check_depth, too_deep
+from tidings.domain.nesting import check_depth, check_msgpack_depth, too_deep
 from tidings.domain.schema_problems import value_problem
 from tidings.errors import MalformedEvent
 
@@ -167,6 +168,8 @@ def from_binary(
             raise MalformedEvent(f"event {envelope.id}: body is not one JSON value: {exc}") from None
         except RecursionError:
             raise MalformedEvent(too_deep(f"event {envelope.id}: body")) from None
+    elif envelope.datacontenttype == MSGPACK:
+        check_msgpack_depth(body, f"event {envelope.id}: body")
     return check_text(envelope)
 
 

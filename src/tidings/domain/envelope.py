@@ -42,7 +42,7 @@ from tidings.domain.attributes import (
 )
 from tidings.domain.attributes import MSGPACK as MSGPACK
 from tidings.domain.events import Event
-from tidings.domain.nesting import MAX_DEPTH, check_depth, deeper_than, too_deep
+from tidings.domain.nesting import MAX_DEPTH, check_depth, check_msgpack_depth, deeper_than, too_deep
 from tidings.domain.schema_problems import json_problem
 from tidings.domain.topics import MAX_TOPIC_LENGTH, TOPIC_REGEX
 from tidings.errors import MalformedEvent, PayloadTooLarge
@@ -246,6 +246,8 @@ def from_structured(
         data = bytes(raw.data)
         if content_type == JSON:
             check_depth(data, f"event {raw.id}: data")
+    if content_type == MSGPACK:  # in data_base64, or a string of the JSON format
+        check_msgpack_depth(data, f"event {raw.id}: data")
     check_size(data, max_size, "payload")
     extensions = _extensions_of(members) if len(members) > len(_STRUCTURED_MEMBERS & members.keys()) else {}
     envelope = Envelope(
@@ -409,6 +411,8 @@ def validate_envelope(envelope: Envelope, max_size: int = DEFAULT_MAX_SIZE) -> E
             json_syntax.decode(data)
         except (msgspec.DecodeError, RecursionError) as exc:
             raise MalformedEvent(f"event {envelope.id}: data is {_json_problem(exc)}") from None
+    elif envelope.datacontenttype == MSGPACK:
+        check_msgpack_depth(data, f"event {envelope.id}: data")
     check_text(envelope)
     if envelope.extensions:
         if not isinstance(envelope.extensions, dict):

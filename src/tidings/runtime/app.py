@@ -21,7 +21,7 @@ from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, RecordedEvent, Stored
 from tidings.domain.events import Event, EventRegistry, default_registry
 from tidings.domain.integrity import IntegrityReport
-from tidings.domain.names import check_name
+from tidings.domain.names import check_stream_name
 from tidings.domain.policy import Policy
 from tidings.domain.saga import Saga
 from tidings.domain.topics import compile_pattern
@@ -135,7 +135,7 @@ class App:
             return self
         if self.state is AppState.CLOSED:
             raise ConfigurationError(f"App {self.name!r} is closed; create a new App")
-        raw = open_store(self.store_url)
+        raw = open_store(self.store_url, max_size=self.codec.max_size)
         await raw.open()
         store: EventStore = raw
         # Said once per open, so that a deployment that forgot its master key shows it in its log.
@@ -177,7 +177,9 @@ class App:
                 raise
             self.codec.bus_room = bus.room_for
             say_bus_limit(self.name, self.codec, bus)
-            feed = bus.log(self.log, topic_of=self.codec.registry.topic_of)
+            feed = bus.log(
+                self.log, topic_of=self.codec.registry.topic_of, max_event_size=self.codec.max_size
+            )
             self._bus, self._feed = bus, feed if self.keys is None else SealedLog(feed, self.keys)
         await self.record_denials()  # those made before the App opened (at subscribe)
         return self
@@ -245,7 +247,7 @@ class App:
         causation_id: str | None = None,
     ) -> list[RecordedEvent]:
         """Append events to a stream, atomically, with optimistic concurrency if asked."""
-        check_name("stream name", stream)
+        check_stream_name(stream)
         batch = [events] if isinstance(events, Event) else list(events)
         now = datetime.now(UTC)  # the events of one append happen, and commit, together
         async with self._audited():

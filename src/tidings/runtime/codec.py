@@ -27,7 +27,8 @@ from tidings.domain.envelope import (
 )
 from tidings.domain.events import Erased, Event, EventRegistry, default_registry
 from tidings.domain.ids import uuid7
-from tidings.domain.nesting import check_depth, too_deep
+from tidings.domain.names import subject_of
+from tidings.domain.nesting import check_depth, check_msgpack_depth, too_deep
 from tidings.domain.schema_problems import decoder_detail, json_problem, kind_of, value_problem
 from tidings.errors import MalformedEvent, PayloadTooLarge, Undecryptable, UnknownEventType
 from tidings.runtime.crypto import SEALED
@@ -63,7 +64,7 @@ class Codec:
         self.plaintext_ok = True
         #: In distributed mode, how much data the bus carries in the message of an envelope
         #: (``Bus.room_for``): an event the relay could not publish is refused where it is made.
-        self.bus_room: Callable[[str, Envelope], int] | None = None
+        self.bus_room: Callable[[str, Envelope, int], int] | None = None
 
     def use_keys(self, keys: KeyRing | None, *, accept_plaintext: bool = True) -> None:
         """Open sealed data with ``keys`` from now on (they come with the store, so an App sets
@@ -101,6 +102,8 @@ class Codec:
         if self._has_floats(type(event)):
             self._check_finite(event, data)
         check_size(data, self.max_size, f"payload of {event.__event_type__}")
+        if subject is not None and not subject.isprintable():
+            subject = subject_of(subject)  # the stream name, valid as CloudEvents text
         # Positional, in Envelope's field order: keywords cost several times more in msgspec.
         return Envelope(
             event_id or uuid7(),
@@ -135,7 +138,7 @@ class Codec:
             check_size(size, self.max_size, what)
             relayed = msgspec.structs.replace(envelope, datacontenttype=SEALED)
         if self.bus_room is not None:
-            room = self.bus_room(stream, relayed)
+            room = self.bus_room(stream, relayed, size)
             if size > room:
                 raise PayloadTooLarge(
                     f"{what} of {size:,} bytes does not fit a message of the bus, which carries at "
@@ -269,6 +272,7 @@ class Codec:
             check_depth(envelope.data, f"event {envelope.id} ({envelope.type}): data")
             return msgspec.json.decode(envelope.data)
         if envelope.datacontenttype == MSGPACK:
+            check_msgpack_depth(envelope.data, f"event {envelope.id} ({envelope.type}): data")
             return msgspec.msgpack.decode(envelope.data)
         raise MalformedEvent(f"event {envelope.id}: unsupported datacontenttype {envelope.datacontenttype!r}")
 

@@ -33,7 +33,7 @@ import msgspec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from tidings.domain.envelope import Envelope
-from tidings.domain.names import check_name
+from tidings.domain.names import check_name, check_stream_name
 from tidings.domain.topics import validate_topic
 from tidings.errors import InvalidArgument, Undecryptable
 from tidings.ports import DataKeyRecord, EventStore, StoreTransaction
@@ -57,7 +57,7 @@ ScopeOf = Callable[[str], str]
 #: The stored scopes of topics (the key of their unkeyed publications) start with this.
 TOPIC_SCOPE: Final = "topic:"
 #: Put in front of a stream's or an application's scope that starts with ``TOPIC_SCOPE``: a
-#: control character, which ``check_name`` keeps out of every stream name and scope, so these
+#: C0 control character, which ``check_name`` keeps out of every stream name and scope, so these
 #: stored names are a namespace of their own (finding: a stream named ``topic:x`` shared, and
 #: shredded, the key of topic x's unkeyed events).
 NAMED_MARK: Final = "\x1f"
@@ -79,7 +79,8 @@ def topic_scope(topic: str) -> str:
 def named_scope(scope: str) -> str:
     """The stored scope of a stream, or of an application's scope (by default a stream is its
     own scope): never one of a topic."""
-    return _marked(check_name("encryption scope", scope, max_length=MAX_SCOPE))
+    # DEL and C1 pass as in stream names (names.py): a stream of such a name must stay shreddable.
+    return _marked(check_name("encryption scope", scope, max_length=MAX_SCOPE, c1_controls=True))
 
 
 def _marked(scope: str) -> str:
@@ -157,7 +158,7 @@ class KeyRing:
 
     def scope_of(self, stream: str, envelope: Envelope) -> str:
         if stream == envelope.id and envelope.partitionkey is None:
-            check_name("stream name", stream)
+            check_stream_name(stream)
             return topic_scope(envelope.topic)  # an unkeyed publication: one stream per event
         return self.stream_scope(stream)
 
@@ -165,7 +166,7 @@ class KeyRing:
         """The stored scope of a stream's events and snapshots (the application's mapping,
         checked): ``InvalidArgument`` for a stream name, or a scope it maps to, that no store
         can hold, before any key is looked up with it."""
-        check_name("stream name", stream)
+        check_stream_name(stream)
         if not self._custom_scope:
             return _marked(stream)
         try:

@@ -12,9 +12,12 @@ an event that commits late.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from typing import TYPE_CHECKING
 
+from tidings.errors import BackendUnavailable
 from tidings.ports import Bus, Log
 from tidings.runtime.leasing import PartitionMember
 
@@ -28,6 +31,10 @@ RESERVED_GROUP_PREFIX = "tidings:"
 #: Logged (debug) around each publish; fault tests kill a relay on them.
 PUBLISHING = "relay: partition %d, publishing positions %d to %d"
 PUBLISHED = "relay: partition %d, published up to position %d"
+#: Logged (warning) when a publish failed and the relay asks the bus again where it stands.
+RESYNCING = "relay: partition %d: %s; asking the bus where it stands again in %.2f s"
+#: The pause before that, doubling while publishing keeps failing, up to the last.
+FIRST_PAUSE, LAST_PAUSE = 0.05, 2.0
 
 
 class Relay(PartitionMember):
@@ -49,12 +56,15 @@ class Relay(PartitionMember):
         self.bus = bus
         self.batch_size = batch_size
         self.poll = poll
+        self._stopped = asyncio.Event()
 
     def on_stop(self) -> None:
+        self._stopped.set()
         self.app.wakeups.wake()
 
     async def work(self, partition: int) -> None:
         after = await self.bus.published(partition)
+        pause = 0.0
         while not self.stopping:
             seen = self.app.wakeups.count
             batch = await self.log.read_partition(partition, after=after, limit=self.batch_size)
@@ -62,6 +72,18 @@ class Relay(PartitionMember):
                 await self.app.wakeups.wait(self.poll, seen)
                 continue
             log.debug(PUBLISHING, partition, batch[0].position, batch[-1].position)
-            await self.bus.publish(partition, batch)
+            try:
+                await self.bus.publish(partition, batch)
+            except BackendUnavailable as exc:
+                # The stream moved on under the relay (junk on its subjects, a relay that lost
+                # its lease unawares) or the bus is away. Asking at once, again and again, would
+                # spend a flood of junk in resyncs: the pause doubles while it keeps failing.
+                pause = min(max(2 * pause, FIRST_PAUSE), LAST_PAUSE)
+                log.warning(RESYNCING, partition, exc, pause)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._stopped.wait(), pause)
+                after = await self.bus.published(partition)
+                continue
+            pause = 0.0
             after = batch[-1].position
             log.debug(PUBLISHED, partition, after)

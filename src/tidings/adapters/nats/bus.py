@@ -23,7 +23,7 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from urllib.parse import parse_qsl, urlsplit
 
 import nats
@@ -36,11 +36,18 @@ from nats.js.errors import NotFoundError
 
 from tidings.adapters.nats.inbox import Inbox
 from tidings.adapters.nats.names import check_prefix, inbox_prefix, read_patterns, read_stream
-from tidings.adapters.nats.publish import SEQUENCE_HEADER_SIZE, message_size, publish_in_order, resync
+from tidings.adapters.nats.publish import (
+    SEQUENCE_HEADER_SIZE,
+    Seen,
+    headers_bound,
+    message_size,
+    publish_in_order,
+    resync,
+    stand_in,
+)
 from tidings.adapters.nats.reads import (
     POSITION_HEADER,
     STREAM_HEADER,
-    TOO_LARGE_HEADER,
     VERSION_HEADER,
     direct_get,
     record_of,
@@ -49,7 +56,7 @@ from tidings.adapters.nats.views import ensure_read_stream, read_stream_config
 from tidings.adapters.tls_refusals import refuses_client_certificate, server_certificate_problem
 from tidings.adapters.urls import redact_url
 from tidings.domain.binary import to_binary
-from tidings.domain.envelope import Envelope, RecordedEvent, TopicOf
+from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, TopicOf
 from tidings.domain.headers import percent_encode
 from tidings.errors import BackendUnavailable, ConfigurationError
 from tidings.ports import Log
@@ -177,31 +184,6 @@ def _message_of(record: RecordedEvent) -> tuple[dict[str, str], bytes]:
     return headers, body
 
 
-def _stand_in(
-    record: RecordedEvent, headers: dict[str, str], size: int, max_payload: int
-) -> tuple[dict[str, str], bytes]:
-    """What the relay publishes in place of an event too large for the server: where the event
-    is stored and its identity, and no data; readers turn it into a dead letter that says so."""
-    log.error(
-        "relay: event %s at position %d (stream %r, version %d) makes a message of %d bytes, more "
-        "than the server's max_payload of %d: a stand-in without its data is published in its "
-        "place, which consumer groups dead-letter",
-        record.envelope.id,
-        record.position,
-        record.stream,
-        record.version,
-        size,
-        max_payload,
-    )
-    kept = ("ce-id", "ce-type", "ce-source", "ce-topic", "ce-specversion", "Nats-Msg-Id")
-    stand_in = {name: headers[name] for name in kept if name in headers}
-    stand_in[STREAM_HEADER] = headers[STREAM_HEADER]
-    stand_in[VERSION_HEADER] = headers[VERSION_HEADER]
-    stand_in[POSITION_HEADER] = headers[POSITION_HEADER]
-    stand_in[TOO_LARGE_HEADER] = f"{size} {max_payload}"
-    return stand_in, b""
-
-
 class NatsBus:
     """``Bus`` on JetStream: a file-backed stream per partition under the prefix."""
 
@@ -217,6 +199,8 @@ class NatsBus:
         #: Per partition, its stream's last sequence as this bus last saw it (unknown after a
         #: failed publish: ``published`` asks the stream again).
         self._tails: dict[int, int] = {}
+        #: Per partition, what resyncs learned of its stream (the next one looks only after it).
+        self._seen: dict[int, Seen] = {}
         #: With an access policy (``read_as``): who reads here, what each principal may read, and
         #: whether this App makes the read streams (the relay's does).
         self._reader: str | None = None
@@ -361,6 +345,7 @@ class NatsBus:
         if self._client is not None:
             client, self._client, self._inbox = self._client, None, None
             self._tails.clear()
+            self._seen.clear()
             try:
                 await client.drain()
             except DRIVER_ERRORS:
@@ -391,10 +376,12 @@ class NatsBus:
             )
 
         try:
-            self._tails[partition], position = await resync(client, self.settings.stream_of(partition), holds)
+            stream = self.settings.stream_of(partition)
+            self._tails[partition], seen = await resync(client, stream, holds, self._seen.get(partition))
+            self._seen[partition] = seen
         except DRIVER_ERRORS as exc:
             raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
-        return position
+        return seen.position
 
     async def publish(self, partition: int, records: Sequence[RecordedEvent]) -> None:
         """Publish the partition's events after those it holds (``published``), in order; returns
@@ -412,37 +399,56 @@ class NatsBus:
                 # Published before the limit was checked at publish (or by an App with another
                 # limit): the server would close the connection on it, every time, stopping every
                 # partition. A stand-in takes its place, which every group dead-letters.
-                headers, body = _stand_in(record, headers, message_size(headers, body), client.max_payload)
+                headers, body = stand_in(record, headers, message_size(headers, body), client.max_payload)
             messages.append((self.subject(partition, record.envelope.topic), body, headers))
         try:
-            self._tails[partition] = await publish_in_order(client, inbox, messages, last=last)
+            tail = self._tails[partition] = await publish_in_order(client, inbox, messages, last=last)
         except DRIVER_ERRORS as exc:
             raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
+        seen = self._seen.get(partition)
+        if records and seen is not None:  # the last message is the relay's own: look after it
+            self._seen[partition] = replace(seen, through=tail, own=tail, position=records[-1].position)
         if records:
             # The doorbell only saves consumers a poll: the events are stored either way.
             with contextlib.suppress(*DRIVER_ERRORS):
                 await client.publish(self.settings.doorbell, b"")
 
-    def room_for(self, stream: str, envelope: Envelope) -> int:
+    def room_for(self, stream: str, envelope: Envelope, size: int | None = None) -> int:
         """The bytes of data a message of ``envelope`` in ``stream`` may hold: the server's
         ``max_payload`` (its INFO, read at connect) less the message's headers, counted with the
-        widest version, position and sequence that the relay may write."""
+        widest version, position and sequence that the relay may write. Data of ``size`` bytes
+        far from the limit gets a lower bound that holds it, without building the headers."""
         client, _ = self._connected()
+        room = client.max_payload - SEQUENCE_HEADER_SIZE
+        if (
+            size is not None
+            and (bound := headers_bound(stream, envelope)) is not None
+            and size <= room - bound
+        ):
+            return room - bound
         headers, _ = _message_of(RecordedEvent(envelope, stream, _WIDEST, _WIDEST))
-        return client.max_payload - SEQUENCE_HEADER_SIZE - message_size(headers, b"")
+        return room - message_size(headers, b"")
 
     async def read_partition(
-        self, partition: int, *, after: int, limit: int, topic_of: TopicOf | None = None
+        self,
+        partition: int,
+        *,
+        after: int,
+        limit: int,
+        topic_of: TopicOf | None = None,
+        max_size: int = DEFAULT_MAX_SIZE,
     ) -> list[RecordedEvent]:
         """Messages of one partition after stream sequence ``after``, in stream order;
-        ``topic_of`` gives the topic of an event from another producer that carries none."""
+        ``topic_of`` gives the topic of an event from another producer that carries none, and
+        ``max_size`` the most data an event may hold (the App's ``max_event_size``)."""
         client, inbox = self._connected()
         request = {"seq": after + 1, "next_by_subj": self.settings.subject_of(partition), "batch": limit}
         try:
             found = await direct_get(client, inbox, self.read_stream_of(partition), request, limit)
         except DRIVER_ERRORS as exc:
             raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
-        return [record_of(message, self.settings.prefix, topic_of=topic_of) for message in found]
+        prefix = self.settings.prefix
+        return [record_of(message, prefix, max_size, topic_of=topic_of) for message in found]
 
     async def watch(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` on every doorbell, until cancelled."""
@@ -471,7 +477,9 @@ class NatsBus:
                 with contextlib.suppress(*DRIVER_ERRORS):
                     await subscription.unsubscribe()
 
-    def log(self, store_log: Log, *, topic_of: TopicOf | None = None) -> Log:
+    def log(
+        self, store_log: Log, *, topic_of: TopicOf | None = None, max_event_size: int = DEFAULT_MAX_SIZE
+    ) -> Log:
         from tidings.adapters.nats.log import JetStreamLog
 
-        return JetStreamLog(self, store_log, topic_of)
+        return JetStreamLog(self, store_log, topic_of, max_event_size)

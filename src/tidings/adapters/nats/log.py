@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
-from tidings.domain.envelope import RecordedEvent, TopicOf
+from tidings.domain.envelope import DEFAULT_MAX_SIZE, RecordedEvent, TopicOf
 from tidings.ports import DeadLetter, Log, Trace
 
 if TYPE_CHECKING:
@@ -17,9 +17,16 @@ if TYPE_CHECKING:
 class JetStreamLog:
     """``Log`` whose positions are the JetStream stream's sequence numbers."""
 
-    def __init__(self, bus: NatsBus, store_log: Log, topic_of: TopicOf | None = None) -> None:
+    def __init__(
+        self,
+        bus: NatsBus,
+        store_log: Log,
+        topic_of: TopicOf | None = None,
+        max_event_size: int = DEFAULT_MAX_SIZE,
+    ) -> None:
         self.bus = bus
         self.topic_of = topic_of
+        self.max_event_size = max_event_size
         self.store_log = store_log
         self.partitions = store_log.partitions
         self.log_id = store_log.log_id
@@ -35,7 +42,9 @@ class JetStreamLog:
         return f"group:{group}@nats:{read}"  # a principal's read stream: sequences of its own
 
     async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
-        return await self.bus.read_partition(partition, after=after, limit=limit, topic_of=self.topic_of)
+        return await self.bus.read_partition(
+            partition, after=after, limit=limit, topic_of=self.topic_of, max_size=self.max_event_size
+        )
 
     async def watch(self, wake: Callable[[], None]) -> None:
         await self.bus.watch(wake)

@@ -13,7 +13,9 @@ What the bus does on the wire (``bus.py``, ``publish.py``, ``reads.py``, ``inbox
 * the relay creates the streams (``$JS.API.STREAM.CREATE.<stream>_<p>``), asks where each stands
   (``$JS.API.STREAM.MSG.GET.<stream>_<p>``), publishes events on ``<prefix>.<p>.<topic>`` and
   rings the doorbell. Events reach NATS only through the relay, from the store, so no other
-  principal publishes on event subjects: tidings checks their topics when they append.
+  principal publishes on event subjects: tidings checks their topics when they append. One
+  store's log fills the streams, so one principal relays (a second ``relay = true`` is refused):
+  junk on a partition subject can come from no one else.
 
 No principal may subscribe to event subjects (``<prefix>.<p>.<topic>``): readers use direct
 gets on their read streams, and nothing in tidings subscribes to an event subject. A grant per
@@ -92,6 +94,15 @@ def authorization_block(policy: Policy, *, prefix: str, stream: str, partitions:
         raise ConfigurationError(f"stream name {stream!r}: only letters, digits, '_' and '-'")
     if not policy.principals:
         raise ConfigurationError(f"{policy.source}: no principals: nats-server would let everyone in")
+    relays = [name for name, principal in policy.principals.items() if principal.relay]
+    if len(relays) > 1:
+        # One store feeds these streams (the bus refuses another store's log), so one principal
+        # writes them: another one's grant would only let it publish what the relay must pass over.
+        raise ConfigurationError(
+            f"{policy.source}: principals {', '.join(map(repr, relays))} all have relay = true: the "
+            f"streams {stream}_<p> carry one store's log, which one principal relays (run every "
+            "relay of that store as it; give another store a stream name and a config of its own)"
+        )
     lines = [
         f"# From {policy.source} by `tidings acl nats-config`: subjects {prefix}.<partition>.<topic>,",
         f"# streams {stream}_0 to {stream}_{partitions - 1}. Regenerate it when the policy changes.",

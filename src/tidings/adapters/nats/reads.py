@@ -20,10 +20,11 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from tidings.adapters.nats.inbox import Inbox
-from tidings.domain.attributes import escape_controls, has_control
+from tidings.domain.attributes import escape_controls
 from tidings.domain.binary import from_message
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, TopicOf, Undecodable
 from tidings.domain.headers import percent_decode
+from tidings.domain.names import has_refused_control
 from tidings.errors import BackendUnavailable, MalformedEvent
 
 READ_TIMEOUT: Final = 5.0
@@ -89,7 +90,7 @@ def record_of(
     try:
         if not legacy:
             stream = percent_decode(stream)
-        if has_control(stream):
+        if has_refused_control(stream):  # DEL and C1 pass: stream names may hold them (names.py)
             raise MalformedEvent(f"header {STREAM_HEADER!r} holds a control character")
         version = int(headers.get(VERSION_HEADER, "0"))
         if TOO_LARGE_HEADER in headers:

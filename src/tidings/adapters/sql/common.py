@@ -23,7 +23,7 @@ from tidings.domain.integrity import (
     VerifiedState,
     compare_logs,
 )
-from tidings.domain.names import check_name
+from tidings.domain.names import check_stream_name
 from tidings.errors import ConcurrencyError, IntegrityError, InvalidArgument
 from tidings.ports import ANY, NO_STREAM, ExpectedVersion
 
@@ -105,7 +105,7 @@ def unique_by_id(envelopes: Sequence[Envelope]) -> list[Envelope]:
 
 
 def validate_stream_name(stream: str) -> str:
-    return check_name("stream name", stream)
+    return check_stream_name(stream)
 
 
 class StoreAudit:
