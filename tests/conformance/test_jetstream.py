@@ -11,10 +11,12 @@ import nats
 import pytest
 from nats.aio.client import Client
 from nats.errors import NoRespondersError
+from nats.js.api import DiscardPolicy
 from nats.js.errors import NoStreamResponseError
 
 from tidings.adapters.sql.common import Partitioner
 from tidings.domain.binary import to_binary
+from tidings.errors import ConfigurationError
 from tidings.runtime.app import App
 from tidings.runtime.consuming import Context
 from tidings.testing.conformance.bus import RUN
@@ -141,3 +143,27 @@ async def test_a_copy_of_an_event_in_the_same_batch_is_handled_once(
             await asyncio.sleep(0.5)
             final = await app.store.get_document("counts", "dup")
     assert final == b"2", "two events, one of them twice: counted twice"
+
+
+async def test_a_stream_that_would_delete_unread_events_is_refused_at_open(
+    tmp_path: Path, nats_url: str, raw_client: Client
+) -> None:
+    """An operator's limit with ``discard: old`` would let the server drop events that lagging
+    groups have not read: refused at open, naming the setting. With ``discard: new`` the server
+    refuses publishes at the limit instead (the relay waits), which is safe."""
+    bus_url = fresh_bus_url(nats_url)
+    stream, _ = _parts(bus_url)
+    store = f"sqlite:///{tmp_path / 's.db'}"
+    async with App("maker", store=store, bus=bus_url):
+        pass
+    js = raw_client.jetstream()
+    info = await js.stream_info(f"{stream}_0")
+    info.config.max_age = 3600.0
+    await js.update_stream(info.config)
+    with pytest.raises(ConfigurationError, match=r"would delete events .*max_age 3600 s with discard old"):
+        async with App("maker", store=store, bus=bus_url):
+            pass
+    info.config.discard = DiscardPolicy.NEW
+    await js.update_stream(info.config)
+    async with App("maker", store=store, bus=bus_url) as app:
+        assert app.state.value == "open"

@@ -52,6 +52,7 @@ from tidings.adapters.nats.reads import (
     direct_get,
     record_of,
 )
+from tidings.adapters.nats.retention import dropping_settings
 from tidings.adapters.nats.views import ensure_read_stream, read_stream_config
 from tidings.adapters.tls_refusals import refuses_client_certificate, server_certificate_problem
 from tidings.adapters.urls import redact_url
@@ -321,6 +322,12 @@ class NatsBus:
             raise ConfigurationError(
                 f"JetStream stream {name!r} at {self.url} carries the log of another store ({carries}; "
                 f"this one is {self.log_id}): use another stream name (?stream=NAME) per store"
+            )
+        if dropping := dropping_settings(info.config):
+            raise ConfigurationError(
+                f"JetStream stream {name!r} at {self.url} would delete events its groups have not "
+                f"read ({dropping}): remove the limit, or set discard new so that the server refuses "
+                f"publishes at the limit instead"
             )
 
     async def _ensure_views(self, client: Client) -> None:
