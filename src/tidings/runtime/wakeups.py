@@ -31,6 +31,8 @@ class Wakeups:
         waiter = asyncio.get_running_loop().create_future()
         self._waiters.add(waiter)
         try:
-            await asyncio.wait_for(waiter, poll)
-        except TimeoutError:
+            # Not wait_for: before Python 3.12 it swallows a cancel that meets a wake-up, and a
+            # partition task cancelled on a lost lease would read on.
+            await asyncio.wait((waiter,), timeout=poll)
+        finally:
             self._waiters.discard(waiter)
