@@ -97,3 +97,10 @@ class PayloadTooLarge(MalformedEvent):
 
 class UnknownEventType(MalformedEvent):
     """The envelope names an event type that no registered class carries."""
+
+
+def describe(exc: BaseException) -> str:
+    """An error as one line for a log or a dead letter: its type, and its message when it has one
+    (``TimeoutError()`` says nothing else, and ``"TimeoutError: "`` reads as if text went missing)."""
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -20,7 +20,7 @@ from tidings.cli.logs import TextFormatter
 from tidings.domain.binary import from_binary
 from tidings.domain.envelope import Envelope, Undecodable, from_structured, validate_envelope
 from tidings.domain.nesting import MAX_DEPTH
-from tidings.errors import MalformedEvent
+from tidings.errors import MalformedEvent, describe
 
 BASE = {"ce-specversion": "1.0", "ce-id": "e-1", "ce-source": "s", "ce-type": "T", "ce-topic": "a.b"}
 TIME = {"ce-time": "2026-01-01T00:00:00Z"}
@@ -156,3 +156,8 @@ def test_a_structured_document_given_as_text_is_named_in_tidings_words() -> None
 def test_a_certificate_error_without_openssls_verdict_is_described() -> None:
     problem = server_certificate_problem(ssl.CertificateError("hostname mismatch"))
     assert problem.startswith("the server's certificate does not verify")
+
+
+def test_an_error_without_a_message_is_described_by_its_type_alone() -> None:
+    assert describe(TimeoutError()) == "TimeoutError"
+    assert describe(ValueError("bad amount")) == "ValueError: bad amount"

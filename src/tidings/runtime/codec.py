@@ -30,7 +30,7 @@ from tidings.domain.ids import uuid7
 from tidings.domain.names import subject_of
 from tidings.domain.nesting import check_depth, check_msgpack_depth, too_deep
 from tidings.domain.schema_problems import decoder_detail, json_problem, kind_of, value_problem
-from tidings.errors import MalformedEvent, PayloadTooLarge, Undecryptable, UnknownEventType
+from tidings.errors import MalformedEvent, PayloadTooLarge, Undecryptable, UnknownEventType, describe
 from tidings.runtime.crypto import SEALED
 from tidings.runtime.keyring import Erasure, KeyRing
 from tidings.runtime.master_key import ENV_KEY, ENV_KEY_FILE
@@ -233,7 +233,7 @@ class Codec:
             except Exception as exc:
                 raise MalformedEvent(
                     f"event {envelope.id}: upcaster {upcaster.__name__} of {cls.__name__} "
-                    f"(version {version} to {version + 1}) failed: {type(exc).__name__}: {exc}"
+                    f"(version {version} to {version + 1}) failed: {describe(exc)}"
                 ) from exc
             if not isinstance(fields, dict):
                 raise MalformedEvent(

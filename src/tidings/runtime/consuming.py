@@ -32,7 +32,14 @@ from tidings.domain.envelope import RecordedEvent, Undecodable, to_structured
 from tidings.domain.events import Erased, Event
 from tidings.domain.ids import publication_id
 from tidings.domain.topics import AnyOf, Pattern
-from tidings.errors import AccessDenied, BackendUnavailable, ConcurrencyError, MalformedEvent, Undecryptable
+from tidings.errors import (
+    AccessDenied,
+    BackendUnavailable,
+    ConcurrencyError,
+    MalformedEvent,
+    Undecryptable,
+    describe,
+)
 from tidings.ports import DeadLetter, Log, StoreTransaction
 from tidings.runtime.deadletter import LetterSettled, Redrive, redrive_letters, settle
 from tidings.runtime.deadlines import lateness
@@ -426,7 +433,7 @@ class GroupConsumer(PartitionMember):
                 denied = isinstance(exc, AccessDenied)
                 if attempt == retry.attempts or not retry.is_transient(exc):
                     trace = traceback.format_exc()
-                    error = f"{type(exc).__name__}: {exc}"
+                    error = f"{describe(exc)}"
                     reason = "denied" if denied else "failed"
                     await self._dead(partition, record, reason, error, trace, attempt, first_failure, redrive)
                     return False

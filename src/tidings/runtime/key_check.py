@@ -36,7 +36,7 @@ from collections import Counter
 from datetime import UTC, datetime
 from typing import Final
 
-from tidings.errors import BackendUnavailable, ConfigurationError, TidingsError, Undecryptable
+from tidings.errors import BackendUnavailable, ConfigurationError, TidingsError, Undecryptable, describe
 from tidings.ports import DataKeyRecord, EventStore
 from tidings.runtime.crypto import KEY_SIZE
 from tidings.runtime.keyring import CHECK_SCOPE, CHECK_USES, key_context
@@ -182,7 +182,7 @@ async def _record(store: EventStore, master: MasterKey) -> None:
 def _provider_failed(master: MasterKey, exc: Exception) -> BackendUnavailable:
     return BackendUnavailable(
         f"the master key provider ({type(master).__name__}) failed while the key was checked, "
-        f"try again: {type(exc).__name__}: {exc}"
+        f"try again: {describe(exc)}"
     )
 
 

@@ -27,7 +27,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from tidings.domain.envelope import Envelope, from_structured, to_structured
-from tidings.errors import AccessDenied, IntegrityError, MalformedEvent, Undecryptable
+from tidings.errors import AccessDenied, IntegrityError, MalformedEvent, Undecryptable, describe
 from tidings.ports import DeadLetter, StoreTransaction, Timer
 from tidings.runtime.crypto import SEALED
 from tidings.runtime.outbox import RESERVED_GROUP_PREFIX
@@ -173,7 +173,7 @@ def _letter(timer: Timer, reason: str, exc: Exception, now: datetime) -> DeadLet
     return DeadLetter(
         group=TIMERS_GROUP,
         reason=reason,
-        error=f"{type(exc).__name__}: {exc}",
+        error=f"{describe(exc)}",
         traceback="".join(traceback.format_exception(exc)) if reason == "failed" else "",
         attempts=1,
         event_id=envelope.id if envelope is not None else None,

@@ -59,7 +59,7 @@ from tidings.adapters.urls import redact_url
 from tidings.domain.binary import to_binary
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, TopicOf
 from tidings.domain.headers import percent_encode
-from tidings.errors import BackendUnavailable, ConfigurationError
+from tidings.errors import BackendUnavailable, ConfigurationError, describe
 from tidings.ports import Log
 
 _OWN_OPTIONS = (
@@ -284,7 +284,7 @@ class NatsBus:
                 # A server that refuses credentials closes the connection, and the client may
                 # meet the closed socket before it reads the server's reason.
                 hint = " (the server closed the connection: are the user and password right?)"
-            raise BackendUnavailable(f"NATS at {self.url}: {type(cause).__name__}: {cause}{hint}") from None
+            raise BackendUnavailable(f"NATS at {self.url}: {describe(cause)}{hint}") from None
         except (ConfigurationError, BackendUnavailable, ValueError) as exc:
             await self.close()  # else the client would go on reconnecting, for ever
             if isinstance(exc, ValueError):  # an answer of the server that is no JSON
@@ -387,7 +387,7 @@ class NatsBus:
             self._tails[partition], seen = await resync(client, stream, holds, self._seen.get(partition))
             self._seen[partition] = seen
         except DRIVER_ERRORS as exc:
-            raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
+            raise BackendUnavailable(f"NATS at {self.url}: {describe(exc)}") from None
         return seen.position
 
     async def publish(self, partition: int, records: Sequence[RecordedEvent]) -> None:
@@ -411,7 +411,7 @@ class NatsBus:
         try:
             tail = self._tails[partition] = await publish_in_order(client, inbox, messages, last=last)
         except DRIVER_ERRORS as exc:
-            raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
+            raise BackendUnavailable(f"NATS at {self.url}: {describe(exc)}") from None
         seen = self._seen.get(partition)
         if records and seen is not None:  # the last message is the relay's own: look after it
             self._seen[partition] = replace(seen, through=tail, own=tail, position=records[-1].position)
@@ -453,7 +453,7 @@ class NatsBus:
         try:
             found = await direct_get(client, inbox, self.read_stream_of(partition), request, limit)
         except DRIVER_ERRORS as exc:
-            raise BackendUnavailable(f"NATS at {self.url}: {type(exc).__name__}: {exc}") from None
+            raise BackendUnavailable(f"NATS at {self.url}: {describe(exc)}") from None
         prefix = self.settings.prefix
         return [record_of(message, prefix, max_size, topic_of=topic_of) for message in found]
 
