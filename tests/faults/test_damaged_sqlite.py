@@ -19,6 +19,7 @@ from __future__ import annotations
 import random
 import shutil
 import sqlite3
+import struct
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -202,3 +203,52 @@ async def test_opening_a_store_that_other_processes_write_finds_no_damage(tmp_pa
             writer.wait()
     assert [writer.returncode for writer in writers] == [0, 0, 0]
     assert opened > 0 and not (tmp_path / "busy.db-wal.damaged").exists()
+
+
+def _frames(data: bytes) -> tuple[int, list[int]]:
+    """A WAL's frame size and its commit frames' numbers (from 1), read off its frame headers."""
+    frame_size = 24 + struct.unpack(">I", data[8:12])[0]
+    count = (len(data) - 32) // frame_size
+    commits = [
+        n for n in range(1, count + 1) if struct.unpack(">I", data[32 + (n - 1) * frame_size + 4 :][:4])[0]
+    ]
+    return frame_size, commits
+
+
+async def test_a_last_transaction_torn_by_a_power_cut_is_no_damage(tmp_path: Path) -> None:
+    """SQLite writes a transaction's frames, then syncs: a power cut before the sync may leave
+    its commit frame on disk without an earlier frame of it. That transaction was never
+    acknowledged; the store opens and serves every event before it."""
+    appended, _ = await _write_store(tmp_path)
+    wal = tmp_path / "copy" / "store.db-wal"
+    data = bytearray(wal.read_bytes())
+    frame_size, commits = _frames(bytes(data))
+    first_of_last = commits[-2] + 1
+    assert commits[-1] - first_of_last >= 1, "the last transaction should span frames"
+    start = 32 + (first_of_last - 1) * frame_size
+    data[start : start + frame_size] = bytes(frame_size)  # never reached the disk
+    wal.write_bytes(bytes(data))
+    store = open_store(f"sqlite:///{tmp_path / 'copy' / 'store.db'}")
+    try:
+        await store.open()
+        served = [record async for record in store.read_log()]
+    finally:
+        await store.close()
+    last_stream = appended[-1].stream
+    assert served == [r for r in appended if r.stream != last_stream]
+
+
+async def test_inspecting_a_store_with_a_damaged_wal_reports_it(tmp_path: Path) -> None:
+    """Read-only opens (`tidings verify`, `streams`, ...) see the same damage a writer refuses,
+    and change nothing: no copy set aside, the WAL as it was."""
+    await _write_store(tmp_path)
+    wal = tmp_path / "copy" / "store.db-wal"
+    data = bytearray(wal.read_bytes())
+    data[len(data) // 2] ^= 0x10  # a frame in the middle: intact commits follow it
+    wal.write_bytes(bytes(data))
+    store = open_store(f"sqlite:///{tmp_path / 'copy' / 'store.db'}", create=False)
+    with pytest.raises(IntegrityError, match="write-ahead log is damaged"):
+        await store.open()
+    await store.close()
+    assert not (tmp_path / "copy" / "store.db-wal.damaged").exists()
+    assert wal.read_bytes() == bytes(data)

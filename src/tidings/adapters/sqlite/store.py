@@ -163,8 +163,8 @@ class SqliteStore(SqliteKeyring):
         try:
             if not inspecting:
                 connection.execute("PRAGMA journal_mode=WAL")
-                if writer:
-                    wal.check(connection, path, self.url)
+            if writer:
+                wal.check(connection, path, self.url, inspecting=inspecting)
             connection.execute(f"PRAGMA synchronous={self.settings.synchronous}")
             connection.execute(f"PRAGMA busy_timeout={int(self.settings.busy_timeout * 1000)}")
             if writer and not inspecting:

@@ -2,10 +2,14 @@
 
 SQLite reads a WAL only up to its first frame that fails its checksum, and treats every later
 transaction as never committed, silently: a bit flipped in the middle of the WAL loses the newest
-committed events, and the store serves a shorter, intact-looking log. A break made by a crash
-while writing is always at the end (frames are written in order). So a frame past the end of what
-SQLite took as valid that carries the WAL's current salts, closes a transaction (a commit frame),
-and matches its own checksum can only be there if a frame before it was damaged.
+committed events, and the store serves a shorter, intact-looking log. A power cut while the last
+transaction was being written may tear that transaction anywhere (SQLite writes its frames, then
+syncs), but with ``synchronous=FULL`` every earlier transaction was synced before the next one
+began. So past the end of what SQLite took as valid, the first intact commit frame may close a
+torn last transaction, never acknowledged; a second one, which carries the WAL's current salts
+and matches its own checksum, can only be there if a frame before it was damaged. (A break in the
+last transaction, or on the commit frame just before it, cannot be told from such a power cut:
+a verify against a record kept outside the store catches that loss.)
 
 Format (https://www.sqlite.org/fileformat.html#the_write_ahead_log): a 32-byte header (magic,
 version, page size, checkpoint sequence, two salts, a checksum), then frames of a 24-byte header
@@ -44,15 +48,20 @@ def refuse_set_aside(path: Path, url: str) -> None:
         )
 
 
-def check(connection: sqlite3.Connection, path: Path, url: str) -> None:
+def check(connection: sqlite3.Connection, path: Path, url: str, *, inspecting: bool = False) -> None:
     """Refuse a WAL that SQLite reads only in part because a frame in it is damaged. Closing the
     store makes SQLite drop that WAL, so a copy of it is set aside first (``refuse_set_aside``).
+    ``inspecting`` (a read-only open, which must change nothing): the same verdict, nothing set
+    aside.
 
-    The WAL is read under the write lock: no other process writes frames or starts the WAL over
-    meanwhile, which could look like damage. (SQLite's own files are never opened here: closing
-    another descriptor of the database or its -shm file would drop SQLite's locks.)"""
+    A writer reads the WAL under the write lock: no other process writes frames or starts the WAL
+    over meanwhile, which could look like damage (a read-only connection cannot take that lock;
+    a torn end, all a concurrent write can show, is not taken for damage). (SQLite's own files are
+    never opened here: closing another descriptor of the database or its -shm file would drop
+    SQLite's locks.)"""
     wal_path = Path(f"{path}-wal")
-    connection.execute("BEGIN IMMEDIATE")
+    if not inspecting:
+        connection.execute("BEGIN IMMEDIATE")
     try:
         if wal_path.stat().st_size > _LARGEST_CHECKED:
             return
@@ -60,19 +69,26 @@ def check(connection: sqlite3.Connection, path: Path, url: str) -> None:
     except OSError:  # none (or unreadable, which SQLite reports itself)
         return
     finally:
-        connection.execute("COMMIT")
+        if not inspecting:
+            connection.execute("COMMIT")
     wal = _Wal.of(data)
     last = wal.last_intact_commit() if wal is not None else 0
     if wal is None or not last:
         return
-    # Most often SQLite holds every frame of the copy valid (cheap to ask; it may count more by
-    # now). Otherwise (damage, or another process has started the WAL over since) the copy's
-    # chain of checksums decides, which costs a moment per MiB.
-    (_, valid, _) = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    if valid >= last:
-        return
+    if not inspecting:
+        # Most often SQLite holds every frame of the copy valid (cheap to ask; it may count more
+        # by now). Otherwise (damage, or another process has started the WAL over since) the
+        # copy's chain of checksums decides, which costs a moment per MiB.
+        (_, valid, _) = connection.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        if valid >= last:
+            return
     valid = wal.end_of_chain()
-    if last > valid:
+    if len(wal.intact_commits_after(valid)) > 1:  # the first may close a torn last transaction
+        if inspecting:
+            raise IntegrityError(
+                f"{url}: its write-ahead log is damaged after frame {valid}: SQLite would drop the "
+                f"committed transactions up to frame {last} without a word: restore from a backup"
+            )
         set_aside = _set_aside(path)
         with os.fdopen(os.open(set_aside, os.O_CREAT | os.O_WRONLY | os.O_TRUNC, 0o600), "wb") as copy:
             copy.write(data)
@@ -113,6 +129,14 @@ class _Wal:
             if self._commit_of_this_generation(number) and self._matches(number, self._stored(number - 1)):
                 return number
         return 0
+
+    def intact_commits_after(self, number: int) -> list[int]:
+        """The commit frames after frame ``number`` that match their own checksums."""
+        return [
+            later
+            for later in range(number + 1, self.frames + 1)
+            if self._commit_of_this_generation(later) and self._matches(later, self._stored(later - 1))
+        ]
 
     def end_of_chain(self) -> int:
         """The last commit frame that SQLite reads: the end of the unbroken chain of checksums."""
