@@ -142,6 +142,7 @@ async def test_junk_is_looked_at_once_however_often_the_relay_resyncs(nats_url: 
     stream, subject = f"JUNK_{uuid.uuid4().hex[:8]}", f"junk{uuid.uuid4().hex[:8]}"
     client = await nats.connect(nats_url, connect_timeout=5)
     looked_at: list[str] = []
+    published = [0]
 
     async def verify(position: int, event_id: str) -> bool:
         looked_at.append(event_id)
@@ -156,6 +157,13 @@ async def test_junk_is_looked_at_once_however_often_the_relay_resyncs(nats_url: 
             }
             await client.publish(f"{subject}.x", b"", headers=headers)
         await client.flush()
+        published[0] += count
+
+        async def stored() -> bool:  # the stream takes plain publishes a moment after the server
+            info = await client.jetstream().stream_info(stream)
+            return info.state.last_seq >= published[0]
+
+        await eventually(stored)
 
     try:
         await client.jetstream().add_stream(StreamConfig(name=stream, subjects=[f"{subject}.>"]))
