@@ -66,8 +66,18 @@ async def check_master_key(store: EventStore, master: MasterKey) -> None:
     for record in await store.data_keys([CHECK_SCOPE]):
         if record.wrapped is not None:
             records.setdefault(record.master_version, []).append((record.version, record.wrapped))
+    held = _held_versions(master)
+    if records and isinstance(master, LocalMasterKey) and not records.keys() & set(held):
+        # A key file sharing no version with the store's records is another key file: opening
+        # would start a second keyring beside the first, each side's data closed to the other.
+        # (A rotation records its new version, so a file that dropped the old ones shares it.)
+        raise ConfigurationError(
+            f"the master key given ({master.origin}) holds version(s) {_listed(held)} and this store "
+            f"({store.url}) was encrypted with version(s) {_listed(records)}; nothing was written. "
+            "Give the key file that encrypted it"
+        )
     unrecorded: set[int] = set()
-    for version in _held_versions(master):
+    for version in held:
         if version not in records:
             unrecorded.add(version)
         elif not await _any_unwraps(master, version, records[version]):
@@ -184,6 +194,10 @@ def _provider_failed(master: MasterKey, exc: Exception) -> BackendUnavailable:
         f"the master key provider ({type(master).__name__}) failed while the key was checked, "
         f"try again: {describe(exc)}"
     )
+
+
+def _listed(versions: object) -> str:
+    return ", ".join(str(v) for v in sorted(versions))  # type: ignore[call-overload]
 
 
 def _mismatch(store: EventStore, master: MasterKey, version: int) -> ConfigurationError:

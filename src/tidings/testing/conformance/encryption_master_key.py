@@ -107,12 +107,17 @@ async def test_a_store_from_before_the_checks_opens_and_gets_its_check(store_url
     assert checks(store_url) == [1]
 
 
-async def test_a_version_the_store_never_saw_opens_and_is_recorded(store_url: str) -> None:
-    """A process given only another version than the store's data (all of it then opens as
-    undecryptable, as before) is not refused: nothing says its key is wrong."""
+async def test_a_key_file_sharing_no_version_with_the_store_is_refused(store_url: str) -> None:
+    """A key file that holds only versions the store never saw is another key file: it would
+    start a second keyring beside the store's, its data closed to the other Apps and theirs to
+    it. Refused at open, nothing written. A key file that adds a new version beside the store's
+    opens, and its new version is recorded."""
     async with sealed_app(store_url, 1) as app:
         await app.append(unique("s"), [Secret(owner="ann", text="under 1")])
-    async with sealed_app(store_url, 7):
+    with pytest.raises(ConfigurationError, match=r"holds version\(s\) 7 and this store .* version\(s\) 1;"):
+        await sealed_app(store_url, 7).open()
+    assert checks(store_url) == [1]
+    async with sealed_app(store_url, 1, 7):
         pass
     assert checks(store_url) == [1, 7]
 
