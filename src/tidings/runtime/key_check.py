@@ -26,6 +26,10 @@ only unwrap (a decrypt-only KMS principal) or whose store role may not insert op
 same, without the record, and says so in a log line. A provider that fails to answer (an error
 of its own, not ``Undecryptable``) fails the open as ``BackendUnavailable``, to be tried again:
 never as a key that does not match.
+
+A local key file that shares no version with the store's records is refused outright: it is
+another key file (a version of its own would otherwise look like a new one about to be rotated
+to, and start a second keyring beside the first).
 """
 
 from __future__ import annotations
