@@ -192,6 +192,10 @@ class GroupConsumer(PartitionMember):
         self.subscription = subscription
         self.poll = poll
         self._blocked: set[str] = set()  # keys with unresolved dead letters (ordered groups)
+        #: Keys this member dead-lettered, by when (a count): what a refresh keeps whatever the
+        #: store's snapshot says (``_refresh_blocked``).
+        self._blocks_made = 0
+        self._blocks_made_at: dict[str, int] = {}
         #: Per partition, events handled whose inbox records and units of work (and the
         #: checkpoint past them) are written by the partition's next commit.
         self._waiting: dict[int, list[_Handled]] = {}
@@ -206,7 +210,15 @@ class GroupConsumer(PartitionMember):
 
     async def between_leases(self) -> None:
         if self.subscription.ordered:
-            self._blocked = await self.log.blocked_keys(self.group)
+            await self._refresh_blocked()
+
+    async def _refresh_blocked(self) -> None:
+        """Read the keys with unresolved dead letters again. A key dead-lettered here while the
+        query ran may be missing from its snapshot: it is kept, else the key's next event would
+        be handled ahead of the one in the queue."""
+        mark = self._blocks_made
+        keys = await self.log.blocked_keys(self.group)
+        self._blocked = keys | {key for key, made in self._blocks_made_at.items() if made > mark}
 
     async def aside(self) -> None:
         await redrive_letters(self)
@@ -390,7 +402,7 @@ class GroupConsumer(PartitionMember):
         parks = self.subscription.ordered and redrive is None
         if parks and key in self._blocked:
             # The cache may be stale (the key may have drained since): ask the store.
-            self._blocked = await self.log.blocked_keys(self.group)
+            await self._refresh_blocked()
         if parks and key in self._blocked:
             error = "parked: an earlier event of this key is in the dead letter queue"
             await self._dead(partition, record, "parked", error, "", 0, None, redrive)
@@ -489,7 +501,10 @@ class GroupConsumer(PartitionMember):
         redrive: Redrive | None,
     ) -> None:
         if self.subscription.ordered:
-            self._blocked.add(record.envelope.partitionkey or record.stream)
+            key = record.envelope.partitionkey or record.stream
+            self._blocks_made += 1
+            self._blocks_made_at[key] = self._blocks_made
+            self._blocked.add(key)
         log.error("group %s: dead-lettering %s (%s): %s", self.group, record.envelope.id, reason, error)
         letter = self._letter(record, reason, error, trace, attempts, first_failure)
 
