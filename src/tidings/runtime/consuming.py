@@ -112,9 +112,7 @@ class Context:
         self.envelope = record.envelope
         self.attempt = attempt
         self.correlation_id = record.envelope.correlationid or record.envelope.id
-        # Its records carry the fields of runtime/log_context.py, whoever formats them.
-        fields = {"app": app.name, "group": group, "event_id": self.envelope.id}
-        self.log = logging.LoggerAdapter(log, {**fields, "correlation_id": self.correlation_id})
+        self._log: logging.LoggerAdapter[logging.Logger] | None = None
         self._unit: UnitOfWork | None = None
         self._publications = 0  # ids drawn by this run's publications (see ``publication_id``)
         self._new_unit = new_unit or (
@@ -125,6 +123,15 @@ class Context:
                 trial=trial_of(app),
             )
         )
+
+    @property
+    def log(self) -> logging.LoggerAdapter[logging.Logger]:
+        """A logger whose records carry the fields of runtime/log_context.py, whoever formats
+        them (made on first use: most handlers never log, and every event makes a context)."""
+        if self._log is None:
+            fields = {"app": self.app.name, "group": self.group, "event_id": self.envelope.id}
+            self._log = logging.LoggerAdapter(log, {**fields, "correlation_id": self.correlation_id})
+        return self._log
 
     @contextlib.asynccontextmanager
     async def unit_of_work(self) -> Any:
