@@ -214,6 +214,10 @@ class Log(Protocol):
     async def unpark(self, group: str, key: str) -> int:
         """Queue the key's parked dead letters for redrive (its blocking event is resolved)."""
 
+    async def release_parked(self, group: str) -> int:
+        """Queue for redrive the parked letters of every key with nothing unresolved but them:
+        its blocking letter was purged, or was handled while a parked one was being written."""
+
 
 class Bus(Protocol):
     """A broker that the relay feeds from the store's log, and consumer groups read from

@@ -227,6 +227,11 @@ class GroupConsumer(PartitionMember):
         keys = await self.log.blocked_keys(self.group)
         self._blocked = keys | {key for key, made in self._blocks_made_at.items() if made > mark}
 
+    @property
+    def parks_any_key(self) -> bool:
+        """Whether, at its last look, this member's ordered group had keys with dead letters."""
+        return bool(self._blocked)
+
     async def aside(self) -> None:
         await redrive_letters(self)
 

@@ -62,6 +62,10 @@ async def settle(member: GroupConsumer, redrive: Redrive, state: str) -> bool:
 async def redrive_letters(member: GroupConsumer) -> None:
     """Hand the group's letters queued for redrive, of the partitions that this member holds, to
     its handler again; only this group sees them, whatever other groups read the same event."""
+    if member.parks_any_key:
+        # A parked letter written after its key's last unpark (the blocking letter was handled
+        # meanwhile), or whose blocking letter was purged, would wait for ever: release them.
+        await member.log.release_parked(member.group)
     letters = await member.log.dead_letters(member.group, state="redrive", limit=LETTERS_PER_PASS)
     lost: set[int] = set()
     failed_keys: set[str] = set()  # ordered groups: a key whose earlier letter failed again

@@ -57,6 +57,7 @@ class SealedLog:
         self.watch = inner.watch
         self.blocked_keys = inner.blocked_keys
         self.unpark = inner.unpark
+        self.release_parked = inner.release_parked
 
     async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
         records = await self._inner_log.read_partition(partition, after=after, limit=limit)

@@ -74,3 +74,6 @@ class JetStreamLog:
 
     async def unpark(self, group: str, key: str) -> int:
         return await self.store_log.unpark(group, key)
+
+    async def release_parked(self, group: str) -> int:
+        return await self.store_log.release_parked(group)

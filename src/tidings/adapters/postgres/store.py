@@ -404,6 +404,11 @@ class PostgresStore(PostgresKeyring):
             cursor = await connection.execute(CONSUMERS.unpark, (group, key))
             return cursor.rowcount
 
+    async def release_parked(self, group: str) -> int:
+        async with self._connection() as connection:
+            cursor = await connection.execute(CONSUMERS.release_parked, (group,))
+            return cursor.rowcount
+
     async def trace(self, correlation_id: str, *, limit: int = 1000) -> Trace:
         key = (correlation_id, correlation_id)
         async with self._connection() as connection, connection.cursor(binary=True) as cursor:

@@ -95,6 +95,7 @@ class ConsumerSql(NamedTuple):
     trace_events: str
     blocked_keys: str
     unpark: str
+    release_parked: str
     trace_inbox: str
     trace_dead_letters: str
 
@@ -159,6 +160,14 @@ class ConsumerSql(NamedTuple):
             unpark=(
                 f"UPDATE tidings_dead_letters SET state = 'redrive' WHERE group_name = {m}"
                 f" AND partition_key = {m} AND reason = 'parked' AND state = 'dead'"
+            ),
+            release_parked=(
+                f"UPDATE tidings_dead_letters SET state = 'redrive' WHERE group_name = {m}"
+                " AND reason = 'parked' AND state = 'dead' AND partition_key IS NOT NULL"
+                " AND NOT EXISTS (SELECT 1 FROM tidings_dead_letters AS b"
+                " WHERE b.group_name = tidings_dead_letters.group_name"
+                " AND b.partition_key = tidings_dead_letters.partition_key"
+                " AND (b.state = 'redrive' OR (b.state = 'dead' AND b.reason <> 'parked')))"
             ),
             trace_events=(
                 f"SELECT {LOG_COLUMNS} FROM tidings_events WHERE correlation_id = {m} OR id = {m}"

@@ -314,6 +314,10 @@ def unpark(connection: sqlite3.Connection, group: str, key: str) -> int:
     return connection.execute(CONSUMERS.unpark, (group, key)).rowcount
 
 
+def release_parked(connection: sqlite3.Connection, group: str) -> int:
+    return connection.execute(CONSUMERS.release_parked, (group,)).rowcount
+
+
 def set_dead_letter_state(connection: sqlite3.Connection, entries: Sequence[int], state: str) -> int:
     return sum(connection.execute(CONSUMERS.set_dead_letter_state, (state, e)).rowcount for e in entries)
 

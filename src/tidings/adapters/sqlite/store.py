@@ -395,6 +395,10 @@ class SqliteStore(SqliteKeyring):
         async with self._write_lock:
             return await self._write(steps.in_transaction, steps.unpark, group, key)
 
+    async def release_parked(self, group: str) -> int:
+        async with self._write_lock:
+            return await self._write(steps.in_transaction, steps.release_parked, group)
+
     async def trace(self, correlation_id: str, *, limit: int = 1000) -> Trace:
         return await self._read(steps.trace, correlation_id, limit)
 

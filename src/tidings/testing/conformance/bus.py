@@ -443,6 +443,38 @@ async def test_ordered_groups_park_a_key_behind_its_dead_letter(store_url: str) 
     assert handled["b"] == list(range(6))
 
 
+async def test_purging_a_keys_blocking_letter_releases_its_parked_events(store_url: str) -> None:
+    """An operator who gives up on the event that blocks a key (purges its letter) resolves it:
+    the key's parked events are handled in order and its new events flow again. (They waited
+    for ever, as did a parked letter written just after its key's last unpark.)"""
+    app = App("bus", store=store_url)
+    handled: list[int] = []
+
+    @app.subscribe("conformance.bus.ping", group="strict", retry=Retry(attempts=1), ordered=True)
+    async def strict(event: Ping, ctx: Context) -> None:
+        if event.n == 1:
+            raise RuntimeError("1 is poison")
+        handled.append(event.n)
+
+    async def letters(reason: str) -> list[int]:
+        return [x.id for x in await app.dead_letters("strict") if x.reason == reason]
+
+    async with app, app.running(**RUN):
+        for n in range(4):
+            await app.publish(Ping(key="p", n=n), key="p")
+
+        async def parked() -> bool:
+            return len(await letters("parked")) == 2
+
+        await eventually(parked)
+        assert handled == [0]
+        assert await app.purge(await letters("failed")) == 1
+        await eventually(lambda: handled == [0, 2, 3], within=20)
+        await app.publish(Ping(key="p", n=4), key="p")
+        await eventually(lambda: handled == [0, 2, 3, 4], within=20)
+        assert await app.dead_letters("strict") == []
+
+
 async def test_appends_by_another_process_wake_consumers(store_url: str) -> None:
     """The consumer's fallback poll is 30 s here: only the store's change signal (LISTEN/NOTIFY,
     or SQLite's change counter) can bring the other App's event in time."""
