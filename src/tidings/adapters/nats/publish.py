@@ -202,8 +202,10 @@ async def resync(client: Client, stream: str, verify: Verifier, seen: Seen | Non
         except NotFoundError:
             raise BackendUnavailable(f"JetStream stream {stream!r} is gone") from None
         last, first = info.state.last_seq, max(info.state.first_seq, 1)
+        # nats-py before 2.10 does not hand the stream's creation time over (nor do old servers).
+        created: datetime | None = getattr(info, "created", None)
         if seen is not None and (
-            info.created != seen.created or last < seen.through or (seen.own and first > seen.own)
+            created != seen.created or last < seen.through or (seen.own and first > seen.own)
         ):
             seen = None  # another stream of the name, or its message of tidings' own is gone
         if seen is not None and last == seen.through:
@@ -215,8 +217,8 @@ async def resync(client: Client, stream: str, verify: Verifier, seen: Seen | Non
         if own == 0 and seen is not None:
             own, position = seen.own, seen.position
         # A server that does not say when it made the stream: nothing learned can be kept.
-        seen = Seen(info.created or datetime.min, last if info.created else 0, own, position)
-        if info.created is None:
+        seen = Seen(created or datetime.min, last if created else 0, own, position)
+        if created is None:
             break
     if passed_over:
         log.warning(
