@@ -18,6 +18,7 @@ from tidings.adapters.nats.publish import resync
 from tidings.adapters.sql.common import Partitioner
 from tidings.runtime.app import App
 from tidings.testing.eventually import eventually
+from tidings.testing.nats import flushed
 from tidings.testing.plugin import fresh_bus_url
 
 TOPIC = "forged.order.placed"
@@ -114,7 +115,7 @@ async def test_junk_past_any_scan_limit_costs_time_never_events(tmp_path: Path, 
                 # The first few claim the position of the relay's event, under another id.
                 headers = {"Tidings-Position": str(first.position)} if n < 5 else None
                 await client.publish(subject, b"junk", headers=headers)
-            await client.flush()
+            await flushed(client)
 
             async def all_junk_stored() -> bool:
                 stored = (await client.jetstream().stream_info(partition_stream)).state.messages
@@ -156,7 +157,7 @@ async def test_junk_is_looked_at_once_however_often_the_relay_resyncs(nats_url: 
                 "Nats-Msg-Id": event_id if count == 1 else f"{event_id}-{uuid.uuid4()}",
             }
             await client.publish(f"{subject}.x", b"", headers=headers)
-        await client.flush()
+        await flushed(client)
         published[0] += count
 
         async def stored() -> bool:  # the stream takes plain publishes a moment after the server

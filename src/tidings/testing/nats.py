@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 from tidings.errors import BackendUnavailable
 
 if TYPE_CHECKING:
+    from nats.aio.client import Client
+
     from tidings.runtime.app import App
 
 READY_TIMEOUT = 30.0
@@ -186,6 +188,17 @@ def nats_servers(
         for server in servers:
             server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+async def flushed(client: Client) -> None:
+    """Return once the server has read everything ``client`` sent before the call.
+
+    One ``flush()`` does not prove it: nats-py (2.16) writes flush's PING straight to the socket,
+    ahead of SUB and PUB commands still queued for its flusher task, so the PONG may come back
+    before the server has seen them. That first flush hands the queue to the flusher, which writes
+    it before any reply can be read; the second PING follows it on the wire."""
+    await client.flush()
+    await client.flush()
 
 
 async def open_on_new_cluster(app: App, *, within: float = 30.0) -> None:
