@@ -180,12 +180,19 @@ def test_the_demo_runs_encrypted(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(180)
 def test_the_summary_says_why_steps_timed_out(tmp_path: Path) -> None:
-    """Steps given far too little time: the summary says that the services fell behind their
-    step timeout, and how to give them longer."""
-    env = {**os.environ, "SHOP_STEP_TIMEOUT_SECONDS": "0.05"}
+    """Steps given too little time: the summary says that the services fell behind their step
+    timeout, and how to give them longer. The shipping service stalls on every order for longer
+    than the timeout (and no command expires first): however fast the machine, its step times out."""
+    env = {
+        **os.environ,
+        "SHOP_STEP_TIMEOUT_SECONDS": "0.3",
+        "SHOP_SHIPPING_STALL_RATE": "1",
+        "SHOP_SHIPPING_STALL_SECONDS": "1.0",
+        "SHOP_SHIPPING_DEADLINE_SECONDS": "60",
+    }
     output = _run_demo(tmp_path, "--store", f"sqlite:///{tmp_path / 'shop.db'}", env=env, orders=20).stdout
-    assert "no reply in time (reserve)" in output, output[-3000:]
-    assert "a step got no reply within its 0.05 s timeout: the services fell behind" in " ".join(
+    assert "no reply in time (ship)" in output, output[-3000:]
+    assert "a step got no reply within its 0.3 s timeout: the services fell behind" in " ".join(
         output.split()
     )
     assert "SHOP_STEP_TIMEOUT_SECONDS=10" in output
