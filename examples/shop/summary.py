@@ -91,7 +91,7 @@ async def report(app: tidings.App, placed: list[tidings.RecordedEvent]) -> Repor
     found = Report()
     found.stock = {sku: (await app.load(Stock, sku)).level for sku in SKUS}
     expired: set[str] = set()
-    for letter in await app.dead_letters(None, state="dead", limit=100_000):
+    for letter in await app.dead_letters(None, state=tidings.DeadLetterState.DEAD, limit=100_000):
         found.letters[letter.group, letter.reason] += 1
         command = parse_command_id(letter.event_id or "")
         if letter.reason == "expired" and command is not None:

@@ -1,6 +1,7 @@
 """tidings: a framework and runtime for event-driven services."""
 
 from tidings.domain.aggregate import Aggregate
+from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import Envelope, RecordedEvent, Stored
 from tidings.domain.events import Erased, Event, EventRegistry
 from tidings.domain.integrity import IntegrityReport, VerifiedState
@@ -44,6 +45,8 @@ __all__ = [
     "ConfigurationError",
     "Context",
     "DeadLetter",
+    "DeadLetterReason",
+    "DeadLetterState",
     "Encryption",
     "Envelope",
     "Erased",

@@ -9,6 +9,7 @@ from typing import Final, Literal, Protocol, runtime_checkable
 
 import msgspec
 
+from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, TopicOf
 from tidings.domain.integrity import IntegrityReport, VerifiedState
 
@@ -108,7 +109,7 @@ class StoreTransaction(Protocol):
     async def dead_letter(self, letter: DeadLetter) -> int:
         """Put an event into the group's dead letter queue; returns the entry's id."""
 
-    async def settle_dead_letter(self, entry: int, state: str) -> bool:
+    async def settle_dead_letter(self, entry: int, state: DeadLetterState) -> bool:
         """End a redrive: move the dead letter to ``state`` if it is still queued for redrive
         (``redrive``); else change nothing and return False. A compare-and-set, so that a run
         that ends after another settled the letter cannot undo it: a letter ``redriven`` (its
@@ -128,9 +129,7 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     """An event that a group will not process, and why."""
 
     group: str
-    #: "failed", "expired", "malformed", "undecryptable", "denied" (the handler did what the
-    #: policy does not allow), or "parked" (ordered groups)
-    reason: str
+    reason: DeadLetterReason
     error: str
     traceback: str = ""
     attempts: int = 0
@@ -144,7 +143,7 @@ class DeadLetter(msgspec.Struct, frozen=True, kw_only=True):
     first_failed: datetime | None = None
     dead_at: datetime
     id: int = 0  # given by the store
-    state: str = "dead"  # "dead", "redrive" (asked for), "redriven" (handled), "purged"
+    state: DeadLetterState = DeadLetterState.DEAD
 
 
 class Handling(msgspec.Struct, frozen=True):
@@ -198,10 +197,10 @@ class Log(Protocol):
         """Every event of a correlation (and its root), with how each group dealt with it."""
 
     async def dead_letters(
-        self, group: str | None = None, *, state: str | None = None, limit: int = 100
+        self, group: str | None = None, *, state: DeadLetterState | None = None, limit: int = 100
     ) -> list[DeadLetter]: ...
 
-    async def set_dead_letter_state(self, entries: Sequence[int], state: str) -> int:
+    async def set_dead_letter_state(self, entries: Sequence[int], state: DeadLetterState) -> int:
         """Ask for redrive or purge; returns how many entries changed."""
 
     async def watch(self, wake: Callable[[], None]) -> None:

@@ -33,6 +33,7 @@ from tidings.cli.common import (
 )
 from tidings.cli.logs import FORMATS, LEVELS, configure_logging
 from tidings.cli.render import current_keys, data_text
+from tidings.domain.dead_letters import DeadLetterState
 from tidings.domain.envelope import RecordedEvent, format_time, from_structured
 from tidings.errors import ConfigurationError, TidingsError
 from tidings.ports import DeadLetter, EventStore, Log, Trace
@@ -45,7 +46,7 @@ run_log = logging.getLogger("tidings.run")
 
 GroupOption = Annotated[str | None, typer.Option("--group", help="Only this consumer group.")]
 #: A dead letter's states (see ``tidings.ports.DeadLetter.state``), and "all" for every one.
-LETTER_STATES: Final = ("dead", "redrive", "redriven", "purged", "all")
+LETTER_STATES: Final = (*(state.value for state in DeadLetterState), "all")
 ALL_LETTERS: Final = 1_000_000  # as many as a command looks through to find ids
 
 
@@ -167,7 +168,7 @@ def dlq_list(
 
     async def work(opened: EventStore) -> list[DeadLetter]:
         return await _log(opened).dead_letters(
-            group, state=None if state == "all" else state, limit=limit or 100
+            group, state=None if state == "all" else DeadLetterState(state), limit=limit or 100
         )
 
     letters = run_with_store(store, work)
@@ -236,18 +237,22 @@ def dlq_show(
         console.print(Text(f"raw bytes: {letter.raw[:400]!r}"))
 
 
-def _change(store: str, entries: list[int], group: str | None, every: bool, state: str) -> int:
+def _change(store: str, entries: list[int], group: str | None, every: bool, state: DeadLetterState) -> int:
     """Set the state of the named dead letters (or of every dead one of ``group``); one red line
     and exit code 2 when there is nothing to change: an unknown id changes nothing at all."""
     if not entries and not (group and every):
         fail("name dead letter ids, or --group GROUP --all")
-    verb, done = ("redrive", "queued for redrive") if state == "redrive" else ("purge", "purged")
+    verb, done = (
+        ("redrive", "queued for redrive") if state is DeadLetterState.REDRIVE else ("purge", "purged")
+    )
     of_group = f" of group {group!r}" if group else ""
 
     async def work(opened: EventStore) -> tuple[int, str]:
         log = _log(opened)
         if not entries:
-            chosen = [x.id for x in await log.dead_letters(group, state="dead", limit=ALL_LETTERS)]
+            chosen = [
+                x.id for x in await log.dead_letters(group, state=DeadLetterState.DEAD, limit=ALL_LETTERS)
+            ]
             if not chosen:
                 return 0, f"nothing to {verb}: no dead letters{of_group} in state 'dead'"
             return await log.set_dead_letter_state(chosen, state), ""
@@ -278,7 +283,7 @@ def dlq_redrive(
     every: AllOption = False,
 ) -> None:
     """Hand dead letters back to the group that dead-lettered them (its running consumers)."""
-    changed = _change(store, entries or [], group, every, "redrive")
+    changed = _change(store, entries or [], group, every, DeadLetterState.REDRIVE)
     stdout().print(f"{changed} dead letter(s) queued for redrive")
 
 
@@ -290,7 +295,7 @@ def dlq_purge(
     every: AllOption = False,
 ) -> None:
     """Mark dead letters as dealt with (they stay on record, out of the queue)."""
-    changed = _change(store, entries or [], group, every, "purged")
+    changed = _change(store, entries or [], group, every, DeadLetterState.PURGED)
     stdout().print(f"{changed} dead letter(s) purged")
 
 

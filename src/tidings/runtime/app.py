@@ -18,6 +18,7 @@ import msgspec
 
 from tidings.adapters.registry import open_bus, open_store
 from tidings.domain.aggregate import Aggregate
+from tidings.domain.dead_letters import DeadLetterState
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, RecordedEvent, Stored
 from tidings.domain.events import Event, EventRegistry, default_registry
 from tidings.domain.integrity import IntegrityReport
@@ -540,17 +541,23 @@ class App:
     # -- dead letters --------------------------------------------------------------------------
 
     async def dead_letters(
-        self, group: str | None = None, *, state: str | None = "dead", limit: int = 100
+        self,
+        group: str | None = None,
+        *,
+        state: DeadLetterState | None = DeadLetterState.DEAD,
+        limit: int = 100,
     ) -> list[DeadLetter]:
-        """The dead letters of a group (or of all groups), oldest first."""
-        return await self.log.dead_letters(group, state=state, limit=limit)
+        """The dead letters of a group (or of all groups) in ``state`` (None: every state), oldest
+        first."""
+        chosen = None if state is None else DeadLetterState.named(state)  # a plain string too
+        return await self.log.dead_letters(group, state=chosen, limit=limit)
 
     async def redrive(self, entries: Sequence[int]) -> int:
         """Hand dead letters back to the group that dead-lettered them (and to no other)."""
-        changed = await self.log.set_dead_letter_state(entries, "redrive")
+        changed = await self.log.set_dead_letter_state(entries, DeadLetterState.REDRIVE)
         self.notify()
         return changed
 
     async def purge(self, entries: Sequence[int]) -> int:
         """Mark dead letters as dealt with; they stay on record, out of the queue."""
-        return await self.log.set_dead_letter_state(entries, "purged")
+        return await self.log.set_dead_letter_state(entries, DeadLetterState.PURGED)

@@ -22,12 +22,13 @@ import contextlib
 import logging
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from tidings.domain.attributes import escape_controls
+from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import RecordedEvent, Undecodable, to_structured
 from tidings.domain.events import Erased, Event
 from tidings.domain.ids import publication_id
@@ -134,7 +135,7 @@ class Context:
         return self._log
 
     @contextlib.asynccontextmanager
-    async def unit_of_work(self) -> Any:
+    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
         """Effects made through it commit once, with the inbox record and the checkpoint."""
         if self._unit is not None:
             raise RuntimeError("a handler has one unit of work")
@@ -361,7 +362,9 @@ class GroupConsumer(PartitionMember):
                             "group %s: dead-lettering %s (stuck): %s", self.group, context.envelope.id, error
                         )
                         await tx.dead_letter(
-                            self._letter(context.record, "stuck", error, "", context.attempt, None)
+                            self._letter(
+                                context.record, DeadLetterReason.STUCK, error, "", context.attempt, None
+                            )
                         )
                 if extra is not None:
                     await extra(tx)
@@ -417,27 +420,31 @@ class GroupConsumer(PartitionMember):
             await self._refresh_blocked()
         if parks and key in self._blocked:
             error = "parked: an earlier event of this key is in the dead letter queue"
-            await self._dead(partition, record, "parked", error, "", 0, None, redrive)
+            await self._dead(partition, record, DeadLetterReason.PARKED, error, "", 0, None, redrive)
             return False
         if isinstance(record, Undecodable):
-            await self._dead(partition, record, "malformed", record.error, "", 0, None, redrive)
+            await self._dead(
+                partition, record, DeadLetterReason.MALFORMED, record.error, "", 0, None, redrive
+            )
             return False
         try:
             event = app.codec.decode(envelope, record.stream, record.version)
         except MalformedEvent as exc:
-            await self._dead(partition, record, "malformed", str(exc), "", 0, None, redrive)
+            await self._dead(partition, record, DeadLetterReason.MALFORMED, str(exc), "", 0, None, redrive)
             return False
         except Undecryptable as exc:
-            await self._dead(partition, record, "undecryptable", str(exc), "", 0, None, redrive)
+            await self._dead(
+                partition, record, DeadLetterReason.UNDECRYPTABLE, str(exc), "", 0, None, redrive
+            )
             return False
         if isinstance(event, Erased):  # shredded: no data left to handle
             if redrive is not None:
-                await settle(self, redrive, "purged")
+                await settle(self, redrive, DeadLetterState.PURGED)
             return False  # the checkpoint moves past it
         late = None if redrive is not None else lateness(envelope, app.clock.now(), self.subscription.max_age)
         if late is not None:
             error = f"expired {late.total_seconds():.3f} s before it could be handled"
-            await self._dead(partition, record, "expired", error, "", 0, None, redrive)
+            await self._dead(partition, record, DeadLetterReason.EXPIRED, error, "", 0, None, redrive)
             return False
         retry = self.subscription.retry
         first_failure: datetime | None = None
@@ -458,7 +465,7 @@ class GroupConsumer(PartitionMember):
                 if attempt == retry.attempts or not retry.is_transient(exc):
                     trace = traceback.format_exc()
                     error = f"{describe(exc)}"
-                    reason = "denied" if denied else "failed"
+                    reason = DeadLetterReason.DENIED if denied else DeadLetterReason.FAILED
                     await self._dead(partition, record, reason, error, trace, attempt, first_failure, redrive)
                     return False
                 # A stale expected version is contention, retried as a matter of course; other
@@ -496,7 +503,9 @@ class GroupConsumer(PartitionMember):
         async def settle_redrive(tx: StoreTransaction) -> None:
             # The letter must still be queued for redrive: purged meanwhile, or settled by
             # another run, this run's effects and inbox record roll back with the transaction.
-            if redrive is not None and not await tx.settle_dead_letter(redrive.entry, "redriven"):
+            if redrive is not None and not await tx.settle_dead_letter(
+                redrive.entry, DeadLetterState.REDRIVEN
+            ):
                 raise LetterSettled(f"dead letter {redrive.entry} left redrive while its handler ran")
 
         await self._settle(partition, record.position, _Handled(record, context), settle_redrive, redrive)
@@ -505,7 +514,7 @@ class GroupConsumer(PartitionMember):
         self,
         partition: int | None,
         record: RecordedEvent,
-        reason: str,
+        reason: DeadLetterReason,
         error: str,
         trace: str,
         attempts: int,
@@ -523,7 +532,7 @@ class GroupConsumer(PartitionMember):
         async def write(tx: StoreTransaction) -> None:
             if redrive is not None:
                 # Only out of ``redrive``: a letter another run settled as redriven stays so.
-                await tx.settle_dead_letter(redrive.entry, "dead")
+                await tx.settle_dead_letter(redrive.entry, DeadLetterState.DEAD)
             else:
                 await tx.dead_letter(letter)
 
@@ -532,7 +541,7 @@ class GroupConsumer(PartitionMember):
     def _letter(
         self,
         record: RecordedEvent,
-        reason: str,
+        reason: DeadLetterReason,
         error: str,
         trace: str,
         attempts: int,

@@ -24,6 +24,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from tidings.domain.dead_letters import DeadLetterState
 from tidings.domain.envelope import RecordedEvent, from_structured
 from tidings.errors import ConcurrencyError, MalformedEvent, TidingsError
 from tidings.ports import DeadLetter
@@ -52,7 +53,7 @@ class Redrive:
     partition: int
 
 
-async def settle(member: GroupConsumer, redrive: Redrive, state: str) -> bool:
+async def settle(member: GroupConsumer, redrive: Redrive, state: DeadLetterState) -> bool:
     """Move the letter out of ``redrive`` to ``state``, fenced by its partition's lease."""
     async with member.app.store.transaction() as tx:
         await member.fence(tx, redrive.partition)
@@ -66,7 +67,9 @@ async def redrive_letters(member: GroupConsumer) -> None:
         # A parked letter written after its key's last unpark (the blocking letter was handled
         # meanwhile), or whose blocking letter was purged, would wait for ever: release them.
         await member.log.release_parked(member.group)
-    letters = await member.log.dead_letters(member.group, state="redrive", limit=LETTERS_PER_PASS)
+    letters = await member.log.dead_letters(
+        member.group, state=DeadLetterState.REDRIVE, limit=LETTERS_PER_PASS
+    )
     lost: set[int] = set()
     failed_keys: set[str] = set()  # ordered groups: a key whose earlier letter failed again
     for letter in letters:
@@ -97,14 +100,14 @@ async def _redrive(
     ordered_key = letter.key if member.subscription.ordered else None
     if letter.envelope is None or (ordered_key is not None and ordered_key in failed_keys):
         # Unusable, or an earlier event of its key failed again: it stays parked.
-        await settle(member, redrive, "dead")
+        await settle(member, redrive, DeadLetterState.DEAD)
         return
     try:
         # The document carries the data in base64 when it is sealed: a third larger.
         envelope = from_structured(letter.envelope, max_size=member.app.codec.max_size * 2)
     except MalformedEvent as exc:
         log.error("group %s: dead letter %d cannot be redriven: %s", member.group, letter.id, exc)
-        await settle(member, redrive, "dead")
+        await settle(member, redrive, DeadLetterState.DEAD)
         return
     if not member.subscription.pattern.matches(envelope.topic):
         # Not this group's to handle: a group of the same name in another App (another
@@ -112,12 +115,12 @@ async def _redrive(
         log.error(
             "group %s: dead letter %d (%s) is not of its pattern", member.group, letter.id, envelope.topic
         )
-        await settle(member, redrive, "dead")
+        await settle(member, redrive, DeadLetterState.DEAD)
         return
     if await member.log.handled(member.group, [envelope.id]):
         # Its effects are committed already (a redrive that committed before a member lost the
         # partition, a letter queued again after it was redriven): done, not handled again.
-        await settle(member, redrive, "redriven")
+        await settle(member, redrive, DeadLetterState.REDRIVEN)
         handled = True
     else:
         if member.app.keys is not None and envelope.datacontenttype == SEALED:

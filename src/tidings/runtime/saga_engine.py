@@ -48,10 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tidings.saga")
 
 
-class SagaStuck(Exception):
-    """Raised (and dead-lettered) when an instance gives up compensating: an operator must act."""
-
-
 class SagaEngine:
     """Drives the instances of one saga."""
 

@@ -26,6 +26,7 @@ import traceback
 from datetime import datetime
 from typing import TYPE_CHECKING
 
+from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import Envelope, from_structured, to_structured
 from tidings.errors import AccessDenied, IntegrityError, MalformedEvent, Undecryptable, describe
 from tidings.ports import DeadLetter, StoreTransaction, Timer
@@ -109,7 +110,9 @@ class TimerWorker:
     async def rearm(self) -> int:
         """Set again, due at once, the timers whose dead letters an operator queued for
         redrive; returns how many."""
-        letters = await self.app.log.dead_letters(TIMERS_GROUP, state="redrive", limit=self.batch)
+        letters = await self.app.log.dead_letters(
+            TIMERS_GROUP, state=DeadLetterState.REDRIVE, limit=self.batch
+        )
         rearmed = 0
         for letter in letters:
             rearmed += await self._rearm_one(letter)
@@ -122,14 +125,14 @@ class TimerWorker:
         except (MalformedEvent, Undecryptable) as exc:
             log.error("timers: dead letter %d cannot be set again as a timer: %s", letter.id, exc)
             async with store.transaction() as tx:
-                await tx.settle_dead_letter(letter.id, "dead")
+                await tx.settle_dead_letter(letter.id, DeadLetterState.DEAD)
             return False
         try:
             async with store.transaction() as tx:
                 # Timers first, as everywhere (see ``UnitOfWork.write_timers``). Its id is its
                 # event's: set again twice, it is replaced, and fired twice, appended once.
                 await tx.schedule_timer(envelope.id, self.app.clock.now(), stream, envelope)
-                if not await tx.settle_dead_letter(letter.id, "redriven"):
+                if not await tx.settle_dead_letter(letter.id, DeadLetterState.REDRIVEN):
                     raise _AlreadySettled  # another worker set it again, or it was purged
         except _AlreadySettled:
             return False
@@ -156,16 +159,16 @@ class _AlreadySettled(Exception):
     """Rolls back a timer set again from a letter that left ``redrive`` meanwhile."""
 
 
-def _reason(exc: Exception) -> str:
-    """The dead letter's reason, in the words consumers use for the same failures."""
+def _reason(exc: Exception) -> DeadLetterReason:
+    """The dead letter's reason, as consumers give it for the same failures."""
     if isinstance(exc, Undecryptable):
-        return "undecryptable"
+        return DeadLetterReason.UNDECRYPTABLE
     if isinstance(exc, MalformedEvent):
-        return "malformed"
-    return "denied" if isinstance(exc, AccessDenied) else "failed"
+        return DeadLetterReason.MALFORMED
+    return DeadLetterReason.DENIED if isinstance(exc, AccessDenied) else DeadLetterReason.FAILED
 
 
-def _letter(timer: Timer, reason: str, exc: Exception, now: datetime) -> DeadLetter:
+def _letter(timer: Timer, reason: DeadLetterReason, exc: Exception, now: datetime) -> DeadLetter:
     envelope, document = timer.envelope, None
     if envelope is not None:
         with contextlib.suppress(MalformedEvent):
@@ -174,7 +177,7 @@ def _letter(timer: Timer, reason: str, exc: Exception, now: datetime) -> DeadLet
         group=TIMERS_GROUP,
         reason=reason,
         error=f"{describe(exc)}",
-        traceback="".join(traceback.format_exception(exc)) if reason == "failed" else "",
+        traceback="".join(traceback.format_exception(exc)) if reason is DeadLetterReason.FAILED else "",
         attempts=1,
         event_id=envelope.id if envelope is not None else None,
         stream=timer.stream,

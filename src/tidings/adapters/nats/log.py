@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from tidings.domain.dead_letters import DeadLetterState
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, RecordedEvent, TopicOf
 from tidings.ports import DeadLetter, Log, Trace
 
@@ -62,11 +63,11 @@ class JetStreamLog:
         return await self.store_log.trace(correlation_id, limit=limit)
 
     async def dead_letters(
-        self, group: str | None = None, *, state: str | None = None, limit: int = 100
+        self, group: str | None = None, *, state: DeadLetterState | None = None, limit: int = 100
     ) -> list[DeadLetter]:
         return await self.store_log.dead_letters(group, state=state, limit=limit)
 
-    async def set_dead_letter_state(self, entries: Sequence[int], state: str) -> int:
+    async def set_dead_letter_state(self, entries: Sequence[int], state: DeadLetterState) -> int:
         return await self.store_log.set_dead_letter_state(entries, state)
 
     async def blocked_keys(self, group: str) -> set[str]:

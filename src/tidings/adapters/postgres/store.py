@@ -38,6 +38,7 @@ from tidings.adapters.sql.reads import StreamQuery, follow_log
 from tidings.adapters.sql.rows import from_micros, records_of, to_micros
 from tidings.adapters.sql.timers import TimerSql, timers_of
 from tidings.adapters.urls import redact_url
+from tidings.domain.dead_letters import DeadLetterState
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, to_structured
 from tidings.domain.integrity import IntegrityReport, VerifiedState
 from tidings.errors import (
@@ -421,13 +422,13 @@ class PostgresStore(PostgresKeyring):
         return Trace(events=events, handlings=handlings_of(inbox, dead))
 
     async def dead_letters(
-        self, group: str | None = None, *, state: str | None = None, limit: int = 100
+        self, group: str | None = None, *, state: DeadLetterState | None = None, limit: int = 100
     ) -> list[DeadLetter]:
         async with self._connection() as connection:
             cursor = await connection.execute(CONSUMERS.dead_letters, (group, group, state, state, limit))
             return [dead_letter_of(row) for row in await cursor.fetchall()]
 
-    async def set_dead_letter_state(self, entries: Sequence[int], state: str) -> int:
+    async def set_dead_letter_state(self, entries: Sequence[int], state: DeadLetterState) -> int:
         check_dead_letter_state(state)
         async with self._connection() as connection, connection.transaction():
             changed = 0
@@ -537,7 +538,7 @@ class PostgresTransaction(PostgresTransactionKeys):
         row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
-    async def settle_dead_letter(self, entry: int, state: str) -> bool:
+    async def settle_dead_letter(self, entry: int, state: DeadLetterState) -> bool:
         check_dead_letter_state(state)
         cursor = await self._connection.execute(CONSUMERS.settle_dead_letter, (state, entry))
         return cursor.rowcount == 1

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any, Final, NamedTuple
 
 from tidings.adapters.sql.rows import LOG_COLUMNS, from_micros
-from tidings.errors import InvalidArgument
+from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.ports import DeadLetter, Handling
 
 #: Columns of ``tidings_dead_letters`` in the order they are written and read (after ``id``).
@@ -18,7 +18,6 @@ DEAD_LETTER_COLUMNS: Final = (
     "group_name, reason, error, traceback, attempts, event_id, position, stream, topic,"
     " partition_key, envelope, raw, first_failed_us, dead_us, state"
 )
-DEAD_LETTER_STATES: Final = ("dead", "redrive", "redriven", "purged")
 
 
 def group_checkpoint(group: str, partition: int) -> str:
@@ -211,7 +210,7 @@ def dead_letter_of(row: Sequence[Any]) -> DeadLetter:
     return DeadLetter(
         id=entry,
         group=group,
-        reason=reason,
+        reason=DeadLetterReason(reason),
         error=error,
         traceback=traceback,
         attempts=attempts,
@@ -224,7 +223,7 @@ def dead_letter_of(row: Sequence[Any]) -> DeadLetter:
         raw=None if raw is None else bytes(raw),
         first_failed=None if first_us is None else from_micros(first_us),
         dead_at=from_micros(dead_us),
-        state=state,
+        state=DeadLetterState(state),
     )
 
 
@@ -255,10 +254,8 @@ def plan_leases(partitions: int, members: Sequence[str], leases: dict[int, str],
 
 
 def check_dead_letter_state(state: str) -> None:
-    if state not in DEAD_LETTER_STATES:
-        raise InvalidArgument(
-            f"dead letter state must be one of {', '.join(DEAD_LETTER_STATES)}, got {state!r}"
-        )
+    """A state a caller typed as a plain string is refused here, not stored."""
+    DeadLetterState.named(state)
 
 
 def handlings_of(inbox: Sequence[Sequence[Any]], dead: Sequence[Sequence[Any]]) -> list[Handling]:

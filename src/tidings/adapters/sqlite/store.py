@@ -34,6 +34,7 @@ from tidings.adapters.sql.timers import TimerSql, timers_of
 from tidings.adapters.sqlite import schema, steps, wal
 from tidings.adapters.sqlite.keys import SqliteKeyring, SqliteTransactionKeys
 from tidings.adapters.urls import redact_url
+from tidings.domain.dead_letters import DeadLetterState
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, to_structured
 from tidings.domain.integrity import IntegrityReport, VerifiedState
 from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError, StoreFull
@@ -403,11 +404,11 @@ class SqliteStore(SqliteKeyring):
         return await self._read(steps.trace, correlation_id, limit)
 
     async def dead_letters(
-        self, group: str | None = None, *, state: str | None = None, limit: int = 100
+        self, group: str | None = None, *, state: DeadLetterState | None = None, limit: int = 100
     ) -> list[DeadLetter]:
         return await self._read(steps.dead_letters, group, state, limit)
 
-    async def set_dead_letter_state(self, entries: Sequence[int], state: str) -> int:
+    async def set_dead_letter_state(self, entries: Sequence[int], state: DeadLetterState) -> int:
         check_dead_letter_state(state)
         async with self._write_lock:
             return await self._write(steps.in_transaction, steps.set_dead_letter_state, list(entries), state)
@@ -502,6 +503,6 @@ class SqliteTransaction(SqliteTransactionKeys):
     async def dead_letter(self, letter: DeadLetter) -> int:
         return await self._store._write(steps.dead_letter, letter)
 
-    async def settle_dead_letter(self, entry: int, state: str) -> bool:
+    async def settle_dead_letter(self, entry: int, state: DeadLetterState) -> bool:
         check_dead_letter_state(state)
         return await self._store._write(steps.settle_dead_letter, entry, state)

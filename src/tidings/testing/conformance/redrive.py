@@ -9,6 +9,7 @@ from collections import defaultdict
 import msgspec
 import pytest
 
+from tidings.domain.dead_letters import DeadLetterState
 from tidings.runtime.app import App
 from tidings.runtime.consuming import Context
 from tidings.runtime.retries import Retry
@@ -148,7 +149,7 @@ async def test_a_run_whose_letter_left_redrive_meanwhile_changes_nothing(
             assert await app.purge([letter.id]) == 1
         else:
             async with app.store.transaction() as tx:
-                assert await tx.settle_dead_letter(letter.id, "redriven")
+                assert await tx.settle_dead_letter(letter.id, DeadLetterState.REDRIVEN)
         released.set()
         # The run has ended once no letter is left in redrive and a pass has run since.
         await asyncio.sleep(2 * MEMBERS["lease_ttl"])

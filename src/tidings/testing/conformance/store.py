@@ -9,6 +9,7 @@ import msgspec
 import pytest
 
 from tidings.adapters.registry import open_store
+from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import Envelope, RecordedEvent
 from tidings.errors import ConcurrencyError, MalformedEvent
 from tidings.ports import ANY, NO_STREAM, DeadLetter, EventStore, ExpectedVersion, Log, Snapshot
@@ -333,16 +334,16 @@ async def test_a_redrive_settles_only_a_letter_queued_for_redrive(store: EventSt
     another run settled the letter (as redriven) cannot put it back to dead."""
     assert isinstance(store, Log)
     group = unique("settling")
-    letter = DeadLetter(group=group, reason="failed", error="boom", dead_at=datetime.now(UTC))
+    letter = DeadLetter(group=group, reason=DeadLetterReason.FAILED, error="boom", dead_at=datetime.now(UTC))
     async with store.transaction() as tx:
         entry = await tx.dead_letter(letter)
     async with store.transaction() as tx:
-        assert await tx.settle_dead_letter(entry, "redriven") is False  # not queued: stays dead
-    assert await store.set_dead_letter_state([entry], "redrive") == 1
+        assert await tx.settle_dead_letter(entry, DeadLetterState.REDRIVEN) is False  # not queued: stays dead
+    assert await store.set_dead_letter_state([entry], DeadLetterState.REDRIVE) == 1
     async with store.transaction() as tx:
-        assert await tx.settle_dead_letter(entry, "redriven") is True
+        assert await tx.settle_dead_letter(entry, DeadLetterState.REDRIVEN) is True
     async with store.transaction() as tx:
-        assert await tx.settle_dead_letter(entry, "dead") is False
+        assert await tx.settle_dead_letter(entry, DeadLetterState.DEAD) is False
     assert [x.state for x in await store.dead_letters(group, state=None)] == ["redriven"]
 
 

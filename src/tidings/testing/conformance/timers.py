@@ -9,6 +9,7 @@ import asyncio
 from collections.abc import Awaitable
 from datetime import timedelta
 
+from tidings.domain.dead_letters import DeadLetterReason
 from tidings.domain.envelope import Envelope, to_structured
 from tidings.domain.events import Event
 from tidings.domain.ids import publication_id
@@ -274,7 +275,9 @@ async def test_a_timer_letter_redriven_is_set_again_and_fires(store_url: str) ->
             await tx.schedule_timer(unique("timer"), now, stream, envelope)
         async with app.store.transaction() as tx:
             (stored,) = await tx.due_timers(now, 10)
-            await tx.dead_letter(_letter(stored, "failed", RuntimeError("refused when it fired"), now))
+            await tx.dead_letter(
+                _letter(stored, DeadLetterReason.FAILED, RuntimeError("refused when it fired"), now)
+            )
             await tx.cancel_timer(stored.id)
         _plant(store_url, unique("garbled"), round(now.timestamp() * 1_000_000), b'{"specversion": ')
 
