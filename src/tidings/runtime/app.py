@@ -39,7 +39,13 @@ from tidings.runtime.leasing import PartitionMember
 from tidings.runtime.log_context import log_fields
 from tidings.runtime.outbox import RESERVED_GROUP_PREFIX, Relay
 from tidings.runtime.projection import Projection, reset_projection, run_projection
-from tidings.runtime.publishing import Lineage, publication_envelope, say_bus_limit, stream_envelopes
+from tidings.runtime.publishing import (
+    Lineage,
+    aggregate_envelopes,
+    publication_envelope,
+    say_bus_limit,
+    stream_envelopes,
+)
 from tidings.runtime.repository import Repository
 from tidings.runtime.retries import Retry
 from tidings.runtime.saga_engine import SagaEngine
@@ -160,7 +166,11 @@ class App:
         self._log = store if isinstance(store, Log) else None
         #: What the relay reads: the log as stored (it passes sealed data on without opening it).
         self._stored_log = raw if isinstance(raw, Log) else None
-        self._repository = Repository(store, self.codec)
+        self._repository = Repository(
+            store,
+            self.codec,
+            lambda aggregate: aggregate_envelopes(self.codec, aggregate, self.clock.now(), Lineage()),
+        )
         self.state = AppState.OPEN
         if self.bus_url:
             try:
