@@ -99,10 +99,21 @@ class Aggregate:
         return tuple(self._pending)
 
     def _saved(self, version: int) -> None:
+        """The save committed at ``version``: nothing is pending any more. Called by the
+        runtime's one save path (``runtime/repository.py``), never before the commit, so that
+        a save whose commit failed can be tried again with its events."""
         self._pending.clear()
         self.version = version
 
     # -- snapshots ---------------------------------------------------------------------------
+
+    @classmethod
+    def snapshot_due(cls, before: int, after: int) -> bool:
+        """Whether a save from version ``before`` to ``after`` passes a multiple of
+        ``snapshot_every``: then a snapshot of ``after`` is taken. Saves of many events at once
+        pass a multiple without landing on it, so "every N" counts crossings, not versions."""
+        every = cls.snapshot_every
+        return every is not None and after // every > before // every
 
     @classmethod
     def snapshot_schema(cls) -> str:

@@ -9,7 +9,7 @@ import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, TypeVar
@@ -40,7 +40,13 @@ from tidings.runtime.leasing import PartitionMember
 from tidings.runtime.log_context import log_fields
 from tidings.runtime.outbox import RESERVED_GROUP_PREFIX, Relay
 from tidings.runtime.projection import Projection, reset_projection, run_projection
-from tidings.runtime.publishing import Lineage, publication_envelope, say_bus_limit
+from tidings.runtime.publishing import (
+    Lineage,
+    aggregate_envelopes,
+    publication_envelope,
+    say_bus_limit,
+    stream_envelopes,
+)
 from tidings.runtime.repository import Repository
 from tidings.runtime.retries import Retry
 from tidings.runtime.saga_engine import SagaEngine
@@ -161,7 +167,11 @@ class App:
         self._log = store if isinstance(store, Log) else None
         #: What the relay reads: the log as stored (it passes sealed data on without opening it).
         self._stored_log = raw if isinstance(raw, Log) else None
-        self._repository = Repository(store, self.codec)
+        self._repository = Repository(
+            store,
+            self.codec,
+            lambda aggregate: aggregate_envelopes(self.codec, aggregate, self.clock.now(), Lineage()),
+        )
         self.state = AppState.OPEN
         if self.bus_url:
             try:
@@ -250,16 +260,9 @@ class App:
         """Append events to a stream, atomically, with optimistic concurrency if asked."""
         check_stream_name(stream)
         batch = [events] if isinstance(events, Event) else list(events)
-        now = datetime.now(UTC)  # the events of one append happen, and commit, together
+        lineage = Lineage(correlation_id, causation_id)
         async with self._audited():
-            envelopes = [
-                self.codec.encode(
-                    event, subject=stream, time=now, correlation_id=correlation_id, causation_id=causation_id
-                )
-                for event in batch
-            ]
-        for envelope in envelopes:
-            self.codec.check_fits(stream, envelope)
+            envelopes = stream_envelopes(self.codec, stream, batch, self.clock.now(), lineage)
         records = await self.store.append(stream, envelopes, expected_version=expected_version)
         self.notify()
         return records

@@ -47,6 +47,7 @@ from tidings.runtime.deadlines import lateness
 from tidings.runtime.leasing import LeaseLost, PartitionMember
 from tidings.runtime.log_context import log_fields
 from tidings.runtime.publishing import aggregate_envelopes_of, publisher_of, trial_of
+from tidings.runtime.repository import Appended, complete_saves
 from tidings.runtime.retries import Retry
 from tidings.runtime.unit_of_work import UnitOfWork, write_documents
 
@@ -336,7 +337,7 @@ class GroupConsumer(PartitionMember):
         ``now`` and ``extra`` alone, fenced by the lease of the redrive's partition."""
         waiting = self._waiting.pop(partition, []) if partition is not None else []
         handled = waiting + ([now] if now is not None else [])
-        saved: list[tuple[Any, int]] = []
+        saved: list[Appended] = []
         try:
             async with self.app.store.transaction() as tx:
                 fenced_by = redrive.partition if redrive is not None else partition
@@ -386,8 +387,7 @@ class GroupConsumer(PartitionMember):
             self._committed_at[partition] = time.monotonic()
         for done in handled:
             log.debug(COMMITTED, self.group, done.record.envelope.id)
-        for aggregate, version in saved:
-            aggregate._saved(version)
+        await complete_saves(self.app.store, saved)  # only now: a failed commit is handled again
         if any(
             d.context._unit and (d.context._unit.publications or d.context._unit.aggregates) for d in handled
         ):

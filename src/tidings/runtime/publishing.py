@@ -4,13 +4,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import Envelope
+from tidings.domain.events import Event
 from tidings.domain.ids import uuid7
 from tidings.domain.names import check_name
 from tidings.errors import InvalidArgument
@@ -72,22 +73,32 @@ def publication_envelope(
     return stream, envelope
 
 
-def aggregate_envelopes(
-    codec: Codec, aggregate: Aggregate, now: datetime, lineage: Lineage
+def stream_envelopes(
+    codec: Codec, stream: str, events: Sequence[Event], now: datetime, lineage: Lineage
 ) -> list[Envelope]:
+    """The envelopes of events appended together to one stream: one time (they happen, and
+    commit, together), one lineage, each refused here if it could not be published whole."""
     envelopes = [
         codec.encode(
             event,
-            subject=aggregate.stream,
+            subject=stream,
             time=now,
             correlation_id=lineage.correlation_id,
             causation_id=lineage.causation_id,
         )
-        for event in aggregate.pending
+        for event in events
     ]
     for envelope in envelopes:
-        codec.check_fits(aggregate.stream, envelope)
+        codec.check_fits(stream, envelope)
     return envelopes
+
+
+def aggregate_envelopes(
+    codec: Codec, aggregate: Aggregate, now: datetime, lineage: Lineage
+) -> list[Envelope]:
+    """The envelopes of an aggregate's new events, however it is saved (``App.save`` or a
+    handler's unit of work): the one place they are made."""
+    return stream_envelopes(codec, aggregate.stream, aggregate.pending, now, lineage)
 
 
 def publisher_of(app: App, context: Context) -> Callable[[Publication], tuple[str, Envelope]]:

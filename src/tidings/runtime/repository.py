@@ -1,29 +1,98 @@
-"""Loading and saving aggregates: replay from the newest usable snapshot, save with optimistic
-concurrency, and take a snapshot every N events."""
+"""Loading and saving aggregates: replay from the newest usable snapshot; save with optimistic
+concurrency, and take a snapshot every N events.
+
+One save path serves ``App.save`` and handlers alike: ``append_aggregate`` appends an aggregate's
+new events where it is told (the store, or a handler's transaction), and ``complete_saves`` runs
+once that append committed: the aggregate takes its new version, and the snapshot the save made
+due is written. The snapshot follows the commit instead of joining it, because a store
+transaction has no snapshot write, and because a snapshot is a cache of what the stream holds:
+if it cannot be written, loads replay a little further until the next one, which is no reason to
+report a committed save as failed (a handler's would be run again).
+"""
 
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
 import msgspec
 
 from tidings.domain.aggregate import Aggregate
-from tidings.domain.envelope import RecordedEvent
+from tidings.domain.envelope import Envelope, RecordedEvent
 from tidings.domain.events import Erased
 from tidings.errors import AggregateNotFound, InvalidArgument
-from tidings.ports import EventStore, Snapshot
+from tidings.ports import EventStore, Snapshot, StoreTransaction
 from tidings.runtime.codec import Codec
 
 A = TypeVar("A", bound=Aggregate)
 log = logging.getLogger("tidings.repository")
 
+#: How an aggregate's new events become envelopes (``publishing.aggregate_envelopes``): stamped
+#: by the App's clock, in the lineage of whoever saves it.
+EnvelopesOf = Callable[[Aggregate], list[Envelope]]
+
+
+@dataclass(frozen=True, slots=True)
+class Appended:
+    """An aggregate's new events, appended where the commit is still to come, and the snapshot
+    that this save made due (of the state as appended): what ``complete_saves`` finishes."""
+
+    aggregate: Aggregate
+    records: list[RecordedEvent]
+    snapshot: Snapshot | None
+
+
+async def append_aggregate(
+    target: EventStore | StoreTransaction, aggregate: Aggregate, envelopes: Sequence[Envelope]
+) -> Appended:
+    """Append the envelopes of the aggregate's new events (at least one) to its stream,
+    expecting the version it was loaded at: ``ConcurrencyError`` if the stream moved meanwhile.
+    The aggregate is left as it is: a transaction may still fail to commit, and be retried."""
+    before = aggregate.version
+    records = await target.append(aggregate.stream, envelopes, expected_version=before)
+    after = records[-1].version
+    snapshot = None
+    if aggregate.snapshot_due(before, after):
+        snapshot = Snapshot(
+            stream=aggregate.stream,
+            version=after,
+            schema=aggregate.snapshot_schema(),
+            time=records[-1].envelope.time,
+            state=aggregate.snapshot_state(),
+        )
+    return Appended(aggregate, records, snapshot)
+
+
+async def complete_saves(store: EventStore, saves: Sequence[Appended]) -> None:
+    """What follows the commit of ``saves``: each aggregate takes its new version, then the
+    snapshots they made due are written (each alone: see the module's docstring)."""
+    for save in saves:
+        save.aggregate._saved(save.records[-1].version)
+    for save in saves:
+        if save.snapshot is None:
+            continue
+        try:
+            await store.save_snapshot(save.snapshot)
+        except Exception as exc:
+            log.warning(
+                "no snapshot of %s at version %d (its events are saved; loads replay them): %s",
+                save.snapshot.stream,
+                save.snapshot.version,
+                exc,
+            )
+
 
 class Repository:
-    def __init__(self, store: EventStore, codec: Codec) -> None:
+    """Aggregates on one store, as ``App.load`` and ``App.save`` reach them; ``envelopes_of``
+    makes the envelopes of what ``save`` appends (the App's: on its clock, in no lineage)."""
+
+    def __init__(self, store: EventStore, codec: Codec, envelopes_of: EnvelopesOf) -> None:
         self._store = store
         self._codec = codec
+        self._envelopes_of = envelopes_of
 
     async def load(
         self,
@@ -63,29 +132,13 @@ class Repository:
         return aggregate
 
     async def save(self, aggregate: Aggregate) -> list[RecordedEvent]:
-        """Append the aggregate's new events; ``ConcurrencyError`` if its stream moved meanwhile."""
+        """Append the aggregate's new events, alone (the append commits as it returns);
+        ``ConcurrencyError`` if its stream moved meanwhile."""
         if not aggregate.pending:
             return []
-        stream = aggregate.stream
-        now = datetime.now(UTC)  # the events of one save happen, and commit, together
-        envelopes = [self._codec.encode(event, subject=stream, time=now) for event in aggregate.pending]
-        for envelope in envelopes:
-            self._codec.check_fits(stream, envelope)
-        before = aggregate.version
-        records = await self._store.append(stream, envelopes, expected_version=before)
-        aggregate._saved(records[-1].version)
-        every = type(aggregate).snapshot_every
-        if every and aggregate.version // every > before // every:
-            await self._store.save_snapshot(
-                Snapshot(
-                    stream=stream,
-                    version=aggregate.version,
-                    schema=aggregate.snapshot_schema(),
-                    time=records[-1].envelope.time,
-                    state=aggregate.snapshot_state(),
-                )
-            )
-        return records
+        appended = await append_aggregate(self._store, aggregate, self._envelopes_of(aggregate))
+        await complete_saves(self._store, [appended])
+        return appended.records
 
     def _restore(self, aggregate: Aggregate, snapshot: Snapshot) -> bool:
         schema = aggregate.snapshot_schema()

@@ -1,7 +1,8 @@
 """The unit of work: what a handler changes, committed in one transaction with the group's inbox
 record and checkpoint, so that its effects happen exactly once however often the event arrives.
 
-Aggregates saved and events published through it are appended at commit; document writes are
+Aggregates saved and events published through it are appended at commit (aggregates by the one
+save path of ``runtime/repository.py``, whose snapshots follow the commit); document writes are
 buffered (and read back by the same unit of work) and written at commit, after the appends. The transaction is
 short: it opens at commit time, not while the handler awaits other things.
 """
@@ -22,6 +23,7 @@ from tidings.domain.events import Event
 from tidings.domain.names import check_name
 from tidings.errors import AggregateNotFound
 from tidings.ports import StoreTransaction
+from tidings.runtime.repository import Appended, EnvelopesOf, append_aggregate
 
 A = TypeVar("A", bound=Aggregate)
 T = TypeVar("T")
@@ -170,24 +172,21 @@ class UnitOfWork:
     async def append_events(
         self,
         tx: StoreTransaction,
-        envelopes_of: Callable[[Aggregate], list[Envelope]],
+        envelopes_of: EnvelopesOf,
         publish: Callable[[Publication], tuple[str, Envelope]],
-    ) -> list[tuple[Aggregate, int]]:
-        """Append the saved aggregates' new events and the publications (not the scheduled ones)
-        inside ``tx``; returns each saved aggregate with its new version, to be marked saved once
-        ``tx`` commits."""
-        saved: list[tuple[Aggregate, int]] = []
+    ) -> list[Appended]:
+        """Append the saved aggregates' new events (by the one save path, snapshots included)
+        and the publications (not the scheduled ones) inside ``tx``; returns the aggregates'
+        appends, for ``complete_saves`` once ``tx`` committed."""
+        appended: list[Appended] = []
         for aggregate in self.aggregates:
             if aggregate.pending:
-                records = await tx.append(
-                    aggregate.stream, envelopes_of(aggregate), expected_version=aggregate.version
-                )
-                saved.append((aggregate, records[-1].version))
+                appended.append(await append_aggregate(tx, aggregate, envelopes_of(aggregate)))
         for publication in self.publications:
             if publication.at is None:
                 stream, envelope = publish(publication)
                 await tx.append(stream, [envelope])
-        return saved
+        return appended
 
     async def write_timers(
         self, tx: StoreTransaction, publish: Callable[[Publication], tuple[str, Envelope]]

@@ -15,8 +15,11 @@ from tidings.domain.events import Event
 from tidings.errors import AggregateNotFound, ConcurrencyError, InvalidArgument
 from tidings.ports import Snapshot
 from tidings.runtime.app import App
+from tidings.runtime.consuming import Context
 from tidings.runtime.projection import Projection, View
-from tidings.testing.conformance.events import CartCheckedOut, ItemAdded, unique
+from tidings.testing.clock import ManualClock
+from tidings.testing.conformance.events import CartCheckedOut, ItemAdded, Ping, unique
+from tidings.testing.eventually import eventually
 
 
 class Cart(Aggregate, category="conformance_cart", snapshot_every=50):
@@ -142,6 +145,74 @@ async def test_a_snapshot_of_another_schema_is_ignored(app: App) -> None:
         await app.store.save_snapshot(Snapshot(cart.stream, 3, schema, last.envelope.time, state))
         loaded = await app.load(Cart, cart.id)
         assert loaded.items == {"apple": 3} and loaded.applied == 3
+
+
+async def test_a_handler_that_saves_past_snapshot_every_leaves_a_snapshot(store_url: str) -> None:
+    """An aggregate saved in a handler's unit of work is snapshotted as one that ``App.save``
+    saves: one save path. Two events of one key fill a cart with 30 items each, so that the
+    second save crosses 50 (``snapshot_every``) at version 60."""
+    app = App("conformance", store=store_url)
+
+    @app.subscribe("conformance.bus.ping", group="cart-filler")
+    async def fill(event: Ping, ctx: Context) -> None:
+        async with ctx.unit_of_work() as uow:
+            cart = await uow.load(Cart, event.key, create=True)
+            for n in range(event.n):
+                cart.add(f"sku-{n % 7}")
+            uow.save(cart)
+
+    cart_id = unique("handled")
+    stream = Cart.stream_of(cart_id)
+
+    async def snapshot_taken() -> bool:
+        snapshot, _ = await app.store.read_from_snapshot(stream)
+        return snapshot is not None
+
+    async with app:
+        for _ in range(2):
+            await app.publish(Ping(key=cart_id, n=30), key=cart_id)
+        async with app.running(lease_ttl=2.0, poll=0.5):
+            await eventually(snapshot_taken)
+        snapshot, after = await app.store.read_from_snapshot(stream)
+        loaded = await app.load(Cart, cart_id)
+        last = (await app.read_stream(stream))[-1]
+    assert snapshot is not None and snapshot.version == 60 and after == []
+    assert snapshot.schema == Cart.snapshot_schema() and snapshot.time == last.envelope.time
+    assert loaded.version == 60 and sum(loaded.items.values()) == 60
+    assert loaded.applied == 0, "should start from the snapshot at 60"
+
+
+async def test_events_are_stamped_by_the_apps_clock(store_url: str) -> None:
+    """``App.append``, ``App.save`` (its snapshot too) and an aggregate saved by a handler all
+    take their time from the App's clock, never from the machine's."""
+    clock = ManualClock(datetime(2001, 2, 3, 4, 5, 6, tzinfo=UTC))
+    app = App("conformance", store=store_url, clock=clock)
+
+    @app.subscribe("conformance.bus.ping", group="cart-filler")
+    async def fill(event: Ping, ctx: Context) -> None:
+        async with ctx.unit_of_work() as uow:
+            cart = await uow.load(Cart, event.key, create=True)
+            cart.add("handled")
+            uow.save(cart)
+
+    appended, saved, handled = unique("appended"), Cart(unique("saved")), unique("handled")
+    async with app:
+        await app.append(appended, ItemAdded(cart_id=appended, sku="apple"))
+        for n in range(50):  # up to snapshot_every: the save takes a snapshot
+            saved.add(f"sku-{n % 7}")
+        await app.save(saved)
+        await app.publish(Ping(key=handled, n=1), key=handled)
+        async with app.running(lease_ttl=2.0, poll=0.5):
+            await eventually(lambda: _has_events(app, Cart.stream_of(handled)))
+        snapshot, _ = await app.store.read_from_snapshot(saved.stream)
+        streams = [appended, saved.stream, Cart.stream_of(handled)]
+        times = {stream: {s.envelope.time for s in await app.read_stream(stream)} for stream in streams}
+    assert times == {stream: {clock.now()} for stream in streams}
+    assert snapshot is not None and snapshot.version == 50 and snapshot.time == clock.now()
+
+
+async def _has_events(app: App, stream: str) -> bool:
+    return bool(await app.read_stream(stream))
 
 
 class CartTotals(Projection):
