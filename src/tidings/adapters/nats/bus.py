@@ -54,7 +54,7 @@ from tidings.adapters.nats.reads import (
     record_of,
 )
 from tidings.adapters.nats.retention import dropping_settings
-from tidings.adapters.nats.settings import NatsSettings
+from tidings.adapters.nats.settings import NatsSettings as NatsSettings  # re-exported, as before
 from tidings.adapters.nats.views import ensure_read_stream, read_stream_config
 from tidings.adapters.tls_refusals import refuses_client_certificate, server_certificate_problem
 from tidings.domain.binary import to_binary
