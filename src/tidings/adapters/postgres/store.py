@@ -29,7 +29,8 @@ from tidings.adapters.sql.consumers import (
     dead_letter_row,
     group_checkpoint,
     handlings_of,
-    plan_leases,
+    lease_statements,
+    release_statements,
 )
 from tidings.adapters.sql.reads import StreamQuery, follow_log
 from tidings.adapters.sql.rows import from_micros, records_of, to_micros
@@ -241,29 +242,17 @@ class PostgresStore:
 
     async def lease(self, group: str, member: str, *, ttl: float) -> list[int]:
         now = time.time_ns() // 1000
-        expires = now + int(ttl * 1e6)
+        statements = lease_statements(
+            CONSUMERS, group, member, now_us=now, ttl_us=int(ttl * 1e6), partitions=self.partitions
+        )
         async with self._connection() as connection, connection.transaction():
             # One member of a group plans at a time: each reads the table that the others wrote.
             await connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tidings:{group}",))
-            await connection.execute(CONSUMERS.upsert_member, (group, member, expires))
-            await connection.execute(CONSUMERS.expire_members, (group, now))
-            await connection.execute(CONSUMERS.expire_leases, (group, now))
-            cursor = await connection.execute(CONSUMERS.members, (group,))
-            members = [m for (m,) in await cursor.fetchall()]
-            cursor = await connection.execute(CONSUMERS.leases, (group,))
-            leases: dict[int, str] = dict(await cursor.fetchall())
-            plan = plan_leases(self.partitions, members, leases, member)
-            for partition in plan.release:
-                await connection.execute(CONSUMERS.drop_lease, (group, partition, member))
-            for partition in plan.claim:
-                await connection.execute(CONSUMERS.claim_lease, (group, partition, member, expires))
-            await connection.execute(CONSUMERS.renew_leases, (expires, group, member))
-        return sorted(plan.keep + plan.claim)
+            return await steps.run(connection, statements)
 
     async def release(self, group: str, member: str) -> None:
         async with self._connection() as connection, connection.transaction():
-            await connection.execute(CONSUMERS.release_leases, (group, member))
-            await connection.execute(CONSUMERS.forget_member, (group, member))
+            await steps.run(connection, release_statements(CONSUMERS, group, member))
 
     async def handled(self, group: str, event_ids: Sequence[str]) -> set[str]:
         if not event_ids:

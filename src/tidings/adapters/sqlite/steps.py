@@ -18,10 +18,12 @@ from tidings.adapters.sql.common import (
 )
 from tidings.adapters.sql.consumers import (
     ConsumerSql,
+    Statements,
     dead_letter_of,
     dead_letter_row,
     handlings_of,
-    plan_leases,
+    lease_statements,
+    release_statements,
 )
 from tidings.adapters.sql.reads import StreamQuery, snapshot_query
 from tidings.adapters.sql.rows import from_micros, plan_rows, record_of, records_of, to_micros
@@ -240,26 +242,25 @@ def read_partition(
     return records_of(connection.execute(CONSUMERS.read_partition, (partition, after, limit)).fetchall())
 
 
+def run(connection: sqlite3.Connection, statements: Statements[T]) -> T:
+    """Run statements written once for both engines (``sql/consumers.py``) on ``connection``."""
+    try:
+        statement = next(statements)
+        while True:
+            statement = statements.send(connection.execute(*statement).fetchall())
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
 def lease(connection: sqlite3.Connection, group: str, member: str, ttl_us: int, partitions: int) -> list[int]:
-    now = time.time_ns() // 1000
-    expires = now + ttl_us
-    connection.execute(CONSUMERS.upsert_member, (group, member, expires))
-    connection.execute(CONSUMERS.expire_members, (group, now))
-    connection.execute(CONSUMERS.expire_leases, (group, now))
-    members = [m for (m,) in connection.execute(CONSUMERS.members, (group,))]
-    leases = dict(connection.execute(CONSUMERS.leases, (group,)).fetchall())
-    plan = plan_leases(partitions, members, leases, member)
-    for partition in plan.release:
-        connection.execute(CONSUMERS.drop_lease, (group, partition, member))
-    for partition in plan.claim:
-        connection.execute(CONSUMERS.claim_lease, (group, partition, member, expires))
-    connection.execute(CONSUMERS.renew_leases, (expires, group, member))
-    return sorted(plan.keep + plan.claim)
+    now = time.time_ns() // 1000  # once the transaction began: BEGIN may have waited for the lock
+    statements = lease_statements(CONSUMERS, group, member, now_us=now, ttl_us=ttl_us, partitions=partitions)
+    return run(connection, statements)
 
 
 def release(connection: sqlite3.Connection, group: str, member: str) -> None:
-    connection.execute(CONSUMERS.release_leases, (group, member))
-    connection.execute(CONSUMERS.forget_member, (group, member))
+    run(connection, release_statements(CONSUMERS, group, member))
 
 
 def holds_lease(connection: sqlite3.Connection, group: str, partition: int, member: str) -> bool:
