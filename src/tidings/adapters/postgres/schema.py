@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from tidings.adapters.sql.consumers import consumer_tables
+from tidings.adapters.sql.documents import DocumentSql, document_tables
 from tidings.adapters.sql.keys import key_tables
 from tidings.adapters.sql.rows import (
     AUDIT_COLUMNS,
@@ -53,16 +54,7 @@ CREATE: Final = (
         state BYTEA NOT NULL,
         PRIMARY KEY (stream, version)
     )""",
-    """CREATE TABLE IF NOT EXISTS tidings_checkpoints (
-        name TEXT PRIMARY KEY,
-        position BIGINT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS tidings_documents (
-        collection TEXT NOT NULL,
-        key TEXT NOT NULL,
-        value BYTEA NOT NULL,
-        PRIMARY KEY (collection, key)
-    )""",
+    *document_tables(bigint="BIGINT", blob="BYTEA"),
 )
 CREATE_CONSUMERS: Final = (
     *consumer_tables(
@@ -127,18 +119,7 @@ PUT_SNAPSHOT: Final = (
     " time_us = excluded.time_us, state = excluded.state"
 )
 
-GET_DOCUMENT: Final = "SELECT value FROM tidings_documents WHERE collection = %s AND key = %s"
-PUT_DOCUMENT: Final = (
-    "INSERT INTO tidings_documents (collection, key, value) VALUES (%s, %s, %s)"
-    " ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value"
-)
-DELETE_DOCUMENT: Final = "DELETE FROM tidings_documents WHERE collection = %s AND key = %s"
-CLEAR_COLLECTION: Final = "DELETE FROM tidings_documents WHERE collection = %s"
-GET_CHECKPOINT: Final = "SELECT position FROM tidings_checkpoints WHERE name = %s"
-PUT_CHECKPOINT: Final = (
-    "INSERT INTO tidings_checkpoints (name, position) VALUES (%s, %s)"
-    " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
-)
+DOCUMENTS: Final = DocumentSql.dialect("%s")
 
 ALL_HEADS: Final = "SELECT stream, version, hash FROM tidings_streams ORDER BY stream"
 ALL_EVENTS_BY_STREAM: Final = f"SELECT {AUDIT_COLUMNS} FROM tidings_events ORDER BY stream, version"

@@ -103,13 +103,13 @@ async def load_snapshot(
 
 
 async def get_document(connection: psycopg.AsyncConnection[Any], collection: str, key: str) -> bytes | None:
-    cursor = await connection.execute(schema.GET_DOCUMENT, (collection, key))
+    cursor = await connection.execute(schema.DOCUMENTS.get_document, (collection, key))
     row = await cursor.fetchone()
     return bytes(row[0]) if row else None
 
 
 async def get_checkpoint(connection: psycopg.AsyncConnection[Any], name: str) -> int:
-    cursor = await connection.execute(schema.GET_CHECKPOINT, (name,))
+    cursor = await connection.execute(schema.DOCUMENTS.get_checkpoint, (name,))
     row = await cursor.fetchone()
     return int(row[0]) if row else 0
 

@@ -402,19 +402,19 @@ class PostgresTransaction:
         return await steps.get_document(self._connection, collection, key)
 
     async def put_document(self, collection: str, key: str, value: bytes) -> None:
-        await self._connection.execute(schema.PUT_DOCUMENT, (collection, key, value))
+        await self._connection.execute(schema.DOCUMENTS.put_document, (collection, key, value))
 
     async def delete_document(self, collection: str, key: str) -> None:
-        await self._connection.execute(schema.DELETE_DOCUMENT, (collection, key))
+        await self._connection.execute(schema.DOCUMENTS.delete_document, (collection, key))
 
     async def clear_collection(self, collection: str) -> None:
-        await self._connection.execute(schema.CLEAR_COLLECTION, (collection,))
+        await self._connection.execute(schema.DOCUMENTS.clear_collection, (collection,))
 
     async def get_checkpoint(self, name: str) -> int:
         return await steps.get_checkpoint(self._connection, name)
 
     async def set_checkpoint(self, name: str, position: int) -> None:
-        await self._connection.execute(schema.PUT_CHECKPOINT, (name, position))
+        await self._connection.execute(schema.DOCUMENTS.put_checkpoint, (name, position))
 
     async def schedule_timer(self, timer_id: str, due: datetime, stream: str, envelope: Envelope) -> None:
         row = (timer_id, to_micros(due), stream, to_structured(envelope))

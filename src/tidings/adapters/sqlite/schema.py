@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Final
 
 from tidings.adapters.sql.consumers import consumer_tables
+from tidings.adapters.sql.documents import DocumentSql, document_tables
 from tidings.adapters.sql.keys import key_tables
 from tidings.adapters.sql.rows import (
     AUDIT_COLUMNS,
@@ -53,16 +54,7 @@ CREATE: Final = (
         state BLOB NOT NULL,
         PRIMARY KEY (stream, version)
     )""",
-    """CREATE TABLE IF NOT EXISTS tidings_checkpoints (
-        name TEXT PRIMARY KEY,
-        position INTEGER NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS tidings_documents (
-        collection TEXT NOT NULL,
-        key TEXT NOT NULL,
-        value BLOB NOT NULL,
-        PRIMARY KEY (collection, key)
-    )""",
+    *document_tables(bigint="INTEGER", blob="BLOB"),
 )
 CREATE_CONSUMERS: Final = (
     *consumer_tables(bigint="INTEGER", blob="BLOB", auto_id="INTEGER PRIMARY KEY AUTOINCREMENT"),
@@ -101,18 +93,7 @@ PUT_SNAPSHOT: Final = (
     " VALUES (?, ?, ?, ?, ?)"
 )
 
-GET_DOCUMENT: Final = "SELECT value FROM tidings_documents WHERE collection = ? AND key = ?"
-PUT_DOCUMENT: Final = (
-    "INSERT INTO tidings_documents (collection, key, value) VALUES (?, ?, ?)"
-    " ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value"
-)
-DELETE_DOCUMENT: Final = "DELETE FROM tidings_documents WHERE collection = ? AND key = ?"
-CLEAR_COLLECTION: Final = "DELETE FROM tidings_documents WHERE collection = ?"
-GET_CHECKPOINT: Final = "SELECT position FROM tidings_checkpoints WHERE name = ?"
-PUT_CHECKPOINT: Final = (
-    "INSERT INTO tidings_checkpoints (name, position) VALUES (?, ?)"
-    " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
-)
+DOCUMENTS: Final = DocumentSql.dialect("?")
 
 ALL_HEADS: Final = "SELECT stream, version, hash FROM tidings_streams ORDER BY stream"
 ALL_EVENTS_BY_STREAM: Final = f"SELECT {AUDIT_COLUMNS} FROM tidings_events ORDER BY stream, version"

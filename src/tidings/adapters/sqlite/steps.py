@@ -201,12 +201,12 @@ def log_batch(
 
 
 def get_document(connection: sqlite3.Connection, collection: str, key: str) -> bytes | None:
-    row = connection.execute(schema.GET_DOCUMENT, (collection, key)).fetchone()
+    row = connection.execute(schema.DOCUMENTS.get_document, (collection, key)).fetchone()
     return bytes(row[0]) if row else None
 
 
 def get_checkpoint(connection: sqlite3.Connection, name: str) -> int:
-    row = connection.execute(schema.GET_CHECKPOINT, (name,)).fetchone()
+    row = connection.execute(schema.DOCUMENTS.get_checkpoint, (name,)).fetchone()
     return int(row[0]) if row else 0
 
 
