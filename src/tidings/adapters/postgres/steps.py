@@ -22,7 +22,7 @@ T = TypeVar("T")
 
 
 async def read_head(connection: psycopg.AsyncConnection[Any], stream: str) -> Head | None:
-    cursor = await connection.execute(schema.HEAD, (stream,))
+    cursor = await connection.execute(schema.STORE.head, (stream,))
     row = await cursor.fetchone()
     return Head(row[0], bytes(row[1])) if row else None
 
@@ -83,7 +83,7 @@ async def insert(
     position_of = dict(await cursor.fetchall())
     last = rows[-1]
     await connection.execute(
-        schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].time_us, last.time_us)
+        schema.STORE.upsert_head, (stream, last.version, last.hash, rows[0].time_us, last.time_us)
     )
     await connection.execute(schema.NOTIFY)  # delivered when, and only if, the append commits
     return [

@@ -91,7 +91,7 @@ class PostgresStore:
             exists = await cursor.fetchone()
             meta: dict[str, str] = {}
             if exists and exists[0]:
-                cursor = await connection.execute(schema.ALL_META)
+                cursor = await connection.execute(schema.STORE.all_meta)
                 meta = dict(await cursor.fetchall())
         identity = identity_of_store(self.url, meta)
         self._partition_of = Partitioner(identity.partitions)
@@ -173,7 +173,7 @@ class PostgresStore:
                 if prefix:
                     await cursor.execute(schema.LOG_BATCH_PREFIX, (after, len(prefix), prefix, size))
                 else:
-                    await cursor.execute(schema.LOG_BATCH, (after, size))
+                    await cursor.execute(schema.STORE.log_batch, (after, size))
                 rows = await cursor.fetchall()
             return (rows[-1][0] if rows else after), records_of(rows)
 
@@ -181,7 +181,7 @@ class PostgresStore:
 
     async def head_position(self) -> int:
         async with self._connection() as connection:
-            cursor = await connection.execute(schema.HEAD_POSITION)
+            cursor = await connection.execute(schema.STORE.head_position)
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
@@ -345,16 +345,16 @@ class PostgresStore:
     async def verify(self, against: VerifiedState | None = None) -> IntegrityReport:
         async with self._connection() as connection, connection.transaction():
             await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            cursor = await connection.execute(schema.ALL_HEADS)
+            cursor = await connection.execute(schema.STORE.all_heads)
             heads = {s: (v, bytes(h)) for s, v, h in await cursor.fetchall()}
             audit = StoreAudit(heads, self._partition_of, self.log_id, against)
             # Named (server-side) cursors stream the rows: memory stays flat for any size.
             async with connection.cursor(name="tidings_verify", binary=True) as rows:
-                await rows.execute(schema.ALL_EVENTS_BY_STREAM)
+                await rows.execute(schema.STORE.all_events_by_stream)
                 async for row in rows:
                     audit.feed(row)
             async with connection.cursor(name="tidings_verify_log", binary=True) as rows:
-                await rows.execute(schema.LOG_LAYOUT)
+                await rows.execute(schema.STORE.log_layout)
                 async for position, stream, version in rows:
                     audit.feed_log(position, stream, version)
         return audit.report()

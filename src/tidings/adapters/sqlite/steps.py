@@ -88,7 +88,7 @@ def in_transaction(connection: sqlite3.Connection, step: Callable[..., T], *args
 
 
 def read_head(connection: sqlite3.Connection, stream: str) -> Head | None:
-    row = connection.execute(schema.HEAD, (stream,)).fetchone()
+    row = connection.execute(schema.STORE.head, (stream,)).fetchone()
     return Head(row[0], bytes(row[1])) if row else None
 
 
@@ -150,7 +150,9 @@ def insert(
     # one, so the rows of this call hold consecutive positions ending at the last rowid.
     (last_position,) = connection.execute("SELECT last_insert_rowid()").fetchone()
     last = rows[-1]
-    connection.execute(schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].time_us, last.time_us))
+    connection.execute(
+        schema.STORE.upsert_head, (stream, last.version, last.hash, rows[0].time_us, last.time_us)
+    )
     first_position = last_position - len(rows) + 1
     return [
         RecordedEvent(envelope=envelope, stream=stream, version=row.version, position=first_position + n)
@@ -196,7 +198,7 @@ def log_batch(
     if prefix:
         rows = connection.execute(schema.LOG_BATCH_PREFIX, (after, len(prefix), prefix, size)).fetchall()
     else:
-        rows = connection.execute(schema.LOG_BATCH, (after, size)).fetchall()
+        rows = connection.execute(schema.STORE.log_batch, (after, size)).fetchall()
     return (rows[-1][0] if rows else after), records_of(rows)
 
 
@@ -216,14 +218,14 @@ def verify(
     # One read transaction: the heads, the events and the log layout are one snapshot (WAL).
     connection.execute("BEGIN")
     try:
-        heads = {s: (v, bytes(h)) for s, v, h in connection.execute(schema.ALL_HEADS)}
+        heads = {s: (v, bytes(h)) for s, v, h in connection.execute(schema.STORE.all_heads)}
         audit = StoreAudit(heads, partition_of, log_id, against)
         for (message,) in connection.execute("PRAGMA quick_check"):
             if message != "ok":
                 audit.problems.append(IntegrityProblem("", 0, 0, f"SQLite storage check: {message}"))
-        for row in connection.execute(schema.ALL_EVENTS_BY_STREAM):
+        for row in connection.execute(schema.STORE.all_events_by_stream):
             audit.feed(row)
-        for position, stream, version in connection.execute(schema.LOG_LAYOUT):
+        for position, stream, version in connection.execute(schema.STORE.log_layout):
             audit.feed_log(position, stream, version)
     finally:
         if connection.in_transaction:  # SQLite may have rolled it back on an error already

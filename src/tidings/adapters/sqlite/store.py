@@ -137,7 +137,7 @@ class SqliteStore:
         meta: dict[str, str] = {}
         if not self._is_foreign(connection):
             try:
-                meta = dict(connection.execute(schema.ALL_META).fetchall())
+                meta = dict(connection.execute(schema.STORE.all_meta).fetchall())
             except sqlite3.OperationalError:  # no tables at all
                 meta = {}
         return identity_of_store(self.url, meta)
@@ -199,7 +199,9 @@ class SqliteStore:
         return follow_log(fetch, after=after, pattern=pattern, batch_size=batch_size, limit=limit)
 
     async def head_position(self) -> int:
-        return await self._connections.read(lambda c: int(c.execute(schema.HEAD_POSITION).fetchone()[0]))
+        return await self._connections.read(
+            lambda c: int(c.execute(schema.STORE.head_position).fetchone()[0])
+        )
 
     async def stream_version(self, stream: str) -> int:
         head = await self._connections.read(steps.read_head, stream)
