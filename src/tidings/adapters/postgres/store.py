@@ -363,8 +363,6 @@ class PostgresStore:
 class PostgresTransaction:
     """A transaction on one pooled connection: appends, documents and checkpoints commit together."""
 
-    _store: PostgresStore
-
     def __init__(self, connection: Connection, store: PostgresStore) -> None:
         self._connection = connection
         self._store = store
