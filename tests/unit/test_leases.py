@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tidings.adapters.sql.consumers import plan_leases
+from tidings.adapters.sql.consumers import ConsumerSql, lease_statements, plan_leases, release_statements
+from tidings.adapters.sqlite import schema, steps
 
 
 def converge(partitions: int, members: list[str], leases: dict[int, str], rounds: int = 4) -> dict[int, str]:
@@ -49,3 +52,23 @@ def test_members_converge_on_fair_shares(partitions: int, members: list[str], he
     assert sorted(final) == list(range(partitions)), "every partition has exactly one holder"
     counts = [sum(1 for holder in final.values() if holder == m) for m in members]
     assert max(counts) - min(counts) <= 1, f"unfair shares: {counts}"
+
+
+def test_the_lease_statements_share_a_group_and_outlive_a_silent_member() -> None:
+    # The statements both engines run, driven by the SQLite driver on a database in memory.
+    connection = sqlite3.connect(":memory:", isolation_level=None)
+    for statement in (*schema.CREATE, *schema.CREATE_CONSUMERS):
+        connection.execute(statement)
+    sql = ConsumerSql.dialect("?")
+
+    def lease(member: str, now: int) -> list[int]:
+        return steps.run(connection, lease_statements(sql, "g", member, now_us=now, ttl_us=10, partitions=4))
+
+    assert lease("a", 0) == [0, 1, 2, 3]
+    assert lease("b", 1) == [], "a newcomer waits for the surplus"
+    assert lease("a", 2) == [0, 1], "the surplus is given up"
+    assert lease("b", 3) == [2, 3]
+    assert lease("b", 20) == [0, 1, 2, 3], "a member silent past its ttl loses its leases"
+    steps.run(connection, release_statements(sql, "g", "b"))
+    assert connection.execute("SELECT count(*) FROM tidings_leases").fetchone() == (0,)
+    assert connection.execute("SELECT count(*) FROM tidings_members").fetchone() == (0,)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from tidings.adapters.nats.bus import NatsSettings
 from tidings.adapters.nats.names import read_patterns, read_stream
 from tidings.adapters.nats.permissions import authorization_block, permissions_of
+from tidings.adapters.nats.settings import NatsSettings
 from tidings.adapters.nats.views import identity
 from tidings.cli import app
 from tidings.domain.policy import Policy, Principal

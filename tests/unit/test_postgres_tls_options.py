@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from psycopg.conninfo import conninfo_to_dict
 
-from tidings.adapters.postgres.store import PostgresSettings
+from tidings.adapters.postgres.settings import PostgresSettings
 from tidings.adapters.postgres.tls import explain_refusal
 
 URL = (

@@ -45,7 +45,8 @@ def open_bus(url: str) -> Bus:
     scheme = urlsplit(url).scheme
     if scheme in ("nats", "tls"):
         try:
-            from tidings.adapters.nats.bus import NatsBus, NatsSettings
+            from tidings.adapters.nats.bus import NatsBus
+            from tidings.adapters.nats.settings import NatsSettings
         except ImportError as exc:
             raise ConfigurationError(
                 f"the NATS bus needs its client ({exc.name} is missing): pip install 'tidings[nats]'"

@@ -23,8 +23,8 @@ import contextlib
 import logging
 import ssl
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from urllib.parse import parse_qsl, urlsplit
+from dataclasses import replace
+from urllib.parse import urlsplit
 
 import nats
 from nats.aio.client import Client
@@ -35,7 +35,8 @@ from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
 
 from tidings.adapters.nats.inbox import Inbox
-from tidings.adapters.nats.names import check_prefix, inbox_prefix, read_patterns, read_stream
+from tidings.adapters.nats.log import JetStreamLog
+from tidings.adapters.nats.names import inbox_prefix, read_patterns, read_stream
 from tidings.adapters.nats.publish import (
     SEQUENCE_HEADER_SIZE,
     Seen,
@@ -53,25 +54,15 @@ from tidings.adapters.nats.reads import (
     record_of,
 )
 from tidings.adapters.nats.retention import dropping_settings
+from tidings.adapters.nats.settings import NatsSettings as NatsSettings  # re-exported, as before
 from tidings.adapters.nats.views import ensure_read_stream, read_stream_config
 from tidings.adapters.tls_refusals import refuses_client_certificate, server_certificate_problem
-from tidings.adapters.urls import redact_url
 from tidings.domain.binary import to_binary
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, TopicOf
 from tidings.domain.headers import percent_encode
 from tidings.errors import BackendUnavailable, ConfigurationError, describe
 from tidings.ports import Log
 
-_OWN_OPTIONS = (
-    "stream",
-    "prefix",
-    "replicas",
-    "duplicate_window",
-    "connect_timeout",
-    "tls_ca",
-    "tls_cert",
-    "tls_key",
-)
 PARTITIONS_KEY = "tidings_partitions"  # in each stream's metadata: the log's partition count
 LOG_KEY = "tidings_log"  # and the id of the log it carries
 #: What a broker error is, as far as the bus is concerned: the server is not there for us.
@@ -97,76 +88,6 @@ def _is_authorization_violation(error: Exception) -> bool:
     """Whether ``error`` carries the server's ``-ERR 'Authorization Violation'`` (the protocol's
     own words), which some client versions hand over as a plain error, not AuthorizationError."""
     return isinstance(error, NatsError) and "authorization violation" in str(error).lower()
-
-
-@dataclass(frozen=True, slots=True)
-class NatsSettings:
-    servers: tuple[str, ...] = field(repr=False)  # they may carry a password
-    stream: str = "TIDINGS"
-    prefix: str = "tidings"
-    replicas: int = 1
-    duplicate_window: float = 120.0  # seconds within which JetStream drops a repeated event id
-    connect_timeout: float = 5.0
-    tls_ca: str | None = None  # a CA file to verify the server with (else the system's CAs)
-    tls_cert: str | None = None  # a client certificate and its key, for mutual TLS
-    tls_key: str | None = None
-    display_url: str = field(default="", compare=False)
-
-    @classmethod
-    def from_url(cls, url: str) -> NatsSettings:
-        """``nats://host:4222[,host2:4222...]`` or ``tls://...``; options as query parameters:
-        ``stream``, ``prefix``, ``replicas``, ``duplicate_window`` (s), ``connect_timeout`` (s),
-        and for TLS ``tls_ca``, ``tls_cert``, ``tls_key`` (file paths)."""
-        parts = urlsplit(url)
-        if parts.scheme not in ("nats", "tls") or not parts.netloc:
-            raise ConfigurationError(f"not a NATS URL: {redact_url(url)!r} (expected nats://host:4222)")
-        options = dict(parse_qsl(parts.query))
-        unknown = set(options) - set(_OWN_OPTIONS)
-        if unknown:
-            raise ConfigurationError(f"unknown NATS URL option(s): {', '.join(sorted(unknown))}")
-        auth, _, hosts = parts.netloc.rpartition("@")
-        prefix = f"{parts.scheme}://{auth + '@' if auth else ''}"
-        servers = tuple(prefix + host for host in hosts.split(",") if host)
-        try:
-            return cls(
-                servers=servers,
-                stream=options.get("stream", "TIDINGS"),
-                prefix=check_prefix(options.get("prefix", "tidings")),
-                replicas=int(options.get("replicas", "1")),
-                duplicate_window=float(options.get("duplicate_window", "120")),
-                connect_timeout=float(options.get("connect_timeout", "5")),
-                tls_ca=options.get("tls_ca"),
-                tls_cert=options.get("tls_cert"),
-                tls_key=options.get("tls_key"),
-                display_url=redact_url(url),
-            )
-        except ValueError as exc:
-            raise ConfigurationError(f"bad NATS URL option in {redact_url(url)!r}: {exc}") from None
-
-    def tls_context(self) -> ssl.SSLContext | None:
-        """TLS for ``tls://`` URLs or when TLS files are given: the server's certificate is
-        verified (against ``tls_ca``) and must name the host; a client certificate if given."""
-        if not (any(s.startswith("tls://") for s in self.servers) or self.tls_ca or self.tls_cert):
-            return None
-        if bool(self.tls_cert) != bool(self.tls_key):
-            raise ConfigurationError("tls_cert and tls_key go together (a client certificate and its key)")
-        try:
-            context = ssl.create_default_context(cafile=self.tls_ca)
-            if self.tls_cert and self.tls_key:
-                context.load_cert_chain(self.tls_cert, self.tls_key)
-        except (OSError, ssl.SSLError) as exc:
-            raise ConfigurationError(f"NATS TLS settings of {self.display_url}: {exc}") from None
-        return context
-
-    def stream_of(self, partition: int) -> str:
-        return f"{self.stream}_{partition}"
-
-    def subject_of(self, partition: int) -> str:
-        return f"{self.prefix}.{partition}.>"
-
-    @property
-    def doorbell(self) -> str:
-        return f"{self.prefix}.wake"
 
 
 #: A version or position as wide as the relay may ever write one (19 digits).
@@ -487,6 +408,4 @@ class NatsBus:
     def log(
         self, store_log: Log, *, topic_of: TopicOf | None = None, max_event_size: int = DEFAULT_MAX_SIZE
     ) -> Log:
-        from tidings.adapters.nats.log import JetStreamLog
-
         return JetStreamLog(self, store_log, topic_of, max_event_size)

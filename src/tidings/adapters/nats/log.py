@@ -5,14 +5,29 @@ its inbox record and the group's checkpoint still commit in one store transactio
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
+from tidings.adapters.nats.settings import NatsSettings
 from tidings.domain.dead_letters import DeadLetterState
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, RecordedEvent, TopicOf
 from tidings.ports import DeadLetter, Log, Trace
 
-if TYPE_CHECKING:
-    from tidings.adapters.nats.bus import NatsBus
+
+class PartitionStreams(Protocol):
+    """What the log needs of the bus (``NatsBus``): where each partition is read, its messages
+    after a stream sequence, and the doorbell. Named here, not imported: the bus builds the log,
+    and the log importing the bus back would make the two modules a circle."""
+
+    @property
+    def settings(self) -> NatsSettings: ...
+
+    def read_stream_of(self, partition: int) -> str: ...
+
+    async def read_partition(
+        self, partition: int, *, after: int, limit: int, topic_of: TopicOf | None, max_size: int
+    ) -> list[RecordedEvent]: ...
+
+    async def watch(self, wake: Callable[[], None]) -> None: ...
 
 
 class JetStreamLog:
@@ -20,7 +35,7 @@ class JetStreamLog:
 
     def __init__(
         self,
-        bus: NatsBus,
+        bus: PartitionStreams,
         store_log: Log,
         topic_of: TopicOf | None = None,
         max_event_size: int = DEFAULT_MAX_SIZE,

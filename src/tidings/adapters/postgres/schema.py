@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Final
 
 from tidings.adapters.sql.consumers import consumer_tables
+from tidings.adapters.sql.documents import DocumentSql, document_tables
 from tidings.adapters.sql.keys import key_tables
 from tidings.adapters.sql.rows import (
-    AUDIT_COLUMNS,
     INSERT_COLUMNS,
-    LAYOUT_COLUMNS,
     LOG_COLUMNS,
     SELECT_COLUMNS,
 )
+from tidings.adapters.sql.statements import StoreSql
 from tidings.adapters.sql.timers import timer_tables
 
 # Advisory lock keys (arbitrary constants, "tidings" in ASCII plus a suffix).
@@ -53,16 +53,7 @@ CREATE: Final = (
         state BYTEA NOT NULL,
         PRIMARY KEY (stream, version)
     )""",
-    """CREATE TABLE IF NOT EXISTS tidings_checkpoints (
-        name TEXT PRIMARY KEY,
-        position BIGINT NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS tidings_documents (
-        collection TEXT NOT NULL,
-        key TEXT NOT NULL,
-        value BYTEA NOT NULL,
-        PRIMARY KEY (collection, key)
-    )""",
+    *document_tables(bigint="BIGINT", blob="BYTEA"),
 )
 CREATE_CONSUMERS: Final = (
     *consumer_tables(
@@ -73,7 +64,6 @@ CREATE_CONSUMERS: Final = (
 )
 
 HANDLED: Final = "SELECT event_id FROM tidings_inbox WHERE group_name = %s AND event_id = ANY(%s)"
-ALL_META: Final = "SELECT key, value FROM tidings_meta"
 TABLES_EXIST: Final = "SELECT to_regclass('tidings_meta') IS NOT NULL"
 #: The newest table exists (all are created in one transaction) and the store has its meta.
 SCHEMA_READY: Final = (
@@ -94,7 +84,6 @@ CHANNEL: Final = "tidings_log"
 NOTIFY: Final = f"SELECT pg_notify('{CHANNEL}', '')"
 LOCK_APPENDS: Final = f"SELECT pg_advisory_xact_lock({APPEND_LOCK})"
 
-HEAD: Final = "SELECT version, hash FROM tidings_streams WHERE stream = %s"
 EXISTING_IDS: Final = f"SELECT {SELECT_COLUMNS} FROM tidings_events WHERE id = ANY(%s)"
 # One statement for a whole batch: each column travels as one array, in binary.
 INSERT_EVENTS: Final = (
@@ -103,18 +92,10 @@ INSERT_EVENTS: Final = (
     " %b::bigint[], %b::bytea[], %b::bytea[], %b::bytea[])"
     " RETURNING version, position"
 )
-UPSERT_HEAD: Final = (
-    "INSERT INTO tidings_streams (stream, version, hash, first_us, last_us)"
-    " VALUES (%s, %s, %s, %s, %s)"
-    " ON CONFLICT (stream) DO UPDATE SET version = excluded.version, hash = excluded.hash,"
-    " last_us = excluded.last_us"
-)
-LOG_BATCH: Final = f"SELECT {LOG_COLUMNS} FROM tidings_events WHERE position > %s ORDER BY position LIMIT %s"
 LOG_BATCH_PREFIX: Final = (
     f"SELECT {LOG_COLUMNS} FROM tidings_events WHERE position > %s"
     " AND left(topic, %s) = %s ORDER BY position LIMIT %s"
 )
-HEAD_POSITION: Final = "SELECT coalesce(max(position), 0) FROM tidings_events"
 LIST_STREAMS: Final = (
     "SELECT stream, version, first_us, last_us FROM tidings_streams"
     " WHERE left(stream, %s) = %s ORDER BY stream LIMIT %s"
@@ -127,19 +108,5 @@ PUT_SNAPSHOT: Final = (
     " time_us = excluded.time_us, state = excluded.state"
 )
 
-GET_DOCUMENT: Final = "SELECT value FROM tidings_documents WHERE collection = %s AND key = %s"
-PUT_DOCUMENT: Final = (
-    "INSERT INTO tidings_documents (collection, key, value) VALUES (%s, %s, %s)"
-    " ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value"
-)
-DELETE_DOCUMENT: Final = "DELETE FROM tidings_documents WHERE collection = %s AND key = %s"
-CLEAR_COLLECTION: Final = "DELETE FROM tidings_documents WHERE collection = %s"
-GET_CHECKPOINT: Final = "SELECT position FROM tidings_checkpoints WHERE name = %s"
-PUT_CHECKPOINT: Final = (
-    "INSERT INTO tidings_checkpoints (name, position) VALUES (%s, %s)"
-    " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
-)
-
-ALL_HEADS: Final = "SELECT stream, version, hash FROM tidings_streams ORDER BY stream"
-ALL_EVENTS_BY_STREAM: Final = f"SELECT {AUDIT_COLUMNS} FROM tidings_events ORDER BY stream, version"
-LOG_LAYOUT: Final = f"SELECT {LAYOUT_COLUMNS} FROM tidings_events ORDER BY position"
+DOCUMENTS: Final = DocumentSql.dialect("%s")
+STORE: Final = StoreSql.dialect("%s")

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import psycopg
 
 from tidings.adapters.postgres import schema
 from tidings.adapters.sql.common import Head, Partitioner, check_expected, unique_by_id
+from tidings.adapters.sql.consumers import Statements
 from tidings.adapters.sql.reads import snapshot_query
 from tidings.adapters.sql.rows import from_micros, plan_rows, record_of
 from tidings.domain.envelope import Envelope, RecordedEvent
@@ -17,10 +18,11 @@ from tidings.errors import ConcurrencyError
 from tidings.ports import ExpectedVersion, Sealer, Snapshot
 
 ID_KEY: Final = "tidings_events_id_key"  # the unique constraint on event ids, named by PostgreSQL
+T = TypeVar("T")
 
 
 async def read_head(connection: psycopg.AsyncConnection[Any], stream: str) -> Head | None:
-    cursor = await connection.execute(schema.HEAD, (stream,))
+    cursor = await connection.execute(schema.STORE.head, (stream,))
     row = await cursor.fetchone()
     return Head(row[0], bytes(row[1])) if row else None
 
@@ -81,7 +83,7 @@ async def insert(
     position_of = dict(await cursor.fetchall())
     last = rows[-1]
     await connection.execute(
-        schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].time_us, last.time_us)
+        schema.STORE.upsert_head, (stream, last.version, last.hash, rows[0].time_us, last.time_us)
     )
     await connection.execute(schema.NOTIFY)  # delivered when, and only if, the append commits
     return [
@@ -101,12 +103,26 @@ async def load_snapshot(
 
 
 async def get_document(connection: psycopg.AsyncConnection[Any], collection: str, key: str) -> bytes | None:
-    cursor = await connection.execute(schema.GET_DOCUMENT, (collection, key))
+    cursor = await connection.execute(schema.DOCUMENTS.get_document, (collection, key))
     row = await cursor.fetchone()
     return bytes(row[0]) if row else None
 
 
 async def get_checkpoint(connection: psycopg.AsyncConnection[Any], name: str) -> int:
-    cursor = await connection.execute(schema.GET_CHECKPOINT, (name,))
+    cursor = await connection.execute(schema.DOCUMENTS.get_checkpoint, (name,))
     row = await cursor.fetchone()
     return int(row[0]) if row else 0
+
+
+async def run(connection: psycopg.AsyncConnection[Any], statements: Statements[T]) -> T:
+    """Run statements written once for both engines (``sql/consumers.py``) on ``connection``."""
+    try:
+        statement = next(statements)
+        while True:
+            cursor = await connection.execute(statement.sql, statement.args)
+            # psycopg has rows to fetch only after a statement that returns some.
+            rows = await cursor.fetchall() if cursor.description is not None else []
+            statement = statements.send(rows)
+    except StopIteration as done:
+        result: T = done.value
+        return result

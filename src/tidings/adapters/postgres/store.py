@@ -6,19 +6,16 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import datetime
-from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import psycopg
-import psycopg_pool
 
-from tidings.adapters.postgres import schema, steps, tls
-from tidings.adapters.postgres.keys import PostgresKeyring, PostgresTransactionKeys
+from tidings.adapters.postgres import schema, steps
+from tidings.adapters.postgres.connections import Connection, PostgresConnections
+from tidings.adapters.postgres.keys import PostgresKeyring
+from tidings.adapters.postgres.settings import PostgresSettings
 from tidings.adapters.sql.common import (
-    DEFAULT_PARTITIONS,
     Partitioner,
     StoreAudit,
     identity_of_store,
@@ -32,24 +29,19 @@ from tidings.adapters.sql.consumers import (
     dead_letter_row,
     group_checkpoint,
     handlings_of,
-    plan_leases,
+    lease_statements,
+    release_statements,
 )
 from tidings.adapters.sql.reads import StreamQuery, follow_log
 from tidings.adapters.sql.rows import from_micros, records_of, to_micros
 from tidings.adapters.sql.timers import TimerSql, timers_of
 from tidings.adapters.urls import redact_url
 from tidings.domain.dead_letters import DeadLetterState
-from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, to_structured
+from tidings.domain.envelope import Envelope, RecordedEvent, to_structured
 from tidings.domain.integrity import IntegrityReport, VerifiedState
-from tidings.errors import (
-    BackendUnavailable,
-    ConfigurationError,
-    InvalidArgument,
-    StoreFull,
-    TidingsError,
-)
 from tidings.ports import (
     ANY,
+    DataKeyRecord,
     DeadLetter,
     ExpectedVersion,
     Sealer,
@@ -61,106 +53,30 @@ from tidings.ports import (
 
 CONSUMERS = ConsumerSql.dialect("%s", row_lock=" FOR UPDATE")
 TIMERS = TimerSql.dialect("%s", skip_locked=" FOR UPDATE SKIP LOCKED")
-log = logging.getLogger("tidings.postgres")  # the unique constraint on event ids, named by PostgreSQL
-_OWN_OPTIONS = ("partitions", "pool_size", "connect_timeout")
+log = logging.getLogger("tidings.postgres")
 
 
-@dataclass(frozen=True, slots=True)
-class PostgresSettings:
-    """Where and how to connect. ``conninfo`` is the URL without tidings' own options, so every
-    libpq option (``sslmode=verify-full``, ``sslrootcert``, ...) passes straight through."""
-
-    conninfo: str
-    partitions: int = DEFAULT_PARTITIONS
-    pool_size: int = 10
-    connect_timeout: float = 10.0
-    max_size: int = DEFAULT_MAX_SIZE
-    create: bool = True
-    display_url: str = field(default="", compare=False)
-
-    @classmethod
-    def from_url(cls, url: str, *, create: bool = True) -> PostgresSettings:
-        parts = urlsplit(url)
-        if parts.scheme not in ("postgresql", "postgres"):
-            raise ConfigurationError(f"not a PostgreSQL URL: {redact_url(url)!r}")
-        query = parse_qsl(parts.query)
-        own = {k: v for k, v in query if k in _OWN_OPTIONS}
-        rest = [(k, v) for k, v in query if k not in _OWN_OPTIONS]
-        try:
-            partitions = int(own.get("partitions", DEFAULT_PARTITIONS))
-            pool_size = int(own.get("pool_size", 10))
-            connect_timeout = float(own.get("connect_timeout", 10))
-        except ValueError as exc:
-            raise ConfigurationError(f"bad option in {redact_url(url)!r}: {exc}") from None
-        if partitions < 1 or pool_size < 1:
-            raise ConfigurationError("partitions and pool_size must be >= 1")
-        conninfo = urlunsplit(parts._replace(scheme="postgresql", query=urlencode(rest)))
-        return cls(
-            conninfo=conninfo,
-            partitions=partitions,
-            pool_size=pool_size,
-            connect_timeout=connect_timeout,
-            create=create,
-            display_url=redact_url(url),
-        )
-
-
-class PostgresStore(PostgresKeyring):
+class PostgresStore:
     """``EventStore`` on PostgreSQL; any number of processes may share one database."""
 
     def __init__(self, settings: PostgresSettings) -> None:
         self.settings = settings
         self.url = settings.display_url or redact_url(settings.conninfo)
-        self._pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] | None = None
+        self._connections = PostgresConnections(settings, self.url)
+        self.keyring = PostgresKeyring(self._connections)
         self._partition_of = Partitioner(settings.partitions)
         self.log_id = ""
-        self._keys: psycopg.AsyncConnection[Any] | None = None
-        self._keys_lock = asyncio.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
 
     async def open(self) -> None:
-        if self._pool is not None:
-            return
-        # One direct connection first: its error says precisely what is wrong (refused, bad
-        # password, no such database), where a pool would only time out.
-        try:
-            async with await psycopg.AsyncConnection.connect(
-                self.settings.conninfo,
-                connect_timeout=max(1, round(self.settings.connect_timeout)),
-                autocommit=True,
-            ) as connection:
-                await self._create_schema(connection)
-        except psycopg.Error as exc:
-            # libpq does not say why a certificate was refused: the TLS module asks once more.
-            message = await asyncio.to_thread(tls.explain_refusal, self.settings.conninfo, self._message(exc))
-            raise BackendUnavailable(f"PostgreSQL at {self.url}: {message}") from None
-        pool: psycopg_pool.AsyncConnectionPool[psycopg.AsyncConnection[Any]] = (
-            psycopg_pool.AsyncConnectionPool(
-                self.settings.conninfo,
-                min_size=1,
-                max_size=self.settings.pool_size,
-                open=False,
-                timeout=self.settings.connect_timeout,
-                kwargs={"autocommit": True},
-            )
-        )
-        try:
-            await pool.open(wait=True, timeout=self.settings.connect_timeout)
-        except psycopg_pool.PoolTimeout as exc:
-            await pool.close()
-            raise BackendUnavailable(f"cannot connect to {self.url}: {exc}") from None
-        self._pool = pool
+        await self._connections.open(self._create_schema)
 
     async def close(self) -> None:
-        if self._keys is not None:
-            await self._keys.close()
-            self._keys = None
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        await self.keyring.close()
+        await self._connections.close()
 
-    async def _create_schema(self, connection: psycopg.AsyncConnection[Any]) -> None:
+    async def _create_schema(self, connection: Connection) -> None:
         async with connection.transaction():
             if self.settings.create and not await self._schema_ready(connection):
                 # CREATE TABLE IF NOT EXISTS races with itself across processes; a lock orders them.
@@ -176,14 +92,14 @@ class PostgresStore(PostgresKeyring):
             exists = await cursor.fetchone()
             meta: dict[str, str] = {}
             if exists and exists[0]:
-                cursor = await connection.execute(schema.ALL_META)
+                cursor = await connection.execute(schema.STORE.all_meta)
                 meta = dict(await cursor.fetchall())
         identity = identity_of_store(self.url, meta)
         self._partition_of = Partitioner(identity.partitions)
         self.log_id = identity.log_id
 
     @staticmethod
-    async def _schema_ready(connection: psycopg.AsyncConnection[Any]) -> bool:
+    async def _schema_ready(connection: Connection) -> bool:
         cursor = await connection.execute(schema.TABLES_EXIST)
         exists = await cursor.fetchone()
         if not (exists and exists[0]):
@@ -192,30 +108,8 @@ class PostgresStore(PostgresKeyring):
         ready = await cursor.fetchone()
         return bool(ready and ready[0])
 
-    def _message(self, exc: psycopg.Error) -> str:
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        return message.replace(self.settings.conninfo, self.url)
-
-    def _translate(self, exc: psycopg.Error) -> TidingsError:
-        if isinstance(exc, psycopg.DataError):
-            # A value that no attempt can store (a NUL in text, say) is the caller's argument,
-            # dead-lettered in a handler, not an outage that is retried for ever.
-            return InvalidArgument(f"PostgreSQL at {self.url} cannot store a value: {self._message(exc)}")
-        if isinstance(exc, psycopg.errors.DiskFull):
-            return StoreFull(f"PostgreSQL at {self.url} is out of disk space: {self._message(exc)}")
-        return BackendUnavailable(f"PostgreSQL at {self.url}: {self._message(exc)}")
-
-    @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
-        if self._pool is None:
-            raise BackendUnavailable(f"store {self.url} is not open (call open() first)")
-        try:
-            async with self._pool.connection() as connection:
-                yield connection
-        except psycopg_pool.PoolTimeout as exc:
-            raise BackendUnavailable(f"no connection to {self.url} became free: {exc}") from None
-        except (psycopg.OperationalError, psycopg.DataError) as exc:
-            raise self._translate(exc) from None
+    def _connection(self) -> AbstractAsyncContextManager[Connection]:
+        return self._connections.connection()
 
     # -- appending -------------------------------------------------------------------------
 
@@ -280,7 +174,7 @@ class PostgresStore(PostgresKeyring):
                 if prefix:
                     await cursor.execute(schema.LOG_BATCH_PREFIX, (after, len(prefix), prefix, size))
                 else:
-                    await cursor.execute(schema.LOG_BATCH, (after, size))
+                    await cursor.execute(schema.STORE.log_batch, (after, size))
                 rows = await cursor.fetchall()
             return (rows[-1][0] if rows else after), records_of(rows)
 
@@ -288,7 +182,7 @@ class PostgresStore(PostgresKeyring):
 
     async def head_position(self) -> int:
         async with self._connection() as connection:
-            cursor = await connection.execute(schema.HEAD_POSITION)
+            cursor = await connection.execute(schema.STORE.head_position)
             row = await cursor.fetchone()
         return int(row[0]) if row else 0
 
@@ -349,29 +243,17 @@ class PostgresStore(PostgresKeyring):
 
     async def lease(self, group: str, member: str, *, ttl: float) -> list[int]:
         now = time.time_ns() // 1000
-        expires = now + int(ttl * 1e6)
+        statements = lease_statements(
+            CONSUMERS, group, member, now_us=now, ttl_us=int(ttl * 1e6), partitions=self.partitions
+        )
         async with self._connection() as connection, connection.transaction():
             # One member of a group plans at a time: each reads the table that the others wrote.
             await connection.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"tidings:{group}",))
-            await connection.execute(CONSUMERS.upsert_member, (group, member, expires))
-            await connection.execute(CONSUMERS.expire_members, (group, now))
-            await connection.execute(CONSUMERS.expire_leases, (group, now))
-            cursor = await connection.execute(CONSUMERS.members, (group,))
-            members = [m for (m,) in await cursor.fetchall()]
-            cursor = await connection.execute(CONSUMERS.leases, (group,))
-            leases: dict[int, str] = dict(await cursor.fetchall())
-            plan = plan_leases(self.partitions, members, leases, member)
-            for partition in plan.release:
-                await connection.execute(CONSUMERS.drop_lease, (group, partition, member))
-            for partition in plan.claim:
-                await connection.execute(CONSUMERS.claim_lease, (group, partition, member, expires))
-            await connection.execute(CONSUMERS.renew_leases, (expires, group, member))
-        return sorted(plan.keep + plan.claim)
+            return await steps.run(connection, statements)
 
     async def release(self, group: str, member: str) -> None:
         async with self._connection() as connection, connection.transaction():
-            await connection.execute(CONSUMERS.release_leases, (group, member))
-            await connection.execute(CONSUMERS.forget_member, (group, member))
+            await steps.run(connection, release_statements(CONSUMERS, group, member))
 
     async def handled(self, group: str, event_ids: Sequence[str]) -> set[str]:
         if not event_ids:
@@ -442,32 +324,47 @@ class PostgresStore(PostgresKeyring):
         async with self._connection() as connection, connection.transaction():
             yield PostgresTransaction(connection, self)
 
+    # -- data keys: the keyring's -----------------------------------------------------------
+
+    async def data_keys(self, scopes: Sequence[str]) -> list[DataKeyRecord]:
+        return await self.keyring.data_keys(scopes)
+
+    async def data_key_page(self, after: tuple[str, int], limit: int) -> list[DataKeyRecord]:
+        return await self.keyring.data_key_page(after, limit)
+
+    async def rewrap_data_key(self, record: DataKeyRecord, master_version: int, wrapped: bytes) -> bool:
+        return await self.keyring.rewrap_data_key(record, master_version, wrapped)
+
+    async def retire_data_keys(self) -> int:
+        return await self.keyring.retire_data_keys()
+
+    async def shred_data_keys(self, scope: str) -> int:
+        return await self.keyring.shred_data_keys(scope)
+
     # -- integrity -------------------------------------------------------------------------
 
     async def verify(self, against: VerifiedState | None = None) -> IntegrityReport:
         async with self._connection() as connection, connection.transaction():
             await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-            cursor = await connection.execute(schema.ALL_HEADS)
+            cursor = await connection.execute(schema.STORE.all_heads)
             heads = {s: (v, bytes(h)) for s, v, h in await cursor.fetchall()}
             audit = StoreAudit(heads, self._partition_of, self.log_id, against)
             # Named (server-side) cursors stream the rows: memory stays flat for any size.
             async with connection.cursor(name="tidings_verify", binary=True) as rows:
-                await rows.execute(schema.ALL_EVENTS_BY_STREAM)
+                await rows.execute(schema.STORE.all_events_by_stream)
                 async for row in rows:
                     audit.feed(row)
             async with connection.cursor(name="tidings_verify_log", binary=True) as rows:
-                await rows.execute(schema.LOG_LAYOUT)
+                await rows.execute(schema.STORE.log_layout)
                 async for position, stream, version in rows:
                     audit.feed_log(position, stream, version)
         return audit.report()
 
 
-class PostgresTransaction(PostgresTransactionKeys):
+class PostgresTransaction:
     """A transaction on one pooled connection: appends, documents and checkpoints commit together."""
 
-    _store: PostgresStore
-
-    def __init__(self, connection: psycopg.AsyncConnection[Any], store: PostgresStore) -> None:
+    def __init__(self, connection: Connection, store: PostgresStore) -> None:
         self._connection = connection
         self._store = store
 
@@ -491,23 +388,32 @@ class PostgresTransaction(PostgresTransactionKeys):
             seal,
         )
 
+    async def newest_data_key(self, scope: str) -> DataKeyRecord | None:
+        return await self._store.keyring.newest_data_key(scope)
+
+    async def add_data_key(self, record: DataKeyRecord) -> DataKeyRecord:
+        return await self._store.keyring.add_data_key(record)
+
+    async def reserve_data_key_uses(self, scope: str, version: int, count: int, limit: int) -> int | None:
+        return await self._store.keyring.reserve_data_key_uses(scope, version, count, limit)
+
     async def get_document(self, collection: str, key: str) -> bytes | None:
         return await steps.get_document(self._connection, collection, key)
 
     async def put_document(self, collection: str, key: str, value: bytes) -> None:
-        await self._connection.execute(schema.PUT_DOCUMENT, (collection, key, value))
+        await self._connection.execute(schema.DOCUMENTS.put_document, (collection, key, value))
 
     async def delete_document(self, collection: str, key: str) -> None:
-        await self._connection.execute(schema.DELETE_DOCUMENT, (collection, key))
+        await self._connection.execute(schema.DOCUMENTS.delete_document, (collection, key))
 
     async def clear_collection(self, collection: str) -> None:
-        await self._connection.execute(schema.CLEAR_COLLECTION, (collection,))
+        await self._connection.execute(schema.DOCUMENTS.clear_collection, (collection,))
 
     async def get_checkpoint(self, name: str) -> int:
         return await steps.get_checkpoint(self._connection, name)
 
     async def set_checkpoint(self, name: str, position: int) -> None:
-        await self._connection.execute(schema.PUT_CHECKPOINT, (name, position))
+        await self._connection.execute(schema.DOCUMENTS.put_checkpoint, (name, position))
 
     async def schedule_timer(self, timer_id: str, due: datetime, stream: str, envelope: Envelope) -> None:
         row = (timer_id, to_micros(due), stream, to_structured(envelope))

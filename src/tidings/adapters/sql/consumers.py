@@ -1,13 +1,15 @@
 """What consumer groups need of a SQL log: partition reads, leases, the inbox and dead letters.
 
 The statements are plain SQL that SQLite and PostgreSQL both speak; ``mark`` is the dialect's
-parameter marker. The lease plan is pure logic, written once.
+parameter marker. The lease plan is pure logic, written once, and so is the order of statements
+that takes and gives up leases (``lease_statements``): each engine runs them with its own driver,
+blocking (sqlite3) or async (psycopg).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Final, NamedTuple
+from collections.abc import Generator, Sequence
+from typing import Any, Final, NamedTuple, TypeVar
 
 from tidings.adapters.sql.rows import LOG_COLUMNS, from_micros
 from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
@@ -18,6 +20,18 @@ DEAD_LETTER_COLUMNS: Final = (
     "group_name, reason, error, traceback, attempts, event_id, position, stream, topic,"
     " partition_key, envelope, raw, first_failed_us, dead_us, state"
 )
+T = TypeVar("T")
+
+
+class Statement(NamedTuple):
+    sql: str
+    args: tuple[Any, ...]
+
+
+#: Work written once for both engines, without a driver: it yields each statement it needs, is
+#: sent back that statement's rows (none, for a statement that returns none), and returns its
+#: result. An engine runs it in a transaction of its own (``steps.run``).
+Statements = Generator[Statement, list[Any], T]
 
 
 def group_checkpoint(group: str, partition: int) -> str:
@@ -251,6 +265,34 @@ def plan_leases(partitions: int, members: Sequence[str], leases: dict[int, str],
     free = [p for p in range(partitions) if p not in leases]
     claim = free[: share - len(mine)]
     return LeasePlan(release=[], claim=claim, keep=mine)
+
+
+def lease_statements(
+    sql: ConsumerSql, group: str, member: str, *, now_us: int, ttl_us: int, partitions: int
+) -> Statements[list[int]]:
+    """Renew the member's heartbeat, drop the group's expired members and leases, and take the
+    member's share (``plan_leases``); returns the partitions it holds. The caller's transaction
+    keeps the group's other members from planning at the same time: each reads what the others
+    wrote."""
+    expires = now_us + ttl_us
+    yield Statement(sql.upsert_member, (group, member, expires))
+    yield Statement(sql.expire_members, (group, now_us))
+    yield Statement(sql.expire_leases, (group, now_us))
+    members = [name for (name,) in (yield Statement(sql.members, (group,)))]
+    leases: dict[int, str] = dict((yield Statement(sql.leases, (group,))))
+    plan = plan_leases(partitions, members, leases, member)
+    for partition in plan.release:
+        yield Statement(sql.drop_lease, (group, partition, member))
+    for partition in plan.claim:
+        yield Statement(sql.claim_lease, (group, partition, member, expires))
+    yield Statement(sql.renew_leases, (expires, group, member))
+    return sorted(plan.keep + plan.claim)
+
+
+def release_statements(sql: ConsumerSql, group: str, member: str) -> Statements[None]:
+    """Give up every lease of the member and forget it (on shutdown)."""
+    yield Statement(sql.release_leases, (group, member))
+    yield Statement(sql.forget_member, (group, member))
 
 
 def check_dead_letter_state(state: str) -> None:

@@ -1,4 +1,4 @@
-"""The keyring's part of the SQLite store (``tidings_keys``, see ``adapters/sql/keys.py``).
+"""The SQLite store's keyring (``tidings_keys``, see ``adapters/sql/keys.py``).
 
 Within a transaction the keyring's writes join it, on the one writer connection: a second
 transaction there would wait for the first. A key made in a transaction that rolls back goes
@@ -10,59 +10,64 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Sequence
+from typing import Any
 
 from tidings.adapters.sql.keys import KeySql, key_row, keys_of
 from tidings.adapters.sql.rows import to_micros
 from tidings.adapters.sqlite import steps
+from tidings.adapters.sqlite.connections import SqliteConnections
 from tidings.ports import DataKeyRecord
 
-T = TypeVar("T")
 KEYS = KeySql.dialect("?", "IN ({marks})")
 log = logging.getLogger("tidings.sqlite")
 
 
 class SqliteKeyring:
-    """The store's keyring methods (a part of ``SqliteStore``)."""
+    """The store's data keys: the store forwards its keyring methods here, and a transaction its
+    own (``newest_data_key``, ``add_data_key``, ``reserve_data_key_uses``)."""
 
-    if TYPE_CHECKING:
-        url: str
-        _write_lock: asyncio.Lock
+    def __init__(self, connections: SqliteConnections) -> None:
+        self._connections = connections
 
-        async def _write(self, function: Callable[..., T], *args: Any) -> T: ...
-
-        async def _read(self, function: Callable[..., T], *args: Any) -> T: ...
+    # -- outside transactions ------------------------------------------------------------------
 
     async def data_keys(self, scopes: Sequence[str]) -> list[DataKeyRecord]:
         found: list[Any] = []
         for start in range(0, len(scopes), 500):  # below SQLite's bound-parameter limit
             chunk = list(scopes[start : start + 500])
             query = KEYS.of_scopes.format(marks=",".join("?" * len(chunk)))
-            found += await self._read(lambda c, q=query, p=chunk: c.execute(q, p).fetchall())
+            found += await self._connections.read(lambda c, q=query, p=chunk: c.execute(q, p).fetchall())
         return keys_of(found)
 
     async def data_key_page(self, after: tuple[str, int], limit: int) -> list[DataKeyRecord]:
-        return keys_of(await self._read(lambda c: c.execute(KEYS.page, (*after, limit)).fetchall()))
+        rows = await self._connections.read(lambda c: c.execute(KEYS.page, (*after, limit)).fetchall())
+        return keys_of(rows)
 
     async def rewrap_data_key(self, record: DataKeyRecord, master_version: int, wrapped: bytes) -> bool:
         row = (master_version, wrapped, record.scope, record.version, record.master_version)
-        async with self._write_lock:
-            changed = await self._write(steps.in_transaction, lambda c: c.execute(KEYS.rewrap, row).rowcount)
+        async with self._connections.write_lock:
+            changed = await self._connections.write(
+                steps.in_transaction, lambda c: c.execute(KEYS.rewrap, row).rowcount
+            )
         return bool(changed)
 
     async def retire_data_keys(self) -> int:
-        async with self._write_lock:
-            retired = await self._write(steps.in_transaction, lambda c: c.execute(KEYS.retire).rowcount)
+        async with self._connections.write_lock:
+            retired = await self._connections.write(
+                steps.in_transaction, lambda c: c.execute(KEYS.retire).rowcount
+            )
         return int(retired)
 
     async def shred_data_keys(self, scope: str) -> int:
-        async with self._write_lock:
-            shredded = await self._write(steps.in_transaction, steps.shred_keys, KEYS.shred, scope)
+        async with self._connections.write_lock:
+            shredded = await self._connections.write(
+                steps.in_transaction, steps.shred_keys, KEYS.shred, scope
+            )
             # The wrapped keys also sit in the write-ahead log until it is checkpointed: fold it into
             # the file (where secure_delete overwrote them) and cut it to nothing.
             for _ in range(100):
-                (busy, _, _), *_ = await self._write(
+                (busy, _, _), *_ = await self._connections.write(
                     lambda c: c.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
                 )
                 if not busy:
@@ -72,19 +77,14 @@ class SqliteKeyring:
                 log.warning(
                     "%s: readers kept the write-ahead log from being truncated; the shredded keys "
                     "stay in it until the next checkpoint",
-                    self.url,
+                    self._connections.url,
                 )
         return int(shredded)
 
-
-class SqliteTransactionKeys:
-    """A transaction's keyring methods (a part of ``SqliteTransaction``)."""
-
-    if TYPE_CHECKING:
-        _store: SqliteKeyring
+    # -- within a transaction: on the writer, which the transaction holds ------------------------
 
     async def newest_data_key(self, scope: str) -> DataKeyRecord | None:
-        rows = await self._store._write(lambda c: c.execute(KEYS.newest, (scope,)).fetchall())
+        rows = await self._connections.write(lambda c: c.execute(KEYS.newest, (scope,)).fetchall())
         return keys_of(rows)[0] if rows else None
 
     async def add_data_key(self, record: DataKeyRecord) -> DataKeyRecord:
@@ -94,10 +94,10 @@ class SqliteTransactionKeys:
             connection.execute(KEYS.add, row)
             return connection.execute(KEYS.exact, (record.scope, record.version)).fetchall()
 
-        return keys_of(await self._store._write(add))[0]
+        return keys_of(await self._connections.write(add))[0]
 
     async def reserve_data_key_uses(self, scope: str, version: int, count: int, limit: int) -> int | None:
-        rows = await self._store._write(
+        rows = await self._connections.write(
             lambda c: c.execute(KEYS.reserve, (count, scope, version, count, limit)).fetchall()
         )
         return int(rows[0][0]) if rows else None

@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Final
 
 from tidings.adapters.sql.consumers import consumer_tables
+from tidings.adapters.sql.documents import DocumentSql, document_tables
 from tidings.adapters.sql.keys import key_tables
 from tidings.adapters.sql.rows import (
-    AUDIT_COLUMNS,
     INSERT_COLUMNS,
-    LAYOUT_COLUMNS,
     LOG_COLUMNS,
     SELECT_COLUMNS,
 )
+from tidings.adapters.sql.statements import StoreSql
 from tidings.adapters.sql.timers import timer_tables
 
 # AUTOINCREMENT keeps positions from ever being reused, even after the newest row is deleted.
@@ -53,16 +53,7 @@ CREATE: Final = (
         state BLOB NOT NULL,
         PRIMARY KEY (stream, version)
     )""",
-    """CREATE TABLE IF NOT EXISTS tidings_checkpoints (
-        name TEXT PRIMARY KEY,
-        position INTEGER NOT NULL
-    )""",
-    """CREATE TABLE IF NOT EXISTS tidings_documents (
-        collection TEXT NOT NULL,
-        key TEXT NOT NULL,
-        value BLOB NOT NULL,
-        PRIMARY KEY (collection, key)
-    )""",
+    *document_tables(bigint="INTEGER", blob="BLOB"),
 )
 CREATE_CONSUMERS: Final = (
     *consumer_tables(bigint="INTEGER", blob="BLOB", auto_id="INTEGER PRIMARY KEY AUTOINCREMENT"),
@@ -71,26 +62,17 @@ CREATE_CONSUMERS: Final = (
 )
 
 HANDLED: Final = "SELECT event_id FROM tidings_inbox WHERE group_name = ? AND event_id IN ({marks})"
-ALL_META: Final = "SELECT key, value FROM tidings_meta"
 PUT_META: Final = "INSERT OR IGNORE INTO tidings_meta (key, value) VALUES (?, ?)"
 
-HEAD: Final = "SELECT version, hash FROM tidings_streams WHERE stream = ?"
 EXISTING_IDS: Final = f"SELECT {SELECT_COLUMNS} FROM tidings_events WHERE id IN ({{marks}})"
 INSERT_EVENT: Final = (
     f"INSERT INTO tidings_events ({INSERT_COLUMNS})"
     f" VALUES ({', '.join('?' * (INSERT_COLUMNS.count(',') + 1))})"
 )
-UPSERT_HEAD: Final = (
-    "INSERT INTO tidings_streams (stream, version, hash, first_us, last_us) VALUES (?, ?, ?, ?, ?)"
-    " ON CONFLICT (stream) DO UPDATE SET version = excluded.version, hash = excluded.hash,"
-    " last_us = excluded.last_us"
-)
-LOG_BATCH: Final = f"SELECT {LOG_COLUMNS} FROM tidings_events WHERE position > ? ORDER BY position LIMIT ?"
 LOG_BATCH_PREFIX: Final = (
     f"SELECT {LOG_COLUMNS} FROM tidings_events WHERE position > ?"
     " AND substr(topic, 1, ?) = ? ORDER BY position LIMIT ?"
 )
-HEAD_POSITION: Final = "SELECT coalesce(max(position), 0) FROM tidings_events"
 LIST_STREAMS: Final = (
     "SELECT stream, version, first_us, last_us FROM tidings_streams"
     " WHERE substr(stream, 1, ?) = ? ORDER BY stream LIMIT ?"
@@ -101,19 +83,5 @@ PUT_SNAPSHOT: Final = (
     " VALUES (?, ?, ?, ?, ?)"
 )
 
-GET_DOCUMENT: Final = "SELECT value FROM tidings_documents WHERE collection = ? AND key = ?"
-PUT_DOCUMENT: Final = (
-    "INSERT INTO tidings_documents (collection, key, value) VALUES (?, ?, ?)"
-    " ON CONFLICT (collection, key) DO UPDATE SET value = excluded.value"
-)
-DELETE_DOCUMENT: Final = "DELETE FROM tidings_documents WHERE collection = ? AND key = ?"
-CLEAR_COLLECTION: Final = "DELETE FROM tidings_documents WHERE collection = ?"
-GET_CHECKPOINT: Final = "SELECT position FROM tidings_checkpoints WHERE name = ?"
-PUT_CHECKPOINT: Final = (
-    "INSERT INTO tidings_checkpoints (name, position) VALUES (?, ?)"
-    " ON CONFLICT (name) DO UPDATE SET position = excluded.position"
-)
-
-ALL_HEADS: Final = "SELECT stream, version, hash FROM tidings_streams ORDER BY stream"
-ALL_EVENTS_BY_STREAM: Final = f"SELECT {AUDIT_COLUMNS} FROM tidings_events ORDER BY stream, version"
-LOG_LAYOUT: Final = f"SELECT {LAYOUT_COLUMNS} FROM tidings_events ORDER BY position"
+DOCUMENTS: Final = DocumentSql.dialect("?")
+STORE: Final = StoreSql.dialect("?")

@@ -18,10 +18,12 @@ from tidings.adapters.sql.common import (
 )
 from tidings.adapters.sql.consumers import (
     ConsumerSql,
+    Statements,
     dead_letter_of,
     dead_letter_row,
     handlings_of,
-    plan_leases,
+    lease_statements,
+    release_statements,
 )
 from tidings.adapters.sql.reads import StreamQuery, snapshot_query
 from tidings.adapters.sql.rows import from_micros, plan_rows, record_of, records_of, to_micros
@@ -86,7 +88,7 @@ def in_transaction(connection: sqlite3.Connection, step: Callable[..., T], *args
 
 
 def read_head(connection: sqlite3.Connection, stream: str) -> Head | None:
-    row = connection.execute(schema.HEAD, (stream,)).fetchone()
+    row = connection.execute(schema.STORE.head, (stream,)).fetchone()
     return Head(row[0], bytes(row[1])) if row else None
 
 
@@ -148,7 +150,9 @@ def insert(
     # one, so the rows of this call hold consecutive positions ending at the last rowid.
     (last_position,) = connection.execute("SELECT last_insert_rowid()").fetchone()
     last = rows[-1]
-    connection.execute(schema.UPSERT_HEAD, (stream, last.version, last.hash, rows[0].time_us, last.time_us))
+    connection.execute(
+        schema.STORE.upsert_head, (stream, last.version, last.hash, rows[0].time_us, last.time_us)
+    )
     first_position = last_position - len(rows) + 1
     return [
         RecordedEvent(envelope=envelope, stream=stream, version=row.version, position=first_position + n)
@@ -194,17 +198,17 @@ def log_batch(
     if prefix:
         rows = connection.execute(schema.LOG_BATCH_PREFIX, (after, len(prefix), prefix, size)).fetchall()
     else:
-        rows = connection.execute(schema.LOG_BATCH, (after, size)).fetchall()
+        rows = connection.execute(schema.STORE.log_batch, (after, size)).fetchall()
     return (rows[-1][0] if rows else after), records_of(rows)
 
 
 def get_document(connection: sqlite3.Connection, collection: str, key: str) -> bytes | None:
-    row = connection.execute(schema.GET_DOCUMENT, (collection, key)).fetchone()
+    row = connection.execute(schema.DOCUMENTS.get_document, (collection, key)).fetchone()
     return bytes(row[0]) if row else None
 
 
 def get_checkpoint(connection: sqlite3.Connection, name: str) -> int:
-    row = connection.execute(schema.GET_CHECKPOINT, (name,)).fetchone()
+    row = connection.execute(schema.DOCUMENTS.get_checkpoint, (name,)).fetchone()
     return int(row[0]) if row else 0
 
 
@@ -214,14 +218,14 @@ def verify(
     # One read transaction: the heads, the events and the log layout are one snapshot (WAL).
     connection.execute("BEGIN")
     try:
-        heads = {s: (v, bytes(h)) for s, v, h in connection.execute(schema.ALL_HEADS)}
+        heads = {s: (v, bytes(h)) for s, v, h in connection.execute(schema.STORE.all_heads)}
         audit = StoreAudit(heads, partition_of, log_id, against)
         for (message,) in connection.execute("PRAGMA quick_check"):
             if message != "ok":
                 audit.problems.append(IntegrityProblem("", 0, 0, f"SQLite storage check: {message}"))
-        for row in connection.execute(schema.ALL_EVENTS_BY_STREAM):
+        for row in connection.execute(schema.STORE.all_events_by_stream):
             audit.feed(row)
-        for position, stream, version in connection.execute(schema.LOG_LAYOUT):
+        for position, stream, version in connection.execute(schema.STORE.log_layout):
             audit.feed_log(position, stream, version)
     finally:
         if connection.in_transaction:  # SQLite may have rolled it back on an error already
@@ -240,26 +244,25 @@ def read_partition(
     return records_of(connection.execute(CONSUMERS.read_partition, (partition, after, limit)).fetchall())
 
 
+def run(connection: sqlite3.Connection, statements: Statements[T]) -> T:
+    """Run statements written once for both engines (``sql/consumers.py``) on ``connection``."""
+    try:
+        statement = next(statements)
+        while True:
+            statement = statements.send(connection.execute(*statement).fetchall())
+    except StopIteration as done:
+        result: T = done.value
+        return result
+
+
 def lease(connection: sqlite3.Connection, group: str, member: str, ttl_us: int, partitions: int) -> list[int]:
-    now = time.time_ns() // 1000
-    expires = now + ttl_us
-    connection.execute(CONSUMERS.upsert_member, (group, member, expires))
-    connection.execute(CONSUMERS.expire_members, (group, now))
-    connection.execute(CONSUMERS.expire_leases, (group, now))
-    members = [m for (m,) in connection.execute(CONSUMERS.members, (group,))]
-    leases = dict(connection.execute(CONSUMERS.leases, (group,)).fetchall())
-    plan = plan_leases(partitions, members, leases, member)
-    for partition in plan.release:
-        connection.execute(CONSUMERS.drop_lease, (group, partition, member))
-    for partition in plan.claim:
-        connection.execute(CONSUMERS.claim_lease, (group, partition, member, expires))
-    connection.execute(CONSUMERS.renew_leases, (expires, group, member))
-    return sorted(plan.keep + plan.claim)
+    now = time.time_ns() // 1000  # once the transaction began: BEGIN may have waited for the lock
+    statements = lease_statements(CONSUMERS, group, member, now_us=now, ttl_us=ttl_us, partitions=partitions)
+    return run(connection, statements)
 
 
 def release(connection: sqlite3.Connection, group: str, member: str) -> None:
-    connection.execute(CONSUMERS.release_leases, (group, member))
-    connection.execute(CONSUMERS.forget_member, (group, member))
+    run(connection, release_statements(CONSUMERS, group, member))
 
 
 def holds_lease(connection: sqlite3.Connection, group: str, partition: int, member: str) -> bool:
