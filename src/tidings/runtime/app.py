@@ -499,7 +499,7 @@ class App:
         ]
         if self._bus is not None and self.runs_relay:
             members.append(
-                Relay(self, self._bus, self._stored_log or self.log, lease_ttl=lease_ttl, poll=poll)
+                Relay(self.wakeups, self._bus, self._stored_log or self.log, lease_ttl=lease_ttl, poll=poll)
             )
         timers = TimerWorker(self, poll=min(poll, 0.2)) if self.subscriptions else None
         with log_fields(app=self.name):  # the tasks take a copy: all they log names this App
