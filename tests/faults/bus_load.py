@@ -25,7 +25,7 @@ def counting_app(name: str, store: str, bus: str) -> App:
 
     @app.subscribe("conformance.bus.ping", group=GROUP)
     async def count(event: Ping, ctx: Context) -> None:
-        partition = str(Partitioner(ctx.app.log.partitions)(ctx.envelope.partitionkey or ""))
+        partition = str(Partitioner(app.log.partitions)(ctx.envelope.partitionkey or ""))
         async with ctx.unit_of_work() as uow:
             seen = await uow.get("seen", partition, list[str]) or []
             uow.put("seen", partition, [*seen, ctx.envelope.id])

@@ -57,7 +57,7 @@ async def test_the_relay_pauses_longer_while_publishing_keeps_failing(tmp_path: 
         stored = await app.append("cart-1", [ItemAdded(cart_id="cart-1", sku=s) for s in "abc"])
         partition = app.log.partition_of("cart-1")
         bus = FailingBus(failures)
-        relay = Relay(app, cast(Bus, bus), app.log, poll=0.05)
+        relay = Relay(app.wakeups, cast(Bus, bus), app.log, poll=0.05)
         work = asyncio.create_task(relay.work(partition))
         try:
             await eventually(lambda: bus.published_positions == [r.position for r in stored], within=30)

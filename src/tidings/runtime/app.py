@@ -51,6 +51,7 @@ from tidings.runtime.repository import Repository
 from tidings.runtime.retries import Retry
 from tidings.runtime.saga_engine import SagaEngine
 from tidings.runtime.sealed_store import SealedLog, SealedStore
+from tidings.runtime.services import Services
 from tidings.runtime.timers import TimerWorker
 from tidings.runtime.unit_of_work import Publication
 from tidings.runtime.verified_record import read_verified_record, write_verified_record
@@ -123,6 +124,7 @@ class App:
         self._bus: Bus | None = None
         self._feed: Log | None = None  # what consumer groups read: the bus's log, else the store's
         self._repository: Repository | None = None
+        self._services: Services | None = None  # what workers use, once open (``services``)
         self._members: list[PartitionMember] = []
         #: Appends seen in this process, and the idle readers (consumers, relay) that wait for them.
         self.wakeups = Wakeups()
@@ -192,6 +194,20 @@ class App:
                 self.log, topic_of=self.codec.registry.topic_of, max_event_size=self.codec.max_size
             )
             self._bus, self._feed = bus, feed if self.keys is None else SealedLog(feed, self.keys)
+        if self._log is not None:  # a store that is no log serves no workers
+            self._services = Services(
+                name=self.name,
+                store=store,
+                log=self._log,
+                feed=self.feed,
+                codec=self.codec,
+                clock=self.clock,
+                wakeups=self.wakeups,
+                keys=self.keys,
+                record_denials=self.record_denials,
+                load=self.repository.load,
+                publish=self.publish,
+            )
         await self.record_denials()  # those made before the App opened (at subscribe)
         return self
 
@@ -201,7 +217,7 @@ class App:
             await self._bus.close()
         if self._store is not None:
             await self._store.close()
-        self._store = self._bus = self._feed = None
+        self._store = self._bus = self._feed = self._services = None
         self.codec.bus_room = None
         self.state = AppState.CLOSED
 
@@ -238,6 +254,15 @@ class App:
         """The log that this App's consumer groups read: in distributed mode the bus's, whose
         partitions the relay fills from the store's log; else the store's log itself."""
         return self._feed or self.log
+
+    @property
+    def services(self) -> Services:
+        """What this App's workers use (consumer groups, the timer worker), handed to them
+        instead of the App itself."""
+        if self._services is None:
+            self.log  # noqa: B018 - raises the error that explains why
+            raise ConfigurationError(f"App {self.name!r} is not open")
+        return self._services
 
     @property
     def repository(self) -> Repository:
@@ -498,14 +523,14 @@ class App:
         if self._bus is not None and self.subscriptions:
             watched.append(self.feed)
         members: list[PartitionMember] = [
-            GroupConsumer(self, s, log=self.feed, lease_ttl=lease_ttl, poll=poll)
+            GroupConsumer(self.services, s, lease_ttl=lease_ttl, poll=poll)
             for s in self.subscriptions.values()
         ]
         if self._bus is not None and self.runs_relay:
             members.append(
-                Relay(self, self._bus, self._stored_log or self.log, lease_ttl=lease_ttl, poll=poll)
+                Relay(self.wakeups, self._bus, self._stored_log or self.log, lease_ttl=lease_ttl, poll=poll)
             )
-        timers = TimerWorker(self, poll=min(poll, 0.2)) if self.subscriptions else None
+        timers = TimerWorker(self.services, poll=min(poll, 0.2)) if self.subscriptions else None
         with log_fields(app=self.name):  # the tasks take a copy: all they log names this App
             watchers = [asyncio.create_task(log.watch(self.notify)) for log in watched]
             tasks = [asyncio.create_task(member.run()) for member in members]

@@ -25,7 +25,7 @@ import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tidings.domain.attributes import escape_controls
 from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
@@ -41,18 +41,16 @@ from tidings.errors import (
     Undecryptable,
     describe,
 )
-from tidings.ports import DeadLetter, Log, StoreTransaction
+from tidings.ports import DeadLetter, StoreTransaction
 from tidings.runtime.deadletter import LetterSettled, Redrive, redrive_letters, settle
 from tidings.runtime.deadlines import lateness
 from tidings.runtime.leasing import LeaseLost, PartitionMember
 from tidings.runtime.log_context import log_fields
-from tidings.runtime.publishing import aggregate_envelopes_of, publisher_of, trial_of
+from tidings.runtime.publishing import Lineage, aggregate_envelopes_of, publisher_of, trial_of
 from tidings.runtime.repository import Appended, complete_saves
 from tidings.runtime.retries import Retry
+from tidings.runtime.services import Services
 from tidings.runtime.unit_of_work import UnitOfWork, write_documents
-
-if TYPE_CHECKING:
-    from tidings.runtime.app import App
 
 log = logging.getLogger("tidings.consumer")
 
@@ -102,13 +100,13 @@ class Context:
 
     def __init__(
         self,
-        app: App,
+        services: Services,
         group: str,
         record: RecordedEvent,
         attempt: int,
         new_unit: Callable[[], UnitOfWork] | None = None,
     ) -> None:
-        self.app = app
+        self._services = services
         self.group = group
         self.record = record
         self.envelope = record.envelope
@@ -119,10 +117,10 @@ class Context:
         self._publications = 0  # ids drawn by this run's publications (see ``publication_id``)
         self._new_unit = new_unit or (
             lambda: UnitOfWork(
-                loader=app.load,
-                document_reader=app.store.get_document,
-                guard=app.codec.guard,
-                trial=trial_of(app),
+                loader=services.load,
+                document_reader=services.store.get_document,
+                guard=services.codec.guard,
+                trial=trial_of(services.codec, services.clock),
             )
         )
 
@@ -131,7 +129,7 @@ class Context:
         """A logger whose records carry the fields of runtime/log_context.py, whoever formats
         them (made on first use: most handlers never log, and every event makes a context)."""
         if self._log is None:
-            fields = {"app": self.app.name, "group": self.group, "event_id": self.envelope.id}
+            fields = {"app": self._services.name, "group": self.group, "event_id": self.envelope.id}
             self._log = logging.LoggerAdapter(log, {**fields, "correlation_id": self.correlation_id})
         return self._log
 
@@ -172,7 +170,7 @@ class Context:
         """Publish now (outside any unit of work), carrying this event's correlation. Its id is
         ``id``, else derived from the handled event (``_publication_id``), so that a handler run
         again publishes it once."""
-        await self.app.publish(
+        await self._services.publish(
             event,
             key=key,
             ttl=ttl,
@@ -183,21 +181,25 @@ class Context:
         )
 
 
+def _lineage(context: Context) -> Lineage:
+    """Where the events a handler makes come from: the handled event, in its correlation."""
+    return Lineage(context.correlation_id, context.envelope.id)
+
+
 class GroupConsumer(PartitionMember):
     """One member of a group: holds leases on some partitions and works through them."""
 
     def __init__(
         self,
-        app: App,
+        services: Services,
         subscription: Subscription,
         *,
-        log: Log | None = None,
         lease_ttl: float = 10.0,
         poll: float = 1.0,
         grace: float = 5.0,
     ) -> None:
-        super().__init__(log or app.log, subscription.group, lease_ttl=lease_ttl, grace=grace)
-        self.app = app
+        super().__init__(services.feed, subscription.group, lease_ttl=lease_ttl, grace=grace)
+        self.services = services
         self.subscription = subscription
         self.poll = poll
         self._blocked: set[str] = set()  # keys with unresolved dead letters (ordered groups)
@@ -242,17 +244,17 @@ class GroupConsumer(PartitionMember):
         return await self._process(None, record, redrive)
 
     def on_stop(self) -> None:
-        self.app.wakeups.wake()  # idle partitions notice at once instead of at their next poll
+        self.services.wakeups.wake()  # idle partitions notice at once instead of at their next poll
 
     async def work(self, partition: int) -> None:
         name = self.checkpoint_name(partition)
-        after = self._committed[partition] = await self.app.store.get_checkpoint(name)
+        after = self._committed[partition] = await self.services.store.get_checkpoint(name)
         self._waiting.pop(partition, None)
         while not self.stopping:
-            seen = self.app.wakeups.count
+            seen = self.services.wakeups.count
             batch = await self.log.read_partition(partition, after=after, limit=self.subscription.batch_size)
             if not batch:
-                await self.app.wakeups.wait(self.poll, seen)
+                await self.services.wakeups.wait(self.poll, seen)
                 continue
             mine = [r for r in batch if self.subscription.pattern.matches(r.envelope.topic)]
             # One look at the inbox for the whole batch (redeliveries after a crash or handover).
@@ -270,7 +272,7 @@ class GroupConsumer(PartitionMember):
                     after = batch[-1].position  # events not for this group move the checkpoint too
                 if self._waiting.get(partition) or self._lagging(partition, after):
                     await self._settle(partition, after)
-                await self.app.record_denials()  # a handler may have caught one of its denials
+                await self.services.record_denials()  # a handler may have caught one of its denials
             except _SharedCommitFailed as failed:
                 self._waiting.pop(partition, None)
                 if isinstance(failed.__cause__, BackendUnavailable):
@@ -307,7 +309,7 @@ class GroupConsumer(PartitionMember):
                     written, value = unit.staged(collection, key)
                     if written:
                         return value
-            return await self.app.store.get_document(collection, key)
+            return await self.services.store.get_document(collection, key)
 
         async def load(cls: type[Any], id: str) -> Any:
             # A waiting unit that appends to the stream being loaded commits first, so that the
@@ -317,10 +319,11 @@ class GroupConsumer(PartitionMember):
             touched = any(h.context._unit and stream in h.context._unit.streams() for h in waiting)
             if partition is not None and touched:
                 await self._settle(partition, waiting[-1].record.position)
-            return await self.app.load(cls, id)
+            return await self.services.load(cls, id)
 
+        codec, clock = self.services.codec, self.services.clock
         return UnitOfWork(
-            loader=load, document_reader=read_document, guard=self.app.codec.guard, trial=trial_of(self.app)
+            loader=load, document_reader=read_document, guard=codec.guard, trial=trial_of(codec, clock)
         )
 
     async def _settle(
@@ -339,7 +342,7 @@ class GroupConsumer(PartitionMember):
         handled = waiting + ([now] if now is not None else [])
         saved: list[Appended] = []
         try:
-            async with self.app.store.transaction() as tx:
+            async with self.services.store.transaction() as tx:
                 fenced_by = redrive.partition if redrive is not None else partition
                 if fenced_by is not None:
                     await self.fence(tx, fenced_by)
@@ -349,13 +352,15 @@ class GroupConsumer(PartitionMember):
                     fresh = await tx.mark_handled(self.group, done.record.envelope.id, done.context.attempt)
                     if fresh and done.context._unit is not None:
                         units.append((done.context, done.context._unit))
-                publishers = [publisher_of(self.app, context) for context, _ in units]
+                codec, clock = self.services.codec, self.services.clock
+                publishers = [publisher_of(codec, clock, _lineage(context)) for context, _ in units]
                 for (_, unit), publish in zip(
                     units, publishers, strict=True
                 ):  # timers first: see write_timers
                     await unit.write_timers(tx, publish)
                 for (context, unit), publish in zip(units, publishers, strict=True):
-                    saved += await unit.append_events(tx, aggregate_envelopes_of(self.app, context), publish)
+                    envelopes_of = aggregate_envelopes_of(codec, clock, _lineage(context))
+                    saved += await unit.append_events(tx, envelopes_of, publish)
                 await write_documents(tx, [unit for _, unit in units])
                 for context, unit in units:
                     for error in unit.dead_letters:
@@ -387,11 +392,11 @@ class GroupConsumer(PartitionMember):
             self._committed_at[partition] = time.monotonic()
         for done in handled:
             log.debug(COMMITTED, self.group, done.record.envelope.id)
-        await complete_saves(self.app.store, saved)  # only now: a failed commit is handled again
+        await complete_saves(self.services.store, saved)  # only now: a failed commit is handled again
         if any(
             d.context._unit and (d.context._unit.publications or d.context._unit.aggregates) for d in handled
         ):
-            self.app.notify()
+            self.services.wakeups.notify()
 
     async def _process(
         self,
@@ -412,7 +417,7 @@ class GroupConsumer(PartitionMember):
             # The inbox has it: the group decided this event before (a redelivery after a crash
             # or a handover). Whatever it would be now, late or parked, it needs nothing more.
             return False  # the checkpoint moves past it with the partition's next commit
-        app, envelope = self.app, record.envelope
+        services, envelope = self.services, record.envelope
         key = envelope.partitionkey or record.stream
         parks = self.subscription.ordered and redrive is None
         if parks and key in self._blocked:
@@ -428,7 +433,7 @@ class GroupConsumer(PartitionMember):
             )
             return False
         try:
-            event = app.codec.decode(envelope, record.stream, record.version)
+            event = services.codec.decode(envelope, record.stream, record.version)
         except MalformedEvent as exc:
             await self._dead(partition, record, DeadLetterReason.MALFORMED, str(exc), "", 0, None, redrive)
             return False
@@ -441,7 +446,8 @@ class GroupConsumer(PartitionMember):
             if redrive is not None:
                 await settle(self, redrive, DeadLetterState.PURGED)
             return False  # the checkpoint moves past it
-        late = None if redrive is not None else lateness(envelope, app.clock.now(), self.subscription.max_age)
+        max_age = self.subscription.max_age
+        late = None if redrive is not None else lateness(envelope, services.clock.now(), max_age)
         if late is not None:
             error = f"expired {late.total_seconds():.3f} s before it could be handled"
             await self._dead(partition, record, DeadLetterReason.EXPIRED, error, "", 0, None, redrive)
@@ -449,15 +455,15 @@ class GroupConsumer(PartitionMember):
         retry = self.subscription.retry
         first_failure: datetime | None = None
         for attempt in range(1, retry.attempts + 1):
-            context = Context(app, self.group, record, attempt, lambda: self._new_unit(partition))
+            context = Context(services, self.group, record, attempt, lambda: self._new_unit(partition))
             try:
                 await self.subscription.handler(event, context)
                 await self._commit(partition, record, context, redrive)
             except (LeaseLost, LetterSettled, _SharedCommitFailed, asyncio.CancelledError):
                 raise
             except Exception as exc:
-                await app.record_denials()  # an AccessDenied fails the handler, and is audited
-                first_failure = first_failure or app.clock.now()
+                await services.record_denials()  # an AccessDenied fails the handler, and is audited
+                first_failure = first_failure or services.clock.now()
                 # A denial is the policy's answer, not a passing fault: trying again only
                 # repeats it (and its audit record). So do the errors the Retry names, and
                 # tidings' own that cannot pass another time (``Retry.is_transient``).
@@ -480,7 +486,7 @@ class GroupConsumer(PartitionMember):
                     retry.attempts,
                     exc,
                 )
-                await app.clock.sleep(retry.delay(attempt))
+                await services.clock.sleep(retry.delay(attempt))
             else:
                 return True
         return False
@@ -568,5 +574,5 @@ class GroupConsumer(PartitionMember):
             envelope=document,
             raw=None if document else envelope.data,
             first_failed=first_failure,
-            dead_at=self.app.clock.now(),
+            dead_at=self.services.clock.now(),
         )

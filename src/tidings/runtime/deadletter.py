@@ -22,17 +22,16 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from tidings.domain.dead_letters import DeadLetterState
 from tidings.domain.envelope import RecordedEvent, from_structured
+from tidings.domain.topics import AnyOf, Pattern
 from tidings.errors import ConcurrencyError, MalformedEvent, TidingsError
-from tidings.ports import DeadLetter
+from tidings.ports import DeadLetter, Log, StoreTransaction
 from tidings.runtime.crypto import SEALED
 from tidings.runtime.leasing import LeaseLost
-
-if TYPE_CHECKING:
-    from tidings.runtime.consuming import GroupConsumer
+from tidings.runtime.services import Services
 
 log = logging.getLogger("tidings.consumer")
 
@@ -53,14 +52,53 @@ class Redrive:
     partition: int
 
 
-async def settle(member: GroupConsumer, redrive: Redrive, state: DeadLetterState) -> bool:
+class RedrivenSubscription(Protocol):
+    """What a redrive reads of the group's subscription."""
+
+    @property
+    def pattern(self) -> Pattern | AnyOf: ...
+
+    @property
+    def ordered(self) -> bool: ...
+
+
+class RedrivingMember(Protocol):
+    """What a redrive needs of the group member that runs it (``consuming.GroupConsumer``)."""
+
+    @property
+    def group(self) -> str: ...
+
+    @property
+    def log(self) -> Log: ...
+
+    @property
+    def services(self) -> Services: ...
+
+    @property
+    def subscription(self) -> RedrivenSubscription: ...
+
+    @property
+    def held(self) -> frozenset[int]: ...
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def parks_any_key(self) -> bool: ...
+
+    async def fence(self, tx: StoreTransaction, partition: int) -> None: ...
+
+    async def handle_again(self, record: RecordedEvent, redrive: Redrive) -> bool: ...
+
+
+async def settle(member: RedrivingMember, redrive: Redrive, state: DeadLetterState) -> bool:
     """Move the letter out of ``redrive`` to ``state``, fenced by its partition's lease."""
-    async with member.app.store.transaction() as tx:
+    async with member.services.store.transaction() as tx:
         await member.fence(tx, redrive.partition)
         return await tx.settle_dead_letter(redrive.entry, state)
 
 
-async def redrive_letters(member: GroupConsumer) -> None:
+async def redrive_letters(member: RedrivingMember) -> None:
     """Hand the group's letters queued for redrive, of the partitions that this member holds, to
     its handler again; only this group sees them, whatever other groups read the same event."""
     if member.parks_any_key:
@@ -95,7 +133,7 @@ async def redrive_letters(member: GroupConsumer) -> None:
 
 
 async def _redrive(
-    member: GroupConsumer, letter: DeadLetter, redrive: Redrive, failed_keys: set[str]
+    member: RedrivingMember, letter: DeadLetter, redrive: Redrive, failed_keys: set[str]
 ) -> None:
     ordered_key = letter.key if member.subscription.ordered else None
     if letter.envelope is None or (ordered_key is not None and ordered_key in failed_keys):
@@ -104,7 +142,7 @@ async def _redrive(
         return
     try:
         # The document carries the data in base64 when it is sealed: a third larger.
-        envelope = from_structured(letter.envelope, max_size=member.app.codec.max_size * 2)
+        envelope = from_structured(letter.envelope, max_size=member.services.codec.max_size * 2)
     except MalformedEvent as exc:
         log.error("group %s: dead letter %d cannot be redriven: %s", member.group, letter.id, exc)
         await settle(member, redrive, DeadLetterState.DEAD)
@@ -123,8 +161,8 @@ async def _redrive(
         await settle(member, redrive, DeadLetterState.REDRIVEN)
         handled = True
     else:
-        if member.app.keys is not None and envelope.datacontenttype == SEALED:
-            await member.app.keys.load([envelope.data])
+        if member.services.keys is not None and envelope.datacontenttype == SEALED:
+            await member.services.keys.load([envelope.data])
         # Version 0: a dead letter does not record it (sealed data is checked by stream only).
         record = RecordedEvent(envelope, letter.stream or "", 0, letter.position or 0)
         handled = False

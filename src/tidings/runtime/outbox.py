@@ -15,14 +15,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
 
 from tidings.errors import BackendUnavailable
 from tidings.ports import Bus, Log
 from tidings.runtime.leasing import PartitionMember
-
-if TYPE_CHECKING:
-    from tidings.runtime.app import App
+from tidings.runtime.wakeups import Wakeups
 
 log = logging.getLogger("tidings.outbox")
 
@@ -38,11 +35,12 @@ FIRST_PAUSE, LAST_PAUSE = 0.05, 2.0
 
 
 class Relay(PartitionMember):
-    """Publishes the partitions of the log it holds to the bus, a batch at a time, until stopped."""
+    """Publishes the partitions of the log it holds to the bus, a batch at a time, until stopped.
+    It waits for appends on ``wakeups`` (the App's), and needs nothing else of the App."""
 
     def __init__(
         self,
-        app: App,
+        wakeups: Wakeups,
         bus: Bus,
         log: Log,
         *,
@@ -52,7 +50,7 @@ class Relay(PartitionMember):
         group: str = f"{RESERVED_GROUP_PREFIX}relay",
     ) -> None:
         super().__init__(log, group, lease_ttl=lease_ttl)
-        self.app = app
+        self.wakeups = wakeups
         self.bus = bus
         self.batch_size = batch_size
         self.poll = poll
@@ -60,16 +58,16 @@ class Relay(PartitionMember):
 
     def on_stop(self) -> None:
         self._stopped.set()
-        self.app.wakeups.wake()
+        self.wakeups.wake()
 
     async def work(self, partition: int) -> None:
         after = await self.bus.published(partition)
         pause = 0.0
         while not self.stopping:
-            seen = self.app.wakeups.count
+            seen = self.wakeups.count
             batch = await self.log.read_partition(partition, after=after, limit=self.batch_size)
             if not batch:
-                await self.app.wakeups.wait(self.poll, seen)
+                await self.wakeups.wait(self.poll, seen)
                 continue
             log.debug(PUBLISHING, partition, batch[0].position, batch[-1].position)
             try:

@@ -7,7 +7,6 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING
 
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import Envelope
@@ -17,11 +16,8 @@ from tidings.domain.names import check_name
 from tidings.errors import InvalidArgument
 from tidings.ports import Bus
 from tidings.runtime.codec import Codec
+from tidings.runtime.deadlines import Clock
 from tidings.runtime.unit_of_work import Publication
-
-if TYPE_CHECKING:
-    from tidings.runtime.app import App
-    from tidings.runtime.consuming import Context
 
 log = logging.getLogger("tidings.app")
 
@@ -101,25 +97,28 @@ def aggregate_envelopes(
     return stream_envelopes(codec, aggregate.stream, aggregate.pending, now, lineage)
 
 
-def publisher_of(app: App, context: Context) -> Callable[[Publication], tuple[str, Envelope]]:
-    """How a handler's publications become envelopes: caused by the event in hand, in its
-    correlation, all at one time."""
-    lineage = Lineage(context.correlation_id, context.envelope.id)
-    now = app.clock.now()
-    return lambda publication: publication_envelope(app.codec, publication, now, lineage)
+def publisher_of(
+    codec: Codec, clock: Clock, lineage: Lineage
+) -> Callable[[Publication], tuple[str, Envelope]]:
+    """How a handler's publications become envelopes: in its ``lineage`` (caused by the event in
+    hand, in its correlation), all at one time."""
+    now = clock.now()
+    return lambda publication: publication_envelope(codec, publication, now, lineage)
 
 
-def trial_of(app: App) -> Callable[[Publication], object]:
+def trial_of(codec: Codec, clock: Clock) -> Callable[[Publication], object]:
     """How a unit of work checks a timer where it is set: its envelope is made as at commit (the
     lineage, which changes no size, aside), so that one that could never fire is refused at once."""
-    return lambda publication: publication_envelope(app.codec, publication, app.clock.now(), Lineage())
+    return lambda publication: publication_envelope(codec, publication, clock.now(), Lineage())
 
 
-def aggregate_envelopes_of(app: App, context: Context) -> Callable[[Aggregate], list[Envelope]]:
-    """How the new events of aggregates that a handler saves become envelopes."""
-    lineage = Lineage(context.correlation_id, context.envelope.id)
-    now = app.clock.now()
-    return lambda aggregate: aggregate_envelopes(app.codec, aggregate, now, lineage)
+def aggregate_envelopes_of(
+    codec: Codec, clock: Clock, lineage: Lineage
+) -> Callable[[Aggregate], list[Envelope]]:
+    """How the new events of aggregates that a handler saves become envelopes: in its
+    ``lineage``, all at one time."""
+    now = clock.now()
+    return lambda aggregate: aggregate_envelopes(codec, aggregate, now, lineage)
 
 
 def say_bus_limit(app: str, codec: Codec, bus: Bus) -> None:

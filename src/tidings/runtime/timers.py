@@ -24,7 +24,6 @@ import logging
 import time
 import traceback
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import Envelope, from_structured, to_structured
@@ -33,9 +32,7 @@ from tidings.ports import DeadLetter, StoreTransaction, Timer
 from tidings.runtime.crypto import SEALED
 from tidings.runtime.outbox import RESERVED_GROUP_PREFIX
 from tidings.runtime.retries import NEVER_RETRIED
-
-if TYPE_CHECKING:
-    from tidings.runtime.app import App
+from tidings.runtime.services import Services
 
 log = logging.getLogger("tidings.timers")
 
@@ -51,8 +48,10 @@ _CANNOT_FIRE: tuple[type[Exception], ...] = (*NEVER_RETRIED, IntegrityError)
 
 
 class TimerWorker:
-    def __init__(self, app: App, *, poll: float = 0.2, batch: int = 100) -> None:
-        self.app = app
+    """Fires the store's due timers, and sets again those whose letters are queued for redrive."""
+
+    def __init__(self, services: Services, *, poll: float = 0.2, batch: int = 100) -> None:
+        self.services = services
         self.poll = poll
         self.batch = batch
         self._stopping = asyncio.Event()
@@ -80,7 +79,7 @@ class TimerWorker:
 
     async def fire(self) -> float:
         """Fire what is due; returns how long to wait before looking again."""
-        store, now = self.app.store, self.app.clock.now()
+        store, now = self.services.store, self.services.clock.now()
         due = await store.next_timer_due()
         if due is None or due > now:
             until = self.poll if due is None else (due - now).total_seconds()
@@ -91,7 +90,7 @@ class TimerWorker:
                 await self._fire_one(tx, timer, now)
         if not timers:
             return self.poll  # due, but another worker holds them (SKIP LOCKED)
-        self.app.notify()
+        self.services.wakeups.notify()
         return 0.0  # look again at once: more may be due
 
     async def _fire_one(self, tx: StoreTransaction, timer: Timer, now: datetime) -> None:
@@ -110,7 +109,7 @@ class TimerWorker:
     async def rearm(self) -> int:
         """Set again, due at once, the timers whose dead letters an operator queued for
         redrive; returns how many."""
-        letters = await self.app.log.dead_letters(
+        letters = await self.services.log.dead_letters(
             TIMERS_GROUP, state=DeadLetterState.REDRIVE, limit=self.batch
         )
         rearmed = 0
@@ -119,7 +118,7 @@ class TimerWorker:
         return rearmed
 
     async def _rearm_one(self, letter: DeadLetter) -> bool:
-        store = self.app.store
+        store = self.services.store
         try:
             stream, envelope = await self._timer_of(letter)
         except (MalformedEvent, Undecryptable) as exc:
@@ -131,7 +130,7 @@ class TimerWorker:
             async with store.transaction() as tx:
                 # Timers first, as everywhere (see ``UnitOfWork.write_timers``). Its id is its
                 # event's: set again twice, it is replaced, and fired twice, appended once.
-                await tx.schedule_timer(envelope.id, self.app.clock.now(), stream, envelope)
+                await tx.schedule_timer(envelope.id, self.services.clock.now(), stream, envelope)
                 if not await tx.settle_dead_letter(letter.id, DeadLetterState.REDRIVEN):
                     raise _AlreadySettled  # another worker set it again, or it was purged
         except _AlreadySettled:
@@ -145,10 +144,10 @@ class TimerWorker:
         if letter.envelope is None or letter.stream is None:
             raise MalformedEvent("the timer's row could not be read: its event was not kept")
         # The document carries the data in base64 when it is sealed: a third larger.
-        envelope = from_structured(letter.envelope, max_size=self.app.codec.max_size * 2)
+        envelope = from_structured(letter.envelope, max_size=self.services.codec.max_size * 2)
         if envelope.datacontenttype != SEALED:
             return letter.stream, envelope
-        keys = self.app.keys
+        keys = self.services.keys
         if keys is None:
             raise Undecryptable("its event is sealed, and this App has no master key")
         await keys.load([envelope.data])
