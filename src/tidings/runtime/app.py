@@ -112,9 +112,11 @@ class App:
         #: With a policy: the check of what this App's principal may do (deny by default).
         self.guard = None if policy is None else Guard(load_policy(policy), self.principal, self.clock.now)
         check = None if self.guard is None else self.guard.check_publish
-        self.codec = Codec(source=name, registry=registry, max_size=max_event_size, guard=check)
+        self.codec = Codec(
+            source=name, registry=registry, max_size=max_event_size, guard=check, now=self.clock.now
+        )
         # Encodes tidings' own audit events (security.denied), which pass no guard.
-        self._audit_codec = Codec(source=name, registry=registry, max_size=max_event_size)
+        self._audit_codec = Codec(source=name, registry=registry, max_size=max_event_size, now=self.clock.now)
         self.state = AppState.CREATED
         self.subscriptions: dict[str, Subscription] = {}
         self.sagas: dict[str, SagaEngine] = {}

@@ -46,8 +46,11 @@ class Codec:
         registry: EventRegistry = default_registry,
         max_size: int = DEFAULT_MAX_SIZE,
         guard: Callable[[str], None] | None = None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self.source = source
+        #: When an event is encoded without a ``time`` of its own: the App's clock.
+        self.now = now
         #: Called with the topic of every event encoded; raises if it may not be published
         #: (``runtime/access.py``). Every event enters the log through ``encode``.
         self.guard = guard
@@ -110,7 +113,7 @@ class Codec:
             self.source,
             event.__event_type__,
             event.__event_topic__,
-            time or datetime.now(UTC),
+            time or self.now(),
             data,
             subject,
             SPEC_VERSION,

@@ -209,6 +209,8 @@ async def test_events_are_stamped_by_the_apps_clock(store_url: str) -> None:
         times = {stream: {s.envelope.time for s in await app.read_stream(stream)} for stream in streams}
     assert times == {stream: {clock.now()} for stream in streams}
     assert snapshot is not None and snapshot.version == 50 and snapshot.time == clock.now()
+    # An event encoded without a time of its own (tests, tools) takes the App's too.
+    assert app.codec.encode(ItemAdded(cart_id=appended, sku="pear")).time == clock.now()
 
 
 async def _has_events(app: App, stream: str) -> bool:
