@@ -25,7 +25,8 @@ import signal
 import sys
 
 from tidings.runtime.app import App
-from tidings.runtime.consuming import COMMITTED, Context
+from tidings.runtime.consuming import COMMITTED
+from tidings.runtime.context import Context
 from tidings.runtime.outbox import PUBLISHED, PUBLISHING
 from tidings.testing.conformance.events import Ping, Pong
 

@@ -22,7 +22,7 @@ import contextlib
 import logging
 import time
 import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,8 +30,7 @@ from typing import Any
 from tidings.domain.attributes import escape_controls
 from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import RecordedEvent, Undecodable, to_structured
-from tidings.domain.events import Erased, Event
-from tidings.domain.ids import publication_id
+from tidings.domain.events import Erased
 from tidings.domain.topics import AnyOf, Pattern
 from tidings.errors import (
     AccessDenied,
@@ -42,11 +41,12 @@ from tidings.errors import (
     describe,
 )
 from tidings.ports import DeadLetter, StoreTransaction
+from tidings.runtime.context import Context, Handler
 from tidings.runtime.deadletter import LetterSettled, Redrive, redrive_letters, settle
 from tidings.runtime.deadlines import lateness
 from tidings.runtime.leasing import LeaseLost, PartitionMember
 from tidings.runtime.log_context import log_fields
-from tidings.runtime.publishing import Lineage, aggregate_envelopes_of, publisher_of, trial_of
+from tidings.runtime.publishing import aggregate_envelopes_of, publisher_of, trial_of
 from tidings.runtime.repository import Appended, complete_saves
 from tidings.runtime.retries import Retry
 from tidings.runtime.services import Services
@@ -54,7 +54,6 @@ from tidings.runtime.unit_of_work import UnitOfWork, write_documents
 
 log = logging.getLogger("tidings.consumer")
 
-Handler = Callable[[Any, "Context"], Awaitable[None]]
 #: Logged (debug) once an event's unit of work is committed; fault tests kill a worker on it.
 COMMITTED = "group %s: committed %s"
 #: Seconds a checkpoint may trail the events a group passed over without handling any.
@@ -93,97 +92,6 @@ class _Handled:
 
     record: RecordedEvent
     context: Context
-
-
-class Context:
-    """What a handler knows: the envelope, where it is stored, the attempt, and its unit of work."""
-
-    def __init__(
-        self,
-        services: Services,
-        group: str,
-        record: RecordedEvent,
-        attempt: int,
-        new_unit: Callable[[], UnitOfWork] | None = None,
-    ) -> None:
-        self._services = services
-        self.group = group
-        self.record = record
-        self.envelope = record.envelope
-        self.attempt = attempt
-        self.correlation_id = record.envelope.correlationid or record.envelope.id
-        self._log: logging.LoggerAdapter[logging.Logger] | None = None
-        self._unit: UnitOfWork | None = None
-        self._publications = 0  # ids drawn by this run's publications (see ``publication_id``)
-        self._new_unit = new_unit or (
-            lambda: UnitOfWork(
-                loader=services.load,
-                document_reader=services.store.get_document,
-                guard=services.codec.guard,
-                trial=trial_of(services.codec, services.clock),
-            )
-        )
-
-    @property
-    def log(self) -> logging.LoggerAdapter[logging.Logger]:
-        """A logger whose records carry the fields of runtime/log_context.py, whoever formats
-        them (made on first use: most handlers never log, and every event makes a context)."""
-        if self._log is None:
-            fields = {"app": self._services.name, "group": self.group, "event_id": self.envelope.id}
-            self._log = logging.LoggerAdapter(log, {**fields, "correlation_id": self.correlation_id})
-        return self._log
-
-    @contextlib.asynccontextmanager
-    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
-        """Effects made through it commit once, with the inbox record and the checkpoint."""
-        if self._unit is not None:
-            raise RuntimeError("a handler has one unit of work")
-        self._unit = self._new_unit()
-        self._unit.next_id = self._publication_id
-        yield self._unit
-
-    def _publication_id(self) -> str:
-        """The id of this run's next publication without an id of the caller's making.
-
-        Derived from the handled event, the group and a count of the run's publications
-        (``ctx.publish`` and the unit of work's ``publish`` count together), never drawn at
-        random: a handler run again (a retry, a redelivery after a crash before the commit, a
-        redrive) makes the same publications in the same order with the same ids, and the
-        store keeps the first of each. Without that, ``ctx.publish`` (which appends at once)
-        published again on every run. A handler whose publications depend on what changes
-        between runs (the clock, a random draw, a read) may make other ones the next time:
-        their ids follow the order the run makes them in, whatever they hold.
-        """
-        sequence = self._publications
-        self._publications += 1
-        return publication_id(self.envelope.id, self.envelope.time, self.group, sequence)
-
-    async def publish(
-        self,
-        event: Event,
-        *,
-        key: str | None = None,
-        ttl: timedelta | None = None,
-        expires_at: datetime | None = None,
-        id: str | None = None,
-    ) -> None:
-        """Publish now (outside any unit of work), carrying this event's correlation. Its id is
-        ``id``, else derived from the handled event (``_publication_id``), so that a handler run
-        again publishes it once."""
-        await self._services.publish(
-            event,
-            key=key,
-            ttl=ttl,
-            expires_at=expires_at,
-            correlation_id=self.correlation_id,
-            causation_id=self.envelope.id,
-            id=self._publication_id() if id is None else id,
-        )
-
-
-def _lineage(context: Context) -> Lineage:
-    """Where the events a handler makes come from: the handled event, in its correlation."""
-    return Lineage(context.correlation_id, context.envelope.id)
 
 
 class GroupConsumer(PartitionMember):
@@ -304,7 +212,7 @@ class GroupConsumer(PartitionMember):
 
         async def read_document(collection: str, key: str) -> bytes | None:
             for handled in reversed(self._waiting.get(partition, []) if partition is not None else []):
-                unit = handled.context._unit
+                unit = handled.context.unit
                 if unit is not None:
                     written, value = unit.staged(collection, key)
                     if written:
@@ -316,7 +224,7 @@ class GroupConsumer(PartitionMember):
             # load sees its events (and saving on top of them passes the version check).
             waiting = self._waiting.get(partition, []) if partition is not None else []
             stream = cls.stream_of(id)
-            touched = any(h.context._unit and stream in h.context._unit.streams() for h in waiting)
+            touched = any(h.context.unit and stream in h.context.unit.streams() for h in waiting)
             if partition is not None and touched:
                 await self._settle(partition, waiting[-1].record.position)
             return await self.services.load(cls, id)
@@ -350,16 +258,16 @@ class GroupConsumer(PartitionMember):
                 for done in handled:
                     # Not in the inbox yet, else another delivery made its effects already.
                     fresh = await tx.mark_handled(self.group, done.record.envelope.id, done.context.attempt)
-                    if fresh and done.context._unit is not None:
-                        units.append((done.context, done.context._unit))
+                    if fresh and done.context.unit is not None:
+                        units.append((done.context, done.context.unit))
                 codec, clock = self.services.codec, self.services.clock
-                publishers = [publisher_of(codec, clock, _lineage(context)) for context, _ in units]
+                publishers = [publisher_of(codec, clock, context.lineage) for context, _ in units]
                 for (_, unit), publish in zip(
                     units, publishers, strict=True
                 ):  # timers first: see write_timers
                     await unit.write_timers(tx, publish)
                 for (context, unit), publish in zip(units, publishers, strict=True):
-                    envelopes_of = aggregate_envelopes_of(codec, clock, _lineage(context))
+                    envelopes_of = aggregate_envelopes_of(codec, clock, context.lineage)
                     saved += await unit.append_events(tx, envelopes_of, publish)
                 await write_documents(tx, [unit for _, unit in units])
                 for context, unit in units:
@@ -394,7 +302,7 @@ class GroupConsumer(PartitionMember):
             log.debug(COMMITTED, self.group, done.record.envelope.id)
         await complete_saves(self.services.store, saved)  # only now: a failed commit is handled again
         if any(
-            d.context._unit and (d.context._unit.publications or d.context._unit.aggregates) for d in handled
+            d.context.unit and (d.context.unit.publications or d.context.unit.aggregates) for d in handled
         ):
             self.services.wakeups.notify()
 
