@@ -19,7 +19,7 @@ from rich.table import Table
 from benchmarks.store import drop_database, run_benchmark, throwaway_database
 from tidings.domain.saga import SagaEnded
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.testing.conformance.sagas import OrderPlaced, Shop, fulfilment
 from tidings.testing.nats import nats_servers
 

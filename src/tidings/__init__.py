@@ -26,7 +26,7 @@ from tidings.errors import (
 )
 from tidings.ports import ANY, NO_STREAM, DeadLetter, EventStore
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.key_admin import Rotation
 from tidings.runtime.master_key import LocalMasterKey, MasterKey

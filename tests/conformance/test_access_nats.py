@@ -32,7 +32,7 @@ from tidings.domain.policy import Policy
 from tidings.domain.topics import compile_pattern
 from tidings.errors import BackendUnavailable
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.runtime.outbox import Relay
 from tidings.testing.conformance.access import (
     EVENTS,

@@ -15,7 +15,7 @@ import pytest
 
 from tidings.domain.events import Event
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.master_key import LocalMasterKey
 from tidings.testing.conformance.aggregates import Cart

@@ -18,7 +18,7 @@ from tidings.adapters.sql.common import Partitioner
 from tidings.domain.binary import to_binary
 from tidings.errors import ConfigurationError
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.testing.conformance.bus import RUN
 from tidings.testing.conformance.events import Ping, codec
 from tidings.testing.eventually import eventually

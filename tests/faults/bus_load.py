@@ -13,7 +13,7 @@ import nats
 
 from tidings.adapters.sql.common import Partitioner
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.testing.conformance.events import Ping
 
 KEYS = 16

@@ -25,8 +25,9 @@ import signal
 import sys
 
 from tidings.runtime.app import App
-from tidings.runtime.consuming import COMMITTED, Context
+from tidings.runtime.context import Context
 from tidings.runtime.outbox import PUBLISHED, PUBLISHING
+from tidings.runtime.settling import COMMITTED
 from tidings.testing.conformance.events import Ping, Pong
 
 FAULT_POINT = os.environ.get("TIDINGS_FAULT_POINT", "")

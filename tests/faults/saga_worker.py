@@ -13,7 +13,7 @@ import signal
 import sys
 
 from tidings.runtime.app import App
-from tidings.runtime.consuming import COMMITTED
+from tidings.runtime.settling import COMMITTED
 from tidings.testing.conformance.sagas import fulfilment
 
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from tidings.domain.ids import uuid7
 from tidings.errors import BackendUnavailable
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.testing.conformance.events import Ping
 from tidings.testing.plugin import missing
 from tidings.testing.servers import EmbeddedServer, embedded_server

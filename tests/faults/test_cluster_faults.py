@@ -14,7 +14,7 @@ import nats
 import pytest
 
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.testing.conformance.events import Ping
 from tidings.testing.nats import NatsServer, nats_servers, open_on_new_cluster
 

@@ -17,7 +17,7 @@ from tidings.cli import app as cli
 from tidings.domain.saga import SagaInstance
 from tidings.errors import AggregateNotFound
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.runtime.retries import Retry
 from tidings.testing.conformance.events import Ping, Pong
 from tidings.testing.conformance.sagas import OrderPlaced, Shop, fulfilment

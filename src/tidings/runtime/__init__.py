@@ -12,9 +12,14 @@ How an event flows::
         └─ EventStore.read_log after the checkpoint ─ handle ─ documents + checkpoint, one commit
     App.running ─ each worker gets the open App's Services (services.py), never the App
         ├─ Relay (outbox) ─ the store's log, per leased partition ─ Bus.publish
-        ├─ GroupConsumer (consuming) ─ the feed, per leased partition, after the checkpoint
-        │   └─ inbox ─ codec.decode ─ deadline ─ handler(event, Context) ─ its unit of work,
-        │      inbox record and checkpoint, one commit; failed past its retries, malformed or
-        │      late ─ DLQ (deadletter: redrive, parking)
+        ├─ GroupConsumer (consuming) ─ lease loop; the feed, per leased partition, after the
+        │   │  checkpoint; one inbox lookup per batch
+        │   ├─ dispatch ─ per event: duplicate ─ parked ─ codec.decode (malformed,
+        │   │  undecryptable, erased) ─ deadline ─ handler(event, Context) with retries
+        │   │  └─ an Outcome: Done | Skipped | Dead(Letter)
+        │   ├─ settling ─ the Batch: handled events' units of work wait, then inbox records,
+        │   │  effects and checkpoint commit in one transaction fenced by the lease
+        │   └─ deadletter ─ Dead → a DeadLetter in that commit; parked keys (ordered
+        │      groups); redrive beside the loop (aside), each run fenced and committed alone
         └─ TimerWorker (timers) ─ due timers appended (saga timeouts: saga_engine)
 """

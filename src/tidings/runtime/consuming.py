@@ -1,64 +1,42 @@
 """The consumer runtime: a group's members share the log's partitions and hand each event to the
 group's handler, at least once, in order per partition key.
 
-Per event: undecodable -> DLQ ``malformed``; past its deadline -> DLQ ``expired``; in the inbox
-already -> skipped; else the handler runs, retried with backoff up to its budget, then DLQ
-``failed``. Whatever the outcome, the inbox record and the checkpoint commit in one transaction
-with the handler's unit of work, and only while this member still holds the partition's lease.
-
-Commits are shared: the units of work of a batch's events (each with its own inbox record) wait
-and commit together with the checkpoint, in one transaction, when the batch ends or another
-event's outcome must commit at once (a dead letter). Later handlers of the batch read the
-documents that waiting units write, and a load of an aggregate whose stream a waiting unit
-appends to commits the waiting units first. Each event's effects stay atomic with its inbox
-record: if the shared commit fails (a concurrency conflict, a refused write), the batch's events
-are handled again one at a time, so that only the one at fault fails.
+This room holds the lease loop (``PartitionMember``), reads a partition after its checkpoint,
+and looks the batch up in the group's inbox; then each event goes down the ladder
+(``runtime/dispatch.py``) to an ``Outcome``. A handled event's effects wait in the batch
+(``runtime/settling.py``), which commits them with the inbox records and the checkpoint in one
+fenced transaction; a dead event's letter (``runtime/deadletter.py``) commits at once, with the
+events waiting before it. Redrives of dead letters run beside the loop (``aside``).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import time
-import traceback
-from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
-from typing import Any
+from datetime import timedelta
 
-from tidings.domain.attributes import escape_controls
-from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
-from tidings.domain.envelope import RecordedEvent, Undecodable, to_structured
-from tidings.domain.events import Erased, Event
-from tidings.domain.ids import publication_id
+from tidings.domain.dead_letters import DeadLetterState
+from tidings.domain.envelope import RecordedEvent
 from tidings.domain.topics import AnyOf, Pattern
-from tidings.errors import (
-    AccessDenied,
-    BackendUnavailable,
-    ConcurrencyError,
-    MalformedEvent,
-    Undecryptable,
-    describe,
+from tidings.errors import BackendUnavailable
+from tidings.runtime.context import Context, Handler
+from tidings.runtime.deadletter import (
+    Letter,
+    ParkedKeys,
+    Redrive,
+    letter_of,
+    redrive_letters,
+    settle,
+    write_letter,
 )
-from tidings.ports import DeadLetter, StoreTransaction
-from tidings.runtime.deadletter import LetterSettled, Redrive, redrive_letters, settle
-from tidings.runtime.deadlines import lateness
-from tidings.runtime.leasing import LeaseLost, PartitionMember
+from tidings.runtime.dispatch import Dead, Dispatcher, Done, Skipped
+from tidings.runtime.leasing import PartitionMember
 from tidings.runtime.log_context import log_fields
-from tidings.runtime.publishing import Lineage, aggregate_envelopes_of, publisher_of, trial_of
-from tidings.runtime.repository import Appended, complete_saves
 from tidings.runtime.retries import Retry
 from tidings.runtime.services import Services
-from tidings.runtime.unit_of_work import UnitOfWork, write_documents
+from tidings.runtime.settling import Batch, SharedCommitFailed, Target
 
 log = logging.getLogger("tidings.consumer")
-
-Handler = Callable[[Any, "Context"], Awaitable[None]]
-#: Logged (debug) once an event's unit of work is committed; fault tests kill a worker on it.
-COMMITTED = "group %s: committed %s"
-#: Seconds a checkpoint may trail the events a group passed over without handling any.
-CHECKPOINT_LAG = 1.0
 
 
 @dataclass(frozen=True)
@@ -74,116 +52,6 @@ class Subscription:
     #: Keep order per key through failures: once an event is dead-lettered, the later events of
     #: its key are parked (dead-lettered as "parked") until it is resolved; other keys flow on.
     ordered: bool = False
-
-
-class _SharedCommitFailed(BaseException):
-    """A commit of waiting units of work failed: their events are handled again. A
-    ``BaseException``, so that no handler's ``except Exception`` can swallow it (it may be
-    raised inside a handler, by a load that commits the waiting units first)."""
-
-    def __init__(self, upto: int) -> None:
-        super().__init__(f"a shared commit up to position {upto} failed")
-        self.upto = upto
-
-
-@dataclass(frozen=True, slots=True)
-class _Handled:
-    """An event handled, whose inbox record and unit of work (if any) wait for the partition's
-    next commit."""
-
-    record: RecordedEvent
-    context: Context
-
-
-class Context:
-    """What a handler knows: the envelope, where it is stored, the attempt, and its unit of work."""
-
-    def __init__(
-        self,
-        services: Services,
-        group: str,
-        record: RecordedEvent,
-        attempt: int,
-        new_unit: Callable[[], UnitOfWork] | None = None,
-    ) -> None:
-        self._services = services
-        self.group = group
-        self.record = record
-        self.envelope = record.envelope
-        self.attempt = attempt
-        self.correlation_id = record.envelope.correlationid or record.envelope.id
-        self._log: logging.LoggerAdapter[logging.Logger] | None = None
-        self._unit: UnitOfWork | None = None
-        self._publications = 0  # ids drawn by this run's publications (see ``publication_id``)
-        self._new_unit = new_unit or (
-            lambda: UnitOfWork(
-                loader=services.load,
-                document_reader=services.store.get_document,
-                guard=services.codec.guard,
-                trial=trial_of(services.codec, services.clock),
-            )
-        )
-
-    @property
-    def log(self) -> logging.LoggerAdapter[logging.Logger]:
-        """A logger whose records carry the fields of runtime/log_context.py, whoever formats
-        them (made on first use: most handlers never log, and every event makes a context)."""
-        if self._log is None:
-            fields = {"app": self._services.name, "group": self.group, "event_id": self.envelope.id}
-            self._log = logging.LoggerAdapter(log, {**fields, "correlation_id": self.correlation_id})
-        return self._log
-
-    @contextlib.asynccontextmanager
-    async def unit_of_work(self) -> AsyncIterator[UnitOfWork]:
-        """Effects made through it commit once, with the inbox record and the checkpoint."""
-        if self._unit is not None:
-            raise RuntimeError("a handler has one unit of work")
-        self._unit = self._new_unit()
-        self._unit.next_id = self._publication_id
-        yield self._unit
-
-    def _publication_id(self) -> str:
-        """The id of this run's next publication without an id of the caller's making.
-
-        Derived from the handled event, the group and a count of the run's publications
-        (``ctx.publish`` and the unit of work's ``publish`` count together), never drawn at
-        random: a handler run again (a retry, a redelivery after a crash before the commit, a
-        redrive) makes the same publications in the same order with the same ids, and the
-        store keeps the first of each. Without that, ``ctx.publish`` (which appends at once)
-        published again on every run. A handler whose publications depend on what changes
-        between runs (the clock, a random draw, a read) may make other ones the next time:
-        their ids follow the order the run makes them in, whatever they hold.
-        """
-        sequence = self._publications
-        self._publications += 1
-        return publication_id(self.envelope.id, self.envelope.time, self.group, sequence)
-
-    async def publish(
-        self,
-        event: Event,
-        *,
-        key: str | None = None,
-        ttl: timedelta | None = None,
-        expires_at: datetime | None = None,
-        id: str | None = None,
-    ) -> None:
-        """Publish now (outside any unit of work), carrying this event's correlation. Its id is
-        ``id``, else derived from the handled event (``_publication_id``), so that a handler run
-        again publishes it once."""
-        await self._services.publish(
-            event,
-            key=key,
-            ttl=ttl,
-            expires_at=expires_at,
-            correlation_id=self.correlation_id,
-            causation_id=self.envelope.id,
-            id=self._publication_id() if id is None else id,
-        )
-
-
-def _lineage(context: Context) -> Lineage:
-    """Where the events a handler makes come from: the handled event, in its correlation."""
-    return Lineage(context.correlation_id, context.envelope.id)
 
 
 class GroupConsumer(PartitionMember):
@@ -202,54 +70,36 @@ class GroupConsumer(PartitionMember):
         self.services = services
         self.subscription = subscription
         self.poll = poll
-        self._blocked: set[str] = set()  # keys with unresolved dead letters (ordered groups)
-        #: Keys this member dead-lettered, by when (a count): what a refresh keeps whatever the
-        #: store's snapshot says (``_refresh_blocked``).
-        self._blocks_made = 0
-        self._blocks_made_at: dict[str, int] = {}
-        #: Per partition, events handled whose inbox records and units of work (and the
-        #: checkpoint past them) are written by the partition's next commit.
-        self._waiting: dict[int, list[_Handled]] = {}
-        self._committed: dict[int, int] = {}  # the last checkpoint written, per partition
-        self._committed_at: dict[int, float] = {}  # and when (monotonic seconds)
-        #: Per partition, up to which position each event commits alone (after a shared
-        #: commit failed).
-        self._alone_until: dict[int, int] = {}
+        self._parked = ParkedKeys(self.log, self.group)  # keys with unresolved dead letters (ordered)
+        self._dispatcher = Dispatcher(services, self.group, subscription, self._parked)
+        self._batch = Batch(services, self.group, self)
 
     def checkpoint_name(self, partition: int) -> str:
         return self.log.checkpoint_name(self.group, partition)
 
     async def between_leases(self) -> None:
         if self.subscription.ordered:
-            await self._refresh_blocked()
-
-    async def _refresh_blocked(self) -> None:
-        """Read the keys with unresolved dead letters again. A key dead-lettered here while the
-        query ran may be missing from its snapshot: it is kept, else the key's next event would
-        be handled ahead of the one in the queue."""
-        mark = self._blocks_made
-        keys = await self.log.blocked_keys(self.group)
-        self._blocked = keys | {key for key, made in self._blocks_made_at.items() if made > mark}
+            await self._parked.refresh()
 
     @property
     def parks_any_key(self) -> bool:
         """Whether, at its last look, this member's ordered group had keys with dead letters."""
-        return bool(self._blocked)
+        return bool(self._parked)
 
     async def aside(self) -> None:
         await redrive_letters(self)
 
     async def handle_again(self, record: RecordedEvent, redrive: Redrive) -> bool:
         """Handle a dead letter's event again (``runtime/deadletter.py``); True if handled."""
-        return await self._process(None, record, redrive)
+        return await self._process(redrive, record)
 
     def on_stop(self) -> None:
         self.services.wakeups.wake()  # idle partitions notice at once instead of at their next poll
 
     async def work(self, partition: int) -> None:
         name = self.checkpoint_name(partition)
-        after = self._committed[partition] = await self.services.store.get_checkpoint(name)
-        self._waiting.pop(partition, None)
+        after = await self.services.store.get_checkpoint(name)
+        self._batch.start(partition, after)
         while not self.stopping:
             seen = self.services.wakeups.count
             batch = await self.log.read_partition(partition, after=after, limit=self.subscription.batch_size)
@@ -270,11 +120,11 @@ class GroupConsumer(PartitionMember):
                     after = record.position
                 if not self.stopping:
                     after = batch[-1].position  # events not for this group move the checkpoint too
-                if self._waiting.get(partition) or self._lagging(partition, after):
-                    await self._settle(partition, after)
+                if self._batch.waits(partition) or self._batch.lagging(partition, after, self.stopping):
+                    await self._batch.settle(partition, after)
                 await self.services.record_denials()  # a handler may have caught one of its denials
-            except _SharedCommitFailed as failed:
-                self._waiting.pop(partition, None)
+            except SharedCommitFailed as failed:
+                self._batch.drop(partition)
                 if isinstance(failed.__cause__, BackendUnavailable):
                     raise failed.__cause__ from None  # the store is away: back off, then restart
                 # Ordinary contention (two members saving one aggregate) ends here, and is
@@ -286,293 +136,47 @@ class GroupConsumer(PartitionMember):
                     failed,
                     failed.__cause__,
                 )
-                self._alone_until[partition] = failed.upto
-                after = self._committed[partition]
+                after = self._batch.commit_alone(partition, failed.upto)
 
-    def _lagging(self, partition: int, after: int) -> bool:
-        """Whether to commit a checkpoint that only passes events of other groups. Not after
-        every batch: with many groups on a log, most batches hold nothing for a given group,
-        and a commit each would cost a write apiece. At most ``CHECKPOINT_LAG`` seconds later
-        (or on stopping) it is written; until then a restart reads those events again, and
-        passes them again."""
-        if self._committed.get(partition) == after:
-            return False
-        return self.stopping or time.monotonic() - self._committed_at.get(partition, 0.0) > CHECKPOINT_LAG
-
-    def _new_unit(self, partition: int | None) -> UnitOfWork:
-        """A unit of work that reads what the partition's waiting units write."""
-
-        async def read_document(collection: str, key: str) -> bytes | None:
-            for handled in reversed(self._waiting.get(partition, []) if partition is not None else []):
-                unit = handled.context._unit
-                if unit is not None:
-                    written, value = unit.staged(collection, key)
-                    if written:
-                        return value
-            return await self.services.store.get_document(collection, key)
-
-        async def load(cls: type[Any], id: str) -> Any:
-            # A waiting unit that appends to the stream being loaded commits first, so that the
-            # load sees its events (and saving on top of them passes the version check).
-            waiting = self._waiting.get(partition, []) if partition is not None else []
-            stream = cls.stream_of(id)
-            touched = any(h.context._unit and stream in h.context._unit.streams() for h in waiting)
-            if partition is not None and touched:
-                await self._settle(partition, waiting[-1].record.position)
-            return await self.services.load(cls, id)
-
-        codec, clock = self.services.codec, self.services.clock
-        return UnitOfWork(
-            loader=load, document_reader=read_document, guard=codec.guard, trial=trial_of(codec, clock)
-        )
-
-    async def _settle(
-        self,
-        partition: int | None,
-        position: int,
-        now: _Handled | None = None,
-        extra: Callable[[StoreTransaction], Awaitable[None]] | None = None,
-        redrive: Redrive | None = None,
-    ) -> None:
-        """One transaction, fenced by the partition's lease: the inbox records and units of work
-        of the waiting events and of ``now`` (an event that commits at once), then ``extra`` (a
-        dead letter's row), then the checkpoint at ``position``. Without a partition (a redrive):
-        ``now`` and ``extra`` alone, fenced by the lease of the redrive's partition."""
-        waiting = self._waiting.pop(partition, []) if partition is not None else []
-        handled = waiting + ([now] if now is not None else [])
-        saved: list[Appended] = []
-        try:
-            async with self.services.store.transaction() as tx:
-                fenced_by = redrive.partition if redrive is not None else partition
-                if fenced_by is not None:
-                    await self.fence(tx, fenced_by)
-                units: list[tuple[Context, UnitOfWork]] = []
-                for done in handled:
-                    # Not in the inbox yet, else another delivery made its effects already.
-                    fresh = await tx.mark_handled(self.group, done.record.envelope.id, done.context.attempt)
-                    if fresh and done.context._unit is not None:
-                        units.append((done.context, done.context._unit))
-                codec, clock = self.services.codec, self.services.clock
-                publishers = [publisher_of(codec, clock, _lineage(context)) for context, _ in units]
-                for (_, unit), publish in zip(
-                    units, publishers, strict=True
-                ):  # timers first: see write_timers
-                    await unit.write_timers(tx, publish)
-                for (context, unit), publish in zip(units, publishers, strict=True):
-                    envelopes_of = aggregate_envelopes_of(codec, clock, _lineage(context))
-                    saved += await unit.append_events(tx, envelopes_of, publish)
-                await write_documents(tx, [unit for _, unit in units])
-                for context, unit in units:
-                    for error in unit.dead_letters:
-                        log.error(
-                            "group %s: dead-lettering %s (stuck): %s", self.group, context.envelope.id, error
-                        )
-                        await tx.dead_letter(
-                            self._letter(
-                                context.record, DeadLetterReason.STUCK, error, "", context.attempt, None
-                            )
-                        )
-                if extra is not None:
-                    await extra(tx)
-                if partition is not None:
-                    await tx.set_checkpoint(self.checkpoint_name(partition), position)
-        except (LeaseLost, LetterSettled, asyncio.CancelledError):
-            raise  # the waiting events were not committed: the partition's next holder gets them
-        except Exception as exc:
-            if partition is None or not waiting:
-                raise
-            # Never just raise here: a caller inside a handler would retry the handler, and the
-            # waiting events (taken out above) would be passed over by the next checkpoint.
-            # Some unit cannot commit, and later units may have read what earlier ones wrote:
-            # none of them is kept, and their events are handled again, each committing alone,
-            # so that only the one at fault fails (retried, then dead-lettered on its own).
-            raise _SharedCommitFailed(position) from exc
-        if partition is not None:
-            self._committed[partition] = position
-            self._committed_at[partition] = time.monotonic()
-        for done in handled:
-            log.debug(COMMITTED, self.group, done.record.envelope.id)
-        await complete_saves(self.services.store, saved)  # only now: a failed commit is handled again
-        if any(
-            d.context._unit and (d.context._unit.publications or d.context._unit.aggregates) for d in handled
-        ):
-            self.services.wakeups.notify()
-
-    async def _process(
-        self,
-        partition: int | None,
-        record: RecordedEvent,
-        redrive: Redrive | None = None,
-        duplicate: bool = False,
-    ) -> bool:
+    async def _process(self, at: Target, record: RecordedEvent, duplicate: bool = False) -> bool:
         """Handle one event to its end (done, skipped or dead-lettered); True if it was handled."""
         envelope = record.envelope
         with log_fields(event_id=envelope.id, correlation_id=envelope.correlationid or envelope.id):
-            return await self._process_event(partition, record, redrive, duplicate)
+            redrive = at if isinstance(at, Redrive) else None
 
-    async def _process_event(
-        self, partition: int | None, record: RecordedEvent, redrive: Redrive | None, duplicate: bool
-    ) -> bool:
-        if duplicate:
-            # The inbox has it: the group decided this event before (a redelivery after a crash
-            # or a handover). Whatever it would be now, late or parked, it needs nothing more.
-            return False  # the checkpoint moves past it with the partition's next commit
-        services, envelope = self.services, record.envelope
-        key = envelope.partitionkey or record.stream
-        parks = self.subscription.ordered and redrive is None
-        if parks and key in self._blocked:
-            # The cache may be stale (the key may have drained since): ask the store.
-            await self._refresh_blocked()
-        if parks and key in self._blocked:
-            error = "parked: an earlier event of this key is in the dead letter queue"
-            await self._dead(partition, record, DeadLetterReason.PARKED, error, "", 0, None, redrive)
-            return False
-        if isinstance(record, Undecodable):
-            await self._dead(
-                partition, record, DeadLetterReason.MALFORMED, record.error, "", 0, None, redrive
+            async def commit(context: Context) -> None:
+                await self._batch.commit(at, record, context)
+
+            outcome = await self._dispatcher.dispatch(
+                record,
+                new_unit=lambda: self._batch.new_unit(at),
+                commit=commit,
+                redriven=redrive is not None,
+                duplicate=duplicate,
             )
-            return False
-        try:
-            event = services.codec.decode(envelope, record.stream, record.version)
-        except MalformedEvent as exc:
-            await self._dead(partition, record, DeadLetterReason.MALFORMED, str(exc), "", 0, None, redrive)
-            return False
-        except Undecryptable as exc:
-            await self._dead(
-                partition, record, DeadLetterReason.UNDECRYPTABLE, str(exc), "", 0, None, redrive
-            )
-            return False
-        if isinstance(event, Erased):  # shredded: no data left to handle
-            if redrive is not None:
-                await settle(self, redrive, DeadLetterState.PURGED)
-            return False  # the checkpoint moves past it
-        max_age = self.subscription.max_age
-        late = None if redrive is not None else lateness(envelope, services.clock.now(), max_age)
-        if late is not None:
-            error = f"expired {late.total_seconds():.3f} s before it could be handled"
-            await self._dead(partition, record, DeadLetterReason.EXPIRED, error, "", 0, None, redrive)
-            return False
-        retry = self.subscription.retry
-        first_failure: datetime | None = None
-        for attempt in range(1, retry.attempts + 1):
-            context = Context(services, self.group, record, attempt, lambda: self._new_unit(partition))
-            try:
-                await self.subscription.handler(event, context)
-                await self._commit(partition, record, context, redrive)
-            except (LeaseLost, LetterSettled, _SharedCommitFailed, asyncio.CancelledError):
-                raise
-            except Exception as exc:
-                await services.record_denials()  # an AccessDenied fails the handler, and is audited
-                first_failure = first_failure or services.clock.now()
-                # A denial is the policy's answer, not a passing fault: trying again only
-                # repeats it (and its audit record). So do the errors the Retry names, and
-                # tidings' own that cannot pass another time (``Retry.is_transient``).
-                denied = isinstance(exc, AccessDenied)
-                if attempt == retry.attempts or not retry.is_transient(exc):
-                    trace = traceback.format_exc()
-                    error = f"{describe(exc)}"
-                    reason = DeadLetterReason.DENIED if denied else DeadLetterReason.FAILED
-                    await self._dead(partition, record, reason, error, trace, attempt, first_failure, redrive)
+            match outcome:
+                case Done():
+                    return True
+                case Skipped(erased=erased):
+                    if erased and redrive is not None:
+                        await settle(self, redrive, DeadLetterState.PURGED)
                     return False
-                # A stale expected version is contention, retried as a matter of course; other
-                # errors are worth a look even when a retry fixes them.
-                level = logging.DEBUG if isinstance(exc, ConcurrencyError) else logging.WARNING
-                log.log(
-                    level,
-                    "group %s: %s (attempt %d of %d) failed: %s",
-                    self.group,
-                    envelope.id,
-                    attempt,
-                    retry.attempts,
-                    exc,
-                )
-                await services.clock.sleep(retry.delay(attempt))
-            else:
-                return True
-        return False
+                case Dead(letter=letter):
+                    await self._dead(at, record, letter)
+                    return False
 
-    async def _commit(
-        self, partition: int | None, record: RecordedEvent, context: Context, redrive: Redrive | None
-    ) -> None:
-        if (
-            partition is not None
-            and redrive is None
-            and record.position > self._alone_until.get(partition, 0)
-        ):
-            # Its effects wait for the partition's next commit (at the latest, the end of the
-            # batch). A crash before it redelivers the batch's events; a concurrency conflict
-            # of a saved aggregate fails the shared commit, and the batch's events are then
-            # handled again one at a time, each with its retries.
-            self._waiting.setdefault(partition, []).append(_Handled(record, context))
-            return
-
-        async def settle_redrive(tx: StoreTransaction) -> None:
-            # The letter must still be queued for redrive: purged meanwhile, or settled by
-            # another run, this run's effects and inbox record roll back with the transaction.
-            if redrive is not None and not await tx.settle_dead_letter(
-                redrive.entry, DeadLetterState.REDRIVEN
-            ):
-                raise LetterSettled(f"dead letter {redrive.entry} left redrive while its handler ran")
-
-        await self._settle(partition, record.position, _Handled(record, context), settle_redrive, redrive)
-
-    async def _dead(
-        self,
-        partition: int | None,
-        record: RecordedEvent,
-        reason: DeadLetterReason,
-        error: str,
-        trace: str,
-        attempts: int,
-        first_failure: datetime | None,
-        redrive: Redrive | None,
-    ) -> None:
+    async def _dead(self, at: Target, record: RecordedEvent, letter: Letter) -> None:
+        """Dead-letter the event (in a redrive: its letter back to dead), parking its key in an
+        ordered group, and commit with the events waiting before it and the checkpoint."""
         if self.subscription.ordered:
-            key = record.envelope.partitionkey or record.stream
-            self._blocks_made += 1
-            self._blocks_made_at[key] = self._blocks_made
-            self._blocked.add(key)
-        log.error("group %s: dead-lettering %s (%s): %s", self.group, record.envelope.id, reason, error)
-        letter = self._letter(record, reason, error, trace, attempts, first_failure)
-
-        async def write(tx: StoreTransaction) -> None:
-            if redrive is not None:
-                # Only out of ``redrive``: a letter another run settled as redriven stays so.
-                await tx.settle_dead_letter(redrive.entry, DeadLetterState.DEAD)
-            else:
-                await tx.dead_letter(letter)
-
-        await self._settle(partition, record.position, extra=write, redrive=redrive)
-
-    def _letter(
-        self,
-        record: RecordedEvent,
-        reason: DeadLetterReason,
-        error: str,
-        trace: str,
-        attempts: int,
-        first_failure: datetime | None,
-    ) -> DeadLetter:
-        envelope = record.envelope
-        document = None
-        if not isinstance(record, Undecodable):
-            with contextlib.suppress(MalformedEvent):
-                document = to_structured(envelope)
-        # The texts may hold what the event held (an exception's message quotes its data): a NUL
-        # would fail the letter's insert on PostgreSQL and stop the partition.
-        return DeadLetter(
-            group=self.group,
-            reason=reason,
-            error=escape_controls(error),
-            traceback=escape_controls(trace, lines=True),
-            attempts=attempts,
-            event_id=envelope.id,
-            position=record.position,
-            stream=record.stream,
-            topic=envelope.topic,
-            key=envelope.partitionkey or record.stream,
-            envelope=document,
-            raw=None if document else envelope.data,
-            first_failed=first_failure,
-            dead_at=self.services.clock.now(),
+            self._parked.park(record.envelope.partitionkey or record.stream)
+        log.error(
+            "group %s: dead-lettering %s (%s): %s",
+            self.group,
+            record.envelope.id,
+            letter.reason,
+            letter.error,
         )
+        dead = letter_of(self.group, record, letter, self.services.clock.now())
+        redrive = at if isinstance(at, Redrive) else None
+        await self._batch.settle(at, record.position, extra=write_letter(dead, redrive))

@@ -1,4 +1,9 @@
-"""Dead letters handed back to their group: the redrive.
+"""Dead letters: the letters a group writes, the keys they park, and the redrive.
+
+A letter is built from the record and a ``Letter`` (why it died: ``runtime/dispatch.py`` says,
+or a saga's unit of work, ``runtime/settling.py``), and written in the partition's next commit.
+In an ordered group its key is parked (``ParkedKeys``): the key's later events are dead-lettered
+as ``parked`` until it is resolved, while other keys flow on.
 
 An operator queues dead letters for redrive (state ``redrive``: ``App.redrive``, ``tidings dlq
 redrive``). Each is then handled by one member of its group, once: the member that holds the
@@ -21,11 +26,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Protocol
 
-from tidings.domain.dead_letters import DeadLetterState
-from tidings.domain.envelope import RecordedEvent, from_structured
+from tidings.domain.attributes import escape_controls
+from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
+from tidings.domain.envelope import RecordedEvent, Undecodable, from_structured, to_structured
 from tidings.domain.topics import AnyOf, Pattern
 from tidings.errors import ConcurrencyError, MalformedEvent, TidingsError
 from tidings.ports import DeadLetter, Log, StoreTransaction
@@ -50,6 +58,112 @@ class Redrive:
 
     entry: int
     partition: int
+
+
+#: A write into a commit's transaction, beside the events it commits (a letter's row).
+Write = Callable[[StoreTransaction], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Letter:
+    """Why an event goes to the dead letter queue, and after how many runs of its handler."""
+
+    reason: DeadLetterReason
+    error: str
+    trace: str = ""
+    attempts: int = 0
+    #: When its handler first failed (``None``: the handler never ran).
+    first_failure: datetime | None = None
+
+
+def letter_of(group: str, record: RecordedEvent, letter: Letter, dead_at: datetime) -> DeadLetter:
+    """The dead letter of ``record`` for ``group``: its envelope as a structured document (its
+    raw data if it has none), and why it died."""
+    envelope = record.envelope
+    document = None
+    if not isinstance(record, Undecodable):
+        with contextlib.suppress(MalformedEvent):
+            document = to_structured(envelope)
+    # The texts may hold what the event held (an exception's message quotes its data): a NUL
+    # would fail the letter's insert on PostgreSQL and stop the partition.
+    return DeadLetter(
+        group=group,
+        reason=letter.reason,
+        error=escape_controls(letter.error),
+        traceback=escape_controls(letter.trace, lines=True),
+        attempts=letter.attempts,
+        event_id=envelope.id,
+        position=record.position,
+        stream=record.stream,
+        topic=envelope.topic,
+        key=envelope.partitionkey or record.stream,
+        envelope=document,
+        raw=None if document else envelope.data,
+        first_failed=letter.first_failure,
+        dead_at=dead_at,
+    )
+
+
+def write_letter(letter: DeadLetter, redrive: Redrive | None) -> Write:
+    """What a dead letter's commit writes: the letter; in a redrive, the letter back to dead."""
+
+    async def write(tx: StoreTransaction) -> None:
+        if redrive is not None:
+            # Only out of ``redrive``: a letter another run settled as redriven stays so.
+            await tx.settle_dead_letter(redrive.entry, DeadLetterState.DEAD)
+        else:
+            await tx.dead_letter(letter)
+
+    return write
+
+
+def settle_redriven(redrive: Redrive) -> Write:
+    """What a redriven event's commit writes beside its effects: the letter, as redriven."""
+
+    async def write(tx: StoreTransaction) -> None:
+        # The letter must still be queued for redrive: purged meanwhile, or settled by another
+        # run, this run's effects and inbox record roll back with the transaction.
+        if not await tx.settle_dead_letter(redrive.entry, DeadLetterState.REDRIVEN):
+            raise LetterSettled(f"dead letter {redrive.entry} left redrive while its handler ran")
+
+    return write
+
+
+class ParkedKeys:
+    """The keys of an ordered group with unresolved dead letters, as this member last saw them."""
+
+    def __init__(self, log: Log, group: str) -> None:
+        self._log = log
+        self._group = group
+        self._keys: set[str] = set()
+        #: Keys this member dead-lettered, by when (a count): what a refresh keeps whatever the
+        #: store's snapshot says.
+        self._made = 0
+        self._made_at: dict[str, int] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._keys)
+
+    async def refresh(self) -> None:
+        """Read the keys with unresolved dead letters again. A key dead-lettered here while the
+        query ran may be missing from its snapshot: it is kept, else the key's next event would
+        be handled ahead of the one in the queue."""
+        mark = self._made
+        keys = await self._log.blocked_keys(self._group)
+        self._keys = keys | {key for key, made in self._made_at.items() if made > mark}
+
+    async def parks(self, key: str) -> bool:
+        """Whether the key's events are parked now."""
+        if key in self._keys:
+            # The cache may be stale (the key may have drained since): ask the store.
+            await self.refresh()
+        return key in self._keys
+
+    def park(self, key: str) -> None:
+        """Park the key: this member just dead-lettered one of its events."""
+        self._made += 1
+        self._made_at[key] = self._made
+        self._keys.add(key)
 
 
 class RedrivenSubscription(Protocol):

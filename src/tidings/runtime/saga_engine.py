@@ -42,7 +42,7 @@ from tidings.errors import AggregateNotFound
 from tidings.runtime.outbox import RESERVED_GROUP_PREFIX
 
 if TYPE_CHECKING:
-    from tidings.runtime.consuming import Context
+    from tidings.runtime.context import Context
     from tidings.runtime.unit_of_work import UnitOfWork
 
 log = logging.getLogger("tidings.saga")

@@ -26,7 +26,7 @@ from tidings.domain.topics import compile_pattern
 from tidings.errors import AccessDenied
 from tidings.runtime.access import AUDIT_STREAM_PREFIX
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.runtime.retries import Retry
 from tidings.testing.eventually import eventually
 

@@ -15,7 +15,7 @@ from tidings.domain.events import Event
 from tidings.errors import AggregateNotFound, ConcurrencyError, InvalidArgument
 from tidings.ports import Snapshot
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.runtime.projection import Projection, View
 from tidings.testing.clock import ManualClock
 from tidings.testing.conformance.events import CartCheckedOut, ItemAdded, Ping, unique

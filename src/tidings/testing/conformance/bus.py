@@ -12,7 +12,7 @@ import msgspec
 from tidings.domain.envelope import Envelope
 from tidings.errors import AggregateNotFound, InvalidArgument
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.runtime.retries import Retry
 from tidings.testing.clock import ManualClock
 from tidings.testing.conformance.aggregates import Cart

@@ -16,7 +16,7 @@ import pytest_asyncio
 from tidings.domain.events import Erased, Event
 from tidings.errors import ConfigurationError, IntegrityError, Undecryptable
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.runtime.crypto import SEALED, read_header
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.keyring import CHECK_SCOPE

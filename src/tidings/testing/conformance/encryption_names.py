@@ -10,7 +10,7 @@ from tidings.domain.events import Erased, Event
 from tidings.errors import InvalidArgument
 from tidings.ports import EventStore
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.runtime.crypto import read_header
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.keyring import CHECK_SCOPE, KeyRing

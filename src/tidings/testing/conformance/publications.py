@@ -8,7 +8,7 @@ from collections import defaultdict
 
 from tidings.domain.ids import publication_id
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.testing.conformance.bus import FAST, RUN
 from tidings.testing.conformance.events import Ping, Pong, unique
 from tidings.testing.eventually import eventually

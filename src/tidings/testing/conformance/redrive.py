@@ -11,7 +11,7 @@ import pytest
 
 from tidings.domain.dead_letters import DeadLetterState
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.runtime.retries import Retry
 from tidings.testing.conformance.events import Ping, unique
 from tidings.testing.eventually import eventually

@@ -10,7 +10,7 @@ from tidings.domain.events import Event
 from tidings.domain.saga import Saga, SagaData, SagaInstance
 from tidings.errors import AggregateNotFound
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.testing.clock import ManualClock
 from tidings.testing.conformance.events import unique
 from tidings.testing.eventually import eventually

@@ -15,7 +15,7 @@ from tidings.domain.events import Event
 from tidings.domain.ids import publication_id
 from tidings.errors import PayloadTooLarge
 from tidings.runtime.app import App
-from tidings.runtime.consuming import Context
+from tidings.runtime.context import Context
 from tidings.runtime.publishing import Lineage, publication_envelope
 from tidings.runtime.retries import Retry
 from tidings.runtime.timers import REARM_EVERY, TIMERS_GROUP, _letter
