@@ -1,0 +1,82 @@
+"""How a store and a bus are opened for tidings: the adapters their URLs name, the data keys and
+the sealing around them when encryption is on, and the feed that consumer groups read.
+
+The App and the CLI both open stores here, so that a store is wired one way only; this module and
+``app.py`` are the only ones outside ``tidings.testing`` that build adapters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from tidings.adapters.registry import open_bus, open_store
+from tidings.domain.envelope import DEFAULT_MAX_SIZE
+from tidings.ports import Bus, EventStore, Log
+from tidings.runtime.access import Guard
+from tidings.runtime.codec import Codec
+from tidings.runtime.encryption import Encryption
+from tidings.runtime.key_check import check_master_key
+from tidings.runtime.keyring import KeyRing
+from tidings.runtime.publishing import say_bus_limit
+from tidings.runtime.sealed_store import SealedLog, SealedStore
+
+
+def store_at(url: str, *, create: bool = True, max_size: int = DEFAULT_MAX_SIZE) -> EventStore:
+    """The event store adapter for ``url``, not yet opened (``create=False``: only inspect it;
+    see ``tidings.adapters.registry.open_store``)."""
+    return open_store(url, create=create, max_size=max_size)
+
+
+@dataclass(frozen=True, slots=True)
+class WiredStore:
+    """An open store as tidings uses it."""
+
+    #: The adapter itself: what is closed, and what a relay reads (it passes sealed data on
+    #: without opening it).
+    raw: EventStore
+    #: What everything else uses: ``raw`` sealed with ``keys``, or ``raw`` itself without them.
+    store: EventStore
+    #: The data keys, with encryption on; else ``None``.
+    keys: KeyRing | None
+
+
+async def wire_store(raw: EventStore, encryption: Encryption | None, *, check_key: bool) -> WiredStore:
+    """The open store ``raw`` with the data keys of ``encryption`` (None: off) and sealing.
+
+    ``check_key``: refuse a wrong master key before anything is written with it (an App does;
+    the CLI only reads, or acts on the keyring itself). A store refused is closed."""
+    if encryption is None:
+        return WiredStore(raw, raw, None)
+    keys = encryption.keyring(raw)
+    if check_key:
+        try:
+            await check_master_key(raw, keys.master)
+        except BaseException:
+            await raw.close()
+            raise
+    return WiredStore(raw, SealedStore(raw, keys), keys)
+
+
+async def wire_bus(
+    url: str,
+    log: Log,
+    *,
+    name: str,
+    codec: Codec,
+    guard: Guard | None,
+    principal: str,
+    keys: KeyRing | None,
+) -> tuple[Bus, Log]:
+    """The bus at ``url``, open and fed from the store's ``log``, and the feed that the App
+    ``name``'s consumer groups read from it (sealed like the store when ``keys`` are given).
+
+    With a ``guard``, the bus reads for ``principal`` only what the policy lets it subscribe to."""
+    bus = open_bus(url)
+    if guard is not None:
+        readers = {name: p.subscribe for name, p in guard.policy.principals.items()}
+        bus.read_as(principal, readers, relay=guard.relay)
+    await bus.open(log)
+    codec.bus_room = bus.room_for
+    say_bus_limit(name, codec, bus)
+    feed = bus.log(log, topic_of=codec.registry.topic_of, max_event_size=codec.max_size)
+    return bus, feed if keys is None else SealedLog(feed, keys)
