@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -51,7 +50,7 @@ from tidings.runtime.services import Services
 from tidings.runtime.unit_of_work import Publication
 from tidings.runtime.verified_record import read_verified_record, write_verified_record
 from tidings.runtime.wakeups import Wakeups
-from tidings.wiring import store_at, wire_bus, wire_store
+from tidings.wiring import connect
 from tidings.workers import workers_running
 
 A = TypeVar("A", bound=Aggregate)
@@ -59,7 +58,6 @@ H = TypeVar("H", bound=Callable[..., Any])
 T = TypeVar("T")
 
 DEFAULT_STORE: Final = "sqlite:///.tidings/tidings.db"
-log = logging.getLogger("tidings.app")
 
 
 class AppState(enum.Enum):
@@ -143,52 +141,30 @@ class App:
             return self
         if self.state is AppState.CLOSED:
             raise ConfigurationError(f"App {self.name!r} is closed; create a new App")
-        raw = store_at(self.store_url, max_size=self.codec.max_size)
-        await raw.open()
-        # Said once per open, so that a deployment that forgot its master key shows it in its log.
-        log.info(
-            "App %s: event data %s",
-            self.name,
-            "encrypted" if self.encryption else "NOT encrypted",
-            extra={"app": self.name},
+        wired = await connect(
+            self.store_url,
+            self.bus_url,
+            name=self.name,
+            codec=self.codec,
+            encryption=self.encryption,
+            guard=self.guard,
+            principal=self.principal,
         )
-        # A wrong master key is refused here, before this App writes anything with it.
-        wired = await wire_store(raw, self.encryption, check_key=True)
         self.keys = wired.keys
-        if self.encryption is not None and self.keys is not None:
-            self.codec.use_keys(self.keys, accept_plaintext=self.encryption.accept_plaintext)
-        store = wired.store
-        self._store = store
-        self._log = store if isinstance(store, Log) else None
+        self._store, self._bus, self._feed = wired.store, wired.bus, wired.feed
+        self._log = wired.store if isinstance(wired.store, Log) else None
         #: What the relay reads: the log as stored (it passes sealed data on without opening it).
-        self._stored_log = raw if isinstance(raw, Log) else None
+        self._stored_log = wired.raw if isinstance(wired.raw, Log) else None
         self._repository = Repository(
-            store,
+            wired.store,
             self.codec,
             lambda aggregate: aggregate_envelopes(self.codec, aggregate, self.clock.now(), Lineage()),
         )
         self.state = AppState.OPEN
-        if self.bus_url:
-            try:
-                self._bus, self._feed = await wire_bus(
-                    self.bus_url,
-                    self.log,
-                    name=self.name,
-                    codec=self.codec,
-                    guard=self.guard,
-                    principal=self.principal,
-                    keys=self.keys,
-                )
-            except BaseException:
-                # Not open after all: the store is released and ``open`` may be tried again.
-                await raw.close()
-                self._store = self._log = self._repository = None
-                self.state = AppState.CREATED
-                raise
         if self._log is not None:  # a store that is no log serves no workers
             self._services = Services(
                 name=self.name,
-                store=store,
+                store=wired.store,
                 log=self._log,
                 feed=self.feed,
                 codec=self.codec,

@@ -7,10 +7,12 @@ The App and the CLI both open stores here, so that a store is wired one way only
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+from dataclasses import dataclass, replace
 
 from tidings.adapters.registry import open_bus, open_store
 from tidings.domain.envelope import DEFAULT_MAX_SIZE
+from tidings.errors import ConfigurationError
 from tidings.ports import Bus, EventStore, Log
 from tidings.runtime.access import Guard
 from tidings.runtime.codec import Codec
@@ -19,6 +21,8 @@ from tidings.runtime.key_check import check_master_key
 from tidings.runtime.keyring import KeyRing
 from tidings.runtime.publishing import say_bus_limit
 from tidings.runtime.sealed_store import SealedLog, SealedStore
+
+log = logging.getLogger("tidings.app")  # what it says, it says of an App
 
 
 def store_at(url: str, *, create: bool = True, max_size: int = DEFAULT_MAX_SIZE) -> EventStore:
@@ -29,7 +33,7 @@ def store_at(url: str, *, create: bool = True, max_size: int = DEFAULT_MAX_SIZE)
 
 @dataclass(frozen=True, slots=True)
 class WiredStore:
-    """An open store as tidings uses it."""
+    """An open store as tidings uses it (and, for an App in distributed mode, its bus)."""
 
     #: The adapter itself: what is closed, and what a relay reads (it passes sealed data on
     #: without opening it).
@@ -38,6 +42,9 @@ class WiredStore:
     store: EventStore
     #: The data keys, with encryption on; else ``None``.
     keys: KeyRing | None
+    bus: Bus | None = None
+    #: What consumer groups read from ``bus`` (sealed like the store); ``None`` without a bus.
+    feed: Log | None = None
 
 
 async def wire_store(raw: EventStore, encryption: Encryption | None, *, check_key: bool) -> WiredStore:
@@ -80,3 +87,45 @@ async def wire_bus(
     say_bus_limit(name, codec, bus)
     feed = bus.log(log, topic_of=codec.registry.topic_of, max_event_size=codec.max_size)
     return bus, feed if keys is None else SealedLog(feed, keys)
+
+
+async def connect(
+    store_url: str,
+    bus_url: str | None,
+    *,
+    name: str,
+    codec: Codec,
+    encryption: Encryption | None,
+    guard: Guard | None,
+    principal: str,
+) -> WiredStore:
+    """Open the App ``name``'s store (creating it if need be) and its bus, with its data keys
+    (``codec`` is given them, and the bus's room) and its sealing. What cannot be opened raises,
+    and leaves nothing open: ``open`` may be tried again."""
+    raw = store_at(store_url, max_size=codec.max_size)
+    await raw.open()
+    # Said once per open, so that a deployment that forgot its master key shows it in its log.
+    log.info(
+        "App %s: event data %s",
+        name,
+        "encrypted" if encryption else "NOT encrypted",
+        extra={"app": name},
+    )
+    # A wrong master key is refused here, before this App writes anything with it.
+    wired = await wire_store(raw, encryption, check_key=True)
+    if encryption is not None and wired.keys is not None:
+        codec.use_keys(wired.keys, accept_plaintext=encryption.accept_plaintext)
+    if not bus_url:
+        return wired
+    try:
+        if not isinstance(wired.store, Log):
+            raise ConfigurationError(
+                f"the store at {wired.store.url} cannot serve as a log for consumer groups"
+            )
+        bus, feed = await wire_bus(
+            bus_url, wired.store, name=name, codec=codec, guard=guard, principal=principal, keys=wired.keys
+        )
+    except BaseException:
+        await raw.close()
+        raise
+    return replace(wired, bus=bus, feed=feed)
