@@ -1,8 +1,9 @@
 """How a store and a bus are opened for tidings: the adapters their URLs name, the data keys and
 the sealing around them when encryption is on, and the feed that consumer groups read.
 
-The App and the CLI both open stores here, so that a store is wired one way only; this module and
-``app.py`` are the only ones outside ``tidings.testing`` that build adapters.
+Part of the composition root with ``app.py``: the App and the CLI both open stores here, so that
+a store is wired one way only, and no module outside the root and ``tidings.testing`` builds
+adapters (``tests/unit/test_architecture.py`` says so).
 """
 
 from __future__ import annotations
