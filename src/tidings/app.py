@@ -1,4 +1,8 @@
-"""The App: one service's entry point to its store, codec, aggregates and projections."""
+"""The App: one service's entry point to its store, codec, aggregates and projections.
+
+The composition root, with ``wiring.py`` (opening the store and the bus) and ``workers.py`` (what
+``running`` starts): it wires the runtime and hands its workers ``Services``, never itself.
+"""
 
 from __future__ import annotations
 
