@@ -17,8 +17,8 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks.store import drop_database, run_benchmark, throwaway_database
+from tidings.app import App
 from tidings.domain.saga import SagaEnded
-from tidings.runtime.app import App
 from tidings.runtime.context import Context
 from tidings.testing.conformance.sagas import OrderPlaced, Shop, fulfilment
 from tidings.testing.nats import nats_servers

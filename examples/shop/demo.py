@@ -46,9 +46,9 @@ from examples.shop.events import OrderPlaced
 from examples.shop.inventory import Stock
 from examples.shop.summary import SKUS, Report, report, show
 from tidings.adapters.urls import redact_url
+from tidings.app import DEFAULT_STORE
 from tidings.domain.saga import SagaEnded
 from tidings.ports import Log
-from tidings.runtime.app import DEFAULT_STORE
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGS = Path(".tidings/logs")

@@ -24,10 +24,10 @@ from examples.shop.inventory import Stock
 from examples.shop.orders import fulfilment
 from examples.shop.payments import LEDGERS, Ledger
 from examples.shop.shipping import SHIPMENTS, Shipment
+from tidings.app import DEFAULT_STORE
 from tidings.cli.operations import causation_tree
 from tidings.domain.saga import SagaInstance, parse_command_id
 from tidings.ports import Log, Trace
-from tidings.runtime.app import DEFAULT_STORE
 
 SKUS = {"kettle": 140, "teapot": 90, "mug": 160, "tray": 60}  # units in stock at the start
 FAILURES = {

@@ -1,5 +1,6 @@
 """tidings: a framework and runtime for event-driven services."""
 
+from tidings.app import App
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import Envelope, RecordedEvent, Stored
@@ -25,7 +26,6 @@ from tidings.errors import (
     UnknownEventType,
 )
 from tidings.ports import ANY, NO_STREAM, DeadLetter, EventStore
-from tidings.runtime.app import App
 from tidings.runtime.context import Context
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.key_admin import Rotation

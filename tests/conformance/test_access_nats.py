@@ -28,10 +28,10 @@ from nats.errors import TimeoutError as NatsTimeout
 from tidings.adapters.nats.names import inbox_prefix, read_stream
 from tidings.adapters.nats.permissions import authorization_block
 from tidings.adapters.registry import open_bus, open_store
+from tidings.app import App
 from tidings.domain.policy import Policy
 from tidings.domain.topics import compile_pattern
 from tidings.errors import BackendUnavailable
-from tidings.runtime.app import App
 from tidings.runtime.context import Context
 from tidings.runtime.outbox import Relay
 from tidings.testing.conformance.access import (

@@ -13,8 +13,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tidings.app import App
 from tidings.domain.events import Event
-from tidings.runtime.app import App
 from tidings.runtime.context import Context
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.master_key import LocalMasterKey

@@ -26,9 +26,9 @@ from nats.aio.client import Client
 
 from tidings import Context, Event, Retry
 from tidings.adapters.sql.common import Partitioner
+from tidings.app import App
 from tidings.domain.envelope import JSON, RecordedEvent
 from tidings.domain.headers import percent_decode
-from tidings.runtime.app import App
 from tidings.testing.conformance.bus import RUN
 from tidings.testing.eventually import eventually
 from tidings.testing.plugin import fresh_bus_url

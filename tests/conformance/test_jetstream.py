@@ -15,9 +15,9 @@ from nats.js.api import DiscardPolicy
 from nats.js.errors import NoStreamResponseError
 
 from tidings.adapters.sql.common import Partitioner
+from tidings.app import App
 from tidings.domain.binary import to_binary
 from tidings.errors import ConfigurationError
-from tidings.runtime.app import App
 from tidings.runtime.context import Context
 from tidings.testing.conformance.bus import RUN
 from tidings.testing.conformance.events import Ping, codec

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tidings.app import App
 from tidings.cli.certs import DEFAULT_HOSTS, DevCertificates, issue_certificate, make_dev_certificates
 from tidings.errors import BackendUnavailable
-from tidings.runtime.app import App
 from tidings.testing.conformance.events import items, unique
 from tidings.testing.postgres_tls import TlsPostgres, postgres_tls_server
 from tidings.testing.raw import raw_execute

@@ -12,9 +12,9 @@ import pytest
 
 from tidings.adapters.registry import open_bus
 from tidings.adapters.sql.common import Partitioner
+from tidings.app import App
 from tidings.domain.binary import from_binary
 from tidings.errors import BackendUnavailable, ConfigurationError
-from tidings.runtime.app import App
 from tidings.testing.conformance.events import Ping
 from tidings.testing.eventually import eventually
 from tidings.testing.plugin import fresh_bus_url

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from tidings.app import App
 from tidings.cli.certs import DEFAULT_HOSTS, DevCertificates, issue_certificate, make_dev_certificates
 from tidings.errors import BackendUnavailable
-from tidings.runtime.app import App
 from tidings.testing.nats import NatsServer, nats_servers
 
 # A validity window that ended yesterday.

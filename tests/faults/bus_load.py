@@ -12,7 +12,7 @@ import msgspec
 import nats
 
 from tidings.adapters.sql.common import Partitioner
-from tidings.runtime.app import App
+from tidings.app import App
 from tidings.runtime.context import Context
 from tidings.testing.conformance.events import Ping
 

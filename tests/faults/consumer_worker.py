@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 
-from tidings.runtime.app import App
+from tidings.app import App
 from tidings.runtime.context import Context
 from tidings.runtime.outbox import PUBLISHED, PUBLISHING
 from tidings.runtime.settling import COMMITTED

@@ -12,7 +12,7 @@ import os
 import signal
 import sys
 
-from tidings.runtime.app import App
+from tidings.app import App
 from tidings.runtime.settling import COMMITTED
 from tidings.testing.conformance.sagas import fulfilment
 

@@ -11,9 +11,9 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from tidings.app import App
 from tidings.domain.ids import uuid7
 from tidings.errors import BackendUnavailable
-from tidings.runtime.app import App
 from tidings.runtime.context import Context
 from tidings.testing.conformance.events import Ping
 from tidings.testing.plugin import missing

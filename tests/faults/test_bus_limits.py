@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from tidings import Context, Event
+from tidings.app import App
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.nesting import MAX_DEPTH
 from tidings.errors import MalformedEvent, PayloadTooLarge
-from tidings.runtime.app import App
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.master_key import LocalMasterKey
 from tidings.testing.eventually import eventually

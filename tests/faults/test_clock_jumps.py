@@ -22,7 +22,7 @@ import pytest
 
 from tests.faults.tally import Tally
 from tidings import Context, Event
-from tidings.runtime.app import App
+from tidings.app import App
 from tidings.testing.clock import ManualClock
 from tidings.testing.conformance.events import Ping
 from tidings.testing.eventually import eventually

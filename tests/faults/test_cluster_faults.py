@@ -13,7 +13,7 @@ from pathlib import Path
 import nats
 import pytest
 
-from tidings.runtime.app import App
+from tidings.app import App
 from tidings.runtime.context import Context
 from tidings.testing.conformance.events import Ping
 from tidings.testing.nats import NatsServer, nats_servers, open_on_new_cluster

@@ -16,7 +16,7 @@ from nats.js.api import StreamConfig
 from tidings import Context, Event
 from tidings.adapters.nats.publish import resync
 from tidings.adapters.sql.common import Partitioner
-from tidings.runtime.app import App
+from tidings.app import App
 from tidings.testing.eventually import eventually
 from tidings.testing.nats import flushed
 from tidings.testing.plugin import fresh_bus_url

@@ -14,7 +14,7 @@ import pytest
 
 from tidings import Context, Event
 from tidings.adapters.sql.common import Partitioner
-from tidings.runtime.app import App
+from tidings.app import App
 from tidings.testing.eventually import eventually
 from tidings.testing.plugin import fresh_bus_url, fresh_postgres_database
 

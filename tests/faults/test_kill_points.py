@@ -14,7 +14,7 @@ import time
 import nats
 import pytest
 
-from tidings.runtime.app import App
+from tidings.app import App
 from tidings.testing.conformance.events import Ping
 from tidings.testing.plugin import BUS_BACKENDS
 

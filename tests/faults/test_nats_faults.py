@@ -18,7 +18,7 @@ import pytest
 
 from tests.faults.bus_load import committed, counting_app, publish_load, settle, stored_on_the_bus
 from tests.faults.tally import tally
-from tidings.runtime.app import App
+from tidings.app import App
 from tidings.testing.eventually import eventually
 from tidings.testing.nats import NatsServer, nats_servers, open_on_new_cluster
 from tidings.testing.plugin import fresh_bus_url

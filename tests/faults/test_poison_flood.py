@@ -17,7 +17,7 @@ import pytest
 
 from tests.faults.bus_load import GROUP, KEYS, committed, counting_app, settle
 from tests.faults.tally import tally
-from tidings.runtime.app import App
+from tidings.app import App
 from tidings.testing.conformance.events import Ping
 from tidings.testing.eventually import eventually
 from tidings.testing.plugin import fresh_bus_url

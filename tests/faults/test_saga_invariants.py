@@ -21,7 +21,7 @@ from examples.shop.events import OrderPlaced
 from examples.shop.inventory import Stock
 from examples.shop.summary import SKUS, report
 
-from tidings.runtime.app import App
+from tidings.app import App
 
 ROOT = Path(__file__).resolve().parents[2]
 ORDERS = int(os.environ.get("TIDINGS_SAGA_ORDERS", "1000"))

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
+from tidings.app import App
 from tidings.domain.saga import SagaInstance
 from tidings.errors import AggregateNotFound
-from tidings.runtime.app import App
 from tidings.testing.conformance.events import unique
 from tidings.testing.conformance.sagas import OrderPlaced, Shop
 

@@ -14,10 +14,10 @@ import pytest
 
 from tidings import Context
 from tidings.adapters.registry import open_store
+from tidings.app import App
 from tidings.domain.attributes import escape_controls
 from tidings.domain.events import Erased
 from tidings.errors import BackendUnavailable, ConfigurationError, IntegrityError, InvalidArgument
-from tidings.runtime.app import App
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.master_key import LocalMasterKey
 from tidings.testing.conformance.events import ItemAdded, items, unique

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import msgspec
 
-from tidings.runtime.app import App
+from tidings.app import App
 from tidings.testing.conformance.events import Pong
 
 ROOT = Path(__file__).resolve().parents[2]

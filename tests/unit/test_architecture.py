@@ -16,8 +16,11 @@ ALLOWED = {
     "domain": {"tidings.domain"},
     "ports": {"tidings.domain", "tidings.ports"},
     "adapters": {"tidings.domain", "tidings.ports", "tidings.adapters"},
-    "runtime": {"tidings.domain", "tidings.ports", "tidings.runtime", "tidings.adapters.registry"},
+    "runtime": {"tidings.domain", "tidings.ports", "tidings.runtime"},
 }
+# The composition root: the only modules that build adapters (the CLI opens stores through it).
+COMPOSITION_ROOT = {"app", "wiring"}
+REGISTRY = "tidings.adapters.registry"
 
 
 def _layer(path: Path) -> str:
@@ -40,7 +43,7 @@ def _tidings_imports(path: Path) -> list[str]:
 def test_layers_import_only_downwards(path: Path) -> None:
     layer = _layer(path)
     allowed = ALLOWED.get(layer)
-    if allowed is None:  # the edges (cli, testing, the package root) may use everything
+    if allowed is None:  # the edges (cli, testing, the composition root) may use everything
         return
     for name in _tidings_imports(path):
         if name == "tidings.errors":
@@ -48,6 +51,29 @@ def test_layers_import_only_downwards(path: Path) -> None:
         assert any(name == a or name.startswith(a + ".") for a in allowed), (
             f"{path.relative_to(PACKAGE)} ({layer}) imports {name}"
         )
+
+
+def test_only_the_composition_root_builds_adapters() -> None:
+    """One wiring site: the registry that builds adapters from URLs is imported by the
+    composition root (and ``tidings.testing``, whose fixtures open stores and buses bare), so
+    that no other module opens a store a second way, without its keys or its sealing."""
+    modules = _module_names(PACKAGE, "tidings")
+    importers = sorted(
+        name
+        for name, path in modules.items()
+        if REGISTRY in _imported_modules(name, path, modules)
+        and _layer(path) not in COMPOSITION_ROOT | {"testing"}
+    )
+    assert not importers, f"only {sorted(COMPOSITION_ROOT)} may import {REGISTRY}; so do {importers}"
+
+
+def test_the_cli_does_not_seal_stores_itself() -> None:
+    """The CLI sees a store as the App does (keys, sealing) because it opens it through the
+    composition root; building its own ``SealedStore`` or keyring would be a second wiring."""
+    for path in (PACKAGE / "cli").rglob("*.py"):
+        imported = _tidings_imports(path)
+        assert "tidings.runtime.sealed_store" not in imported, f"cli/{path.name} seals a store itself"
+        assert ".keyring(" not in path.read_text(), f"cli/{path.name} builds a keyring itself"
 
 
 def test_domain_does_no_io() -> None:

@@ -13,10 +13,10 @@ from pathlib import Path
 import msgspec
 from typer.testing import CliRunner
 
+from tidings.app import App
 from tidings.cli import app as cli
 from tidings.domain.saga import SagaInstance
 from tidings.errors import AggregateNotFound
-from tidings.runtime.app import App
 from tidings.runtime.context import Context
 from tidings.runtime.retries import Retry
 from tidings.testing.conformance.events import Ping, Pong
@@ -144,7 +144,7 @@ def test_run_works_until_sigterm_and_shares_work_between_workers(tmp_path: Path)
     (tmp_path / "runapp.py").write_text(
         textwrap.dedent(
             f"""
-            from tidings.runtime.app import App
+            from tidings.app import App
             from tidings.testing.conformance.events import Ping
 
             app = App("runner", store={url!r})

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tidings.app import App
 from tidings.errors import ConfigurationError
-from tidings.runtime.app import App
 from tidings.testing.conformance.events import Ping
 from tidings.testing.eventually import eventually
 
@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 LOGGING_APP = """
 import logging
 
-from tidings.runtime.app import App
+from tidings.app import App
 from tidings.testing.conformance.events import Ping
 
 app = App("logger", store="sqlite:///named-in-code.db")
@@ -42,7 +42,7 @@ async def note(event: Ping, ctx) -> None:
 #: Two groups save one aggregate for every ping: their members keep meeting a stale version.
 CONTENDED_APP = """
 from tidings.errors import AggregateNotFound
-from tidings.runtime.app import App
+from tidings.app import App
 from tidings.runtime.retries import Retry
 from tidings.testing.conformance.aggregates import Cart
 from tidings.testing.conformance.events import Ping

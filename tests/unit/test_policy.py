@@ -12,10 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidings.adapters.registry import open_store
+from tidings.app import App
 from tidings.domain.policy import Policy, Principal, SecurityDenied
 from tidings.errors import AccessDenied, ConfigurationError, TidingsError
 from tidings.runtime.access import Guard, load_policy
-from tidings.runtime.app import App
 from tidings.runtime.codec import Codec
 
 NKEY = "UDXU4RCSJNZOIQHZNWXHXORDPRTGNJAHAHFRGZNEEJCPQTT2M7NLCNF4"

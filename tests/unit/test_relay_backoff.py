@@ -12,10 +12,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import cast
 
+from tidings.app import App
 from tidings.domain.envelope import RecordedEvent
 from tidings.errors import BackendUnavailable
 from tidings.ports import Bus
-from tidings.runtime.app import App
 from tidings.runtime.outbox import FIRST_PAUSE, LAST_PAUSE, Relay
 from tidings.testing.conformance.events import ItemAdded
 from tidings.testing.eventually import eventually

@@ -15,13 +15,12 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from tidings.adapters.registry import open_store
 from tidings.adapters.urls import redact_url
 from tidings.cli import render
 from tidings.errors import TidingsError
 from tidings.ports import EventStore
 from tidings.runtime.encryption import Encryption
-from tidings.runtime.sealed_store import SealedStore
+from tidings.wiring import store_at, wire_store
 
 T = TypeVar("T")
 
@@ -120,18 +119,6 @@ def parse_time(value: str) -> datetime:
     return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
 
 
-def _with_keys(store: EventStore) -> EventStore:
-    """With a master key in the environment, the store as an encrypting App sees it: the data
-    of sealed events is shown opened (see ``render.data_text``)."""
-    encryption = Encryption.configured(None)
-    if encryption is None:
-        render.use_keys(None)
-        return store
-    keys = encryption.keyring(store)
-    render.use_keys(keys)
-    return SealedStore(store, keys)
-
-
 def run_with_store(
     url: str,
     work: Callable[[EventStore], Awaitable[T]],
@@ -159,14 +146,19 @@ def run_with_store(
 
 
 async def _on_store(url: str, work: Callable[[EventStore], Awaitable[T]], writable: bool) -> T:
-    store = open_store(url, create=False)
     if writable:  # it must exist (checked read-only first); then it is opened for writing
-        await store.open()
-        await store.close()
-        store = open_store(url, create=True)
+        existing = store_at(url, create=False)
+        await existing.open()
+        await existing.close()
+    store = store_at(url, create=writable)
     try:
         await store.open()
-        result = await work(_with_keys(store))
+        # With a master key in the environment, the store as an encrypting App sees it: the
+        # data of sealed events is shown opened (see ``render.data_text``). The key is not
+        # checked: the commands only read, or act on the keyring itself.
+        wired = await wire_store(store, Encryption.configured(None), check_key=False)
+        render.use_keys(wired.keys)
+        result = await work(wired.store)
     except BaseException:
         with contextlib.suppress(Exception):  # the first error is the one worth reporting
             await store.close()

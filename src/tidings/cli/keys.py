@@ -14,11 +14,11 @@ import typer
 from rich.table import Table
 
 from tidings.adapters.sql.keys import RETIRED
+from tidings.app import DEFAULT_STORE
 from tidings.cli.common import StoreOption, fail, note, run_with_store, stdout
 from tidings.cli.render import cell, when
 from tidings.errors import ConfigurationError, TidingsError
 from tidings.ports import DataKeyRecord, EventStore
-from tidings.runtime.app import DEFAULT_STORE
 from tidings.runtime.key_admin import Rotation, rotate
 from tidings.runtime.key_check import check_master_key
 from tidings.runtime.keyring import CHECK_SCOPE, scope_label, stored_scope

@@ -18,6 +18,7 @@ from typing import Annotated, Final, TypeVar
 import typer
 from rich.text import Text
 
+from tidings.app import DEFAULT_STORE
 from tidings.cli.acl import acl_app
 from tidings.cli.certs import certs_app
 from tidings.cli.common import (
@@ -48,7 +49,6 @@ from tidings.cli.sagas import sagas_app
 from tidings.domain.envelope import RecordedEvent
 from tidings.errors import IntegrityError, InvalidArgument
 from tidings.ports import EventStore
-from tidings.runtime.app import DEFAULT_STORE
 from tidings.runtime.verified_record import read_verified_record, write_verified_record
 
 T = TypeVar("T")

@@ -19,6 +19,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from tidings.app import DEFAULT_STORE, App
 from tidings.cli.common import (
     EXIT_OK,
     EXIT_PROBLEMS,
@@ -37,7 +38,6 @@ from tidings.domain.dead_letters import DeadLetterState
 from tidings.domain.envelope import RecordedEvent, format_time, from_structured
 from tidings.errors import ConfigurationError, TidingsError
 from tidings.ports import DeadLetter, EventStore, Log, Trace
-from tidings.runtime.app import DEFAULT_STORE, App
 from tidings.runtime.crypto import SEALED
 
 dlq_app = typer.Typer(help="The dead letter queues of consumer groups.", no_args_is_help=True)

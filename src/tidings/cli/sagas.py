@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
+from tidings.app import DEFAULT_STORE
 from tidings.cli.common import LimitOption, StoreOption, fail, note, one_of, run_with_store, stdout
 from tidings.cli.render import current_keys, data_text, printable
 from tidings.domain.envelope import RecordedEvent, format_time
@@ -23,7 +24,6 @@ from tidings.domain.saga import (
     Status,
 )
 from tidings.ports import EventStore
-from tidings.runtime.app import DEFAULT_STORE
 from tidings.runtime.codec import Codec
 from tidings.runtime.crypto import SEALED
 from tidings.runtime.master_key import ENV_KEY_FILE

@@ -1,4 +1,4 @@
-"""The runtime: written once, against the ports.
+"""The runtime: written once, against the ports, and wired by the App (``tidings/app.py``).
 
 How an event flows::
 

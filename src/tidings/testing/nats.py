@@ -29,7 +29,7 @@ from tidings.errors import BackendUnavailable
 if TYPE_CHECKING:
     from nats.aio.client import Client
 
-    from tidings.runtime.app import App
+    from tidings.app import App
 
 READY_TIMEOUT = 30.0
 

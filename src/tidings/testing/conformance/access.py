@@ -18,6 +18,7 @@ from datetime import timedelta
 
 import pytest
 
+from tidings.app import App
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.events import Event
 from tidings.domain.policy import Policy, SecurityDenied
@@ -25,7 +26,6 @@ from tidings.domain.saga import Saga
 from tidings.domain.topics import compile_pattern
 from tidings.errors import AccessDenied
 from tidings.runtime.access import AUDIT_STREAM_PREFIX
-from tidings.runtime.app import App
 from tidings.runtime.context import Context
 from tidings.runtime.retries import Retry
 from tidings.testing.eventually import eventually

@@ -9,12 +9,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from tidings.app import App
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import Envelope, Stored
 from tidings.domain.events import Event
 from tidings.errors import AggregateNotFound, ConcurrencyError, InvalidArgument
 from tidings.ports import Snapshot
-from tidings.runtime.app import App
 from tidings.runtime.context import Context
 from tidings.runtime.projection import Projection, View
 from tidings.testing.clock import ManualClock

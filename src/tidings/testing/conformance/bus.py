@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import msgspec
 
+from tidings.app import App
 from tidings.domain.envelope import Envelope
 from tidings.errors import AggregateNotFound, InvalidArgument
-from tidings.runtime.app import App
 from tidings.runtime.context import Context
 from tidings.runtime.retries import Retry
 from tidings.testing.clock import ManualClock

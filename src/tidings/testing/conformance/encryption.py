@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
+from tidings.app import App
 from tidings.domain.events import Erased, Event
 from tidings.errors import ConfigurationError, IntegrityError, Undecryptable
-from tidings.runtime.app import App
 from tidings.runtime.context import Context
 from tidings.runtime.crypto import SEALED, read_header
 from tidings.runtime.encryption import Encryption

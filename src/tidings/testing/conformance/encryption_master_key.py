@@ -11,9 +11,9 @@ from typing import Any, cast
 
 import pytest
 
+from tidings.app import App
 from tidings.errors import BackendUnavailable, ConfigurationError
 from tidings.ports import DataKeyRecord, EventStore
-from tidings.runtime.app import App
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.key_check import check_master_key
 from tidings.runtime.keyring import CHECK_SCOPE, key_context

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
+from tidings.app import App
 from tidings.domain.events import Erased, Event
 from tidings.errors import InvalidArgument
 from tidings.ports import EventStore
-from tidings.runtime.app import App
 from tidings.runtime.context import Context
 from tidings.runtime.crypto import read_header
 from tidings.runtime.encryption import Encryption

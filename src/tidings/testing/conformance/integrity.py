@@ -9,10 +9,10 @@ from urllib.parse import urlsplit
 import pytest
 
 from tidings.adapters.registry import open_store
+from tidings.app import App
 from tidings.domain.integrity import IntegrityReport, VerifiedHead, VerifiedState
 from tidings.errors import IntegrityError, InvalidArgument, TidingsError
 from tidings.ports import EventStore
-from tidings.runtime.app import App
 from tidings.runtime.verified_record import read_verified_record, write_verified_record
 from tidings.testing.conformance.events import ItemAdded, codec, items, unique
 from tidings.testing.raw import raw_execute, rechain

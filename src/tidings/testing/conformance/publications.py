@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 
+from tidings.app import App
 from tidings.domain.ids import publication_id
-from tidings.runtime.app import App
 from tidings.runtime.context import Context
 from tidings.testing.conformance.bus import FAST, RUN
 from tidings.testing.conformance.events import Ping, Pong, unique

@@ -9,8 +9,8 @@ from collections import defaultdict
 import msgspec
 import pytest
 
+from tidings.app import App
 from tidings.domain.dead_letters import DeadLetterState
-from tidings.runtime.app import App
 from tidings.runtime.context import Context
 from tidings.runtime.retries import Retry
 from tidings.testing.conformance.events import Ping, unique

@@ -6,10 +6,10 @@ import asyncio
 from collections import Counter
 from datetime import timedelta
 
+from tidings.app import App
 from tidings.domain.events import Event
 from tidings.domain.saga import Saga, SagaData, SagaInstance
 from tidings.errors import AggregateNotFound
-from tidings.runtime.app import App
 from tidings.runtime.context import Context
 from tidings.testing.clock import ManualClock
 from tidings.testing.conformance.events import unique

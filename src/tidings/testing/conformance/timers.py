@@ -9,12 +9,12 @@ import asyncio
 from collections.abc import Awaitable
 from datetime import timedelta
 
+from tidings.app import App
 from tidings.domain.dead_letters import DeadLetterReason
 from tidings.domain.envelope import Envelope, to_structured
 from tidings.domain.events import Event
 from tidings.domain.ids import publication_id
 from tidings.errors import PayloadTooLarge
-from tidings.runtime.app import App
 from tidings.runtime.context import Context
 from tidings.runtime.publishing import Lineage, publication_envelope
 from tidings.runtime.retries import Retry

@@ -1,11 +1,14 @@
-"""The App: one service's entry point to its store, codec, aggregates and projections."""
+"""The App: one service's entry point to its store, codec, aggregates and projections.
+
+The composition root, with ``wiring.py`` (opening the store and the bus) and ``workers.py`` (what
+``running`` starts): it wires the runtime and hands its workers ``Services``, never itself.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import enum
-import logging
 import os
 import signal
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -16,7 +19,6 @@ from typing import Any, Final, TypeVar
 
 import msgspec
 
-from tidings.adapters.registry import open_bus, open_store
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.dead_letters import DeadLetterState
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, RecordedEvent, Stored
@@ -30,39 +32,36 @@ from tidings.errors import AccessDenied, ConfigurationError
 from tidings.ports import ANY, Bus, DeadLetter, EventStore, ExpectedVersion, Log
 from tidings.runtime.access import Guard, load_policy
 from tidings.runtime.codec import Codec
-from tidings.runtime.consuming import GroupConsumer, Subscription
+from tidings.runtime.consuming import Subscription
 from tidings.runtime.deadlines import Clock, SystemClock
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.key_admin import Rotation, rotate
-from tidings.runtime.key_check import check_master_key
 from tidings.runtime.keyring import KeyRing, stored_scope
 from tidings.runtime.leasing import PartitionMember
 from tidings.runtime.log_context import log_fields
-from tidings.runtime.outbox import RESERVED_GROUP_PREFIX, Relay
+from tidings.runtime.outbox import RESERVED_GROUP_PREFIX
 from tidings.runtime.projection import Projection, reset_projection, run_projection
 from tidings.runtime.publishing import (
     Lineage,
     aggregate_envelopes,
     publication_envelope,
-    say_bus_limit,
     stream_envelopes,
 )
 from tidings.runtime.repository import Repository
 from tidings.runtime.retries import Retry
 from tidings.runtime.saga_engine import SagaEngine
-from tidings.runtime.sealed_store import SealedLog, SealedStore
 from tidings.runtime.services import Services
-from tidings.runtime.timers import TimerWorker
 from tidings.runtime.unit_of_work import Publication
 from tidings.runtime.verified_record import read_verified_record, write_verified_record
 from tidings.runtime.wakeups import Wakeups
+from tidings.wiring import connect
+from tidings.workers import workers_running
 
 A = TypeVar("A", bound=Aggregate)
 H = TypeVar("H", bound=Callable[..., Any])
 T = TypeVar("T")
 
 DEFAULT_STORE: Final = "sqlite:///.tidings/tidings.db"
-log = logging.getLogger("tidings.app")
 
 
 class AppState(enum.Enum):
@@ -127,7 +126,7 @@ class App:
         self._feed: Log | None = None  # what consumer groups read: the bus's log, else the store's
         self._repository: Repository | None = None
         self._services: Services | None = None  # what workers use, once open (``services``)
-        self._members: list[PartitionMember] = []
+        self._members: list[PartitionMember] = []  # the workers running now (``running``)
         #: Appends seen in this process, and the idle readers (consumers, relay) that wait for them.
         self.wakeups = Wakeups()
 
@@ -146,60 +145,30 @@ class App:
             return self
         if self.state is AppState.CLOSED:
             raise ConfigurationError(f"App {self.name!r} is closed; create a new App")
-        raw = open_store(self.store_url, max_size=self.codec.max_size)
-        await raw.open()
-        store: EventStore = raw
-        # Said once per open, so that a deployment that forgot its master key shows it in its log.
-        log.info(
-            "App %s: event data %s",
-            self.name,
-            "encrypted" if self.encryption else "NOT encrypted",
-            extra={"app": self.name},
+        wired = await connect(
+            self.store_url,
+            self.bus_url,
+            name=self.name,
+            codec=self.codec,
+            encryption=self.encryption,
+            guard=self.guard,
+            principal=self.principal,
         )
-        if self.encryption is not None:
-            keys = self.encryption.keyring(raw)
-            try:
-                # A wrong master key is refused here, before this App writes anything with it.
-                await check_master_key(raw, keys.master)
-            except BaseException:
-                await raw.close()
-                raise
-            self.keys = keys
-            self.codec.use_keys(self.keys, accept_plaintext=self.encryption.accept_plaintext)
-            store = SealedStore(raw, self.keys)
-        self._store = store
-        self._log = store if isinstance(store, Log) else None
+        self.keys = wired.keys
+        self._store, self._bus, self._feed = wired.store, wired.bus, wired.feed
+        self._log = wired.store if isinstance(wired.store, Log) else None
         #: What the relay reads: the log as stored (it passes sealed data on without opening it).
-        self._stored_log = raw if isinstance(raw, Log) else None
+        self._stored_log = wired.raw if isinstance(wired.raw, Log) else None
         self._repository = Repository(
-            store,
+            wired.store,
             self.codec,
             lambda aggregate: aggregate_envelopes(self.codec, aggregate, self.clock.now(), Lineage()),
         )
         self.state = AppState.OPEN
-        if self.bus_url:
-            try:
-                bus = open_bus(self.bus_url)
-                if self.guard is not None:
-                    readers = {name: p.subscribe for name, p in self.guard.policy.principals.items()}
-                    bus.read_as(self.principal, readers, relay=self.guard.relay)
-                await bus.open(self.log)
-            except BaseException:
-                # Not open after all: the store is released and ``open`` may be tried again.
-                await raw.close()
-                self._store = self._log = self._repository = None
-                self.state = AppState.CREATED
-                raise
-            self.codec.bus_room = bus.room_for
-            say_bus_limit(self.name, self.codec, bus)
-            feed = bus.log(
-                self.log, topic_of=self.codec.registry.topic_of, max_event_size=self.codec.max_size
-            )
-            self._bus, self._feed = bus, feed if self.keys is None else SealedLog(feed, self.keys)
         if self._log is not None:  # a store that is no log serves no workers
             self._services = Services(
                 name=self.name,
-                store=store,
+                store=wired.store,
                 log=self._log,
                 feed=self.feed,
                 codec=self.codec,
@@ -519,39 +488,24 @@ class App:
         Appends by any process wake the consumers at once (``Log.watch``); ``poll`` is only the
         fallback interval at which an idle partition looks again."""
         await self.open()
-        # Wake-ups: the store's change signal (new events for a relay, or for consumers of the
-        # store's log) and, in distributed mode, the bus's doorbell (new events on the bus).
-        watched = [self.log] if self.subscriptions or self._bus else []
-        if self._bus is not None and self.subscriptions:
-            watched.append(self.feed)
-        members: list[PartitionMember] = [
-            GroupConsumer(self.services, s, lease_ttl=lease_ttl, poll=poll)
-            for s in self.subscriptions.values()
-        ]
-        if self._bus is not None and self.runs_relay:
-            members.append(
-                Relay(self.wakeups, self._bus, self._stored_log or self.log, lease_ttl=lease_ttl, poll=poll)
-            )
-        timers = TimerWorker(self.services, poll=min(poll, 0.2)) if self.subscriptions else None
-        with log_fields(app=self.name):  # the tasks take a copy: all they log names this App
-            watchers = [asyncio.create_task(log.watch(self.notify)) for log in watched]
-            tasks = [asyncio.create_task(member.run()) for member in members]
-            if timers is not None:
-                watchers.append(asyncio.create_task(timers.run()))
-        self._members.extend(members)
-        try:
+        if not self.subscriptions and self._bus is None:  # nothing to run (the store may be no log)
             yield self
-        finally:
-            for member in members:
-                member.stop()
-            if timers is not None:
-                timers.stop()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            for member in members:
-                self._members.remove(member)
-            for watcher in watchers:
-                watcher.cancel()
-            await asyncio.gather(*watchers, return_exceptions=True)
+            return
+        relay_from = (self._stored_log or self.log) if self.runs_relay else None
+        async with workers_running(
+            self.services,
+            list(self.subscriptions.values()),
+            bus=self._bus,
+            relay_from=relay_from,
+            lease_ttl=lease_ttl,
+            poll=poll,
+        ) as members:
+            self._members.extend(members)
+            try:
+                yield self
+            finally:
+                for member in members:
+                    self._members.remove(member)
 
     async def run(self, *, lease_ttl: float = 10.0, poll: float = 1.0) -> None:
         """Run the consumers until SIGTERM or SIGINT; then finish the events in hand, release
