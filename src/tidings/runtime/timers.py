@@ -25,6 +25,7 @@ import time
 import traceback
 from datetime import datetime
 
+from tidings.domain.attributes import escape_controls
 from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import Envelope, from_structured, to_structured
 from tidings.errors import AccessDenied, IntegrityError, MalformedEvent, Undecryptable, describe
@@ -175,8 +176,12 @@ def _letter(timer: Timer, reason: DeadLetterReason, exc: Exception, now: datetim
     return DeadLetter(
         group=TIMERS_GROUP,
         reason=reason,
-        error=f"{describe(exc)}",
-        traceback="".join(traceback.format_exception(exc)) if reason is DeadLetterReason.FAILED else "",
+        # As a consumer's letters: a NUL quoted from the event would fail the insert on PostgreSQL,
+        # and the timer would block the timers behind it.
+        error=escape_controls(describe(exc)),
+        traceback=escape_controls("".join(traceback.format_exception(exc)), lines=True)
+        if reason is DeadLetterReason.FAILED
+        else "",
         attempts=1,
         event_id=envelope.id if envelope is not None else None,
         stream=timer.stream,
