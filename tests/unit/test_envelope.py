@@ -24,6 +24,7 @@ from tidings.domain.envelope import (
     from_structured,
     to_structured,
 )
+from tidings.domain.headers import percent_encode
 from tidings.domain.ids import uuid7
 from tidings.domain.topics import validate_topic
 from tidings.errors import InvalidTopic, MalformedEvent, PayloadTooLarge
@@ -433,6 +434,9 @@ def test_from_structured_on_attribute_mutated_documents(
 @FAST
 @given(st.text(max_size=60) | topics | topics.map(lambda t: t + ".*") | topics.map(lambda t: t + "\n"))
 def test_topic_attribute_follows_the_topic_grammar(topic: str) -> None:
+    # In a header the topic travels percent-encoded, as a producer sends it: a raw '%' or a
+    # leading '"' is the header syntax's business (test_headers), not the topic grammar's.
+    header = percent_encode(topic)
     try:
         validate_topic(topic)
     except InvalidTopic:
@@ -440,11 +444,11 @@ def test_topic_attribute_follows_the_topic_grammar(topic: str) -> None:
         with pytest.raises(MalformedEvent, match="attribute 'topic' has a wrong type or value"):
             from_structured(document(topic=topic))
         with pytest.raises(MalformedEvent, match="invalid envelope headers: attribute 'topic' has a wrong"):
-            from_binary(headers(**{"ce-topic": topic}), b"{}")
+            from_binary(headers(**{"ce-topic": header}), b"{}")
     else:
         event("valid topic")
         assert from_structured(document(topic=topic)).topic == topic
-        assert from_binary(headers(**{"ce-topic": topic}), b"{}").topic == topic
+        assert from_binary(headers(**{"ce-topic": header}), b"{}").topic == topic
 
 
 header_keys = st.one_of(
