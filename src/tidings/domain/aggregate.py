@@ -113,7 +113,7 @@ class Aggregate:
         ``snapshot_every``: then a snapshot of ``after`` is taken. Saves of many events at once
         pass a multiple without landing on it, so "every N" counts crossings, not versions."""
         every = cls.snapshot_every
-        return every is not None and after // every > before // every
+        return every is not None and every > 0 and after // every > before // every
 
     @classmethod
     def snapshot_schema(cls) -> str:

@@ -37,12 +37,12 @@ EnvelopesOf = Callable[[Aggregate], list[Envelope]]
 
 @dataclass(frozen=True, slots=True)
 class Appended:
-    """An aggregate's new events, appended where the commit is still to come, and the snapshot
-    that this save made due (of the state as appended): what ``complete_saves`` finishes."""
+    """An aggregate's new events, appended where the commit is still to come, and the version
+    it was loaded at: what ``complete_saves`` finishes."""
 
     aggregate: Aggregate
     records: list[RecordedEvent]
-    snapshot: Snapshot | None
+    before: int
 
 
 async def append_aggregate(
@@ -50,38 +50,39 @@ async def append_aggregate(
 ) -> Appended:
     """Append the envelopes of the aggregate's new events (at least one) to its stream,
     expecting the version it was loaded at: ``ConcurrencyError`` if the stream moved meanwhile.
-    The aggregate is left as it is: a transaction may still fail to commit, and be retried."""
-    before = aggregate.version
-    records = await target.append(aggregate.stream, envelopes, expected_version=before)
-    after = records[-1].version
-    snapshot = None
-    if aggregate.snapshot_due(before, after):
-        snapshot = Snapshot(
-            stream=aggregate.stream,
-            version=after,
-            schema=aggregate.snapshot_schema(),
-            time=records[-1].envelope.time,
-            state=aggregate.snapshot_state(),
-        )
-    return Appended(aggregate, records, snapshot)
+    The aggregate is left as it is: a transaction may still fail to commit, and be retried.
+    Nothing of the snapshot is made here: the aggregate's own code (its state's encoding) must
+    not be able to fail a commit."""
+    records = await target.append(aggregate.stream, envelopes, expected_version=aggregate.version)
+    return Appended(aggregate, records, aggregate.version)
 
 
 async def complete_saves(store: EventStore, saves: Sequence[Appended]) -> None:
     """What follows the commit of ``saves``: each aggregate takes its new version, then the
-    snapshots they made due are written (each alone: see the module's docstring)."""
+    snapshots they made due are taken and written (each alone: see the module's docstring). The
+    aggregates are untouched between the commit and here, so each snapshot is of the state as
+    appended."""
     for save in saves:
         save.aggregate._saved(save.records[-1].version)
     for save in saves:
-        if save.snapshot is None:
+        aggregate, after = save.aggregate, save.records[-1].version
+        if not aggregate.snapshot_due(save.before, after):
             continue
         try:
-            await store.save_snapshot(save.snapshot)
-        except Exception as exc:
-            log.warning(
-                "no snapshot of %s at version %d (its events are saved; loads replay them): %s",
-                save.snapshot.stream,
-                save.snapshot.version,
-                exc,
+            await store.save_snapshot(
+                Snapshot(
+                    stream=aggregate.stream,
+                    version=after,
+                    schema=aggregate.snapshot_schema(),
+                    time=save.records[-1].envelope.time,
+                    state=aggregate.snapshot_state(),
+                )
+            )
+        except Exception:  # the aggregate's encoding or the store: the save stands regardless
+            log.exception(
+                "no snapshot of %s at version %d (its events are saved; loads replay them)",
+                aggregate.stream,
+                after,
             )
 
 

@@ -17,6 +17,7 @@ from tidings.errors import AggregateNotFound, ConcurrencyError, InvalidArgument
 from tidings.ports import Snapshot
 from tidings.runtime.context import Context
 from tidings.runtime.projection import Projection, View
+from tidings.runtime.retries import Retry
 from tidings.testing.clock import ManualClock
 from tidings.testing.conformance.events import CartCheckedOut, ItemAdded, Ping, unique
 from tidings.testing.eventually import eventually
@@ -180,6 +181,45 @@ async def test_a_handler_that_saves_past_snapshot_every_leaves_a_snapshot(store_
     assert snapshot.schema == Cart.snapshot_schema() and snapshot.time == last.envelope.time
     assert loaded.version == 60 and sum(loaded.items.values()) == 60
     assert loaded.applied == 0, "should start from the snapshot at 60"
+
+
+class Unsnappable(Cart, category="conformance_unsnappable", snapshot_every=50):
+    """A cart whose state cannot be encoded for a snapshot (the aggregate's own code fails)."""
+
+    def snapshot_state(self) -> bytes:
+        raise RuntimeError("this state has no encoding")
+
+
+async def test_a_snapshot_that_cannot_be_taken_fails_no_save(store_url: str) -> None:
+    """The snapshot is taken after the save commits: an aggregate whose state cannot be encoded
+    is saved as any other, by ``App.save`` (which returns its records and moves its version) and
+    by a handler (no retry, no dead letter), and loads replay its events."""
+    app = App("conformance", store=store_url)
+    group = unique("unsnappable")
+
+    @app.subscribe("conformance.bus.ping", group=group, retry=Retry(attempts=1))
+    async def fill(event: Ping, ctx: Context) -> None:
+        async with ctx.unit_of_work() as uow:
+            cart = await uow.load(Unsnappable, event.key, create=True)
+            for n in range(event.n):
+                cart.add(f"sku-{n % 7}")
+            uow.save(cart)
+
+    saved, handled = Unsnappable(unique("saved")), unique("handled")
+    async with app:
+        for n in range(60):  # crosses snapshot_every
+            saved.add(f"sku-{n % 7}")
+        records = await app.save(saved)
+        assert len(records) == 60 and saved.version == 60 and not saved.pending
+        await app.publish(Ping(key=handled, n=60), key=handled)
+        async with app.running(lease_ttl=2.0, poll=0.5):
+            await eventually(lambda: _has_events(app, Unsnappable.stream_of(handled)))
+        letters = await app.dead_letters(group, state=None)
+        loaded = [await app.load(Unsnappable, id) for id in (saved.id, handled)]
+        snapshots = [await app.store.read_from_snapshot(cart.stream) for cart in loaded]
+    assert letters == []
+    assert [(cart.version, cart.applied) for cart in loaded] == [(60, 60), (60, 60)]
+    assert [snapshot for snapshot, _ in snapshots] == [None, None]
 
 
 async def test_events_are_stamped_by_the_apps_clock(store_url: str) -> None:
