@@ -51,3 +51,16 @@ def test_the_unit_of_work_is_typed_for_handlers() -> None:
             assert_type(uow, UnitOfWork)
 
     assert handler.__name__ == "handler"
+
+
+async def test_a_reason_another_version_wrote_reads_as_itself(tmp_path: Path) -> None:
+    """A rolling upgrade or a rollback may leave letters with a reason this version does not
+    know: the queue stays listable (and its redrives running), the reason kept as written."""
+    async with App("vocabulary", store=f"sqlite:///{tmp_path / 'letters.db'}") as app:
+        future = DeadLetterReason("quarantined")
+        letter = DeadLetter(group="g", reason=future, error="e", dead_at=datetime.now(UTC))
+        async with app.store.transaction() as tx:
+            await tx.dead_letter(letter)
+        (read,) = await app.dead_letters("g")
+        assert read.reason == "quarantined" and isinstance(read.reason, DeadLetterReason)
+        assert read.reason not in list(DeadLetterReason)  # not made one of tidings' own

@@ -4,11 +4,28 @@ stands. Stored as their string values, so ``reason == "failed"`` holds for a pla
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Any
 
 from tidings.errors import InvalidArgument
 
 
-class DeadLetterReason(StrEnum):
+class _Readable(StrEnum):
+    """A vocabulary that reads any stored value: one written by another version of tidings (a
+    rolling upgrade, a rollback) becomes a member of its own, named by its value, instead of an
+    error that would make a queue unlistable and stop its redrives. What tidings writes is
+    always a declared member; ``DeadLetterState.named`` refuses what a caller mistypes."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        if not isinstance(value, str):
+            return None
+        member = str.__new__(cls, value)
+        member._name_ = value
+        member._value_ = value
+        return member
+
+
+class DeadLetterReason(_Readable):
     """Why a group dead-lettered an event."""
 
     #: The handler raised on its last attempt (or an error no retry can mend).
@@ -27,7 +44,7 @@ class DeadLetterReason(StrEnum):
     STUCK = "stuck"
 
 
-class DeadLetterState(StrEnum):
+class DeadLetterState(_Readable):
     """Where a dead letter stands."""
 
     DEAD = "dead"  # in the queue
@@ -38,8 +55,7 @@ class DeadLetterState(StrEnum):
     @classmethod
     def named(cls, state: str) -> DeadLetterState:
         """The state called ``state``; ``InvalidArgument`` naming the states otherwise."""
-        try:
-            return cls(state)
-        except ValueError:
+        if state not in cls._value2member_map_:
             choices = ", ".join(member.value for member in cls)
-            raise InvalidArgument(f"dead letter state must be one of {choices}, got {state!r}") from None
+            raise InvalidArgument(f"dead letter state must be one of {choices}, got {state!r}")
+        return cls(state)

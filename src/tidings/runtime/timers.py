@@ -64,10 +64,13 @@ class TimerWorker:
         pause = self.poll
         next_look = 0.0
         while not self._stopping.is_set():
-            try:
-                if time.monotonic() >= next_look:
+            if time.monotonic() >= next_look:
+                next_look = time.monotonic() + REARM_EVERY
+                try:
                     await self.rearm()
-                    next_look = time.monotonic() + REARM_EVERY
+                except Exception as exc:  # timers due now fire all the same
+                    log.warning("timers: re-arming redriven timers: %s: %s", type(exc).__name__, exc)
+            try:
                 wait = await self.fire()
                 pause = self.poll
             except Exception as exc:
