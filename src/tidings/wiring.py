@@ -8,6 +8,7 @@ adapters (``tests/unit/test_architecture.py`` says so).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass, replace
 
@@ -52,16 +53,12 @@ async def wire_store(raw: EventStore, encryption: Encryption | None, *, check_ke
     """The open store ``raw`` with the data keys of ``encryption`` (None: off) and sealing.
 
     ``check_key``: refuse a wrong master key before anything is written with it (an App does;
-    the CLI only reads, or acts on the keyring itself). A store refused is closed."""
+    the CLI only reads, or acts on the keyring itself). The caller closes ``raw`` if this raises."""
     if encryption is None:
         return WiredStore(raw, raw, None)
     keys = encryption.keyring(raw)
     if check_key:
-        try:
-            await check_master_key(raw, keys.master)
-        except BaseException:
-            await raw.close()
-            raise
+        await check_master_key(raw, keys.master)
     return WiredStore(raw, SealedStore(raw, keys), keys)
 
 
@@ -83,10 +80,15 @@ async def wire_bus(
     if guard is not None:
         readers = {name: p.subscribe for name, p in guard.policy.principals.items()}
         bus.read_as(principal, readers, relay=guard.relay)
-    await bus.open(log)
-    codec.bus_room = bus.room_for
-    say_bus_limit(name, codec, bus)
-    feed = bus.log(log, topic_of=codec.registry.topic_of, max_event_size=codec.max_size)
+    try:
+        await bus.open(log)
+        say_bus_limit(name, codec, bus)
+        feed = bus.log(log, topic_of=codec.registry.topic_of, max_event_size=codec.max_size)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            await bus.close()
+        raise
+    codec.bus_room = bus.room_for  # only once the bus is there to stay
     return bus, feed if keys is None else SealedLog(feed, keys)
 
 
@@ -112,21 +114,29 @@ async def connect(
         "encrypted" if encryption else "NOT encrypted",
         extra={"app": name},
     )
-    # A wrong master key is refused here, before this App writes anything with it.
-    wired = await wire_store(raw, encryption, check_key=True)
+    try:
+        # A wrong master key is refused here, before this App writes anything with it.
+        wired = await wire_store(raw, encryption, check_key=True)
+        if bus_url:
+            if not isinstance(wired.store, Log):
+                raise ConfigurationError(
+                    f"the store at {wired.store.url} cannot serve as a log for consumer groups"
+                )
+            bus, feed = await wire_bus(
+                bus_url,
+                wired.store,
+                name=name,
+                codec=codec,
+                guard=guard,
+                principal=principal,
+                keys=wired.keys,
+            )
+            wired = replace(wired, bus=bus, feed=feed)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the first error is the one to report
+            await raw.close()
+        raise
+    # The codec takes the keys only once everything is open: a failed open leaves it as it was.
     if encryption is not None and wired.keys is not None:
         codec.use_keys(wired.keys, accept_plaintext=encryption.accept_plaintext)
-    if not bus_url:
-        return wired
-    try:
-        if not isinstance(wired.store, Log):
-            raise ConfigurationError(
-                f"the store at {wired.store.url} cannot serve as a log for consumer groups"
-            )
-        bus, feed = await wire_bus(
-            bus_url, wired.store, name=name, codec=codec, guard=guard, principal=principal, keys=wired.keys
-        )
-    except BaseException:
-        await raw.close()
-        raise
-    return replace(wired, bus=bus, feed=feed)
+    return wired
