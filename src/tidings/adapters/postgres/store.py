@@ -63,7 +63,7 @@ class PostgresStore:
         self.settings = settings
         self.url = settings.display_url or redact_url(settings.conninfo)
         self._connections = PostgresConnections(settings, self.url)
-        self.keyring = PostgresKeyring(self._connections)
+        self._keys = PostgresKeyring(self._connections)
         self._partition_of = Partitioner(settings.partitions)
         self.log_id = ""
 
@@ -73,7 +73,7 @@ class PostgresStore:
         await self._connections.open(self._create_schema)
 
     async def close(self) -> None:
-        await self.keyring.close()
+        await self._keys.close()
         await self._connections.close()
 
     async def _create_schema(self, connection: Connection) -> None:
@@ -327,19 +327,19 @@ class PostgresStore:
     # -- data keys: the keyring's -----------------------------------------------------------
 
     async def data_keys(self, scopes: Sequence[str]) -> list[DataKeyRecord]:
-        return await self.keyring.data_keys(scopes)
+        return await self._keys.data_keys(scopes)
 
     async def data_key_page(self, after: tuple[str, int], limit: int) -> list[DataKeyRecord]:
-        return await self.keyring.data_key_page(after, limit)
+        return await self._keys.data_key_page(after, limit)
 
     async def rewrap_data_key(self, record: DataKeyRecord, master_version: int, wrapped: bytes) -> bool:
-        return await self.keyring.rewrap_data_key(record, master_version, wrapped)
+        return await self._keys.rewrap_data_key(record, master_version, wrapped)
 
     async def retire_data_keys(self) -> int:
-        return await self.keyring.retire_data_keys()
+        return await self._keys.retire_data_keys()
 
     async def shred_data_keys(self, scope: str) -> int:
-        return await self.keyring.shred_data_keys(scope)
+        return await self._keys.shred_data_keys(scope)
 
     # -- integrity -------------------------------------------------------------------------
 
@@ -389,13 +389,13 @@ class PostgresTransaction:
         )
 
     async def newest_data_key(self, scope: str) -> DataKeyRecord | None:
-        return await self._store.keyring.newest_data_key(scope)
+        return await self._store._keys.newest_data_key(scope)
 
     async def add_data_key(self, record: DataKeyRecord) -> DataKeyRecord:
-        return await self._store.keyring.add_data_key(record)
+        return await self._store._keys.add_data_key(record)
 
     async def reserve_data_key_uses(self, scope: str, version: int, count: int, limit: int) -> int | None:
-        return await self._store.keyring.reserve_data_key_uses(scope, version, count, limit)
+        return await self._store._keys.reserve_data_key_uses(scope, version, count, limit)
 
     async def get_document(self, collection: str, key: str) -> bytes | None:
         return await steps.get_document(self._connection, collection, key)

@@ -59,7 +59,7 @@ class SqliteStore:
         self.settings = settings
         self.url = f"sqlite:///{settings.path}"
         self._connections = SqliteConnections(self.url, settings.busy_timeout)
-        self.keyring = SqliteKeyring(self._connections)
+        self._keys = SqliteKeyring(self._connections)
         self._partition_of = Partitioner(settings.partitions)
         self.log_id = ""
 
@@ -327,19 +327,19 @@ class SqliteStore:
     # -- data keys: the keyring's -----------------------------------------------------------
 
     async def data_keys(self, scopes: Sequence[str]) -> list[DataKeyRecord]:
-        return await self.keyring.data_keys(scopes)
+        return await self._keys.data_keys(scopes)
 
     async def data_key_page(self, after: tuple[str, int], limit: int) -> list[DataKeyRecord]:
-        return await self.keyring.data_key_page(after, limit)
+        return await self._keys.data_key_page(after, limit)
 
     async def rewrap_data_key(self, record: DataKeyRecord, master_version: int, wrapped: bytes) -> bool:
-        return await self.keyring.rewrap_data_key(record, master_version, wrapped)
+        return await self._keys.rewrap_data_key(record, master_version, wrapped)
 
     async def retire_data_keys(self) -> int:
-        return await self.keyring.retire_data_keys()
+        return await self._keys.retire_data_keys()
 
     async def shred_data_keys(self, scope: str) -> int:
-        return await self.keyring.shred_data_keys(scope)
+        return await self._keys.shred_data_keys(scope)
 
     # -- integrity -------------------------------------------------------------------------
 
@@ -374,13 +374,13 @@ class SqliteTransaction:
         )
 
     async def newest_data_key(self, scope: str) -> DataKeyRecord | None:
-        return await self._store.keyring.newest_data_key(scope)
+        return await self._store._keys.newest_data_key(scope)
 
     async def add_data_key(self, record: DataKeyRecord) -> DataKeyRecord:
-        return await self._store.keyring.add_data_key(record)
+        return await self._store._keys.add_data_key(record)
 
     async def reserve_data_key_uses(self, scope: str, version: int, count: int, limit: int) -> int | None:
-        return await self._store.keyring.reserve_data_key_uses(scope, version, count, limit)
+        return await self._store._keys.reserve_data_key_uses(scope, version, count, limit)
 
     async def get_document(self, collection: str, key: str) -> bytes | None:
         return await self._write(steps.get_document, collection, key)
