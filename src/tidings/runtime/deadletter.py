@@ -75,6 +75,13 @@ class Letter:
     #: When its handler first failed (``None``: the handler never ran).
     first_failure: datetime | None = None
 
+    def __post_init__(self) -> None:
+        # The texts may hold what the event held (an exception's message quotes its data): a NUL
+        # would fail the letter's insert on PostgreSQL and stop the partition (or, for a timer,
+        # every timer behind it). Escaped here, once, for every letter made.
+        object.__setattr__(self, "error", escape_controls(self.error))
+        object.__setattr__(self, "trace", escape_controls(self.trace, lines=True))
+
 
 def letter_of(group: str, record: RecordedEvent, letter: Letter, dead_at: datetime) -> DeadLetter:
     """The dead letter of ``record`` for ``group``: its envelope as a structured document (its
@@ -84,13 +91,11 @@ def letter_of(group: str, record: RecordedEvent, letter: Letter, dead_at: dateti
     if not isinstance(record, Undecodable):
         with contextlib.suppress(MalformedEvent):
             document = to_structured(envelope)
-    # The texts may hold what the event held (an exception's message quotes its data): a NUL
-    # would fail the letter's insert on PostgreSQL and stop the partition.
     return DeadLetter(
         group=group,
         reason=letter.reason,
-        error=escape_controls(letter.error),
-        traceback=escape_controls(letter.trace, lines=True),
+        error=letter.error,
+        traceback=letter.trace,
         attempts=letter.attempts,
         event_id=envelope.id,
         position=record.position,

@@ -25,12 +25,12 @@ import time
 import traceback
 from datetime import datetime
 
-from tidings.domain.attributes import escape_controls
 from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import Envelope, from_structured, to_structured
 from tidings.errors import AccessDenied, IntegrityError, MalformedEvent, Undecryptable, describe
 from tidings.ports import DeadLetter, StoreTransaction, Timer
 from tidings.runtime.crypto import SEALED
+from tidings.runtime.deadletter import Letter
 from tidings.runtime.outbox import RESERVED_GROUP_PREFIX
 from tidings.runtime.retries import NEVER_RETRIED
 from tidings.runtime.services import Services
@@ -176,16 +176,14 @@ def _letter(timer: Timer, reason: DeadLetterReason, exc: Exception, now: datetim
     if envelope is not None:
         with contextlib.suppress(MalformedEvent):
             document = to_structured(envelope)  # as stored: sealed data stays sealed
+    trace = "".join(traceback.format_exception(exc)) if reason is DeadLetterReason.FAILED else ""
+    letter = Letter(reason, describe(exc), trace, attempts=1)  # its texts escaped as every letter's
     return DeadLetter(
         group=TIMERS_GROUP,
-        reason=reason,
-        # As a consumer's letters: a NUL quoted from the event would fail the insert on PostgreSQL,
-        # and the timer would block the timers behind it.
-        error=escape_controls(describe(exc)),
-        traceback=escape_controls("".join(traceback.format_exception(exc)), lines=True)
-        if reason is DeadLetterReason.FAILED
-        else "",
-        attempts=1,
+        reason=letter.reason,
+        error=letter.error,
+        traceback=letter.trace,
+        attempts=letter.attempts,
         event_id=envelope.id if envelope is not None else None,
         stream=timer.stream,
         topic=envelope.topic if envelope is not None else None,
