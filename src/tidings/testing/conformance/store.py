@@ -11,7 +11,7 @@ import pytest
 from tidings.adapters.registry import open_store
 from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import Envelope, RecordedEvent
-from tidings.errors import ConcurrencyError, MalformedEvent
+from tidings.errors import ConcurrencyError, InvalidArgument, MalformedEvent
 from tidings.ports import ANY, NO_STREAM, DeadLetter, EventStore, ExpectedVersion, Log, Snapshot
 from tidings.testing.conformance.events import CartCheckedOut, ItemAdded, codec, items, unique
 
@@ -345,6 +345,23 @@ async def test_a_redrive_settles_only_a_letter_queued_for_redrive(store: EventSt
     async with store.transaction() as tx:
         assert await tx.settle_dead_letter(entry, DeadLetterState.DEAD) is False
     assert [x.state for x in await store.dead_letters(group, state=None)] == ["redriven"]
+
+
+async def test_letters_read_back_in_the_vocabulary(store: EventStore) -> None:
+    """Every store hands a letter's reason and state back as the enums, a reason written by
+    another version of tidings as itself (never an error that would stop the queue), and
+    refuses a state that does not exist."""
+    assert isinstance(store, Log)
+    group = unique("vocabulary")
+    now = datetime.now(UTC)
+    for reason in (DeadLetterReason.PARKED, DeadLetterReason("quarantined")):
+        async with store.transaction() as tx:
+            await tx.dead_letter(DeadLetter(group=group, reason=reason, error="e", dead_at=now))
+    read = await store.dead_letters(group, state=None)
+    assert [(x.reason, x.state) for x in read] == [("parked", "dead"), ("quarantined", "dead")]
+    assert all(isinstance(x.reason, DeadLetterReason) and x.state is DeadLetterState.DEAD for x in read)
+    with pytest.raises(InvalidArgument, match="dead letter state must be one of"):
+        await store.set_dead_letter_state([read[0].id], "deed")  # type: ignore[arg-type]
 
 
 async def test_the_log_names_the_partition_of_a_key(store: EventStore) -> None:
