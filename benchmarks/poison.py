@@ -64,7 +64,7 @@ async def valid_rate(store: str, server: str, count: int, *, flooded: bool) -> t
             done.set()
 
     async with app:
-        partition_of = Partitioner(app.log.partitions)
+        partition_of = Partitioner(app.store.feed.partitions)
         keys = [f"k{n}" for n in range(64) if partition_of(f"k{n}") != FLOODED][:16]
         for start in range(0, count, BATCH):
             batch = [tick(n) for n in range(start, min(start + BATCH, count))]

@@ -48,7 +48,6 @@ from examples.shop.summary import SKUS, Report, report, show
 from tidings.adapters.urls import redact_url
 from tidings.app import DEFAULT_STORE
 from tidings.domain.saga import SagaEnded
-from tidings.ports import Log
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGS = Path(".tidings/logs")
@@ -151,7 +150,7 @@ async def prepare(url: str) -> str:
             stock = Stock(sku)
             stock.receive(quantity)
             await app.save(stock)
-        return app.store.log_id if isinstance(app.store, Log) else ""
+        return app.store.feed.log_id
 
 
 async def mark_end(url: str, orders: int) -> None:

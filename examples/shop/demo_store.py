@@ -46,7 +46,7 @@ from examples.shop.demo_lock import Held
 from tidings.adapters.registry import open_store
 from tidings.adapters.urls import redact_url
 from tidings.errors import BackendUnavailable, ConfigurationError, TidingsError
-from tidings.ports import EventStore, Log
+from tidings.ports import EventStore
 
 #: Services working on a store right now: consumer group members whose lease has not run out.
 LIVE_MEMBERS = "SELECT count(*) FROM tidings_members WHERE expires_us > ?"
@@ -271,7 +271,6 @@ async def _inspect(url: str) -> Found:
             raise
         raise refusal(url, f"is not a tidings store ({exc})") from None
     try:
-        assert isinstance(store, Log)  # noqa: S101 - every store engine has a log
         first = [record async for record in store.read_log(after=0, limit=1)]
         streams = [info.stream for info in await store.list_streams()]
         strange = await _strange_event(store)
@@ -284,7 +283,7 @@ async def _inspect(url: str) -> Found:
         raise refusal(url, f"holds streams the demo does not write ({_some(foreign)})")
     if strange:
         raise refusal(url, f"holds {strange}, which the demo does not write")
-    return Found("demo", store.log_id, store.partitions)
+    return Found("demo", store.feed.log_id, store.feed.partitions)
 
 
 async def _strange_event(log: EventStore) -> str | None:

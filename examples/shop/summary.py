@@ -27,7 +27,7 @@ from examples.shop.shipping import SHIPMENTS, Shipment
 from tidings.app import DEFAULT_STORE
 from tidings.cli.operations import causation_tree
 from tidings.domain.saga import SagaInstance, parse_command_id
-from tidings.ports import Log, Trace
+from tidings.ports import Trace
 
 SKUS = {"kettle": 140, "teapot": 90, "mug": 160, "tray": 60}  # units in stock at the start
 FAILURES = {
@@ -121,8 +121,8 @@ async def report(app: tidings.App, placed: list[tidings.RecordedEvent]) -> Repor
             found.causes[cause(instance, expired)] += 1
         if found.example is None and instance.status == "compensated" and order in found.ledgers:
             found.example = (order, record.envelope.id)
-    if found.example is not None and isinstance(app.store, Log):
-        found.trace = await app.store.trace(found.example[1])
+    if found.example is not None:
+        found.trace = await app.groups.trace(found.example[1])
     return found
 
 

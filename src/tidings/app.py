@@ -29,7 +29,7 @@ from tidings.domain.policy import Policy
 from tidings.domain.saga import Saga
 from tidings.domain.topics import compile_pattern
 from tidings.errors import AccessDenied, ConfigurationError
-from tidings.ports import ANY, Bus, DeadLetter, EventStore, ExpectedVersion, Log
+from tidings.ports import ANY, Bus, DeadLetter, EventStore, ExpectedVersion, Feed, GroupState
 from tidings.runtime.access import Guard, load_policy
 from tidings.runtime.codec import Codec
 from tidings.runtime.consuming import Subscription
@@ -120,10 +120,10 @@ class App:
         self.subscriptions: dict[str, Subscription] = {}
         self.sagas: dict[str, SagaEngine] = {}
         self._store: EventStore | None = None
-        self._log: Log | None = None
-        self._stored_log: Log | None = None
+        #: What the relay reads: the store as stored (it passes sealed data on without opening it).
+        self._raw: EventStore | None = None
         self._bus: Bus | None = None
-        self._feed: Log | None = None  # what consumer groups read: the bus's log, else the store's
+        self._feed: Feed | None = None  # what consumer groups read: the bus's feed, else the store's
         self._repository: Repository | None = None
         self._services: Services | None = None  # what workers use, once open (``services``)
         self._members: list[PartitionMember] = []  # the workers running now (``running``)
@@ -156,29 +156,26 @@ class App:
         )
         self.keys = wired.keys
         self._store, self._bus, self._feed = wired.store, wired.bus, wired.feed
-        self._log = wired.store if isinstance(wired.store, Log) else None
-        #: What the relay reads: the log as stored (it passes sealed data on without opening it).
-        self._stored_log = wired.raw if isinstance(wired.raw, Log) else None
+        self._raw = wired.raw
         self._repository = Repository(
             wired.store,
             self.codec,
             lambda aggregate: aggregate_envelopes(self.codec, aggregate, self.clock.now(), Lineage()),
         )
         self.state = AppState.OPEN
-        if self._log is not None:  # a store that is no log serves no workers
-            self._services = Services(
-                name=self.name,
-                store=wired.store,
-                log=self._log,
-                feed=self.feed,
-                codec=self.codec,
-                clock=self.clock,
-                wakeups=self.wakeups,
-                keys=self.keys,
-                record_denials=self.record_denials,
-                load=self.repository.load,
-                publish=self.publish,
-            )
+        self._services = Services(
+            name=self.name,
+            store=wired.store,
+            groups=wired.store.groups,
+            feed=self.feed,
+            codec=self.codec,
+            clock=self.clock,
+            wakeups=self.wakeups,
+            keys=self.keys,
+            record_denials=self.record_denials,
+            load=self.repository.load,
+            publish=self.publish,
+        )
         await self.record_denials()  # those made before the App opened (at subscribe)
         return self
 
@@ -188,7 +185,7 @@ class App:
             await self._bus.close()
         if self._store is not None:
             await self._store.close()
-        self._store = self._bus = self._feed = self._services = None
+        self._store = self._raw = self._bus = self._feed = self._services = None
         self.codec.bus_room = None
         self.state = AppState.CLOSED
 
@@ -212,26 +209,21 @@ class App:
         return self._store
 
     @property
-    def log(self) -> Log:
-        """The store as consumer groups read it (the SQL stores are their own log)."""
-        if self._log is None:
-            raise ConfigurationError(
-                f"the store at {self.store.url} cannot serve as a log for consumer groups"
-            )
-        return self._log
+    def feed(self) -> Feed:
+        """What this App's consumer groups read: in distributed mode the bus's feed, whose
+        partitions the relay fills from the store's; else the store's feed itself."""
+        return self._feed or self.store.feed
 
     @property
-    def feed(self) -> Log:
-        """The log that this App's consumer groups read: in distributed mode the bus's, whose
-        partitions the relay fills from the store's log; else the store's log itself."""
-        return self._feed or self.log
+    def groups(self) -> GroupState:
+        """What the store keeps of consumer groups: leases, inbox, dead letters, parking."""
+        return self.store.groups
 
     @property
     def services(self) -> Services:
         """What this App's workers use (consumer groups, the timer worker), handed to them
         instead of the App itself."""
         if self._services is None:
-            self.log  # noqa: B018 - raises the error that explains why
             raise ConfigurationError(f"App {self.name!r} is not open")
         return self._services
 
@@ -351,7 +343,7 @@ class App:
         of the topic's unkeyed publications: their events read as ``Erased`` from now on, here
         at once and in other processes within a minute."""
         stored = stored_scope(scope, topic)
-        destroyed = await self.store.shred_data_keys(stored)
+        destroyed = await self.store.keys.shred_data_keys(stored)
         self._keyring().forget(stored)
         return destroyed
 
@@ -485,13 +477,13 @@ class App:
     async def running(self, *, lease_ttl: float = 10.0, poll: float = 1.0) -> AsyncIterator[App]:
         """Run every group's consumer in the background for the duration of the block.
 
-        Appends by any process wake the consumers at once (``Log.watch``); ``poll`` is only the
+        Appends by any process wake the consumers at once (``Feed.watch``); ``poll`` is only the
         fallback interval at which an idle partition looks again."""
         await self.open()
-        if not self.subscriptions and self._bus is None:  # nothing to run (the store may be no log)
+        if not self.subscriptions and self._bus is None:  # nothing to run
             yield self
             return
-        relay_from = (self._stored_log or self.log) if self.runs_relay else None
+        relay_from = self._raw.feed if self._raw is not None and self.runs_relay else None
         async with workers_running(
             self.services,
             list(self.subscriptions.values()),
@@ -534,14 +526,14 @@ class App:
         """The dead letters of a group (or of all groups) in ``state`` (None: every state), oldest
         first."""
         chosen = None if state is None else DeadLetterState.named(state)  # a plain string too
-        return await self.log.dead_letters(group, state=chosen, limit=limit)
+        return await self.groups.dead_letters(group, state=chosen, limit=limit)
 
     async def redrive(self, entries: Sequence[int]) -> int:
         """Hand dead letters back to the group that dead-lettered them (and to no other)."""
-        changed = await self.log.set_dead_letter_state(entries, DeadLetterState.REDRIVE)
+        changed = await self.groups.set_dead_letter_state(entries, DeadLetterState.REDRIVE)
         self.notify()
         return changed
 
     async def purge(self, entries: Sequence[int]) -> int:
         """Mark dead letters as dealt with; they stay on record, out of the queue."""
-        return await self.log.set_dead_letter_state(entries, DeadLetterState.PURGED)
+        return await self.groups.set_dead_letter_state(entries, DeadLetterState.PURGED)

@@ -51,21 +51,13 @@ class Snapshot(msgspec.Struct, frozen=True):
     state: bytes
 
 
-class StoreTransaction(Protocol):
-    """One transaction on the store: appends, documents and checkpoints commit together."""
+class KeyWrites(Protocol):
+    """The keyring's part of a store transaction: what the runtime needs to make and use a key
+    within the transaction that seals with it.
 
-    async def append(
-        self,
-        stream: str,
-        envelopes: Sequence[Envelope],
-        *,
-        expected_version: ExpectedVersion = ANY,
-        seal: Sealer | None = None,
-    ) -> list[RecordedEvent]: ...
-
-    # The keyring's three methods below may commit at once, apart from the transaction (the
-    # PostgreSQL store does, as key row locks held to the end would deadlock with the append
-    # lock); the runtime counts on keys only once the transaction committed either way.
+    These may commit at once, apart from the transaction (the PostgreSQL store does, as key row
+    locks held to the end would deadlock with the append lock); the runtime counts on keys only
+    once the transaction committed either way."""
 
     async def newest_data_key(self, scope: str) -> DataKeyRecord | None:
         """The scope's data key of the highest version (shredded or not), if any."""
@@ -76,6 +68,47 @@ class StoreTransaction(Protocol):
     async def reserve_data_key_uses(self, scope: str, version: int, count: int, limit: int) -> int | None:
         """Count ``count`` more encryptions with a key unless that passes ``limit``; the new total
         (None: over the limit, shredded or absent)."""
+
+
+class GroupWrites(Protocol):
+    """The consumer groups' part of a store transaction: a handler's effects, its inbox record,
+    its dead letters and the group's checkpoint (``set_checkpoint``) commit together."""
+
+    async def holds_lease(self, group: str, partition: int, member: str) -> bool:
+        """Whether ``member`` still holds the partition: checked before a checkpoint commits,
+        so that a member that lost its lease (paused, partitioned away) cannot move it."""
+
+    async def mark_handled(self, group: str, event_id: str, attempts: int = 1) -> bool:
+        """Record the event in the group's inbox; False if it was there already (a duplicate)."""
+
+    async def dead_letter(self, letter: DeadLetter) -> int:
+        """Put an event into the group's dead letter queue; returns the entry's id."""
+
+    async def settle_dead_letter(self, entry: int, state: DeadLetterState) -> bool:
+        """End a redrive: move the dead letter to ``state`` if it is still queued for redrive
+        (``redrive``); else change nothing and return False. A compare-and-set, so that a run
+        that ends after another settled the letter cannot undo it: a letter ``redriven`` (its
+        effects committed) never returns to ``dead``."""
+
+
+class StoreTransaction(Protocol):
+    """One transaction on the store: appends, documents, checkpoints and timers commit together,
+    and with them what its two parts write (``groups``: inbox and dead letters; ``keys``)."""
+
+    @property
+    def groups(self) -> GroupWrites: ...
+
+    @property
+    def keys(self) -> KeyWrites: ...
+
+    async def append(
+        self,
+        stream: str,
+        envelopes: Sequence[Envelope],
+        *,
+        expected_version: ExpectedVersion = ANY,
+        seal: Sealer | None = None,
+    ) -> list[RecordedEvent]: ...
 
     async def get_document(self, collection: str, key: str) -> bytes | None: ...
 
@@ -98,22 +131,6 @@ class StoreTransaction(Protocol):
         """Timers due by ``now``, soonest first, held by this transaction until it ends; a row
         that cannot be read is returned too (``envelope`` None, with its error), never raised,
         so that it cannot stop the timers behind it."""
-
-    async def holds_lease(self, group: str, partition: int, member: str) -> bool:
-        """Whether ``member`` still holds the partition: checked before a checkpoint commits,
-        so that a member that lost its lease (paused, partitioned away) cannot move it."""
-
-    async def mark_handled(self, group: str, event_id: str, attempts: int = 1) -> bool:
-        """Record the event in the group's inbox; False if it was there already (a duplicate)."""
-
-    async def dead_letter(self, letter: DeadLetter) -> int:
-        """Put an event into the group's dead letter queue; returns the entry's id."""
-
-    async def settle_dead_letter(self, entry: int, state: DeadLetterState) -> bool:
-        """End a redrive: move the dead letter to ``state`` if it is still queued for redrive
-        (``redrive``); else change nothing and return False. A compare-and-set, so that a run
-        that ends after another settled the letter cannot undo it: a letter ``redriven`` (its
-        effects committed) never returns to ``dead``."""
 
 
 class Timer(msgspec.Struct, frozen=True):
@@ -163,25 +180,42 @@ class Trace(msgspec.Struct, frozen=True):
 
 
 @runtime_checkable
-class Log(Protocol):
-    """The log as consumer groups read it: partitions, leases and per-group checkpoints."""
+class Feed(Protocol):
+    """What consumer groups and the relay read: the log's partitions, each in log order.
 
-    partitions: int
-    #: Made with the log (the store): a broker that carries a log checks it carries this one.
-    log_id: str
+    The SQL stores are a feed of their own log; a bus (JetStream) is a feed of what the relay
+    published. A feed holds no state of its readers: that is ``GroupState``'s, in the store."""
+
+    @property
+    def partitions(self) -> int: ...
+
+    @property
+    def log_id(self) -> str:
+        """Made with the log (the store): a broker that carries a log checks it carries this one."""
 
     def partition_of(self, key: str) -> int:
         """The partition of a partition key (a stream's name when its events carry none)."""
 
     def checkpoint_name(self, group: str, partition: int) -> str:
-        """Where the group's checkpoint in this log's positions is kept (positions of different
-        logs, such as the store's and a JetStream stream's, are not interchangeable)."""
+        """Where the group's checkpoint in this feed's positions is kept (positions of different
+        feeds, such as the store's and a JetStream stream's, are not interchangeable)."""
 
     async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
         """Events of one partition after a position, in log order."""
 
+    async def watch(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` soon after any process appends, until cancelled (LISTEN/NOTIFY on
+        PostgreSQL, a low-latency poll of the file's change counter on SQLite)."""
+
+
+class GroupState(Protocol):
+    """What the store keeps of consumer groups, whatever feed they read: leases, inbox, dead
+    letters and parking, and the trace of how each group dealt with each event. Its writes that
+    commit with a handler's effects are the transaction's (``StoreTransaction.groups``)."""
+
     async def lease(self, group: str, member: str, *, ttl: float) -> list[int]:
-        """Renew the member's heartbeat and its share of the partitions; returns those it holds.
+        """Renew the member's heartbeat and its share of the partitions (the store's, which every
+        feed keeps); returns those it holds.
 
         Members share a group's partitions evenly: a member over its share gives the surplus
         up, one under it claims free ones; a member that stops renewing loses its leases after
@@ -203,10 +237,6 @@ class Log(Protocol):
     async def set_dead_letter_state(self, entries: Sequence[int], state: DeadLetterState) -> int:
         """Ask for redrive or purge; returns how many entries changed."""
 
-    async def watch(self, wake: Callable[[], None]) -> None:
-        """Call ``wake`` soon after any process appends, until cancelled (LISTEN/NOTIFY on
-        PostgreSQL, a low-latency poll of the file's change counter on SQLite)."""
-
     async def blocked_keys(self, group: str) -> set[str]:
         """Keys with unresolved dead letters in the group: an ordered group parks their events."""
 
@@ -218,15 +248,37 @@ class Log(Protocol):
         its blocking letter was purged, or was handled while a parked one was being written."""
 
 
+class KeyStore(Protocol):
+    """The stored data keys, outside transactions: listing, rewrapping, retiring and shredding
+    (making and using keys is the transaction's part, ``StoreTransaction.keys``)."""
+
+    async def data_keys(self, scopes: Sequence[str]) -> list[DataKeyRecord]:
+        """Every version of the scopes' data keys."""
+
+    async def data_key_page(self, after: tuple[str, int], limit: int) -> list[DataKeyRecord]:
+        """Data keys after ``(scope, version)`` in that order: for walking the whole keyring."""
+
+    async def rewrap_data_key(self, record: DataKeyRecord, master_version: int, wrapped: bytes) -> bool:
+        """Replace a key's wrapping if it is still as ``record`` says; False if it changed."""
+
+    async def retire_data_keys(self) -> int:
+        """Let no live data key version seal anything more: each scope's next encryption makes a
+        new version (they stay to open what they sealed); returns how many were retired."""
+
+    async def shred_data_keys(self, scope: str) -> int:
+        """Destroy every version of the scope's data key, also in the store's own files where the
+        engine allows (SQLite: overwritten and checkpointed); returns how many were destroyed."""
+
+
 class Bus(Protocol):
     """A broker that the relay feeds from the store's log, and consumer groups read from
     (distributed mode). It keeps the store's partitions: an event goes to its partition there."""
 
     url: str
 
-    async def open(self, log: Log) -> None:
-        """Connect, and create the broker's streams for the log's partitions if missing; refuse
-        streams made for another log."""
+    async def open(self, log: Feed) -> None:
+        """Connect, and create the broker's streams for the store's partitions (``log``, the
+        store's feed) if missing; refuse streams made for another log."""
 
     async def close(self) -> None: ...
 
@@ -245,11 +297,10 @@ class Bus(Protocol):
         With the data's ``size``, it may answer a cheaper lower bound, at least ``size``, when
         the data fits by far: exact whenever the data does not fit."""
 
-    def log(
-        self, store_log: Log, *, topic_of: TopicOf | None = None, max_event_size: int = DEFAULT_MAX_SIZE
-    ) -> Log:
-        """The log that consumer groups read: partitions from the broker; leases, inbox,
-        checkpoints and dead letters stay in the store, so effects commit with them.
+    def feed(self, *, topic_of: TopicOf | None = None, max_event_size: int = DEFAULT_MAX_SIZE) -> Feed:
+        """The feed that consumer groups read (once open): partitions from the broker, the
+        store's partitions; their leases, inbox, checkpoints and dead letters stay in the store
+        (``GroupState``), so that effects commit with them.
         ``topic_of`` gives the topic of an event from another producer that carries none;
         ``max_event_size`` is the App's limit, which what it reads is held to, as what it writes."""
 
@@ -260,9 +311,21 @@ class Bus(Protocol):
 
 
 class EventStore(Protocol):
-    """An append-only store of streams whose events also form one totally ordered log."""
+    """An append-only store of streams whose events also form one totally ordered log.
+
+    Three parts, each a port of its own, serve the rest: ``feed`` (the log by partition),
+    ``groups`` (consumer groups' state) and ``keys`` (the stored data keys)."""
 
     url: str
+
+    @property
+    def feed(self) -> Feed: ...
+
+    @property
+    def groups(self) -> GroupState: ...
+
+    @property
+    def keys(self) -> KeyStore: ...
 
     async def open(self) -> None:
         """Connect and create the schema if missing. Idempotent."""
@@ -330,23 +393,6 @@ class EventStore(Protocol):
         """When the soonest timer is due (None: no timer)."""
 
     def transaction(self) -> AbstractAsyncContextManager[StoreTransaction]: ...
-
-    async def data_keys(self, scopes: Sequence[str]) -> list[DataKeyRecord]:
-        """Every version of the scopes' data keys."""
-
-    async def data_key_page(self, after: tuple[str, int], limit: int) -> list[DataKeyRecord]:
-        """Data keys after ``(scope, version)`` in that order: for walking the whole keyring."""
-
-    async def rewrap_data_key(self, record: DataKeyRecord, master_version: int, wrapped: bytes) -> bool:
-        """Replace a key's wrapping if it is still as ``record`` says; False if it changed."""
-
-    async def retire_data_keys(self) -> int:
-        """Let no live data key version seal anything more: each scope's next encryption makes a
-        new version (they stay to open what they sealed); returns how many were retired."""
-
-    async def shred_data_keys(self, scope: str) -> int:
-        """Destroy every version of the scope's data key, also in the store's own files where the
-        engine allows (SQLite: overwritten and checkpointed); returns how many were destroyed."""
 
     async def verify(self, against: VerifiedState | None = None) -> IntegrityReport:
         """Check every stream's hash chain and the storage itself; report the first breaks.

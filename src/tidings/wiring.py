@@ -14,15 +14,14 @@ from dataclasses import dataclass, replace
 
 from tidings.adapters.registry import open_bus, open_store
 from tidings.domain.envelope import DEFAULT_MAX_SIZE
-from tidings.errors import ConfigurationError
-from tidings.ports import Bus, EventStore, Log
+from tidings.ports import Bus, EventStore, Feed
 from tidings.runtime.access import Guard
 from tidings.runtime.codec import Codec
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.key_check import check_master_key
 from tidings.runtime.keyring import KeyRing
 from tidings.runtime.publishing import say_bus_limit
-from tidings.runtime.sealed_store import SealedLog, SealedStore
+from tidings.runtime.sealed_store import SealedFeed, SealedStore
 
 log = logging.getLogger("tidings.app")  # what it says, it says of an App
 
@@ -46,7 +45,7 @@ class WiredStore:
     keys: KeyRing | None
     bus: Bus | None = None
     #: What consumer groups read from ``bus`` (sealed like the store); ``None`` without a bus.
-    feed: Log | None = None
+    feed: Feed | None = None
 
 
 async def wire_store(raw: EventStore, encryption: Encryption | None, *, check_key: bool) -> WiredStore:
@@ -64,15 +63,15 @@ async def wire_store(raw: EventStore, encryption: Encryption | None, *, check_ke
 
 async def wire_bus(
     url: str,
-    log: Log,
+    log: Feed,
     *,
     name: str,
     codec: Codec,
     guard: Guard | None,
     principal: str,
     keys: KeyRing | None,
-) -> tuple[Bus, Log]:
-    """The bus at ``url``, open and fed from the store's ``log``, and the feed that the App
+) -> tuple[Bus, Feed]:
+    """The bus at ``url``, open and fed from the store's feed (``log``), and the feed that the App
     ``name``'s consumer groups read from it (sealed like the store when ``keys`` are given).
 
     With a ``guard``, the bus reads for ``principal`` only what the policy lets it subscribe to."""
@@ -83,13 +82,13 @@ async def wire_bus(
     try:
         await bus.open(log)
         say_bus_limit(name, codec, bus)
-        feed = bus.log(log, topic_of=codec.registry.topic_of, max_event_size=codec.max_size)
+        feed = bus.feed(topic_of=codec.registry.topic_of, max_event_size=codec.max_size)
     except BaseException:
         with contextlib.suppress(Exception):  # the first error is the one to report
             await bus.close()
         raise
     codec.bus_room = bus.room_for  # only once the bus is there to stay
-    return bus, feed if keys is None else SealedLog(feed, keys)
+    return bus, feed if keys is None else SealedFeed(feed, keys)
 
 
 async def connect(
@@ -118,13 +117,9 @@ async def connect(
         # A wrong master key is refused here, before this App writes anything with it.
         wired = await wire_store(raw, encryption, check_key=True)
         if bus_url:
-            if not isinstance(wired.store, Log):
-                raise ConfigurationError(
-                    f"the store at {wired.store.url} cannot serve as a log for consumer groups"
-                )
             bus, feed = await wire_bus(
                 bus_url,
-                wired.store,
+                wired.store.feed,
                 name=name,
                 codec=codec,
                 guard=guard,

@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Collection
 
-from tidings.ports import Bus, Log
+from tidings.ports import Bus, Feed
 from tidings.runtime.consuming import GroupConsumer, Subscription
 from tidings.runtime.leasing import PartitionMember
 from tidings.runtime.log_context import log_fields
@@ -25,30 +25,32 @@ async def workers_running(
     subscriptions: Collection[Subscription],
     *,
     bus: Bus | None,
-    relay_from: Log | None,
+    relay_from: Feed | None,
     lease_ttl: float,
     poll: float,
 ) -> AsyncIterator[list[PartitionMember]]:
     """Run a consumer for each of ``subscriptions`` and, given ``relay_from``, a relay from that
-    log to ``bus``, until the block ends; then let them finish the events in hand and stop.
+    feed (the store's) to ``bus``, until the block ends; then let them finish the events in hand and stop.
     The block is given the members started (the consumers and the relay).
 
-    Appends by any process wake the consumers at once (``Log.watch``); ``poll`` is only the
+    Appends by any process wake the consumers at once (``Feed.watch``); ``poll`` is only the
     fallback interval at which an idle partition looks again."""
     # Wake-ups: the store's change signal (new events for a relay, or for consumers of the
     # store's log) and, in distributed mode, the bus's doorbell (new events on the bus).
-    watched = [services.log] if subscriptions or bus else []
+    watched = [services.store.feed] if subscriptions or bus else []
     if bus is not None and subscriptions:
         watched.append(services.feed)
     members: list[PartitionMember] = [
         GroupConsumer(services, s, lease_ttl=lease_ttl, poll=poll) for s in subscriptions
     ]
     if bus is not None and relay_from is not None:
-        members.append(Relay(services.wakeups, bus, relay_from, lease_ttl=lease_ttl, poll=poll))
+        members.append(
+            Relay(services.wakeups, bus, services.groups, relay_from, lease_ttl=lease_ttl, poll=poll)
+        )
     timers = TimerWorker(services, poll=min(poll, 0.2)) if subscriptions else None
     notify = services.wakeups.notify
     with log_fields(app=services.name):  # the tasks take a copy: all they log names this App
-        watchers = [asyncio.create_task(log.watch(notify)) for log in watched]
+        watchers = [asyncio.create_task(feed.watch(notify)) for feed in watched]
         tasks = [asyncio.create_task(member.run()) for member in members]
         if timers is not None:
             watchers.append(asyncio.create_task(timers.run()))

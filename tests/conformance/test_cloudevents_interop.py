@@ -107,7 +107,7 @@ async def test_events_made_with_the_sdk_reach_a_tidings_group(
     )
     structured_message = ce_http.to_structured(structured, JSONFormat())
     async with app, app.running(**RUN):
-        subject = f"{prefix}.{Partitioner(app.log.partitions)('k')}.{TOPIC}"
+        subject = f"{prefix}.{Partitioner(app.store.feed.partitions)('k')}.{TOPIC}"
         js = raw_client.jetstream()
         before = datetime.now(UTC)
         await js.publish(subject, binary_message.body, headers=http_to_nats(binary_message))
@@ -154,7 +154,7 @@ async def test_the_sdk_reads_what_tidings_publishes(
         (appended,) = await app.store.append(STREAM, [with_extensions])
         async with app.running(**RUN):
             await eventually(lambda: len(consumed) == 2)
-        messages = await _messages(raw_client, stream, app.log.partitions)
+        messages = await _messages(raw_client, stream, app.store.feed.partitions)
     assert len(messages) == 2
     for headers, _ in messages:
         assert all(re.fullmatch(r"[!#-~]*", value) for value in headers.values()), headers
@@ -200,7 +200,7 @@ async def test_the_sdk_reads_tidings_structured_form_of_a_foreign_event(
     made = sdk_event("o-9", id="sdk-letter", sampledrate=7)
     message = ce_http.to_binary(made, JSONFormat())
     async with app, app.running(**RUN):
-        subject = f"{prefix}.{Partitioner(app.log.partitions)('k')}.{TOPIC}"
+        subject = f"{prefix}.{Partitioner(app.store.feed.partitions)('k')}.{TOPIC}"
         await raw_client.jetstream().publish(subject, message.body, headers=http_to_nats(message))
 
         async def lettered() -> bool:
@@ -247,7 +247,7 @@ async def test_messages_published_before_the_binding_still_decode(
         "Tidings-Position": "17",
     }
     async with app, app.running(**RUN):
-        subject = f"{prefix}.{Partitioner(app.log.partitions)('order%2042')}.{TOPIC}"
+        subject = f"{prefix}.{Partitioner(app.store.feed.partitions)('order%2042')}.{TOPIC}"
         await raw_client.jetstream().publish(subject, b'{"order":"o-1"}', headers=old_headers)
         await eventually(lambda: len(got) == 1)
     (record,) = got

@@ -50,7 +50,7 @@ async def test_consumers_read_the_stream_and_dead_letter_what_is_no_event(
         got.append(event.n)
 
     async with app, app.running(**RUN):
-        partition = Partitioner(app.log.partitions)("k")
+        partition = Partitioner(app.store.feed.partitions)("k")
         subject = f"{prefix}.{partition}.conformance.bus.ping"
         js = raw_client.jetstream()
         await app.publish(Ping(key="k", n=1), key="k")
@@ -104,9 +104,9 @@ async def test_group_checkpoints_count_stream_sequences_apart_from_the_store(
 ) -> None:
     app = App("reader", store=f"sqlite:///{tmp_path / 's.db'}", bus=fresh_bus_url(nats_url))
     async with app:
-        assert app.feed is not app.log
-        assert app.feed.checkpoint_name("g", 3) != app.log.checkpoint_name("g", 3)
-        assert app.feed.partitions == app.log.partitions
+        assert app.feed is not app.store.feed
+        assert app.feed.checkpoint_name("g", 3) != app.store.feed.checkpoint_name("g", 3)
+        assert app.feed.partitions == app.store.feed.partitions
 
 
 async def test_a_copy_of_an_event_in_the_same_batch_is_handled_once(
@@ -124,7 +124,7 @@ async def test_a_copy_of_an_event_in_the_same_batch_is_handled_once(
             uow.put("counts", event.key, (await uow.get("counts", event.key, int) or 0) + 1)
 
     async with app:
-        partition = Partitioner(app.log.partitions)("dup")
+        partition = Partitioner(app.store.feed.partitions)("dup")
         envelope = codec.encode(Ping(key="dup", n=1), partition_key="dup")
         headers, body = to_binary(envelope)
         js = raw_client.jetstream()

@@ -57,7 +57,7 @@ async def test_the_log_is_relayed_in_order_once(store_url: str, nats_url: str) -
             await eventually(lambda: relayed(31), within=20)
             await asyncio.sleep(0.3)
         stored = await _stored(nats_url, stream)
-        partition_of = Partitioner(app.log.partitions)
+        partition_of = Partitioner(app.store.feed.partitions)
     assert len(stored) == 31
     by_key: dict[str, list[str]] = defaultdict(list)
     for subject, headers, body in stored:
@@ -80,10 +80,10 @@ async def test_a_second_publisher_of_a_partition_can_neither_repeat_nor_reorder(
     bus_url = fresh_bus_url(nats_url)
     async with App("racer", store=store_url) as app:
         records = [await app.publish(Ping(key="same", n=n), key="same") for n in range(4)]
-        partition = Partitioner(app.log.partitions)("same")
+        partition = Partitioner(app.store.feed.partitions)("same")
         first, second = open_bus(bus_url), open_bus(bus_url)
-        await first.open(app.log)
-        await second.open(app.log)
+        await first.open(app.store.feed)
+        await second.open(app.store.feed)
         try:
             assert await first.published(partition) == await second.published(partition) == 0
             await first.publish(partition, records[:2])

@@ -25,7 +25,7 @@ def counting_app(name: str, store: str, bus: str) -> App:
 
     @app.subscribe("conformance.bus.ping", group=GROUP)
     async def count(event: Ping, ctx: Context) -> None:
-        partition = str(Partitioner(app.log.partitions)(ctx.envelope.partitionkey or ""))
+        partition = str(Partitioner(app.store.feed.partitions)(ctx.envelope.partitionkey or ""))
         async with ctx.unit_of_work() as uow:
             seen = await uow.get("seen", partition, list[str]) or []
             uow.put("seen", partition, [*seen, ctx.envelope.id])
@@ -36,7 +36,7 @@ def counting_app(name: str, store: str, bus: str) -> App:
 async def committed(app: App) -> list[str]:
     """The ids of the events whose handling committed, per partition in commit order."""
     found: list[str] = []
-    for partition in range(app.log.partitions):
+    for partition in range(app.store.feed.partitions):
         raw = await app.store.get_document("seen", str(partition))
         found += [] if raw is None else msgspec.json.decode(raw, type=list[str])
     return found

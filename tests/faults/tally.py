@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict
 from dataclasses import dataclass
 
-from tidings.ports import Log
+from tidings.ports import Feed
 
 
 @dataclass(frozen=True)
@@ -30,7 +30,7 @@ class Tally:
         return self.lost == self.duplicated == self.out_of_order == 0
 
 
-async def partitions_of(log: Log) -> dict[str, tuple[int, int]]:
+async def partitions_of(log: Feed) -> dict[str, tuple[int, int]]:
     """Every event id the log holds: its partition and its place in it."""
     found: dict[str, tuple[int, int]] = {}
     for partition in range(log.partitions):
@@ -43,7 +43,7 @@ async def partitions_of(log: Log) -> dict[str, tuple[int, int]]:
     return found
 
 
-async def tally(scenario: str, log: Log, handled: list[str], *, expected: int, recovery: float) -> Tally:
+async def tally(scenario: str, log: Feed, handled: list[str], *, expected: int, recovery: float) -> Tally:
     """``handled``: the ids of the events whose effects committed, in commit order."""
     stored = await partitions_of(log)
     assert len(stored) == expected, f"the store holds {len(stored)} events, not {expected}"

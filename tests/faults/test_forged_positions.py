@@ -71,7 +71,7 @@ async def test_a_forged_position_makes_a_restarted_relay_skip_nothing(
                 await eventually(lambda: len(handled) == 3, within=20)
             # While no relay runs: a message that claims to be the relay's, on the partition's
             # subject (a valid event, so consumers handle it: anyone may publish without a policy).
-            subject = f"{prefix}.{Partitioner(app.log.partitions)(KEY)}.{TOPIC}"
+            subject = f"{prefix}.{Partitioner(app.store.feed.partitions)(KEY)}.{TOPIC}"
             headers = {
                 "ce-specversion": "1.0",
                 "ce-source": "forger",
@@ -102,7 +102,7 @@ async def test_junk_past_any_scan_limit_costs_time_never_events(tmp_path: Path, 
     try:
         async with app:
             first = await app.publish(Placed(order="o-0"), key=KEY)
-            partition = Partitioner(app.log.partitions)(KEY)
+            partition = Partitioner(app.store.feed.partitions)(KEY)
             partition_stream = f"{stream}_{partition}"
             async with app.running(lease_ttl=2.0, poll=0.2):
 

@@ -75,7 +75,7 @@ async def test_a_hostile_message_is_dead_lettered_and_the_partition_goes_on(
     client = await nats.connect(nats_url)
     try:
         async with app, app.running(lease_ttl=2.0, poll=0.2):
-            subject = f"{prefix}.{Partitioner(app.log.partitions)('k')}.{TOPIC}"
+            subject = f"{prefix}.{Partitioner(app.store.feed.partitions)('k')}.{TOPIC}"
             body, headers = HOSTILE[case]
             await client.jetstream().publish(subject, body, headers=headers)
             await client.jetstream().publish(subject, b'{"order":"o-2"}', headers={**BINARY, "ce-id": "good"})

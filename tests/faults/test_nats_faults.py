@@ -50,7 +50,7 @@ async def _check(
     scenario: str, app: App, urls: list[str], stream: str, fault_ended: float, recovered: float
 ) -> None:
     result = await tally(
-        scenario, app.log, await committed(app), expected=TOTAL, recovery=recovered - fault_ended
+        scenario, app.store.feed, await committed(app), expected=TOTAL, recovery=recovered - fault_ended
     )
     assert result.clean, result
     # A node just resumed or restarted may answer for a stream before it has caught up with the
@@ -58,7 +58,7 @@ async def _check(
     counts: list[int] = []
 
     async def each_event_once() -> bool:
-        counts.append(await stored_on_the_bus(urls, stream, app.log.partitions))
+        counts.append(await stored_on_the_bus(urls, stream, app.store.feed.partitions))
         return counts[-1] == TOTAL
 
     with contextlib.suppress(AssertionError):
@@ -79,7 +79,7 @@ async def test_a_paused_stream_leader_loses_and_doubles_nothing(tmp_path: Path, 
             async with app.running(**RUN):
                 load = asyncio.create_task(publish_load(app, rng, TOTAL, rate=RATE))
                 await asyncio.sleep(rng.uniform(1.0, 3.0))
-                partition = rng.randrange(app.log.partitions)
+                partition = rng.randrange(app.store.feed.partitions)
                 leader = await _leader_of(servers[0].url, f"{stream}_{partition}")
                 victim = next(s for s in servers if s.server_name == leader)
                 victim.pause()

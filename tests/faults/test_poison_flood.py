@@ -74,7 +74,7 @@ async def test_a_poison_flood_drains_and_the_other_partitions_lose_nothing(
     prefix = bus.split("prefix=", 1)[1].split("&", 1)[0]
     app = counting_app("flooded", store, bus)
     async with app, app.running(lease_ttl=2.0, poll=0.2):
-        flooded = rng.randrange(app.log.partitions)
+        flooded = rng.randrange(app.store.feed.partitions)
         subject = f"{prefix}.{flooded}.conformance.bus.ping"
         started = time.monotonic()
         await asyncio.gather(
@@ -101,7 +101,7 @@ async def test_a_poison_flood_drains_and_the_other_partitions_lose_nothing(
         lettered = await letters()
         result = await tally(
             f"poison flood of {FLOOD} on partition {flooded} (seed {seed})",
-            app.log,
+            app.store.feed,
             await committed(app),
             expected=VALID,
             recovery=max(done, drained) - started,

@@ -12,7 +12,7 @@ import pytest
 
 from tidings import App, Context, DeadLetterReason, DeadLetterState, Event
 from tidings.errors import InvalidArgument
-from tidings.ports import DeadLetter, Log
+from tidings.ports import DeadLetter
 from tidings.runtime.unit_of_work import UnitOfWork
 
 
@@ -22,10 +22,9 @@ class Noted(Event, topic="vocabulary.noted"):
 
 async def test_letters_read_back_carry_the_enums(tmp_path: Path) -> None:
     async with App("vocabulary", store=f"sqlite:///{tmp_path / 'letters.db'}") as app:
-        assert isinstance(app.store, Log)
         letter = DeadLetter(group="g", reason=DeadLetterReason.PARKED, error="e", dead_at=datetime.now(UTC))
         async with app.store.transaction() as tx:
-            entry = await tx.dead_letter(letter)
+            entry = await tx.groups.dead_letter(letter)
         (read,) = await app.dead_letters("g")
         assert read.id == entry
         assert (read.reason, read.state) == ("parked", "dead")  # stored as their values
@@ -60,7 +59,7 @@ async def test_a_reason_another_version_wrote_reads_as_itself(tmp_path: Path) ->
         future = DeadLetterReason("quarantined")
         letter = DeadLetter(group="g", reason=future, error="e", dead_at=datetime.now(UTC))
         async with app.store.transaction() as tx:
-            await tx.dead_letter(letter)
+            await tx.groups.dead_letter(letter)
         (read,) = await app.dead_letters("g")
         assert read.reason == "quarantined" and isinstance(read.reason, DeadLetterReason)
         assert read.reason not in list(DeadLetterReason)  # not made one of tidings' own

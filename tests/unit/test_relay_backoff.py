@@ -55,9 +55,9 @@ async def test_the_relay_pauses_longer_while_publishing_keeps_failing(tmp_path: 
     logging.getLogger("tidings.outbox").addHandler(lines)
     async with App("relay-backoff", store=f"sqlite:///{tmp_path / 'relay.db'}") as app:
         stored = await app.append("cart-1", [ItemAdded(cart_id="cart-1", sku=s) for s in "abc"])
-        partition = app.log.partition_of("cart-1")
+        partition = app.store.feed.partition_of("cart-1")
         bus = FailingBus(failures)
-        relay = Relay(app.wakeups, cast(Bus, bus), app.log, poll=0.05)
+        relay = Relay(app.wakeups, cast(Bus, bus), app.groups, app.store.feed, poll=0.05)
         work = asyncio.create_task(relay.work(partition))
         try:
             await eventually(lambda: bus.published_positions == [r.position for r in stored], within=30)

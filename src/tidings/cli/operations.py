@@ -37,7 +37,7 @@ from tidings.cli.render import current_keys, data_text
 from tidings.domain.dead_letters import DeadLetterState
 from tidings.domain.envelope import RecordedEvent, format_time, from_structured
 from tidings.errors import ConfigurationError, TidingsError
-from tidings.ports import DeadLetter, EventStore, Log, Trace
+from tidings.ports import DeadLetter, EventStore, Trace
 from tidings.runtime.crypto import SEALED
 
 dlq_app = typer.Typer(help="The dead letter queues of consumer groups.", no_args_is_help=True)
@@ -48,12 +48,6 @@ GroupOption = Annotated[str | None, typer.Option("--group", help="Only this cons
 #: A dead letter's states (see ``tidings.ports.DeadLetter.state``), and "all" for every one.
 LETTER_STATES: Final = (*(state.value for state in DeadLetterState), "all")
 ALL_LETTERS: Final = 1_000_000  # as many as a command looks through to find ids
-
-
-def _log(store: EventStore) -> Log:
-    if not isinstance(store, Log):
-        raise ConfigurationError(f"the store at {store.url} has no consumer groups")
-    return store
 
 
 def load_app(target: str, *, store: str | None = None, bus: str | None = None) -> App:
@@ -167,7 +161,7 @@ def dlq_list(
     """Dead letters, oldest first."""
 
     async def work(opened: EventStore) -> list[DeadLetter]:
-        return await _log(opened).dead_letters(
+        return await opened.groups.dead_letters(
             group, state=None if state == "all" else DeadLetterState(state), limit=limit or 100
         )
 
@@ -201,7 +195,7 @@ def dlq_show(
     """One dead letter: why, the traceback, and the original envelope."""
 
     async def work(opened: EventStore) -> list[DeadLetter]:
-        letters = await _log(opened).dead_letters(None, state=None, limit=ALL_LETTERS)
+        letters = await opened.groups.dead_letters(None, state=None, limit=ALL_LETTERS)
         keys = current_keys()  # with a master key: load what the letter's sealed data needs
         for letter in letters:
             if letter.id == entry and letter.envelope and keys is not None:
@@ -248,7 +242,7 @@ def _change(store: str, entries: list[int], group: str | None, every: bool, stat
     of_group = f" of group {group!r}" if group else ""
 
     async def work(opened: EventStore) -> tuple[int, str]:
-        log = _log(opened)
+        log = opened.groups
         if not entries:
             chosen = [
                 x.id for x in await log.dead_letters(group, state=DeadLetterState.DEAD, limit=ALL_LETTERS)
@@ -306,7 +300,7 @@ def trace(
     """The causation tree of a correlation: each event, and how each group dealt with it."""
 
     async def work(opened: EventStore) -> Trace:
-        return await _log(opened).trace(correlation_id)
+        return await opened.groups.trace(correlation_id)
 
     found = run_with_store(store, work)
     if not found.events:

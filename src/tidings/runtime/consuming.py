@@ -66,16 +66,17 @@ class GroupConsumer(PartitionMember):
         poll: float = 1.0,
         grace: float = 5.0,
     ) -> None:
-        super().__init__(services.feed, subscription.group, lease_ttl=lease_ttl, grace=grace)
+        super().__init__(services.groups, subscription.group, lease_ttl=lease_ttl, grace=grace)
         self.services = services
+        self.feed = services.feed
         self.subscription = subscription
         self.poll = poll
-        self._parked = ParkedKeys(self.log, self.group)  # keys with unresolved dead letters (ordered)
+        self._parked = ParkedKeys(self.groups, self.group)  # keys with unresolved dead letters (ordered)
         self._dispatcher = Dispatcher(services, self.group, subscription, self._parked)
         self._batch = Batch(services, self.group, self)
 
     def checkpoint_name(self, partition: int) -> str:
-        return self.log.checkpoint_name(self.group, partition)
+        return self.feed.checkpoint_name(self.group, partition)
 
     async def between_leases(self) -> None:
         if self.subscription.ordered:
@@ -102,13 +103,13 @@ class GroupConsumer(PartitionMember):
         self._batch.start(partition, after)
         while not self.stopping:
             seen = self.services.wakeups.count
-            batch = await self.log.read_partition(partition, after=after, limit=self.subscription.batch_size)
+            batch = await self.feed.read_partition(partition, after=after, limit=self.subscription.batch_size)
             if not batch:
                 await self.services.wakeups.wait(self.poll, seen)
                 continue
             mine = [r for r in batch if self.subscription.pattern.matches(r.envelope.topic)]
             # One look at the inbox for the whole batch (redeliveries after a crash or handover).
-            duplicates = await self.log.handled(self.group, [r.envelope.id for r in mine])
+            duplicates = await self.groups.handled(self.group, [r.envelope.id for r in mine])
             try:
                 for record in mine:
                     if self.stopping:

@@ -36,7 +36,7 @@ from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import RecordedEvent, Undecodable, from_structured, to_structured
 from tidings.domain.topics import AnyOf, Pattern
 from tidings.errors import ConcurrencyError, MalformedEvent, TidingsError
-from tidings.ports import DeadLetter, Log, StoreTransaction
+from tidings.ports import DeadLetter, Feed, GroupState, StoreTransaction
 from tidings.runtime.crypto import SEALED
 from tidings.runtime.leasing import LeaseLost
 from tidings.runtime.services import Services
@@ -115,9 +115,9 @@ def write_letter(letter: DeadLetter, redrive: Redrive | None) -> Write:
     async def write(tx: StoreTransaction) -> None:
         if redrive is not None:
             # Only out of ``redrive``: a letter another run settled as redriven stays so.
-            await tx.settle_dead_letter(redrive.entry, DeadLetterState.DEAD)
+            await tx.groups.settle_dead_letter(redrive.entry, DeadLetterState.DEAD)
         else:
-            await tx.dead_letter(letter)
+            await tx.groups.dead_letter(letter)
 
     return write
 
@@ -128,7 +128,7 @@ def settle_redriven(redrive: Redrive) -> Write:
     async def write(tx: StoreTransaction) -> None:
         # The letter must still be queued for redrive: purged meanwhile, or settled by another
         # run, this run's effects and inbox record roll back with the transaction.
-        if not await tx.settle_dead_letter(redrive.entry, DeadLetterState.REDRIVEN):
+        if not await tx.groups.settle_dead_letter(redrive.entry, DeadLetterState.REDRIVEN):
             raise LetterSettled(f"dead letter {redrive.entry} left redrive while its handler ran")
 
     return write
@@ -137,8 +137,8 @@ def settle_redriven(redrive: Redrive) -> Write:
 class ParkedKeys:
     """The keys of an ordered group with unresolved dead letters, as this member last saw them."""
 
-    def __init__(self, log: Log, group: str) -> None:
-        self._log = log
+    def __init__(self, groups: GroupState, group: str) -> None:
+        self._groups = groups
         self._group = group
         self._keys: set[str] = set()
         #: Keys this member dead-lettered, by when (a count): what a refresh keeps whatever the
@@ -154,7 +154,7 @@ class ParkedKeys:
         query ran may be missing from its snapshot: it is kept, else the key's next event would
         be handled ahead of the one in the queue."""
         mark = self._made
-        keys = await self._log.blocked_keys(self._group)
+        keys = await self._groups.blocked_keys(self._group)
         self._keys = keys | {key for key, made in self._made_at.items() if made > mark}
 
     async def parks(self, key: str) -> bool:
@@ -188,7 +188,10 @@ class RedrivingMember(Protocol):
     def group(self) -> str: ...
 
     @property
-    def log(self) -> Log: ...
+    def groups(self) -> GroupState: ...
+
+    @property
+    def feed(self) -> Feed: ...
 
     @property
     def services(self) -> Services: ...
@@ -214,7 +217,7 @@ async def settle(member: RedrivingMember, redrive: Redrive, state: DeadLetterSta
     """Move the letter out of ``redrive`` to ``state``, fenced by its partition's lease."""
     async with member.services.store.transaction() as tx:
         await member.fence(tx, redrive.partition)
-        return await tx.settle_dead_letter(redrive.entry, state)
+        return await tx.groups.settle_dead_letter(redrive.entry, state)
 
 
 async def redrive_letters(member: RedrivingMember) -> None:
@@ -223,8 +226,8 @@ async def redrive_letters(member: RedrivingMember) -> None:
     if member.parks_any_key:
         # A parked letter written after its key's last unpark (the blocking letter was handled
         # meanwhile), or whose blocking letter was purged, would wait for ever: release them.
-        await member.log.release_parked(member.group)
-    letters = await member.log.dead_letters(
+        await member.groups.release_parked(member.group)
+    letters = await member.groups.dead_letters(
         member.group, state=DeadLetterState.REDRIVE, limit=LETTERS_PER_PASS
     )
     lost: set[int] = set()
@@ -234,7 +237,7 @@ async def redrive_letters(member: RedrivingMember) -> None:
             return
         # The partition of its key, as the store places the key's events (any fixed choice
         # would do for "one member"; this one keeps a key's letters with one member, in order).
-        partition = member.log.partition_of(letter.key or letter.stream or "")
+        partition = member.feed.partition_of(letter.key or letter.stream or "")
         if partition not in member.held or partition in lost:
             continue  # another member's to redrive
         try:
@@ -274,7 +277,7 @@ async def _redrive(
         )
         await settle(member, redrive, DeadLetterState.DEAD)
         return
-    if await member.log.handled(member.group, [envelope.id]):
+    if await member.groups.handled(member.group, [envelope.id]):
         # Its effects are committed already (a redrive that committed before a member lost the
         # partition, a letter queued again after it was redriven): done, not handled again.
         await settle(member, redrive, DeadLetterState.REDRIVEN)
@@ -290,6 +293,6 @@ async def _redrive(
     if ordered_key is None:
         return
     if handled:
-        await member.log.unpark(member.group, ordered_key)  # next of the key, in order
+        await member.groups.unpark(member.group, ordered_key)  # next of the key, in order
     else:
         failed_keys.add(ordered_key)

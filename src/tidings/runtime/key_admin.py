@@ -37,7 +37,7 @@ async def rotate(store: EventStore, master: MasterKey) -> Rotation:
     target = master.current_version
     rewrapped = current = shredded = 0
     after = ("", 0)
-    while page := await store.data_key_page(after, _PAGE):
+    while page := await store.keys.data_key_page(after, _PAGE):
         for record in page:
             if record.scope == CHECK_SCOPE:
                 continue  # each check stays wrapped by its own version
@@ -49,9 +49,9 @@ async def rotate(store: EventStore, master: MasterKey) -> Rotation:
                 context = key_context(record.scope, record.version)
                 key = await master.unwrap(record.master_version, record.wrapped, context)
                 version, wrapped = await master.wrap(key, context)
-                if await store.rewrap_data_key(record, version, wrapped):
+                if await store.keys.rewrap_data_key(record, version, wrapped):
                     rewrapped += 1
                 else:  # rewrapped or shredded meanwhile by someone else
                     current += 1
         after = (page[-1].scope, page[-1].version)
-    return Rotation(target, rewrapped, current, shredded, await store.retire_data_keys())
+    return Rotation(target, rewrapped, current, shredded, await store.keys.retire_data_keys())

@@ -15,7 +15,7 @@ import socket
 import uuid
 
 from tidings.errors import BackendUnavailable, TidingsError
-from tidings.ports import Log, StoreTransaction
+from tidings.ports import GroupState, StoreTransaction
 from tidings.runtime.log_context import log_fields
 
 log = logging.getLogger("tidings.leasing")
@@ -30,11 +30,13 @@ def member_id() -> str:
 
 
 class PartitionMember:
-    """One member of ``group`` on ``log``: renews its leases every third of ``lease_ttl`` and runs
-    ``work(partition)`` for each partition it holds, until ``stop``."""
+    """One member of ``group`` (its leases kept in ``groups``): renews its leases every third of
+    ``lease_ttl`` and runs ``work(partition)`` for each partition it holds, until ``stop``."""
 
-    def __init__(self, log: Log, group: str, *, lease_ttl: float = 10.0, grace: float = 5.0) -> None:
-        self.log = log
+    def __init__(
+        self, groups: GroupState, group: str, *, lease_ttl: float = 10.0, grace: float = 5.0
+    ) -> None:
+        self.groups = groups
         self.group = group
         self.member = member_id()
         self.lease_ttl = lease_ttl
@@ -103,7 +105,7 @@ class PartitionMember:
             for partition in list(self._tasks):
                 await self._stop_partition(partition)
             with contextlib.suppress(TidingsError):
-                await self.log.release(self.group, self.member)
+                await self.groups.release(self.group, self.member)
             log.info("member %s of %s stopped", self.member, self.group)
 
     async def _run_aside(self) -> None:
@@ -119,13 +121,13 @@ class PartitionMember:
 
     async def fence(self, tx: StoreTransaction, partition: int) -> None:
         """Raise ``LeaseLost`` inside ``tx`` unless this member still holds the partition."""
-        if not await tx.holds_lease(self.group, partition, self.member):
+        if not await tx.groups.holds_lease(self.group, partition, self.member):
             raise LeaseLost(f"member {self.member} lost partition {partition} of {self.group}")
 
     async def renew(self) -> None:
         """Renew the leases, taking or giving up partitions for an even share, and start or stop
         their tasks (every third of ``lease_ttl``; housekeeping that runs longer calls it too)."""
-        held = set(await self.log.lease(self.group, self.member, ttl=self.lease_ttl))
+        held = set(await self.groups.lease(self.group, self.member, ttl=self.lease_ttl))
         for partition in list(self._tasks):
             if partition not in held or self._tasks[partition].done():
                 await self._stop_partition(partition)

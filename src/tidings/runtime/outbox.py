@@ -17,7 +17,7 @@ import contextlib
 import logging
 
 from tidings.errors import BackendUnavailable
-from tidings.ports import Bus, Log
+from tidings.ports import Bus, Feed, GroupState
 from tidings.runtime.leasing import PartitionMember
 from tidings.runtime.wakeups import Wakeups
 
@@ -42,14 +42,16 @@ class Relay(PartitionMember):
         self,
         wakeups: Wakeups,
         bus: Bus,
-        log: Log,
+        groups: GroupState,
+        feed: Feed,
         *,
         batch_size: int = 500,
         poll: float = 1.0,
         lease_ttl: float = 10.0,
         group: str = f"{RESERVED_GROUP_PREFIX}relay",
     ) -> None:
-        super().__init__(log, group, lease_ttl=lease_ttl)
+        super().__init__(groups, group, lease_ttl=lease_ttl)
+        self.feed = feed
         self.wakeups = wakeups
         self.bus = bus
         self.batch_size = batch_size
@@ -65,7 +67,7 @@ class Relay(PartitionMember):
         pause = 0.0
         while not self.stopping:
             seen = self.wakeups.count
-            batch = await self.log.read_partition(partition, after=after, limit=self.batch_size)
+            batch = await self.feed.read_partition(partition, after=after, limit=self.batch_size)
             if not batch:
                 await self.wakeups.wait(self.poll, seen)
                 continue

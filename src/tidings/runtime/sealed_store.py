@@ -18,13 +18,12 @@ import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
-from typing import Any
 
 import msgspec
 
 from tidings.domain.envelope import Envelope, RecordedEvent
 from tidings.errors import Undecryptable
-from tidings.ports import ANY, EventStore, ExpectedVersion, Log, Sealer, Snapshot, StoreTransaction, Trace
+from tidings.ports import ANY, EventStore, ExpectedVersion, Feed, Sealer, Snapshot, StoreTransaction
 from tidings.runtime.crypto import SEALED
 from tidings.runtime.keyring import KeyRing, Reserved
 
@@ -39,59 +38,52 @@ async def load_keys(keys: KeyRing, records: Sequence[RecordedEvent]) -> None:
     await keys.load(r.envelope.data for r in records if r.envelope.datacontenttype == SEALED)
 
 
-class SealedLog:
-    """A log (the JetStream one in distributed mode) whose records' keys are loaded as read."""
+class SealedFeed:
+    """A feed (the store's, or the bus's in distributed mode) whose records' keys are loaded as
+    read."""
 
-    def __init__(self, inner: Log, keys: KeyRing) -> None:
-        self._inner_log = inner
+    def __init__(self, inner: Feed, keys: KeyRing) -> None:
+        self._inner = inner
         self._keys = keys
-        self.partitions = inner.partitions
-        self.log_id = inner.log_id  # the inner log is open: its id is known
         self.checkpoint_name = inner.checkpoint_name
         self.partition_of = inner.partition_of
-        self.lease = inner.lease
-        self.release = inner.release
-        self.handled = inner.handled
-        self.dead_letters = inner.dead_letters
-        self.set_dead_letter_state = inner.set_dead_letter_state
         self.watch = inner.watch
-        self.blocked_keys = inner.blocked_keys
-        self.unpark = inner.unpark
-        self.release_parked = inner.release_parked
+
+    @property
+    def partitions(self) -> int:
+        return self._inner.partitions
+
+    @property
+    def log_id(self) -> str:
+        return self._inner.log_id
 
     async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
-        records = await self._inner_log.read_partition(partition, after=after, limit=limit)
+        records = await self._inner.read_partition(partition, after=after, limit=limit)
         await load_keys(self._keys, records)
         return records
 
-    async def trace(self, correlation_id: str, *, limit: int = 1000) -> Trace:
-        found = await self._inner_log.trace(correlation_id, limit=limit)
-        await load_keys(self._keys, found.events)
-        return found
 
+class SealedStore:
+    """The event store with sealing on the way in and key loading on the way out, its feed
+    too. Group state (``groups``) and the keyring (``keys``) are the store's own: a trace's
+    events are opened by whoever shows them (``load_keys``)."""
 
-class SealedStore(SealedLog):
-    """The event store (and, for the SQL stores, its log) with sealing and key loading."""
-
-    def __init__(self, inner: Any, keys: KeyRing) -> None:
-        super().__init__(inner, keys)
-        store: EventStore = inner
-        self._inner = store
-        self.url = store.url
-        self.open = store.open
-        self.close = store.close
-        self.head_position = store.head_position
-        self.stream_version = store.stream_version
-        self.list_streams = store.list_streams
-        self.get_document = store.get_document
-        self.get_checkpoint = store.get_checkpoint
-        self.next_timer_due = store.next_timer_due
-        self.verify = store.verify
-        self.data_keys = store.data_keys
-        self.data_key_page = store.data_key_page
-        self.rewrap_data_key = store.rewrap_data_key
-        self.shred_data_keys = store.shred_data_keys
-        self.retire_data_keys = store.retire_data_keys
+    def __init__(self, inner: EventStore, keys: KeyRing) -> None:
+        self._inner = inner
+        self._keys = keys
+        self.feed = SealedFeed(inner.feed, keys)
+        self.groups = inner.groups
+        self.keys = inner.keys
+        self.url = inner.url
+        self.open = inner.open
+        self.close = inner.close
+        self.head_position = inner.head_position
+        self.stream_version = inner.stream_version
+        self.list_streams = inner.list_streams
+        self.get_document = inner.get_document
+        self.get_checkpoint = inner.get_checkpoint
+        self.next_timer_due = inner.next_timer_due
+        self.verify = inner.verify
 
     async def append(
         self,
@@ -201,6 +193,8 @@ class SealingTransaction:
         self._inner = inner
         self._keys = keys
         self._staged = staged
+        self.groups = inner.groups
+        self.keys = inner.keys
         self.get_document = inner.get_document
         self.put_document = inner.put_document
         self.delete_document = inner.delete_document
@@ -209,13 +203,6 @@ class SealingTransaction:
         self.set_checkpoint = inner.set_checkpoint
         self.cancel_timer = inner.cancel_timer
         self.due_timers = inner.due_timers
-        self.holds_lease = inner.holds_lease
-        self.mark_handled = inner.mark_handled
-        self.dead_letter = inner.dead_letter
-        self.settle_dead_letter = inner.settle_dead_letter
-        self.newest_data_key = inner.newest_data_key
-        self.add_data_key = inner.add_data_key
-        self.reserve_data_key_uses = inner.reserve_data_key_uses
 
     async def append(
         self,

@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 from tidings.domain.aggregate import Aggregate
 from tidings.domain.envelope import RecordedEvent
 from tidings.domain.events import Event
-from tidings.ports import EventStore, Log
+from tidings.ports import EventStore, Feed, GroupState
 from tidings.runtime.codec import Codec
 from tidings.runtime.deadlines import Clock
 from tidings.runtime.keyring import KeyRing
@@ -53,10 +53,10 @@ class Services:
     #: The App's name: the source of its events, and a field of what its workers log.
     name: str
     store: EventStore
-    #: Group state as the store holds it: leases, inbox, checkpoints, dead letters.
-    log: Log
-    #: What consumer groups read: the bus's log in distributed mode, else ``log``.
-    feed: Log
+    #: Consumer groups' state, the store's: leases, inbox, dead letters, parking.
+    groups: GroupState
+    #: What consumer groups read: the bus's feed in distributed mode, else the store's.
+    feed: Feed
     codec: Codec
     clock: Clock
     #: Appends seen in this process (``wakeups.notify()`` after a worker appends), and the idle

@@ -208,7 +208,7 @@ class Batch:
         units: list[tuple[Context, UnitOfWork]] = []
         for done in handled:
             # Not in the inbox yet, else another delivery made its effects already.
-            fresh = await tx.mark_handled(self.group, done.record.envelope.id, done.context.attempt)
+            fresh = await tx.groups.mark_handled(self.group, done.record.envelope.id, done.context.attempt)
             if fresh and done.context.unit is not None:
                 units.append((done.context, done.context.unit))
         codec, clock = self.services.codec, self.services.clock
@@ -224,5 +224,5 @@ class Batch:
             for error in unit.dead_letters:
                 log.error("group %s: dead-lettering %s (stuck): %s", self.group, context.envelope.id, error)
                 letter = Letter(DeadLetterReason.STUCK, error, attempts=context.attempt)
-                await tx.dead_letter(letter_of(self.group, context.record, letter, clock.now()))
+                await tx.groups.dead_letter(letter_of(self.group, context.record, letter, clock.now()))
         return saved

@@ -107,13 +107,13 @@ class TimerWorker:
             # under a savepoint besides), so the transaction goes on with the next timer.
             reason = _reason(exc)
             log.error("timers: dead-lettering timer %s of %s (%s): %s", timer.id, timer.stream, reason, exc)
-            await tx.dead_letter(_letter(timer, reason, exc, now))
+            await tx.groups.dead_letter(_letter(timer, reason, exc, now))
         await tx.cancel_timer(timer.id)
 
     async def rearm(self) -> int:
         """Set again, due at once, the timers whose dead letters an operator queued for
         redrive; returns how many."""
-        letters = await self.services.log.dead_letters(
+        letters = await self.services.groups.dead_letters(
             TIMERS_GROUP, state=DeadLetterState.REDRIVE, limit=self.batch
         )
         rearmed = 0
@@ -128,14 +128,14 @@ class TimerWorker:
         except (MalformedEvent, Undecryptable) as exc:
             log.error("timers: dead letter %d cannot be set again as a timer: %s", letter.id, exc)
             async with store.transaction() as tx:
-                await tx.settle_dead_letter(letter.id, DeadLetterState.DEAD)
+                await tx.groups.settle_dead_letter(letter.id, DeadLetterState.DEAD)
             return False
         try:
             async with store.transaction() as tx:
                 # Timers first, as everywhere (see ``UnitOfWork.write_timers``). Its id is its
                 # event's: set again twice, it is replaced, and fired twice, appended once.
                 await tx.schedule_timer(envelope.id, self.services.clock.now(), stream, envelope)
-                if not await tx.settle_dead_letter(letter.id, DeadLetterState.REDRIVEN):
+                if not await tx.groups.settle_dead_letter(letter.id, DeadLetterState.REDRIVEN):
                     raise _AlreadySettled  # another worker set it again, or it was purged
         except _AlreadySettled:
             return False

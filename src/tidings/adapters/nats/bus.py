@@ -34,8 +34,8 @@ from nats.js.api import StorageType, StreamConfig
 from nats.js.errors import Error as JetStreamError
 from nats.js.errors import NotFoundError
 
+from tidings.adapters.nats.feed import JetStreamFeed
 from tidings.adapters.nats.inbox import Inbox
-from tidings.adapters.nats.log import JetStreamLog
 from tidings.adapters.nats.names import inbox_prefix, read_patterns, read_stream
 from tidings.adapters.nats.publish import (
     SEQUENCE_HEADER_SIZE,
@@ -61,7 +61,7 @@ from tidings.domain.binary import to_binary
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, TopicOf
 from tidings.domain.headers import percent_encode
 from tidings.errors import BackendUnavailable, ConfigurationError, describe
-from tidings.ports import Log
+from tidings.ports import Feed
 
 PARTITIONS_KEY = "tidings_partitions"  # in each stream's metadata: the log's partition count
 LOG_KEY = "tidings_log"  # and the id of the log it carries
@@ -114,8 +114,8 @@ class NatsBus:
         self.url = settings.display_url
         self.partitions = 0
         self.log_id = ""
-        #: The store's log, which confirms (or denies) what a message on a stream claims to be.
-        self._store_log: Log | None = None
+        #: The store's feed, which confirms (or denies) what a message on a stream claims to be.
+        self._store_log: Feed | None = None
         self._client: Client | None = None
         self._inbox: Inbox | None = None
         #: Per partition, its stream's last sequence as this bus last saw it (unknown after a
@@ -151,7 +151,7 @@ class NatsBus:
             )
         return name
 
-    async def open(self, log: Log) -> None:
+    async def open(self, log: Feed) -> None:
         if self._client is not None:
             return
         self.partitions, self.log_id, self._store_log = log.partitions, log.log_id, log
@@ -405,7 +405,7 @@ class NatsBus:
                 with contextlib.suppress(*DRIVER_ERRORS):
                     await subscription.unsubscribe()
 
-    def log(
-        self, store_log: Log, *, topic_of: TopicOf | None = None, max_event_size: int = DEFAULT_MAX_SIZE
-    ) -> Log:
-        return JetStreamLog(self, store_log, topic_of, max_event_size)
+    def feed(self, *, topic_of: TopicOf | None = None, max_event_size: int = DEFAULT_MAX_SIZE) -> Feed:
+        if self._store_log is None:
+            raise BackendUnavailable(f"bus {self.url} is not open (call open() first)")
+        return JetStreamFeed(self, self._store_log, topic_of, max_event_size)

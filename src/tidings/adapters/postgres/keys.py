@@ -22,32 +22,11 @@ from tidings.ports import DataKeyRecord
 KEYS = KeySql.dialect("%s", "= ANY(%s)")
 
 
-class PostgresKeyring:
-    """The store's data keys: the store forwards its keyring methods here, and a transaction its
-    own (``newest_data_key``, ``add_data_key``, ``reserve_data_key_uses``)."""
+class PostgresKeys:
+    """``KeyStore``: the store's data keys outside transactions, on the pool."""
 
     def __init__(self, connections: PostgresConnections) -> None:
         self._connections = connections
-        self._own: Connection | None = None  # for the writes within a transaction, see above
-        self._own_lock = asyncio.Lock()
-
-    async def close(self) -> None:
-        if self._own is not None:
-            await self._own.close()
-            self._own = None
-
-    @asynccontextmanager
-    async def _own_connection(self) -> AsyncIterator[Connection]:
-        """One autocommit connection for the keyring's writes, outside every pool transaction."""
-        async with self._own_lock:
-            try:
-                if self._own is None or self._own.closed:
-                    self._own = await self._connections.connect()
-                yield self._own
-            except psycopg.Error as exc:
-                raise self._connections.translate(exc) from None
-
-    # -- outside transactions: the pool -------------------------------------------------------
 
     async def data_keys(self, scopes: Sequence[str]) -> list[DataKeyRecord]:
         async with self._connections.connection() as connection:
@@ -78,7 +57,31 @@ class PostgresKeyring:
             await connection.execute("VACUUM tidings_keys")
             return cursor.rowcount
 
-    # -- within a transaction: the keyring's own connection -----------------------------------
+
+class PostgresKeyWrites:
+    """``KeyWrites``: the keyring's writes within a transaction, each committed at once on a
+    connection of its own (see above); one for the store, shared by its transactions."""
+
+    def __init__(self, connections: PostgresConnections) -> None:
+        self._connections = connections
+        self._own: Connection | None = None  # for the writes within a transaction, see above
+        self._own_lock = asyncio.Lock()
+
+    async def close(self) -> None:
+        if self._own is not None:
+            await self._own.close()
+            self._own = None
+
+    @asynccontextmanager
+    async def _own_connection(self) -> AsyncIterator[Connection]:
+        """One autocommit connection for the keyring's writes, outside every pool transaction."""
+        async with self._own_lock:
+            try:
+                if self._own is None or self._own.closed:
+                    self._own = await self._connections.connect()
+                yield self._own
+            except psycopg.Error as exc:
+                raise self._connections.translate(exc) from None
 
     async def newest_data_key(self, scope: str) -> DataKeyRecord | None:
         async with self._own_connection() as connection:

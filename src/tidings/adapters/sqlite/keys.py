@@ -23,14 +23,11 @@ KEYS = KeySql.dialect("?", "IN ({marks})")
 log = logging.getLogger("tidings.sqlite")
 
 
-class SqliteKeyring:
-    """The store's data keys: the store forwards its keyring methods here, and a transaction its
-    own (``newest_data_key``, ``add_data_key``, ``reserve_data_key_uses``)."""
+class SqliteKeys:
+    """``KeyStore``: the store's data keys outside transactions (each write under the lock)."""
 
     def __init__(self, connections: SqliteConnections) -> None:
         self._connections = connections
-
-    # -- outside transactions ------------------------------------------------------------------
 
     async def data_keys(self, scopes: Sequence[str]) -> list[DataKeyRecord]:
         found: list[Any] = []
@@ -81,7 +78,13 @@ class SqliteKeyring:
                 )
         return int(shredded)
 
-    # -- within a transaction: on the writer, which the transaction holds ------------------------
+
+class SqliteKeyWrites:
+    """``KeyWrites``: within a transaction, on the writer that the transaction holds (no lock of
+    its own: it would wait for the transaction itself)."""
+
+    def __init__(self, connections: SqliteConnections) -> None:
+        self._connections = connections
 
     async def newest_data_key(self, scope: str) -> DataKeyRecord | None:
         rows = await self._connections.write(lambda c: c.execute(KEYS.newest, (scope,)).fetchall())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from urllib.parse import quote
@@ -22,32 +22,25 @@ from tidings.adapters.sql.common import (
     new_meta,
     validate_stream_name,
 )
-from tidings.adapters.sql.consumers import check_dead_letter_state, group_checkpoint
 from tidings.adapters.sql.reads import StreamQuery, follow_log
 from tidings.adapters.sql.rows import from_micros, to_micros
 from tidings.adapters.sql.timers import TimerSql, timers_of
 from tidings.adapters.sqlite import schema, steps, wal
 from tidings.adapters.sqlite.connections import SqliteConnections
-from tidings.adapters.sqlite.keys import SqliteKeyring
+from tidings.adapters.sqlite.groups import SqliteFeed, SqliteGroups, SqliteGroupWrites
+from tidings.adapters.sqlite.keys import SqliteKeys, SqliteKeyWrites
 from tidings.adapters.sqlite.settings import SqliteSettings
-from tidings.domain.dead_letters import DeadLetterState
 from tidings.domain.envelope import Envelope, RecordedEvent, to_structured
 from tidings.domain.integrity import IntegrityReport, VerifiedState
 from tidings.errors import BackendUnavailable, IntegrityError
 from tidings.ports import (
     ANY,
-    DataKeyRecord,
-    DeadLetter,
     ExpectedVersion,
     Sealer,
     Snapshot,
     StreamInfo,
     Timer,
-    Trace,
 )
-
-WATCH_INTERVAL = 0.005  # seconds between looks at the file's change counter
-
 
 TIMERS = TimerSql.dialect("?")
 
@@ -59,9 +52,11 @@ class SqliteStore:
         self.settings = settings
         self.url = f"sqlite:///{settings.path}"
         self._connections = SqliteConnections(self.url, settings.busy_timeout)
-        self._keys = SqliteKeyring(self._connections)
+        # The partitions are the file's: set when it opens, and shared with the parts below.
         self._partition_of = Partitioner(settings.partitions)
-        self.log_id = ""
+        self._feed = SqliteFeed(self._connections, self._partition_of)
+        self._groups = SqliteGroups(self._connections, self._partition_of)
+        self._keys = SqliteKeys(self._connections)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -107,8 +102,8 @@ class SqliteStore:
                     connection.execute("PRAGMA busy_timeout=0")
                     connection.patience = self.settings.busy_timeout
             identity = self._check_schema(connection)
-            self._partition_of = Partitioner(identity.partitions)
-            self.log_id = identity.log_id
+            self._partition_of.partitions = identity.partitions
+            self._feed.log_id = identity.log_id
         except BaseException:
             connection.close()
             raise
@@ -238,72 +233,21 @@ class SqliteStore:
     async def get_checkpoint(self, name: str) -> int:
         return await self._connections.read(steps.get_checkpoint, name)
 
-    # -- the log, as consumer groups read it --------------------------------------------------
+    # -- its parts: the feed, group state and the keyring ------------------------------------
 
     @property
-    def partitions(self) -> int:
-        return self._partition_of.partitions
+    def feed(self) -> SqliteFeed:
+        return self._feed
 
-    def partition_of(self, key: str) -> int:
-        return self._partition_of(key)
+    @property
+    def groups(self) -> SqliteGroups:
+        return self._groups
 
-    def checkpoint_name(self, group: str, partition: int) -> str:
-        return group_checkpoint(group, partition)
+    @property
+    def keys(self) -> SqliteKeys:
+        return self._keys
 
-    async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
-        return await self._connections.read(steps.read_partition, partition, after, limit)
-
-    async def lease(self, group: str, member: str, *, ttl: float) -> list[int]:
-        async with self._connections.write_lock:
-            return await self._connections.write(
-                steps.in_transaction, steps.lease, group, member, int(ttl * 1e6), self.partitions
-            )
-
-    async def release(self, group: str, member: str) -> None:
-        async with self._connections.write_lock:
-            await self._connections.write(steps.in_transaction, steps.release, group, member)
-
-    async def handled(self, group: str, event_ids: Sequence[str]) -> set[str]:
-        if not event_ids:
-            return set()
-        return await self._connections.read(steps.handled, group, event_ids)
-
-    async def watch(self, wake: Callable[[], None]) -> None:
-        # PRAGMA data_version changes whenever another connection (in this process or another)
-        # commits to the file; reading it costs no table access, so it can be polled often.
-        last = await self._connections.read(steps.data_version)
-        while True:
-            await asyncio.sleep(WATCH_INTERVAL)
-            version = await self._connections.read(steps.data_version)
-            if version != last:
-                last = version
-                wake()
-
-    async def blocked_keys(self, group: str) -> set[str]:
-        return await self._connections.read(steps.blocked_keys, group)
-
-    async def unpark(self, group: str, key: str) -> int:
-        async with self._connections.write_lock:
-            return await self._connections.write(steps.in_transaction, steps.unpark, group, key)
-
-    async def release_parked(self, group: str) -> int:
-        async with self._connections.write_lock:
-            return await self._connections.write(steps.in_transaction, steps.release_parked, group)
-
-    async def trace(self, correlation_id: str, *, limit: int = 1000) -> Trace:
-        return await self._connections.read(steps.trace, correlation_id, limit)
-
-    async def dead_letters(
-        self, group: str | None = None, *, state: DeadLetterState | None = None, limit: int = 100
-    ) -> list[DeadLetter]:
-        return await self._connections.read(steps.dead_letters, group, state, limit)
-
-    async def set_dead_letter_state(self, entries: Sequence[int], state: DeadLetterState) -> int:
-        check_dead_letter_state(state)
-        async with self._connections.write_lock:
-            return await self._connections.write(
-                steps.in_transaction, steps.set_dead_letter_state, list(entries), state
-            )
+    # -- timers ----------------------------------------------------------------------------
 
     async def next_timer_due(self) -> datetime | None:
         (due,) = await self._connections.read(lambda c: c.execute(TIMERS.next_due).fetchone())
@@ -324,27 +268,10 @@ class SqliteStore:
                 await asyncio.shield(self._connections.write(steps.rollback))
                 raise
 
-    # -- data keys: the keyring's -----------------------------------------------------------
-
-    async def data_keys(self, scopes: Sequence[str]) -> list[DataKeyRecord]:
-        return await self._keys.data_keys(scopes)
-
-    async def data_key_page(self, after: tuple[str, int], limit: int) -> list[DataKeyRecord]:
-        return await self._keys.data_key_page(after, limit)
-
-    async def rewrap_data_key(self, record: DataKeyRecord, master_version: int, wrapped: bytes) -> bool:
-        return await self._keys.rewrap_data_key(record, master_version, wrapped)
-
-    async def retire_data_keys(self) -> int:
-        return await self._keys.retire_data_keys()
-
-    async def shred_data_keys(self, scope: str) -> int:
-        return await self._keys.shred_data_keys(scope)
-
     # -- integrity -------------------------------------------------------------------------
 
     async def verify(self, against: VerifiedState | None = None) -> IntegrityReport:
-        return await self._connections.read(steps.verify, self._partition_of, self.log_id, against)
+        return await self._connections.read(steps.verify, self._partition_of, self._feed.log_id, against)
 
 
 class SqliteTransaction:
@@ -353,6 +280,8 @@ class SqliteTransaction:
     def __init__(self, store: SqliteStore) -> None:
         self._store = store
         self._write = store._connections.write  # inside the transaction that the store began
+        self.groups = SqliteGroupWrites(store._connections)
+        self.keys = SqliteKeyWrites(store._connections)
 
     async def append(
         self,
@@ -372,15 +301,6 @@ class SqliteTransaction:
             self._store.settings.max_size,
             seal,
         )
-
-    async def newest_data_key(self, scope: str) -> DataKeyRecord | None:
-        return await self._store._keys.newest_data_key(scope)
-
-    async def add_data_key(self, record: DataKeyRecord) -> DataKeyRecord:
-        return await self._store._keys.add_data_key(record)
-
-    async def reserve_data_key_uses(self, scope: str, version: int, count: int, limit: int) -> int | None:
-        return await self._store._keys.reserve_data_key_uses(scope, version, count, limit)
 
     async def get_document(self, collection: str, key: str) -> bytes | None:
         return await self._write(steps.get_document, collection, key)
@@ -410,16 +330,3 @@ class SqliteTransaction:
     async def due_timers(self, now: datetime, limit: int) -> list[Timer]:
         rows = await self._write(lambda c: c.execute(TIMERS.due, (to_micros(now), limit)).fetchall())
         return timers_of(rows, self._store.settings.max_size)
-
-    async def holds_lease(self, group: str, partition: int, member: str) -> bool:
-        return await self._write(steps.holds_lease, group, partition, member)
-
-    async def mark_handled(self, group: str, event_id: str, attempts: int = 1) -> bool:
-        return await self._write(steps.mark_handled, group, event_id, attempts)
-
-    async def dead_letter(self, letter: DeadLetter) -> int:
-        return await self._write(steps.dead_letter, letter)
-
-    async def settle_dead_letter(self, entry: int, state: DeadLetterState) -> bool:
-        check_dead_letter_state(state)
-        return await self._write(steps.settle_dead_letter, entry, state)

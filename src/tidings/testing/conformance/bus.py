@@ -127,7 +127,7 @@ async def test_effects_through_the_unit_of_work_happen_once(store_url: str) -> N
             await eventually(lambda: app_total(app, "sum", 15))
         # Redelivery: the group's checkpoints go back to 0; the inbox recognises every event.
         async with app.store.transaction() as tx:
-            for partition in range(app.log.partitions):
+            for partition in range(app.store.feed.partitions):
                 await tx.set_checkpoint(app.feed.checkpoint_name("counter", partition), 0)
         async with app.running(**RUN):
             await asyncio.sleep(0.5)

@@ -149,13 +149,13 @@ async def test_a_run_whose_letter_left_redrive_meanwhile_changes_nothing(
             assert await app.purge([letter.id]) == 1
         else:
             async with app.store.transaction() as tx:
-                assert await tx.settle_dead_letter(letter.id, DeadLetterState.REDRIVEN)
+                assert await tx.groups.settle_dead_letter(letter.id, DeadLetterState.REDRIVEN)
         released.set()
         # The run has ended once no letter is left in redrive and a pass has run since.
         await asyncio.sleep(2 * MEMBERS["lease_ttl"])
         states = await _states(app, group)
         effects = await _effects(app, [key])
-        inbox = await app.log.handled(group, [letter.event_id or ""])
+        inbox = await app.groups.handled(group, [letter.event_id or ""])
     assert states == [meanwhile]
     assert effects == [0]
     assert inbox == set()

@@ -12,7 +12,7 @@ from tidings.adapters.registry import open_store
 from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import Envelope, RecordedEvent
 from tidings.errors import ConcurrencyError, InvalidArgument, MalformedEvent
-from tidings.ports import ANY, NO_STREAM, DeadLetter, EventStore, ExpectedVersion, Log, Snapshot
+from tidings.ports import ANY, NO_STREAM, DeadLetter, EventStore, ExpectedVersion, Snapshot
 from tidings.testing.conformance.events import CartCheckedOut, ItemAdded, codec, items, unique
 
 
@@ -332,46 +332,47 @@ async def test_a_transaction_commits_appends_documents_and_checkpoints_together(
 async def test_a_redrive_settles_only_a_letter_queued_for_redrive(store: EventStore) -> None:
     """``settle_dead_letter`` is a compare-and-set out of ``redrive``: a run that ends after
     another run settled the letter (as redriven) cannot put it back to dead."""
-    assert isinstance(store, Log)
     group = unique("settling")
     letter = DeadLetter(group=group, reason=DeadLetterReason.FAILED, error="boom", dead_at=datetime.now(UTC))
     async with store.transaction() as tx:
-        entry = await tx.dead_letter(letter)
+        entry = await tx.groups.dead_letter(letter)
     async with store.transaction() as tx:
-        assert await tx.settle_dead_letter(entry, DeadLetterState.REDRIVEN) is False  # not queued: stays dead
-    assert await store.set_dead_letter_state([entry], DeadLetterState.REDRIVE) == 1
+        assert (
+            await tx.groups.settle_dead_letter(entry, DeadLetterState.REDRIVEN) is False
+        )  # not queued: stays dead
+    assert await store.groups.set_dead_letter_state([entry], DeadLetterState.REDRIVE) == 1
     async with store.transaction() as tx:
-        assert await tx.settle_dead_letter(entry, DeadLetterState.REDRIVEN) is True
+        assert await tx.groups.settle_dead_letter(entry, DeadLetterState.REDRIVEN) is True
     async with store.transaction() as tx:
-        assert await tx.settle_dead_letter(entry, DeadLetterState.DEAD) is False
-    assert [x.state for x in await store.dead_letters(group, state=None)] == ["redriven"]
+        assert await tx.groups.settle_dead_letter(entry, DeadLetterState.DEAD) is False
+    assert [x.state for x in await store.groups.dead_letters(group, state=None)] == ["redriven"]
 
 
 async def test_letters_read_back_in_the_vocabulary(store: EventStore) -> None:
     """Every store hands a letter's reason and state back as the enums, a reason written by
     another version of tidings as itself (never an error that would stop the queue), and
     refuses a state that does not exist."""
-    assert isinstance(store, Log)
     group = unique("vocabulary")
     now = datetime.now(UTC)
     for reason in (DeadLetterReason.PARKED, DeadLetterReason("quarantined")):
         async with store.transaction() as tx:
-            await tx.dead_letter(DeadLetter(group=group, reason=reason, error="e", dead_at=now))
-    read = await store.dead_letters(group, state=None)
+            await tx.groups.dead_letter(DeadLetter(group=group, reason=reason, error="e", dead_at=now))
+    read = await store.groups.dead_letters(group, state=None)
     assert [(x.reason, x.state) for x in read] == [("parked", "dead"), ("quarantined", "dead")]
     assert all(isinstance(x.reason, DeadLetterReason) and x.state is DeadLetterState.DEAD for x in read)
     with pytest.raises(InvalidArgument, match="dead letter state must be one of"):
-        await store.set_dead_letter_state([read[0].id], "deed")  # type: ignore[arg-type]
+        await store.groups.set_dead_letter_state([read[0].id], "deed")  # type: ignore[arg-type]
 
 
 async def test_the_log_names_the_partition_of_a_key(store: EventStore) -> None:
-    """``Log.partition_of``: the partition where the store puts the events of a key (the
+    """``Feed.partition_of``: the partition where the store puts the events of a key (the
     member that holds it redrives the key's dead letters)."""
-    assert isinstance(store, Log)
     for n in range(5):
         stream = unique(f"placed-{n}")
         (record,) = await store.append(stream, items(stream, 1))
-        found = await store.read_partition(store.partition_of(stream), after=record.position - 1, limit=1)
+        found = await store.feed.read_partition(
+            store.feed.partition_of(stream), after=record.position - 1, limit=1
+        )
         assert [r.envelope.id for r in found] == [record.envelope.id]
 
 
@@ -400,10 +401,10 @@ async def test_a_store_keeps_its_log_id_and_no_other_store_shares_it(
     """A bus stream records the log it carries by this id: it must survive reopening and tell
     stores apart."""
 
-    assert isinstance(store, Log) and len(store.log_id) >= 16
+    assert len(store.feed.log_id) >= 16
     again = open_store(store_url)
     await again.open()
     try:
-        assert isinstance(again, Log) and again.log_id == store.log_id
+        assert again.feed.log_id == store.feed.log_id
     finally:
         await again.close()

@@ -275,7 +275,7 @@ async def test_a_timer_letter_redriven_is_set_again_and_fires(store_url: str) ->
             await tx.schedule_timer(unique("timer"), now, stream, envelope)
         async with app.store.transaction() as tx:
             (stored,) = await tx.due_timers(now, 10)
-            await tx.dead_letter(
+            await tx.groups.dead_letter(
                 _letter(stored, DeadLetterReason.FAILED, RuntimeError("refused when it fired"), now)
             )
             await tx.cancel_timer(stored.id)
