@@ -13,7 +13,7 @@ import pytest
 
 from tidings.app import App
 from tidings.errors import BackendUnavailable, ConfigurationError
-from tidings.ports import DataKeyRecord, EventStore
+from tidings.ports import DataKeyRecord, EventStore, KeyStore
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.key_check import check_master_key
 from tidings.runtime.keyring import CHECK_SCOPE, key_context
@@ -196,19 +196,33 @@ async def test_a_provider_that_does_not_answer_is_not_a_wrong_key(store_url: str
     assert isinstance(raised.value.__cause__, ConnectionError)
 
 
+class _CountingKeys:
+    """A store's keyring that counts the rows read through ``data_key_page``."""
+
+    def __init__(self, keys: KeyStore) -> None:
+        self.inner, self.rows = keys, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def data_key_page(self, after: tuple[str, int], limit: int) -> list[DataKeyRecord]:
+        page = await self.inner.data_key_page(after, limit)
+        self.rows += len(page)
+        return page
+
+
 class _CountingStore:
-    """A store that counts the keyring rows read through ``data_key_page``."""
+    """A store whose keyring counts the rows read through ``data_key_page``."""
 
     def __init__(self, store: EventStore) -> None:
-        self.store, self.rows = store, 0
+        self.store, self.keys = store, _CountingKeys(store.keys)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
-    async def data_key_page(self, after: tuple[str, int], limit: int) -> list[DataKeyRecord]:
-        page = await self.store.keys.data_key_page(after, limit)
-        self.rows += len(page)
-        return page
+    @property
+    def rows(self) -> int:
+        return self.keys.rows
 
 
 async def test_an_old_version_never_recorded_costs_a_few_rows_per_open(
