@@ -6,15 +6,12 @@ The composition root, with ``wiring.py`` (opening the store and the bus) and ``w
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import os
-import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Final, TypeVar
 
 import msgspec
@@ -27,19 +24,16 @@ from tidings.domain.integrity import IntegrityReport
 from tidings.domain.names import check_stream_name
 from tidings.domain.policy import Policy
 from tidings.domain.saga import Saga
-from tidings.domain.topics import compile_pattern
 from tidings.errors import AccessDenied, ConfigurationError
 from tidings.ports import ANY, Bus, DeadLetter, EventStore, ExpectedVersion, Feed, GroupState
 from tidings.runtime.access import Guard, load_policy
 from tidings.runtime.codec import Codec
-from tidings.runtime.consuming import Subscription
 from tidings.runtime.deadlines import Clock, SystemClock
 from tidings.runtime.encryption import Encryption
-from tidings.runtime.key_admin import Rotation, rotate
+from tidings.runtime.key_admin import Rotation, rotate_keys, shred_keys
 from tidings.runtime.keyring import KeyRing, stored_scope
 from tidings.runtime.leasing import PartitionMember
 from tidings.runtime.log_context import log_fields
-from tidings.runtime.outbox import RESERVED_GROUP_PREFIX
 from tidings.runtime.projection import Projection, reset_projection, run_projection
 from tidings.runtime.publishing import (
     Lineage,
@@ -49,13 +43,13 @@ from tidings.runtime.publishing import (
 )
 from tidings.runtime.repository import Repository
 from tidings.runtime.retries import Retry
-from tidings.runtime.saga_engine import SagaEngine
 from tidings.runtime.services import Services
+from tidings.runtime.subscriptions import Subscriptions
 from tidings.runtime.unit_of_work import Publication
-from tidings.runtime.verified_record import read_verified_record, write_verified_record
+from tidings.runtime.verified_record import verify_store
 from tidings.runtime.wakeups import Wakeups
 from tidings.wiring import connect
-from tidings.workers import workers_running
+from tidings.workers import until_signalled, workers_running
 
 A = TypeVar("A", bound=Aggregate)
 H = TypeVar("H", bound=Callable[..., Any])
@@ -117,8 +111,10 @@ class App:
         # Encodes tidings' own audit events (security.denied), which pass no guard.
         self._audit_codec = Codec(source=name, registry=registry, max_size=max_event_size, now=self.clock.now)
         self.state = AppState.CREATED
-        self.subscriptions: dict[str, Subscription] = {}
-        self.sagas: dict[str, SagaEngine] = {}
+        self._subscriptions = Subscriptions(name, registry, self.clock.now, self.guard)
+        #: What this App's consumer groups run, by group (sagas included), and its sagas by name.
+        self.subscriptions = self._subscriptions.by_group
+        self.sagas = self._subscriptions.sagas
         self._store: EventStore | None = None
         #: What the relay reads: the store as stored (it passes sealed data on without opening it).
         self._raw: EventStore | None = None
@@ -185,19 +181,14 @@ class App:
             await self._bus.close()
         if self._store is not None:
             await self._store.close()
-        self._store = self._raw = self._bus = self._feed = self._services = None
+        self._store = self._raw = self._bus = self._feed = self._services = self._repository = None
         self.codec.bus_room = None
         self.state = AppState.CLOSED
 
     async def __aenter__(self) -> App:
         return await self.open()
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
     @property
@@ -324,28 +315,19 @@ class App:
         each stream head recorded in that file is still in its chain, unchanged; with
         ``record``, write what this verify saw to that file when it found nothing (see
         docs/security.md: keep the file where the database's writers cannot reach it)."""
-        recorded = read_verified_record(against) if against is not None else None
-        report = await self.store.verify(recorded)
-        if record is not None and report.verified is not None:
-            write_verified_record(record, report.verified)
-        return report
+        return await verify_store(self.store, against=against, record=record)
 
     # -- keys ----------------------------------------------------------------------------------
 
     async def rotate_keys(self) -> Rotation:
         """Rewrap every data key with the master key's current version (event data untouched)."""
-        rotation = await rotate(self.store, self._keyring().master)
-        self._keyring().drop_reservations()  # this process moves to new versions at once
-        return rotation
+        return await rotate_keys(self.store, self._keyring())
 
     async def shred_keys(self, scope: str | None = None, *, topic: str | None = None) -> int:
         """Destroy a scope's data keys (by default a scope is a stream), or with ``topic`` those
         of the topic's unkeyed publications: their events read as ``Erased`` from now on, here
         at once and in other processes within a minute."""
-        stored = stored_scope(scope, topic)
-        destroyed = await self.store.keys.shred_data_keys(stored)
-        self._keyring().forget(stored)
-        return destroyed
+        return await shred_keys(self.store, self._keyring(), stored_scope(scope, topic))
 
     def _keyring(self) -> KeyRing:
         self.store  # noqa: B018 - raises the error that explains why
@@ -410,19 +392,11 @@ class App:
 
         With a policy, ``AccessDenied`` unless the principal may subscribe to all of ``pattern``
         (the denial is recorded when the App opens)."""
-        compiled = compile_pattern(pattern)
-        if not group or any(c.isspace() for c in group):
-            raise ConfigurationError(f"a group needs a name without spaces, got {group!r}")
-        if group.startswith(RESERVED_GROUP_PREFIX):
-            raise ConfigurationError(f"group names starting {RESERVED_GROUP_PREFIX!r} are tidings' own")
-        if self.guard is not None:
-            self.guard.check_subscribe(pattern)
+        compiled = self._subscriptions.check(pattern, group)
 
         def register(handler: H) -> H:
-            if group in self.subscriptions:
-                raise ConfigurationError(f"group {group!r} already has a handler in App {self.name!r}")
-            self.subscriptions[group] = Subscription(
-                compiled, group, handler, retry or Retry(), max_age, batch_size, ordered
+            self._subscriptions.add(
+                compiled, group, handler, retry=retry, max_age=max_age, batch_size=batch_size, ordered=ordered
             )
             return handler
 
@@ -431,16 +405,7 @@ class App:
     def add_saga(self, saga: Saga) -> None:
         """Run the saga's instances in this App: a consumer group of its own reads its starting
         events, the replies of its steps and its timeouts (see ``runtime/saga_engine.py``)."""
-        engine = SagaEngine(saga, self.codec.registry, self.clock.now)
-        if engine.group in self.subscriptions:
-            raise ConfigurationError(f"saga {saga.name!r} is already added to App {self.name!r}")
-        if not saga.steps:
-            raise ConfigurationError(f"saga {saga.name!r} has no steps")
-        if self.guard is not None:
-            for pattern in engine.pattern.patterns:  # its start, its replies and its timeouts
-                self.guard.check_subscribe(pattern.text)
-        self.sagas[saga.name] = engine
-        self.subscriptions[engine.group] = Subscription(engine.pattern, engine.group, engine.handle)
+        self._subscriptions.add_saga(saga)
 
     async def record_denials(self) -> int:
         """Append the access denials not recorded yet as ``security.denied`` events (stream
@@ -491,28 +456,18 @@ class App:
             relay_from=relay_from,
             lease_ttl=lease_ttl,
             poll=poll,
-        ) as members:
-            self._members.extend(members)
+        ) as self._members:
             try:
                 yield self
             finally:
-                for member in members:
-                    self._members.remove(member)
+                self._members = []
 
     async def run(self, *, lease_ttl: float = 10.0, poll: float = 1.0) -> None:
         """Run the consumers until SIGTERM or SIGINT; then finish the events in hand, release
         the leases and close."""
-        loop = asyncio.get_running_loop()
-        stop = asyncio.Event()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        try:
-            with log_fields(app=self.name):
-                async with self, self.running(lease_ttl=lease_ttl, poll=poll):
-                    await stop.wait()
-        finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
+        with log_fields(app=self.name):
+            async with self, self.running(lease_ttl=lease_ttl, poll=poll):
+                await until_signalled()
 
     # -- dead letters --------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
 """Rotating the master key: rewrapping data keys, never event data, so it is quick and every old
-event stays readable. (Shredding is one statement of the store: ``EventStore.shred_data_keys``.)
+event stays readable; and shredding (one statement of the store: ``KeyStore.shred_data_keys``).
 """
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from tidings.ports import EventStore
 from tidings.runtime.key_check import check_master_key
-from tidings.runtime.keyring import CHECK_SCOPE, key_context
+from tidings.runtime.keyring import CHECK_SCOPE, KeyRing, key_context
 from tidings.runtime.master_key import MasterKey
 
 _PAGE = 500
@@ -21,6 +21,21 @@ class Rotation:
     current: int  # were wrapped by it already
     shredded: int  # have no key left to wrap
     retired: int  # data key versions that seal nothing more: new events get new versions
+
+
+async def rotate_keys(store: EventStore, keys: KeyRing) -> Rotation:
+    """``rotate`` with the keyring's master key; the keyring then moves to new data key versions
+    at once (other processes within a minute)."""
+    rotation = await rotate(store, keys.master)
+    keys.drop_reservations()
+    return rotation
+
+
+async def shred_keys(store: EventStore, keys: KeyRing, scope: str) -> int:
+    """Destroy the stored ``scope``'s data keys, and forget them in this process at once."""
+    destroyed = await store.keys.shred_data_keys(scope)
+    keys.forget(scope)
+    return destroyed
 
 
 async def rotate(store: EventStore, master: MasterKey) -> Rotation:

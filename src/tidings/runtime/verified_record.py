@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tidings.domain.integrity import VerifiedState, decode_verified, encode_verified
+from tidings.domain.integrity import IntegrityReport, VerifiedState, decode_verified, encode_verified
 from tidings.errors import InvalidArgument
+from tidings.ports import EventStore
 from tidings.runtime.master_key import write_key_file
 
 
@@ -30,3 +31,13 @@ def write_verified_record(path: Path, state: VerifiedState) -> None:
         write_key_file(path, encode_verified(state).decode())
     except OSError as exc:
         raise InvalidArgument(f"cannot write verified record {path}: {exc.strerror}") from None
+
+
+async def verify_store(store: EventStore, *, against: Path | None, record: Path | None) -> IntegrityReport:
+    """``store.verify``, against the record in the file ``against`` if given; a clean report is
+    written to the file ``record`` if given (``App.verify``, ``tidings verify``)."""
+    recorded = read_verified_record(against) if against is not None else None
+    report = await store.verify(recorded)
+    if record is not None and report.verified is not None:
+        write_verified_record(record, report.verified)
+    return report
