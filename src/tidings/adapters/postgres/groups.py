@@ -18,10 +18,10 @@ from tidings.adapters.postgres.connections import Connection, PostgresConnection
 from tidings.adapters.sql.common import Partitioner
 from tidings.adapters.sql.consumers import (
     ConsumerSql,
+    LogShape,
     check_dead_letter_state,
     dead_letter_of,
     dead_letter_row,
-    group_checkpoint,
     handlings_of,
     lease_statements,
     release_statements,
@@ -35,24 +35,13 @@ CONSUMERS = ConsumerSql.dialect("%s", row_lock=" FOR UPDATE")
 log = logging.getLogger("tidings.postgres")
 
 
-class PostgresFeed:
+class PostgresFeed(LogShape):
     """``Feed``: the store's own log, read by partition; appends are announced by NOTIFY."""
 
     def __init__(self, connections: PostgresConnections, partition_of: Partitioner, conninfo: str) -> None:
+        super().__init__(partition_of)
         self._connections = connections
-        self._partition_of = partition_of
         self._conninfo = conninfo
-        self.log_id = ""  # the store sets it when it opens (the database says it)
-
-    @property
-    def partitions(self) -> int:
-        return self._partition_of.partitions
-
-    def partition_of(self, key: str) -> int:
-        return self._partition_of(key)
-
-    def checkpoint_name(self, group: str, partition: int) -> str:
-        return group_checkpoint(group, partition)
 
     async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
         async with self._connections.connection() as connection, connection.cursor(binary=True) as cursor:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Generator, Sequence
 from typing import Any, Final, NamedTuple, TypeVar
 
+from tidings.adapters.sql.common import Partitioner
 from tidings.adapters.sql.rows import LOG_COLUMNS, from_micros
 from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.ports import DeadLetter, Handling
@@ -37,6 +38,26 @@ Statements = Generator[Statement, list[Any], T]
 def group_checkpoint(group: str, partition: int) -> str:
     """The name of a group's checkpoint in the store's own log."""
     return f"group:{group}:{partition}"
+
+
+class LogShape:
+    """What a SQL store's feed tells without reading its log: how many partitions it has (the
+    partitioner's, set when the store opens), the partition of a key, where a group's checkpoint
+    in it is kept, and the log's id (set when the store opens)."""
+
+    def __init__(self, partition_of: Partitioner) -> None:
+        self._partition_of = partition_of
+        self.log_id = ""
+
+    @property
+    def partitions(self) -> int:
+        return self._partition_of.partitions
+
+    def partition_of(self, key: str) -> int:
+        return self._partition_of(key)
+
+    def checkpoint_name(self, group: str, partition: int) -> str:
+        return group_checkpoint(group, partition)
 
 
 def consumer_tables(*, bigint: str, blob: str, auto_id: str) -> tuple[str, ...]:

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from tidings.adapters.sql.common import Partitioner
-from tidings.adapters.sql.consumers import check_dead_letter_state, group_checkpoint
+from tidings.adapters.sql.consumers import LogShape, check_dead_letter_state
 from tidings.adapters.sqlite import steps
 from tidings.adapters.sqlite.connections import SqliteConnections
 from tidings.domain.dead_letters import DeadLetterState
@@ -22,23 +22,12 @@ from tidings.ports import DeadLetter, Trace
 WATCH_INTERVAL = 0.005  # seconds between looks at the file's change counter
 
 
-class SqliteFeed:
+class SqliteFeed(LogShape):
     """``Feed``: the store's own log, read by partition."""
 
     def __init__(self, connections: SqliteConnections, partition_of: Partitioner) -> None:
+        super().__init__(partition_of)
         self._connections = connections
-        self._partition_of = partition_of
-        self.log_id = ""  # the store sets it when it opens (the file says it)
-
-    @property
-    def partitions(self) -> int:
-        return self._partition_of.partitions
-
-    def partition_of(self, key: str) -> int:
-        return self._partition_of(key)
-
-    def checkpoint_name(self, group: str, partition: int) -> str:
-        return group_checkpoint(group, partition)
 
     async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
         return await self._connections.read(steps.read_partition, partition, after, limit)
