@@ -8,7 +8,6 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from tidings.adapters.registry import open_store
 from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import Envelope, RecordedEvent
 from tidings.errors import ConcurrencyError, InvalidArgument, MalformedEvent
@@ -364,18 +363,6 @@ async def test_letters_read_back_in_the_vocabulary(store: EventStore) -> None:
         await store.groups.set_dead_letter_state([read[0].id], "deed")  # type: ignore[arg-type]
 
 
-async def test_the_log_names_the_partition_of_a_key(store: EventStore) -> None:
-    """``Feed.partition_of``: the partition where the store puts the events of a key (the
-    member that holds it redrives the key's dead letters)."""
-    for n in range(5):
-        stream = unique(f"placed-{n}")
-        (record,) = await store.append(stream, items(stream, 1))
-        found = await store.feed.read_partition(
-            store.feed.partition_of(stream), after=record.position - 1, limit=1
-        )
-        assert [r.envelope.id for r in found] == [record.envelope.id]
-
-
 async def test_list_streams(store: EventStore) -> None:
     prefix = unique("listed")
     for n in range(3):
@@ -393,18 +380,3 @@ async def test_verify_on_a_sound_store(store: EventStore) -> None:
         await store.append(stream, items(stream, 1))
     report = await store.verify()
     assert report.ok and report.streams == 3 and report.events == 15
-
-
-async def test_a_store_keeps_its_log_id_and_no_other_store_shares_it(
-    store: EventStore, store_url: str
-) -> None:
-    """A bus stream records the log it carries by this id: it must survive reopening and tell
-    stores apart."""
-
-    assert len(store.feed.log_id) >= 16
-    again = open_store(store_url)
-    await again.open()
-    try:
-        assert again.feed.log_id == store.feed.log_id
-    finally:
-        await again.close()
