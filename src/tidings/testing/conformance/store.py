@@ -8,10 +8,9 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import Envelope, RecordedEvent
-from tidings.errors import ConcurrencyError, InvalidArgument, MalformedEvent
-from tidings.ports import ANY, NO_STREAM, DeadLetter, EventStore, ExpectedVersion, Snapshot
+from tidings.errors import ConcurrencyError, MalformedEvent
+from tidings.ports import ANY, NO_STREAM, EventStore, ExpectedVersion, Snapshot
 from tidings.testing.conformance.events import CartCheckedOut, ItemAdded, codec, items, unique
 
 
@@ -326,41 +325,6 @@ async def test_a_transaction_commits_appends_documents_and_checkpoints_together(
         await tx.clear_collection("carts")
     assert await store.get_document("carts", stream) is None
     assert await store.get_checkpoint("never-set") == 0
-
-
-async def test_a_redrive_settles_only_a_letter_queued_for_redrive(store: EventStore) -> None:
-    """``settle_dead_letter`` is a compare-and-set out of ``redrive``: a run that ends after
-    another run settled the letter (as redriven) cannot put it back to dead."""
-    group = unique("settling")
-    letter = DeadLetter(group=group, reason=DeadLetterReason.FAILED, error="boom", dead_at=datetime.now(UTC))
-    async with store.transaction() as tx:
-        entry = await tx.groups.dead_letter(letter)
-    async with store.transaction() as tx:
-        assert (
-            await tx.groups.settle_dead_letter(entry, DeadLetterState.REDRIVEN) is False
-        )  # not queued: stays dead
-    assert await store.groups.set_dead_letter_state([entry], DeadLetterState.REDRIVE) == 1
-    async with store.transaction() as tx:
-        assert await tx.groups.settle_dead_letter(entry, DeadLetterState.REDRIVEN) is True
-    async with store.transaction() as tx:
-        assert await tx.groups.settle_dead_letter(entry, DeadLetterState.DEAD) is False
-    assert [x.state for x in await store.groups.dead_letters(group, state=None)] == ["redriven"]
-
-
-async def test_letters_read_back_in_the_vocabulary(store: EventStore) -> None:
-    """Every store hands a letter's reason and state back as the enums, a reason written by
-    another version of tidings as itself (never an error that would stop the queue), and
-    refuses a state that does not exist."""
-    group = unique("vocabulary")
-    now = datetime.now(UTC)
-    for reason in (DeadLetterReason.PARKED, DeadLetterReason("quarantined")):
-        async with store.transaction() as tx:
-            await tx.groups.dead_letter(DeadLetter(group=group, reason=reason, error="e", dead_at=now))
-    read = await store.groups.dead_letters(group, state=None)
-    assert [(x.reason, x.state) for x in read] == [("parked", "dead"), ("quarantined", "dead")]
-    assert all(isinstance(x.reason, DeadLetterReason) and x.state is DeadLetterState.DEAD for x in read)
-    with pytest.raises(InvalidArgument, match="dead letter state must be one of"):
-        await store.groups.set_dead_letter_state([read[0].id], "deed")  # type: ignore[arg-type]
 
 
 async def test_list_streams(store: EventStore) -> None:
