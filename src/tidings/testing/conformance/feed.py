@@ -50,6 +50,11 @@ async def read_all(feed: Feed, partition: int, *, after: int = 0) -> list[Record
     """Every event of the partition after a position, page by page."""
     found: list[RecordedEvent] = []
     while page := await feed.read_partition(partition, after=after, limit=_PAGE):
+        positions = [r.position for r in page]
+        # Checked here, or a feed that repeats its last event would keep this loop going.
+        assert positions == sorted(set(positions)) and positions[0] > after, (
+            f"partition {partition} after {after}: positions {positions[:5]}... not ascending past it"
+        )
         found += page
         after = page[-1].position
     return found
