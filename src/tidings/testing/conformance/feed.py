@@ -16,6 +16,7 @@ import asyncio
 from collections import defaultdict
 from collections.abc import Sequence
 from contextlib import AbstractAsyncContextManager, suppress
+from datetime import UTC, datetime, timedelta
 from typing import Protocol
 
 from tidings.domain.envelope import Envelope, RecordedEvent
@@ -158,6 +159,45 @@ async def test_each_partition_holds_its_keys_events_in_append_order(feed_under_t
     assert by_key == expected
     assert len(by_key[shared]) == 3 * len(keyed)
     assert all(versions == list(range(1, len(versions) + 1)) for versions in by_stream.values())
+
+
+async def test_an_event_reads_back_from_the_feed_as_it_was_appended(feed_under_test: FeedUnderTest) -> None:
+    """Every attribute, the data byte for byte, and a stream name and partition key of any
+    characters a name may hold: a broker carries them in headers, where they must survive.
+    (Extensions are strings here: binary mode carries their values as text, by the spec.)"""
+    feed = feed_under_test.feed
+    ends = await tails(feed)
+    stream = f'{unique("odd")} caf\u00e9 50%/\x7f\x85\u2028 "q"'
+    moment = datetime(2034, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
+    full = Envelope(
+        id=f"full-{unique('id')} %25 \u00fc",
+        source="conformance/source",
+        type="conformance.ItemAdded",
+        topic="conformance.item.added",
+        time=moment,
+        data=bytes(range(256)),
+        subject="cart/c \u00e9",
+        datacontenttype="application/octet-stream",
+        dataschema="urn:conformance:item-added:1",
+        schemaversion=1,
+        correlationid="corr-1",
+        causationid="cause-1",
+        traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        tracestate="vendor=opaque",
+        expirytime=moment + timedelta(seconds=30),
+        partitionkey=f"order%2042 \u00fc {unique('key')}",
+        extensions={"comexampletenant": 'caf\u00e9 %25 "q"', "sampledrate": "7"},
+    )
+    minimal = Envelope(
+        id=f"min-{unique('id')}", source="s", type="t", topic="conformance.min", time=moment, data=b""
+    )
+    await feed_under_test.fill(stream, [full, minimal])
+    for envelope, version in ((full, 1), (minimal, 2)):
+        partition = feed.partition_of(key_of(envelope, stream))
+        found = [
+            r for r in await read_all(feed, partition, after=ends[partition]) if r.envelope.id == envelope.id
+        ]
+        assert [(r.envelope, r.stream, r.version) for r in found] == [(envelope, stream, version)]
 
 
 async def test_after_excludes_and_limit_bounds(feed_under_test: FeedUnderTest) -> None:

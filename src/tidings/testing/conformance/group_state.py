@@ -109,6 +109,17 @@ async def test_the_inbox_takes_an_event_once_per_group_with_its_transaction(stor
         assert await tx.groups.mark_handled(group, "event-2") is True
 
 
+async def test_handled_answers_for_many_events_at_once(store: EventStore) -> None:
+    """A consumer asks for a whole batch (engines may split a long list, as SQLite must)."""
+    group = unique("batch")
+    ids = [unique("event") for _ in range(700)]
+    marked = [event_id for n, event_id in enumerate(ids) if n % 7]
+    async with store.transaction() as tx:
+        for event_id in marked:
+            await tx.groups.mark_handled(group, event_id)
+    assert await store.groups.handled(group, ids) == set(marked)
+
+
 async def test_dead_letters_read_back_as_written_by_group_and_state(store: EventStore) -> None:
     first, second = unique("letters"), unique("letters")
     now = datetime(2034, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)

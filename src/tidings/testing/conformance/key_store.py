@@ -94,6 +94,15 @@ async def test_data_keys_lists_every_version_of_the_scopes_asked(store: EventSto
     assert await store.keys.data_keys([]) == []
 
 
+async def test_data_keys_answers_for_many_scopes_at_once(store: EventStore) -> None:
+    """A rotation or a shred asks for many scopes at once (engines may split a long list)."""
+    records = [record(unique("scope")) for _ in range(700)]
+    await add(store, *records)
+    kept = [r for n, r in enumerate(records) if n % 7]
+    asked = [unique("scope"), *(r.scope for r in kept)]
+    assert by_version(await store.keys.data_keys(asked)) == by_version(kept)
+
+
 async def test_data_key_page_walks_the_keyring_in_scope_and_version_order(store: EventStore) -> None:
     prefix = unique("paged")
     records = [record(f"{prefix}-{s}", v) for s in "cab" for v in (2, 1, 3)]
