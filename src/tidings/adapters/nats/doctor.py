@@ -1,0 +1,189 @@
+"""What the durability doctor asks JetStream about tidings' partition streams: where they keep
+messages, on how many servers, how long they remember an event id, and whether they may delete
+events that groups have not read (``retention.py``'s check, the one the bus makes at open).
+
+Read only: the streams are looked at by name (``<stream>_<partition>``), never made or changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import nats
+from nats.aio.client import Client
+from nats.js.api import StorageType, StreamInfo
+from nats.js.errors import NotFoundError
+
+from tidings.adapters.nats.bus import DRIVER_ERRORS
+from tidings.adapters.nats.names import inbox_prefix
+from tidings.adapters.nats.publish import ACK_TIMEOUT
+from tidings.adapters.nats.retention import dropping_settings
+from tidings.adapters.nats.settings import NatsSettings
+from tidings.domain.findings import Finding, Level
+from tidings.errors import BackendUnavailable, describe
+
+#: A check of one stream: the finding it makes of it, with ``{streams}`` for the streams'
+#: names (streams that share a finding share one line).
+StreamCheck = Callable[[StreamInfo], Finding | None]
+
+
+async def examine_jetstream(settings: NatsSettings, partitions: int) -> list[Finding]:
+    """The findings about the partition streams of a store with ``partitions`` partitions."""
+    try:
+        client = await asyncio.wait_for(
+            nats.connect(
+                servers=list(settings.servers),
+                connect_timeout=settings.connect_timeout,
+                allow_reconnect=False,
+                max_reconnect_attempts=0,
+                tls=settings.tls_context(),
+                inbox_prefix=inbox_prefix(urlsplit(settings.servers[0]).username),
+            ),
+            settings.connect_timeout * (len(settings.servers) + 1),
+        )
+    except DRIVER_ERRORS as exc:
+        raise BackendUnavailable(f"NATS at {settings.display_url}: {describe(exc)}") from None
+    try:
+        peers = _cluster_size(client)
+        streams, missing = await _partition_streams(client, settings, partitions)
+    except DRIVER_ERRORS as exc:
+        raise BackendUnavailable(f"NATS at {settings.display_url}: {describe(exc)}") from None
+    finally:
+        await client.close()
+    findings: list[Finding] = []
+    if missing:
+        findings.append(
+            Finding(
+                "jetstream.streams",
+                Level.INFO,
+                f"{_listed(missing)} not made yet",
+                "the relay's App makes the partition streams the first time it opens the bus; "
+                "until then there is nothing on the bus to check",
+                f"open an App with bus={settings.display_url} (tidings run), then run the doctor again",
+            )
+        )
+    checks: list[StreamCheck] = [
+        _storage,
+        lambda info: _replicas(info, peers),
+        lambda info: _duplicate_window(info, settings.duplicate_window),
+        _retention,
+    ]
+    for check in checks:
+        findings += _shared(check, streams)
+    return findings
+
+
+def _cluster_size(client: Client) -> int:
+    """The servers of the cluster the client is connected to, as the server advertises them to
+    clients (its INFO's ``connect_urls``, itself included; 1 outside a cluster). The client has
+    no public accessor for the INFO it was greeted with."""
+    info = client._server_info
+    if not info.get("cluster"):
+        return 1
+    return max(1, len(info.get("connect_urls") or []))
+
+
+async def _partition_streams(
+    client: Client, settings: NatsSettings, partitions: int
+) -> tuple[list[StreamInfo], list[str]]:
+    js = client.jetstream()
+    found, missing = [], []
+    for partition in range(partitions):
+        name = settings.stream_of(partition)
+        try:
+            found.append(await js.stream_info(name))
+        except NotFoundError:
+            missing.append(name)
+    return found, missing
+
+
+def _shared(check: StreamCheck, streams: list[StreamInfo]) -> list[Finding]:
+    """``check`` over every stream; streams with the same finding share one."""
+    by_finding: dict[Finding, list[str]] = {}
+    for info in streams:
+        if (finding := check(info)) is not None:
+            by_finding.setdefault(finding, []).append(info.config.name or "?")
+    return [
+        Finding(f.check, f.level, f.found.format(streams=_listed(names)), f.why, f.fix)
+        for f, names in by_finding.items()
+    ]
+
+
+def _listed(names: list[str]) -> str:
+    shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+    return f"stream{'s' if len(names) > 1 else ''} {shown}"
+
+
+def _storage(info: StreamInfo) -> Finding | None:
+    if info.config.storage != StorageType.MEMORY:
+        return None
+    return Finding(
+        "jetstream.storage",
+        Level.ERROR,
+        "{streams}: memory storage",
+        "a stream in memory loses every event it holds when its servers restart; groups that had "
+        "not read them never will (the store keeps them, but the relay does not publish again "
+        "what the stream acknowledged)",
+        "delete the streams (no App running) and let the relay's App make them again: tidings "
+        "makes file streams",
+    )
+
+
+def _replicas(info: StreamInfo, peers: int) -> Finding | None:
+    replicas = info.config.num_replicas or 1
+    if replicas > peers:
+        return Finding(
+            "jetstream.replicas",
+            Level.ERROR,
+            f"{{streams}}: {replicas} replicas, but the cluster shows {peers} server"
+            f"{'s' if peers > 1 else ''}",
+            "a stream without the servers for its replicas has lost them, or its quorum: it "
+            "accepts nothing, or one more failure loses what it holds",
+            "bring the cluster's servers back, or lower the streams' replicas "
+            "(`nats stream edit NAME --replicas N`) and the bus URL's ?replicas=",
+        )
+    if replicas == 1 and peers > 1:
+        return Finding(
+            "jetstream.replicas",
+            Level.WARNING,
+            f"{{streams}}: 1 replica on a cluster of {peers} servers",
+            "the stream lives on one server: while it is down the relay cannot publish and groups "
+            "cannot read, and if its disk is lost the events on it are lost from the bus",
+            "set the streams' replicas to 3 (`nats stream edit NAME --replicas 3`) and give the bus "
+            "URL ?replicas=3, so that streams made later get them too",
+        )
+    return None
+
+
+def _duplicate_window(info: StreamInfo, configured: float) -> Finding | None:
+    window = info.config.duplicate_window or 0
+    if window >= ACK_TIMEOUT:
+        return None
+    return Finding(
+        "jetstream.duplicate_window",
+        Level.WARNING,
+        f"{{streams}}: duplicate window {window:g} s",
+        "the relay makes each publish exactly-once by the sequence the stream must be at; the "
+        "window (by event id) is the second guard, for a publish repeated after its "
+        f"acknowledgement was lost, and the relay waits {ACK_TIMEOUT:g} s for one: a window "
+        "shorter than that cannot catch the repeat",
+        f"`nats stream edit NAME --dupe-window {configured:g}s` (tidings makes its streams with "
+        f"the bus URL's ?duplicate_window=, {configured:g} s here; at least {ACK_TIMEOUT:g} s)",
+    )
+
+
+def _retention(info: StreamInfo) -> Finding | None:
+    dropping = dropping_settings(info.config)
+    if dropping is None:
+        return None
+    return Finding(
+        "jetstream.retention",
+        Level.ERROR,
+        f"{{streams}}: {dropping}",
+        "the server deletes events that consumer groups have not read yet; the bus refuses to "
+        "open on such a stream",
+        "remove the limit, or set discard new, so that the server refuses publishes at the "
+        "limit instead (the relay waits, nothing is lost)",
+    )
