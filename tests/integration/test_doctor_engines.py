@@ -1,0 +1,209 @@
+"""``tidings doctor`` against real engines: a throwaway PostgreSQL started with a durability
+setting turned off, and nats-servers whose streams under tidings' names were made memory-backed,
+with one replica on a cluster, with a short duplicate window or a limit that drops events. Each
+test plants one misconfiguration and sees the doctor find it; a clean run finds nothing to fix.
+(The shared PostgreSQL of the suite is never given these settings.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import nats
+import pytest
+from nats.js.api import DiscardPolicy, StorageType, StreamConfig
+from typer.testing import CliRunner
+
+from tidings import App
+from tidings.adapters.postgres.doctor import _tls_finding
+from tidings.cli import app as cli
+from tidings.domain.findings import Level
+from tidings.testing.nats import nats_servers, open_on_new_cluster
+from tidings.testing.plugin import missing
+from tidings.testing.servers import EmbeddedServer, embedded_server
+
+PARTITIONS = 2
+
+
+def doctor(*args: str) -> tuple[int, list[dict[str, str]]]:
+    result = CliRunner().invoke(cli, ["doctor", *args, "--format", "json"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code in (0, 1), result.output
+    findings: list[dict[str, str]] = json.loads(result.stdout)
+    return result.exit_code, findings
+
+
+def found(findings: list[dict[str, str]]) -> set[tuple[str, str]]:
+    """(check, level) of each finding but the note that encryption is off (no key is given)."""
+    return {(f["check"], f["level"]) for f in findings if f["check"] != "encryption"}
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def postgres(settings: dict[str, str]) -> Iterator[EmbeddedServer]:
+    with contextlib.ExitStack() as stack:
+        try:
+            server = stack.enter_context(embedded_server(settings=settings))
+        except RuntimeError as exc:
+            missing(f"no throwaway PostgreSQL: {exc}")
+        yield server
+
+
+def _made_store(url: str) -> str:
+    async def make() -> None:
+        async with App("doctor", store=url):
+            pass
+
+    asyncio.run(make())
+    return url
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize(
+    ("setting", "value", "expected"),
+    [
+        (None, None, set()),
+        ("fsync", "off", {("postgres.fsync", "error")}),
+        ("full_page_writes", "off", {("postgres.full_page_writes", "error")}),
+        ("synchronous_commit", "off", {("postgres.synchronous_commit", "warning")}),
+    ],
+    ids=["clean", "fsync", "full_page_writes", "synchronous_commit"],
+)
+def test_postgres_settings_that_lose_commits_are_found(
+    setting: str | None, value: str | None, expected: set[tuple[str, str]]
+) -> None:
+    with postgres({setting: value} if setting and value else {}) as server:
+        url = _made_store(f"postgresql://{server.user}@127.0.0.1:{server.port}/{server.database}")
+        code, findings = doctor("--store", url)
+    assert found(findings) == expected
+    assert code == (1 if any(level == "error" for _, level in expected) else 0)
+
+
+def test_no_tls_to_another_host_is_a_warning() -> None:
+    """What the check makes of ``pg_stat_ssl``'s answer (the throwaway servers listen on the
+    loopback only, where no TLS is needed and none is asked for)."""
+    assert _tls_finding(False, "127.0.0.1", {}) is None
+    assert _tls_finding(False, "/run/postgresql", {}) is None
+    finding = _tls_finding(False, "db.example.com", {})
+    assert finding is not None and finding.level is Level.WARNING
+    verified = _tls_finding(True, "db.example.com", {"sslmode": "verify-full"})
+    assert verified is None
+    unverified = _tls_finding(True, "db.example.com", {"sslmode": "require"})
+    assert unverified is not None and unverified.level is Level.INFO
+
+
+# -- JetStream -------------------------------------------------------------------------------------
+
+
+def _sqlite_store(directory: Path) -> str:
+    directory.mkdir(mode=0o700)
+    return _made_store(f"sqlite:///{directory / 'store.db'}?partitions={PARTITIONS}")
+
+
+async def _make_streams(server_url: str, stem: str, prefix: str, **config: Any) -> None:
+    """tidings' partition streams as someone else made them (``config`` planted)."""
+    client = await nats.connect(server_url)
+    try:
+        js = client.jetstream()
+        for partition in range(PARTITIONS):
+            await js.add_stream(
+                StreamConfig(name=f"{stem}_{partition}", subjects=[f"{prefix}.{partition}.>"], **config)
+            )
+    finally:
+        await client.close()
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [
+        ({"storage": StorageType.FILE}, set()),
+        ({"storage": StorageType.MEMORY}, {("jetstream.storage", "error")}),
+        ({"storage": StorageType.FILE, "duplicate_window": 1.0}, {("jetstream.duplicate_window", "warning")}),
+        (
+            {"storage": StorageType.FILE, "max_msgs": 1000, "discard": DiscardPolicy.OLD},
+            {("jetstream.retention", "error")},
+        ),
+    ],
+    ids=["clean", "memory", "duplicate_window", "retention"],
+)
+def test_jetstream_streams_that_lose_events_are_found(
+    tmp_path: Path, config: dict[str, Any], expected: set[tuple[str, str]]
+) -> None:
+    store = _sqlite_store(tmp_path / "s")
+    tag = uuid.uuid4().hex[:8]
+    stem, prefix = f"D_{tag}", f"d{tag}"
+    with nats_servers(1) as (server,):
+        asyncio.run(_make_streams(server.url, stem, prefix, **config))
+        code, findings = doctor("--store", store, "--bus", f"{server.url}?stream={stem}&prefix={prefix}")
+    assert found(findings) == expected
+    # One finding per check, naming every stream it holds for.
+    for finding in findings:
+        if finding["check"] != "encryption":
+            assert f"{stem}_0" in finding["found"] and f"{stem}_1" in finding["found"]
+    assert code == (1 if any(level == "error" for _, level in expected) else 0)
+
+
+def test_streams_not_made_yet_are_said(tmp_path: Path) -> None:
+    store = _sqlite_store(tmp_path / "s")
+    with nats_servers(1) as (server,):
+        code, findings = doctor("--store", store, "--bus", f"{server.url}?stream=NOT_YET")
+    assert code == 0
+    assert found(findings) == {("jetstream.streams", "info")}
+
+
+def test_one_replica_on_a_cluster_is_a_warning(tmp_path: Path) -> None:
+    """The streams as an App makes them with the bus URL's default, replicas=1, on a cluster."""
+    store = _sqlite_store(tmp_path / "s")
+    tag = uuid.uuid4().hex[:8]
+    with nats_servers(3) as servers:
+        bus = f"{servers[0].url}?stream=D_{tag}&prefix=d{tag}"
+
+        async def make_streams() -> None:
+            app = App("doctor", store=store, bus=bus)
+            await open_on_new_cluster(app)
+            await app.close()
+
+        asyncio.run(make_streams())
+        code, findings = doctor("--store", store, "--bus", bus, "--fail-on", "warning")
+        _, with_replicas = doctor("--store", store, "--bus", bus.replace("?", "?replicas=3&"))
+    assert code == 1
+    assert found(findings) == {("jetstream.replicas", "warning")}
+    (finding,) = [f for f in findings if f["check"] == "jetstream.replicas"]
+    assert "3 servers" in finding["found"]
+    # The URL's replicas= says what new streams get; the streams as they are are what counts.
+    assert found(with_replicas) == {("jetstream.replicas", "warning")}
+
+
+def test_more_replicas_than_servers_is_an_error(tmp_path: Path) -> None:
+    """Streams of three replicas on a cluster that has lost a server."""
+    store = _sqlite_store(tmp_path / "s")
+    tag = uuid.uuid4().hex[:8]
+    with nats_servers(3) as servers:
+        bus = f"{servers[0].url}?stream=D_{tag}&prefix=d{tag}&replicas=3"
+
+        async def make_streams() -> None:
+            app = App("doctor", store=store, bus=bus)
+            await open_on_new_cluster(app)
+            await app.close()
+
+        asyncio.run(make_streams())
+        assert found(doctor("--store", store, "--bus", bus)[1]) == set()
+        servers[2].kill()
+        deadline = time.monotonic() + 20
+        while True:  # the servers left tell their clients of the loss a moment later
+            code, findings = doctor("--store", store, "--bus", bus)
+            if found(findings) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+    assert code == 1
+    assert found(findings) == {("jetstream.replicas", "error")}
+    (finding,) = [f for f in findings if f["check"] == "jetstream.replicas"]
+    assert "3 replicas" in finding["found"] and "2 servers" in finding["found"]
