@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 import nats
 from nats.aio.client import Client
 from nats.js.api import StorageType, StreamInfo
-from nats.js.errors import NotFoundError
+from nats.js.errors import NotFoundError, ServiceUnavailableError
 
 from tidings.adapters.nats.bus import DRIVER_ERRORS
 from tidings.adapters.nats.names import inbox_prefix
@@ -31,6 +31,11 @@ StreamCheck = Callable[[StreamInfo], Finding | None]
 
 async def examine_jetstream(settings: NatsSettings, partitions: int) -> list[Finding]:
     """The findings about the partition streams of a store with ``partitions`` partitions."""
+    seen: list[Exception] = []
+
+    async def note(error: Exception) -> None:  # said once, below, not printed by the client
+        seen.append(error)
+
     try:
         client = await asyncio.wait_for(
             nats.connect(
@@ -40,14 +45,17 @@ async def examine_jetstream(settings: NatsSettings, partitions: int) -> list[Fin
                 max_reconnect_attempts=0,
                 tls=settings.tls_context(),
                 inbox_prefix=inbox_prefix(urlsplit(settings.servers[0]).username),
+                error_cb=note,
             ),
             settings.connect_timeout * (len(settings.servers) + 1),
         )
     except DRIVER_ERRORS as exc:
-        raise BackendUnavailable(f"NATS at {settings.display_url}: {describe(exc)}") from None
+        # A timeout says nothing of its own: the client's last error says why.
+        cause = seen[-1] if seen and isinstance(exc, TimeoutError) else exc
+        raise BackendUnavailable(f"NATS at {settings.display_url}: {describe(cause)}") from None
     try:
         peers = _cluster_size(client)
-        streams, missing = await _partition_streams(client, settings, partitions)
+        streams, missing, silent = await _partition_streams(client, settings, partitions)
     except DRIVER_ERRORS as exc:
         raise BackendUnavailable(f"NATS at {settings.display_url}: {describe(exc)}") from None
     finally:
@@ -62,6 +70,19 @@ async def examine_jetstream(settings: NatsSettings, partitions: int) -> list[Fin
                 "the relay's App makes the partition streams the first time it opens the bus; "
                 "until then there is nothing on the bus to check",
                 f"open an App with bus={settings.display_url} (tidings run), then run the doctor again",
+            )
+        )
+    if silent:
+        findings.append(
+            Finding(
+                "jetstream.leader",
+                Level.WARNING,
+                f"{_listed(silent)} did not answer",
+                "a stream without a leader (being elected, or its replicas' quorum lost) takes no "
+                "publish: the relay waits and groups read nothing new until it has one again; "
+                "the store keeps the events meanwhile",
+                "run the doctor again in a moment; if it persists, bring the streams' servers back "
+                "(`nats stream info NAME` shows its cluster)",
             )
         )
     checks: list[StreamCheck] = [
@@ -87,16 +108,20 @@ def _cluster_size(client: Client) -> int:
 
 async def _partition_streams(
     client: Client, settings: NatsSettings, partitions: int
-) -> tuple[list[StreamInfo], list[str]]:
+) -> tuple[list[StreamInfo], list[str], list[str]]:
+    """The partition streams' info; the names of those that do not exist, and of those that did
+    not answer (a stream's info comes from its leader)."""
     js = client.jetstream()
-    found, missing = [], []
+    found, missing, silent = [], [], []
     for partition in range(partitions):
         name = settings.stream_of(partition)
         try:
             found.append(await js.stream_info(name))
         except NotFoundError:
             missing.append(name)
-    return found, missing
+        except (TimeoutError, ServiceUnavailableError):  # nats-py's own timeout is one too
+            silent.append(name)
+    return found, missing, silent
 
 
 def _shared(check: StreamCheck, streams: list[StreamInfo]) -> list[Finding]:
