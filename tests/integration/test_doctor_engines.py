@@ -232,3 +232,28 @@ def test_streams_without_a_leader_are_said(tmp_path: Path) -> None:
     (finding,) = [f for f in findings if f["check"] == "jetstream.leader"]
     # A leader on the server left may answer a while before it notices it has lost its quorum.
     assert f"D_{tag}_0" in finding["found"] or f"D_{tag}_1" in finding["found"]
+
+
+def test_a_read_stream_in_memory_is_an_error(tmp_path: Path) -> None:
+    """A policy's read stream (``<stream>_<p>_R<principal in hex>_<digest>``) is checked like
+    the partition streams it copies."""
+    store = _sqlite_store(tmp_path / "s")
+    tag = uuid.uuid4().hex[:8]
+    stem, prefix = f"D_{tag}", f"d{tag}"
+    view = f"{stem}_1_R{b'auditor'.hex()}_0123abcd"
+    with nats_servers(1) as (server,):
+        asyncio.run(_make_streams(server.url, stem, prefix, storage=StorageType.FILE))
+
+        async def make_view() -> None:
+            client = await nats.connect(server.url)
+            try:
+                await client.jetstream().add_stream(StreamConfig(name=view, storage=StorageType.MEMORY))
+            finally:
+                await client.close()
+
+        asyncio.run(make_view())
+        code, findings = doctor("--store", store, "--bus", f"{server.url}?stream={stem}&prefix={prefix}")
+    assert code == 1
+    assert found(findings) == {("jetstream.storage", "error")}
+    (finding,) = [f for f in findings if f["check"] == "jetstream.storage"]
+    assert view in finding["found"] and f"{stem}_0" not in finding["found"]

@@ -1,13 +1,17 @@
-"""What the durability doctor asks JetStream about tidings' partition streams: where they keep
-messages, on how many servers, how long they remember an event id, and whether they may delete
-events that groups have not read (``retention.py``'s check, the one the bus makes at open).
+"""What the durability doctor asks JetStream about tidings' streams (the partition streams, and
+the read streams of a policy's principals): where they keep messages, on how many servers, how
+long they remember an event id, and whether they may delete events that groups have not read
+(``retention.py``'s check, the one the bus makes at open).
 
-Read only: the streams are looked at by name (``<stream>_<partition>``), never made or changed.
+Read only: the streams are looked at by name (``<stream>_<partition>``, and the read streams'
+``<stream>_<partition>_R...`` among the account's stream names), never made or changed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
@@ -56,6 +60,9 @@ async def examine_jetstream(settings: NatsSettings, partitions: int) -> list[Fin
     try:
         peers = _cluster_size(client)
         streams, missing, silent = await _partition_streams(client, settings, partitions)
+        names = await _read_stream_names(client, settings, partitions)
+        views, _, silent_views = await _streams_named(client, names)
+        streams, silent = streams + views, silent + silent_views
     except DRIVER_ERRORS as exc:
         raise BackendUnavailable(f"NATS at {settings.display_url}: {describe(exc)}") from None
     finally:
@@ -109,12 +116,35 @@ def _cluster_size(client: Client) -> int:
 async def _partition_streams(
     client: Client, settings: NatsSettings, partitions: int
 ) -> tuple[list[StreamInfo], list[str], list[str]]:
-    """The partition streams' info; the names of those that do not exist, and of those that did
-    not answer (a stream's info comes from its leader)."""
+    return await _streams_named(client, [settings.stream_of(p) for p in range(partitions)])
+
+
+async def _read_stream_names(client: Client, settings: NatsSettings, partitions: int) -> list[str]:
+    """The read streams that the relay's App made for the principals of a policy
+    (``views.py``): ``<stream>_<partition>_R<principal in hex>_<digest>``, found among the
+    names of every stream of the account (none if the user may not list them)."""
+    shape = re.compile(rf"{re.escape(settings.stream)}_(\d+)_R[0-9a-f]+_[0-9a-f]{{8}}")
+    names: list[str] = []
+    offset = 0
+    while True:
+        try:
+            reply = await client.request("$JS.API.STREAM.NAMES", json.dumps({"offset": offset}).encode())
+            page = json.loads(reply.data)
+        except (*DRIVER_ERRORS, ValueError):
+            return names  # not allowed, or not answered: the partition streams are checked all the same
+        listed = page.get("streams") or []
+        names += [n for n in listed if (m := shape.fullmatch(n)) and int(m.group(1)) < partitions]
+        offset += len(listed)
+        if not listed or offset >= int(page.get("total", 0)):
+            return sorted(names)
+
+
+async def _streams_named(client: Client, names: list[str]) -> tuple[list[StreamInfo], list[str], list[str]]:
+    """The streams' info; the names of those that do not exist, and of those that did not
+    answer (a stream's info comes from its leader)."""
     js = client.jetstream()
     found, missing, silent = [], [], []
-    for partition in range(partitions):
-        name = settings.stream_of(partition)
+    for name in names:
         try:
             found.append(await js.stream_info(name))
         except NotFoundError:
