@@ -21,11 +21,14 @@ from nats.js.api import DiscardPolicy, StorageType, StreamConfig
 from typer.testing import CliRunner
 
 from tidings import App
-from tidings.adapters.postgres.doctor import _tls_finding
+from tidings.adapters.postgres import PostgresSettings
+from tidings.adapters.postgres.doctor import _tls_finding, read_server
 from tidings.cli import app as cli
+from tidings.cli.certs import make_dev_certificates
 from tidings.domain.findings import Level
 from tidings.testing.nats import nats_servers, open_on_new_cluster
 from tidings.testing.plugin import missing
+from tidings.testing.postgres_tls import postgres_tls_server
 from tidings.testing.servers import EmbeddedServer, embedded_server
 
 PARTITIONS = 2
@@ -85,6 +88,24 @@ def test_postgres_settings_that_lose_commits_are_found(
         code, findings = doctor("--store", url)
     assert found(findings) == expected
     assert code == (1 if any(level == "error" for _, level in expected) else 0)
+
+
+@pytest.mark.postgres
+def test_the_connection_s_tls_is_read_from_the_server(tmp_path: Path) -> None:
+    """``pg_stat_ssl`` of the doctor's own connection, on a server that speaks TLS only and on
+    one that speaks none."""
+    certificates = make_dev_certificates(tmp_path / "certs", client_name="postgres")
+    try:
+        tls_server = postgres_tls_server(certificates.server, certificates.server_key, certificates.ca)
+        with tls_server as server:
+            url = server.url(sslmode="require", sslcert=certificates.client, sslkey=certificates.client_key)
+            facts = asyncio.run(read_server(PostgresSettings.from_url(url)))
+    except RuntimeError as exc:
+        missing(f"no PostgreSQL with TLS: {exc}")
+    assert facts.tls is True and facts.host == "127.0.0.1"
+    with postgres({}) as plain:
+        url = f"postgresql://{plain.user}@127.0.0.1:{plain.port}/{plain.database}"
+        assert asyncio.run(read_server(PostgresSettings.from_url(url))).tls is False
 
 
 def test_no_tls_to_another_host_is_a_warning() -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -20,26 +21,40 @@ from tidings.domain.findings import Finding, Level
 from tidings.errors import BackendUnavailable
 
 _VERIFYING_MODES = ("verify-ca", "verify-full")
+_SETTINGS = ("fsync", "synchronous_commit", "full_page_writes", "synchronous_standby_names")
 
 
-async def examine_postgres(settings: PostgresSettings) -> list[Finding]:
-    """The findings about the server and the connection that ``settings`` name."""
+@dataclass(frozen=True, slots=True)
+class ServerFacts:
+    """What the doctor reads on a connection made with the store's URL."""
+
+    settings: dict[str, str]  # by name, as SHOW gives them
+    tls: bool  # this connection's, from pg_stat_ssl
+    host: str  # as libpq connected: a name, an address, or a Unix socket's directory
+
+
+async def read_server(settings: PostgresSettings) -> ServerFacts:
+    """The settings that decide durability, and whether this very connection uses TLS."""
     try:
         async with await psycopg.AsyncConnection.connect(
             settings.conninfo, connect_timeout=max(1, round(settings.connect_timeout)), autocommit=True
         ) as connection:
             shown = {}
-            for name in ("fsync", "synchronous_commit", "full_page_writes", "synchronous_standby_names"):
+            for name in _SETTINGS:
                 row = await (await connection.execute(f"SHOW {name}")).fetchone()
                 shown[name] = str(row[0]) if row else ""
             cursor = await connection.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
             row = await cursor.fetchone()
-            tls = bool(row and row[0])
-            host = connection.info.host
+            return ServerFacts(shown, bool(row and row[0]), connection.info.host)
     except psycopg.Error as exc:
         raise BackendUnavailable(f"PostgreSQL at {settings.display_url}: {exc}") from None
-    findings = _settings_findings(shown)
-    if finding := _tls_finding(tls, host, conninfo_to_dict(settings.conninfo)):
+
+
+async def examine_postgres(settings: PostgresSettings) -> list[Finding]:
+    """The findings about the server and the connection that ``settings`` name."""
+    facts = await read_server(settings)
+    findings = _settings_findings(facts.settings)
+    if finding := _tls_finding(facts.tls, facts.host, conninfo_to_dict(settings.conninfo)):
         findings.append(finding)
     return findings
 
