@@ -53,8 +53,21 @@ def test_a_store_as_tidings_makes_it_has_nothing_to_fix(tmp_path: Path) -> None:
     assert code == 0
     # Encryption is off: said, at the lowest level.
     assert [(f["check"], f["level"]) for f in findings] == [("encryption", "info")]
+    assert all(set(f) == {"check", "level", "found", "why", "fix"} for f in findings)
     assert all(f["found"] and f["why"] and f["fix"] for f in findings)
     assert doctor("--store", made_store(tmp_path / "s"), "--fail-on", "info")[0] == 1
+
+
+def test_the_text_says_each_finding_with_why_and_fix(tmp_path: Path) -> None:
+    url = made_store(tmp_path / "s")
+    (tmp_path / "s" / "store.db").chmod(0o644)
+    result = CliRunner().invoke(cli, ["doctor", "--store", url + "?synchronous=NORMAL"])
+    assert result.exit_code == 1
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("ERROR   sqlite.file_mode: store.db, store.db-wal, store.db-shm: mode 644")
+    assert lines[1].strip().startswith("why: ") and lines[2].strip().startswith("fix: `chmod 600 store.db ")
+    assert any(line.startswith("WARNING sqlite.synchronous:") for line in lines)
+    assert lines[-1] == "1 error, 1 warning, 1 info"
 
 
 def test_a_file_others_may_read_is_an_error(tmp_path: Path) -> None:
@@ -62,9 +75,9 @@ def test_a_file_others_may_read_is_an_error(tmp_path: Path) -> None:
     (tmp_path / "s" / "store.db").chmod(0o644)
     code, findings = doctor("--store", url)
     assert code == 1
-    (finding,) = [f for f in findings if f["check"] == "sqlite.file_mode" and "store.db has" in f["found"]]
+    (finding,) = [f for f in findings if f["check"] == "sqlite.file_mode"]
     assert finding["level"] == "error"
-    assert "644" in finding["found"]
+    assert finding["found"].startswith("store.db, store.db-wal, store.db-shm: mode 644")
 
 
 def test_a_file_its_group_may_read_is_a_warning(tmp_path: Path) -> None:

@@ -95,35 +95,35 @@ def examine_connection(connection: sqlite3.Connection) -> list[Finding]:
 
 def examine_files(path: Path) -> list[Finding]:
     """Who may read or replace the database file, its -wal and -shm, and the directory."""
-    findings: list[Finding] = []
+    by_mode: dict[int, list[str]] = {}  # files of one mode share a finding
     for suffix in _SIBLINGS:
         file = Path(f"{path}{suffix}")
         try:
             mode = stat.S_IMODE(file.stat().st_mode)
         except FileNotFoundError:
             continue  # no -wal or -shm at rest: SQLite makes them with the database's mode
-        if finding := _file_mode(file.name, mode):
-            findings.append(finding)
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            by_mode.setdefault(mode, []).append(file.name)
+    findings = [_file_mode(names, mode) for mode, names in by_mode.items()]
     directory = path.resolve().parent
     if finding := _directory_mode(directory, stat.S_IMODE(directory.stat().st_mode)):
         findings.append(finding)
     return findings
 
 
-def _file_mode(name: str, mode: int) -> Finding | None:
+def _file_mode(names: list[str], mode: int) -> Finding:
     others = mode & (stat.S_IROTH | stat.S_IWOTH)
-    group = mode & (stat.S_IRGRP | stat.S_IWGRP)
-    if not (others or group):
-        return None
-    who = "every user of the machine" if others else "the file's group"
+    who = "every user of the machine" if others else "the files' group"
     writable = mode & (stat.S_IWOTH | stat.S_IWGRP)
     return Finding(
         "sqlite.file_mode",
         Level.ERROR if others or writable else Level.WARNING,
-        f"{name} has mode {mode:o}: {who} may {'write' if writable else 'read'} it",
-        "the file holds every event (with encryption on, still every stream name, topic and time); "
-        "one who may write it may alter or delete the log",
-        f"`chmod 600 {name}` (tidings creates its files owner-only)",
+        f"{', '.join(names)}: mode {mode:o}, {who} may {'write' if writable else 'read'} "
+        f"{'them' if len(names) > 1 else 'it'}",
+        "the database holds every event (with encryption on, still every stream name, topic and "
+        "time), and so do its -wal and -shm; one who may write them may alter or delete the log",
+        f"`chmod 600 {' '.join(names)}` (tidings creates its files owner-only; SQLite gives the "
+        "-wal and -shm the database's mode)",
     )
 
 
