@@ -278,3 +278,23 @@ def test_a_read_stream_in_memory_is_an_error(tmp_path: Path) -> None:
     assert found(findings) == {("jetstream.storage", "error")}
     (finding,) = [f for f in findings if f["check"] == "jetstream.storage"]
     assert view in finding["found"] and f"{stem}_0" not in finding["found"]
+
+
+def test_a_bus_over_tls_is_examined(tmp_path: Path) -> None:
+    """The doctor reaches a server that takes TLS with client certificates only, as the bus does
+    (the server's name checked against the host of the URL)."""
+    certificates = make_dev_certificates(tmp_path / "certs")
+    store = _sqlite_store(tmp_path / "s")
+    tls = (certificates.server, certificates.server_key, certificates.ca)
+    with nats_servers(1, tls=tls) as (server,):
+        files = {
+            "tls_ca": certificates.ca,
+            "tls_cert": certificates.client,
+            "tls_key": certificates.client_key,
+        }
+        query = "&".join(f"{name}={path}" for name, path in files.items())
+        code, findings = doctor(
+            "--store", store, "--bus", f"tls://127.0.0.1:{server.port}?stream=TLS&{query}"
+        )
+    assert code == 0
+    assert found(findings) == {("jetstream.streams", "info")}

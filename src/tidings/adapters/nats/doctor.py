@@ -34,8 +34,10 @@ StreamCheck = Callable[[StreamInfo], Finding | None]
 
 
 async def examine_jetstream(settings: NatsSettings, partitions: int) -> list[Finding]:
-    """The findings about the partition streams of a store with ``partitions`` partitions."""
+    """The findings about tidings' streams for a store with ``partitions`` partitions: its
+    partition streams and the read streams made of them."""
     seen: list[Exception] = []
+    tls = settings.tls_context()
 
     async def note(error: Exception) -> None:  # said once, below, not printed by the client
         seen.append(error)
@@ -47,7 +49,8 @@ async def examine_jetstream(settings: NatsSettings, partitions: int) -> list[Fin
                 connect_timeout=settings.connect_timeout,
                 allow_reconnect=False,
                 max_reconnect_attempts=0,
-                tls=settings.tls_context(),
+                tls=tls,
+                tls_hostname=urlsplit(settings.servers[0]).hostname if tls else None,
                 inbox_prefix=inbox_prefix(urlsplit(settings.servers[0]).username),
                 error_cb=note,
             ),
