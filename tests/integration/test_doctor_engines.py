@@ -298,3 +298,22 @@ def test_a_bus_over_tls_is_examined(tmp_path: Path) -> None:
         )
     assert code == 0
     assert found(findings) == {("jetstream.streams", "info")}
+
+
+def test_a_policy_that_names_no_relay_on_a_bus_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = _sqlite_store(tmp_path / "s")
+    monkeypatch.chdir(tmp_path)
+    with nats_servers(1) as (server,):
+        for relay, expected in (("false", {("policy.relay", "warning")}), ("true", set())):
+            name = f"doctor_relay_{relay}_{uuid.uuid4().hex[:8]}"
+            (tmp_path / f"{name}.toml").write_text(f"[principals.shop]\nrelay = {relay}\n")
+            (tmp_path / f"{name}.py").write_text(
+                "from tidings import App\n"
+                f"app = App('shop', store={store!r}, bus={server.url + '?stream=NONE'!r}, "
+                f"policy={str(tmp_path / (name + '.toml'))!r})\n"
+            )
+            code, findings = doctor("--app", name, "--fail-on", "warning")
+            assert found(findings) - {("jetstream.streams", "info")} == expected, relay
+            assert code == (1 if expected else 0)

@@ -91,7 +91,7 @@ def doctor(
     if app is not None:
         groups = {group: subscription.pattern for group, subscription in app.subscriptions.items()}
         policy = app.guard.policy if app.guard is not None else None
-        findings += examine_coverage(policy, app.principal, groups, app.sagas)
+        findings += examine_coverage(policy, app.principal, groups, app.sagas, distributed=bool(bus_url))
     findings.sort(key=lambda finding: _SEVERITY.index(finding.level))
     if output == "json":
         sys.stdout.write(msgspec.json.encode(findings).decode() + "\n")

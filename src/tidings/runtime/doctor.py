@@ -109,9 +109,11 @@ def examine_coverage(
     principal: str,
     groups: Mapping[str, Pattern | AnyOf],
     sagas: Iterable[str],
+    *,
+    distributed: bool = False,
 ) -> list[Finding]:
     """Whether the policy lets ``principal`` read every group's pattern and append every saga's
-    own events (``None``: no policy)."""
+    own events (``None``: no policy), and, on a bus (``distributed``), names a relay."""
     if policy is None:
         return [
             Finding(
@@ -124,6 +126,17 @@ def examine_coverage(
         ]
     allowed = policy.principal(principal)
     findings: list[Finding] = []
+    if distributed and not any(p.relay for p in policy.principals.values()):
+        findings.append(
+            Finding(
+                "policy.relay",
+                Level.WARNING,
+                f"{policy.source} marks no principal relay = true",
+                "with a policy only an App of a relay principal runs the relay: no event reaches "
+                "the bus, and no group that reads it sees one (the store keeps them meanwhile)",
+                "mark the principal of one App relay = true",
+            )
+        )
     for group, pattern in groups.items():
         patterns = pattern.patterns if isinstance(pattern, AnyOf) else (pattern,)
         refused = [p.text for p in patterns if not allowed.may_subscribe(p.text)]
