@@ -12,11 +12,13 @@ import contextlib
 import logging
 from dataclasses import dataclass, replace
 
-from tidings.adapters.registry import open_bus, open_store
+from tidings.adapters.registry import examine_bus, examine_store, open_bus, open_store
 from tidings.domain.envelope import DEFAULT_MAX_SIZE
+from tidings.domain.findings import Finding
 from tidings.ports import Bus, EventStore, Feed
 from tidings.runtime.access import Guard
 from tidings.runtime.codec import Codec
+from tidings.runtime.doctor import examine_encryption, examine_master_key
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.key_check import check_master_key
 from tidings.runtime.keyring import KeyRing
@@ -135,3 +137,20 @@ async def connect(
     if encryption is not None and wired.keys is not None:
         codec.use_keys(wired.keys, accept_plaintext=encryption.accept_plaintext)
     return wired
+
+
+async def examine(store_url: str, bus_url: str | None, *, master_key: bool) -> list[Finding]:
+    """What the durability doctor finds in the store at ``store_url`` (opened read-only, never
+    created: one that cannot be opened raises), on the bus at ``bus_url``, and in the encryption
+    of an App given a master key or not (``master_key``)."""
+    store = store_at(store_url, create=False)
+    await store.open()
+    try:
+        findings = await examine_store(store_url)
+        findings += examine_master_key()
+        findings += await examine_encryption(store, master_key=master_key)
+        if bus_url:
+            findings += await examine_bus(bus_url, store.feed.partitions)
+    finally:
+        await store.close()
+    return findings
