@@ -456,11 +456,12 @@ class App:
             relay_from=relay_from,
             lease_ttl=lease_ttl,
             poll=poll,
-        ) as self._members:
+        ) as members:
+            self._members += members  # nested blocks each add, and take away, their own
             try:
                 yield self
             finally:
-                self._members = []
+                self._members = [m for m in self._members if m not in members]
 
     async def run(self, *, lease_ttl: float = 10.0, poll: float = 1.0) -> None:
         """Run the consumers until SIGTERM or SIGINT; then finish the events in hand, release

@@ -65,7 +65,7 @@ async def wire_store(raw: EventStore, encryption: Encryption | None, *, check_ke
 
 async def wire_bus(
     url: str,
-    log: Feed,
+    store_feed: Feed,
     *,
     name: str,
     codec: Codec,
@@ -73,7 +73,7 @@ async def wire_bus(
     principal: str,
     keys: KeyRing | None,
 ) -> tuple[Bus, Feed]:
-    """The bus at ``url``, open and fed from the store's feed (``log``), and the feed that the App
+    """The bus at ``url``, open and fed from ``store_feed``, and the feed that the App
     ``name``'s consumer groups read from it (sealed like the store when ``keys`` are given).
 
     With a ``guard``, the bus reads for ``principal`` only what the policy lets it subscribe to."""
@@ -82,7 +82,7 @@ async def wire_bus(
         readers = {name: p.subscribe for name, p in guard.policy.principals.items()}
         bus.read_as(principal, readers, relay=guard.relay)
     try:
-        await bus.open(log)
+        await bus.open(store_feed)
         say_bus_limit(name, codec, bus)
         feed = bus.feed(topic_of=codec.registry.topic_of, max_event_size=codec.max_size)
     except BaseException:
@@ -121,7 +121,7 @@ async def connect(
         if bus_url:
             bus, feed = await wire_bus(
                 bus_url,
-                wired.store.feed,
+                wired.raw.feed,  # what the bus checks against: no key needed to compare ids
                 name=name,
                 codec=codec,
                 guard=guard,

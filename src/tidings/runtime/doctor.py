@@ -78,7 +78,7 @@ async def examine_encryption(store: EventStore, *, master_key: bool) -> list[Fin
     """Encryption off, and a store whose keyring shows it was sealed while no key is given."""
     if master_key:
         return []
-    sealed = bool(await store.keys.data_key_page(("", 0), 1))
+    sealed = bool(await store.key_store.data_key_page(("", 0), 1))
     if sealed:
         return [
             Finding(

@@ -29,9 +29,9 @@ async def _opened_store(url: str) -> AsyncIterator[EventStore]:
 
 
 @asynccontextmanager
-async def _opened_bus(url: str, log: Feed) -> AsyncIterator[Bus]:
+async def _opened_bus(url: str, store_feed: Feed) -> AsyncIterator[Bus]:
     bus = open_bus(url)
-    await bus.open(log)
+    await bus.open(store_feed)
     try:
         yield bus
     finally:
