@@ -17,7 +17,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 
 from tidings.domain.attributes import ExtensionValue
-from tidings.domain.envelope import JSON, SPEC_VERSION, Envelope, RecordedEvent, validate_envelope
+from tidings.domain.envelope import JSON, SPEC_VERSION, Envelope, RecordedEvent, validate_envelopes
 from tidings.domain.integrity import GENESIS, chain_hash
 from tidings.errors import IntegrityError, InvalidArgument
 from tidings.ports import Sealer
@@ -137,8 +137,8 @@ def plan_rows(
     """Check, number, seal (if asked) and chain new envelopes after the stream's head."""
     version, previous = head if head is not None else (0, GENESIS)
     rows: list[NewRow] = []
+    validate_envelopes(envelopes, max_size)
     for given in envelopes:
-        validate_envelope(given, max_size)
         version += 1
         envelope = given if seal is None else seal(stream, version, given)
         meta = pack_meta(envelope)
