@@ -21,8 +21,10 @@ from tidings.domain.envelope import (
     validate_envelope,
     validate_envelopes,
 )
+from tidings.domain.events import Event
 from tidings.domain.nesting import MAX_DEPTH
 from tidings.errors import MalformedEvent
+from tidings.runtime.codec import Codec
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
 TEXT_ATTRIBUTES = ("id", "source", "type", "subject", "correlationid", "causationid", "partitionkey")
@@ -71,6 +73,29 @@ def test_data_too_short_to_nest_past_the_limit_is_all_that_goes_unmeasured() -> 
     batch[2] = msgspec.structs.replace(batch[2], data=nested(MAX_DEPTH + 1))
     with pytest.raises(MalformedEvent, match=f"event e-2: data is nested too deeply: more than {MAX_DEPTH}"):
         validate_envelopes(batch)
+
+
+class Nest(Event, topic="test.append_checks.nest"):
+    value: object
+
+
+def test_encode_still_measures_data_longer_than_the_bound() -> None:
+    codec = Codec(source="s")
+    deep: object = []
+    for _ in range(MAX_DEPTH):
+        deep = [deep]
+    with pytest.raises(MalformedEvent, match="nested too deeply"):
+        codec.encode(Nest(value=deep))
+    codec.encode(Nest(value=[[[1]]]))
+
+
+def test_an_unprintable_stream_name_is_made_printable_after_a_printable_one() -> None:
+    codec = Codec(source="s")
+    event = Nest(value=1)
+    assert codec.encode(event, subject="orders-1").subject == "orders-1"
+    assert codec.encode(event, subject="orders-1").subject == "orders-1"
+    made = codec.encode(event, subject="orders\n1").subject
+    assert made is not None and made.isprintable()
 
 
 # Any UTF-8 text, control characters included (surrogates cannot be UTF-8).
