@@ -98,6 +98,21 @@ def test_an_unprintable_stream_name_is_made_printable_after_a_printable_one() ->
     assert made is not None and made.isprintable()
 
 
+def test_the_stream_s_partition_is_worked_out_once_an_append() -> None:
+    keys: list[str] = []
+
+    def partition_of(key: str) -> int:
+        keys.append(key)
+        return len(key) % 4
+
+    batch = envelopes(100)
+    batch[7] = msgspec.structs.replace(batch[7], partitionkey="customer-9")
+    rows = plan_rows("orders-1", batch, None, partition_of, DEFAULT_MAX_SIZE)
+    assert sorted(keys) == ["customer-9", "orders-1"]
+    expected = [len("customer-9" if n == 7 else "orders-1") % 4 for n in range(100)]
+    assert [row.partition for row in rows] == expected
+
+
 # Any UTF-8 text, control characters included (surrogates cannot be UTF-8).
 TEXT = st.text(st.characters(codec="utf-8"), min_size=1, max_size=6)
 
