@@ -53,10 +53,6 @@ class MemoryFeed:
     def partitions(self) -> int:
         return self._log.partitions
 
-    @property
-    def log_id(self) -> str:
-        return self._log.log_id
-
     def partition_of(self, key: str) -> int:
         return self._log.partition_of(key)
 

@@ -150,7 +150,7 @@ async def prepare(url: str) -> str:
             stock = Stock(sku)
             stock.receive(quantity)
             await app.save(stock)
-        return app.store.feed.log_id
+        return app.store.log_id
 
 
 async def mark_end(url: str, orders: int) -> None:

@@ -283,7 +283,7 @@ async def _inspect(url: str) -> Found:
         raise refusal(url, f"holds streams the demo does not write ({_some(foreign)})")
     if strange:
         raise refusal(url, f"holds {strange}, which the demo does not write")
-    return Found("demo", store.feed.log_id, store.feed.partitions)
+    return Found("demo", store.log_id, store.feed.partitions)
 
 
 async def _strange_event(log: EventStore) -> str | None:

@@ -192,10 +192,6 @@ class Feed(Protocol):
     @property
     def partitions(self) -> int: ...
 
-    @property
-    def log_id(self) -> str:
-        """Made with the log (the store): a broker that carries a log checks it carries this one."""
-
     def partition_of(self, key: str) -> int:
         """The partition of a partition key (a stream's name when its events carry none)."""
 
@@ -279,9 +275,9 @@ class Bus(Protocol):
 
     url: str
 
-    async def open(self, store_feed: Feed) -> None:
-        """Connect, and create the broker's streams for the store's partitions (``store_feed``)
-        if missing; refuse streams made for another log."""
+    async def open(self, store: EventStore) -> None:
+        """Connect, and create the broker's streams for the store's partitions (its ``feed``) if
+        missing; refuse streams made for another log (another ``log_id``)."""
 
     async def close(self) -> None: ...
 
@@ -320,6 +316,11 @@ class EventStore(Protocol):
     ``groups`` (consumer groups' state) and ``keys`` (the stored data keys)."""
 
     url: str
+
+    @property
+    def log_id(self) -> str:
+        """Made with the store's log (once open): a broker that carries a log checks that it
+        carries this one."""
 
     @property
     def feed(self) -> Feed: ...

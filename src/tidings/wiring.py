@@ -65,7 +65,7 @@ async def wire_store(raw: EventStore, encryption: Encryption | None, *, check_ke
 
 async def wire_bus(
     url: str,
-    store_feed: Feed,
+    store: EventStore,
     *,
     name: str,
     codec: Codec,
@@ -73,8 +73,9 @@ async def wire_bus(
     principal: str,
     keys: KeyRing | None,
 ) -> tuple[Bus, Feed]:
-    """The bus at ``url``, open and fed from ``store_feed``, and the feed that the App
-    ``name``'s consumer groups read from it (sealed like the store when ``keys`` are given).
+    """The bus at ``url``, open and fed from ``store`` (as stored: the bus compares event ids and
+    opens no data), and the feed that the App ``name``'s consumer groups read from it (sealed
+    like the store when ``keys`` are given).
 
     With a ``guard``, the bus reads for ``principal`` only what the policy lets it subscribe to."""
     bus = open_bus(url)
@@ -82,7 +83,7 @@ async def wire_bus(
         readers = {name: p.subscribe for name, p in guard.policy.principals.items()}
         bus.read_as(principal, readers, relay=guard.relay)
     try:
-        await bus.open(store_feed)
+        await bus.open(store)
         say_bus_limit(name, codec, bus)
         feed = bus.feed(topic_of=codec.registry.topic_of, max_event_size=codec.max_size)
     except BaseException:
@@ -121,7 +122,7 @@ async def connect(
         if bus_url:
             bus, feed = await wire_bus(
                 bus_url,
-                wired.raw.feed,  # what the bus checks against: no key needed to compare ids
+                wired.raw,
                 name=name,
                 codec=codec,
                 guard=guard,

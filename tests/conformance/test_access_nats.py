@@ -413,7 +413,7 @@ async def test_a_reader_before_the_relay_is_told_and_leaves_no_connection(
     await store.open()
     try:
         with pytest.raises(BackendUnavailable, match=r"does not exist yet: an App of the relay principal"):
-            await bus.open(store.feed)
+            await bus.open(store)
         assert bus._client is None  # type: ignore[attr-defined]
     finally:
         await store.close()

@@ -82,8 +82,8 @@ async def test_a_second_publisher_of_a_partition_can_neither_repeat_nor_reorder(
         records = [await app.publish(Ping(key="same", n=n), key="same") for n in range(4)]
         partition = Partitioner(app.store.feed.partitions)("same")
         first, second = open_bus(bus_url), open_bus(bus_url)
-        await first.open(app.store.feed)
-        await second.open(app.store.feed)
+        await first.open(app.store)
+        await second.open(app.store)
         try:
             assert await first.published(partition) == await second.published(partition) == 0
             await first.publish(partition, records[:2])

@@ -63,10 +63,6 @@ class SealedFeed:
     def partitions(self) -> int:
         return self._inner.partitions
 
-    @property
-    def log_id(self) -> str:
-        return self._inner.log_id
-
     async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
         records = await self._inner.read_partition(partition, after=after, limit=limit)
         await load_keys(self._keys, records)
@@ -115,6 +111,10 @@ class SealedStore:
         self.get_checkpoint = inner.get_checkpoint
         self.next_timer_due = inner.next_timer_due
         self.verify = inner.verify
+
+    @property
+    def log_id(self) -> str:
+        return self._inner.log_id
 
     async def append(
         self,

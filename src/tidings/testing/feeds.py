@@ -29,9 +29,9 @@ async def _opened_store(url: str) -> AsyncIterator[EventStore]:
 
 
 @asynccontextmanager
-async def _opened_bus(url: str, store_feed: Feed) -> AsyncIterator[Bus]:
+async def _opened_bus(url: str, store: EventStore) -> AsyncIterator[Bus]:
     bus = open_bus(url)
-    await bus.open(store_feed)
+    await bus.open(store)
     try:
         yield bus
     finally:
@@ -87,7 +87,7 @@ class RelayedFeed:
 
     @asynccontextmanager
     async def reopen(self) -> AsyncIterator[Feed]:
-        async with _opened_store(self.store_url) as store, _opened_bus(self.bus_url, store.feed) as bus:
+        async with _opened_store(self.store_url) as store, _opened_bus(self.bus_url, store) as bus:
             yield bus.feed()
 
     @classmethod
@@ -95,6 +95,6 @@ class RelayedFeed:
     async def opened(cls, store_url: str, bus_url: str) -> AsyncIterator[RelayedFeed]:
         async with AsyncExitStack() as stack:
             store = await stack.enter_async_context(_opened_store(store_url))
-            relay = await stack.enter_async_context(_opened_bus(bus_url, store.feed))
-            reader = await stack.enter_async_context(_opened_bus(bus_url, store.feed))
+            relay = await stack.enter_async_context(_opened_bus(bus_url, store))
+            reader = await stack.enter_async_context(_opened_bus(bus_url, store))
             yield cls(store_url, bus_url, store, relay, reader)

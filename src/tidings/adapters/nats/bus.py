@@ -61,7 +61,7 @@ from tidings.domain.binary import to_binary
 from tidings.domain.envelope import DEFAULT_MAX_SIZE, Envelope, RecordedEvent, TopicOf
 from tidings.domain.headers import percent_encode
 from tidings.errors import BackendUnavailable, ConfigurationError, describe
-from tidings.ports import Feed
+from tidings.ports import EventStore, Feed
 
 PARTITIONS_KEY = "tidings_partitions"  # in each stream's metadata: the log's partition count
 LOG_KEY = "tidings_log"  # and the id of the log it carries
@@ -151,11 +151,11 @@ class NatsBus:
             )
         return name
 
-    async def open(self, store_feed: Feed) -> None:
+    async def open(self, store: EventStore) -> None:
         if self._client is not None:
             return
-        self.partitions, self.log_id = store_feed.partitions, store_feed.log_id
-        self._store_feed = store_feed
+        self.partitions, self.log_id = store.feed.partitions, store.log_id
+        self._store_feed = store.feed
         # The client reconnects forever once connected; the first connection has a deadline (a
         # server it cannot talk to, such as one that wants TLS, would be retried forever), and
         # the errors the client met say why it failed.

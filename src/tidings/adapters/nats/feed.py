@@ -45,7 +45,6 @@ class JetStreamFeed:
         self.max_event_size = max_event_size
         self.store_feed = store_feed
         self.partitions = store_feed.partitions
-        self.log_id = store_feed.log_id
 
     def partition_of(self, key: str) -> int:
         return self.store_feed.partition_of(key)  # the bus keeps the store's partitions

@@ -47,6 +47,7 @@ class PostgresStore:
         self._connections = PostgresConnections(settings, self.url)
         # The partitions are the database's: set when it opens, and shared with the parts below.
         self._partition_of = Partitioner(settings.partitions)
+        self.log_id = ""  # the file's or database's, read when it opens
         self._feed = PostgresFeed(self._connections, self._partition_of, settings.conninfo)
         self._groups = PostgresGroups(self._connections, self._partition_of)
         self._keys = PostgresKeys(self._connections)
@@ -81,7 +82,7 @@ class PostgresStore:
                 meta = dict(await cursor.fetchall())
         identity = identity_of_store(self.url, meta)
         self._partition_of.partitions = identity.partitions
-        self._feed.log_id = identity.log_id
+        self.log_id = identity.log_id
 
     @staticmethod
     async def _schema_ready(connection: Connection) -> bool:
@@ -235,7 +236,7 @@ class PostgresStore:
             await connection.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
             cursor = await connection.execute(schema.STORE.all_heads)
             heads = {s: (v, bytes(h)) for s, v, h in await cursor.fetchall()}
-            audit = StoreAudit(heads, self._partition_of, self._feed.log_id, against)
+            audit = StoreAudit(heads, self._partition_of, self.log_id, against)
             # Named (server-side) cursors stream the rows: memory stays flat for any size.
             async with connection.cursor(name="tidings_verify", binary=True) as rows:
                 await rows.execute(schema.STORE.all_events_by_stream)

@@ -42,12 +42,11 @@ def group_checkpoint(group: str, partition: int) -> str:
 
 class LogShape:
     """What a SQL store's feed tells without reading its log: how many partitions it has (the
-    partitioner's, set when the store opens), the partition of a key, where a group's checkpoint
-    in it is kept, and the log's id (set when the store opens)."""
+    partitioner's, set when the store opens), the partition of a key, and where a group's
+    checkpoint in it is kept."""
 
     def __init__(self, partition_of: Partitioner) -> None:
         self._partition_of = partition_of
-        self.log_id = ""
 
     @property
     def partitions(self) -> int:

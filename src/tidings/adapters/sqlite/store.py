@@ -54,6 +54,7 @@ class SqliteStore:
         self._connections = SqliteConnections(self.url, settings.busy_timeout)
         # The partitions are the file's: set when it opens, and shared with the parts below.
         self._partition_of = Partitioner(settings.partitions)
+        self.log_id = ""  # the file's or database's, read when it opens
         self._feed = SqliteFeed(self._connections, self._partition_of)
         self._groups = SqliteGroups(self._connections, self._partition_of)
         self._keys = SqliteKeys(self._connections)
@@ -103,7 +104,7 @@ class SqliteStore:
                     connection.patience = self.settings.busy_timeout
             identity = self._check_schema(connection)
             self._partition_of.partitions = identity.partitions
-            self._feed.log_id = identity.log_id
+            self.log_id = identity.log_id
         except BaseException:
             connection.close()
             raise
@@ -271,7 +272,7 @@ class SqliteStore:
     # -- integrity -------------------------------------------------------------------------
 
     async def verify(self, against: VerifiedState | None = None) -> IntegrityReport:
-        return await self._connections.read(steps.verify, self._partition_of, self._feed.log_id, against)
+        return await self._connections.read(steps.verify, self._partition_of, self.log_id, against)
 
 
 class SqliteTransaction:

@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
+from tidings.adapters.registry import open_store
 from tidings.domain.envelope import Envelope, RecordedEvent
 from tidings.errors import ConcurrencyError, MalformedEvent
 from tidings.ports import ANY, NO_STREAM, EventStore, ExpectedVersion, Snapshot
@@ -344,3 +345,17 @@ async def test_verify_on_a_sound_store(store: EventStore) -> None:
         await store.append(stream, items(stream, 1))
     report = await store.verify()
     assert report.ok and report.streams == 3 and report.events == 15
+
+
+async def test_a_store_keeps_its_log_id_and_no_other_store_shares_it(
+    store: EventStore, store_url: str
+) -> None:
+    """A bus stream records the log it carries by this id: it must survive reopening and tell
+    stores apart."""
+    assert len(store.log_id) >= 16
+    again = open_store(store_url)
+    await again.open()
+    try:
+        assert again.log_id == store.log_id
+    finally:
+        await again.close()
