@@ -62,6 +62,9 @@ class SealedFeed:
         await load_keys(self._keys, records)
         return records
 
+    async def head(self, partition: int) -> int:
+        return await self._inner.head(partition)
+
 
 class SealedStore:
     """The event store with sealing on the way in and key loading on the way out, its feed
