@@ -20,7 +20,7 @@ from packaging.version import Version
 from tidings.testing.servers import server_account
 
 ROOT = Path(__file__).resolve().parents[2]
-OPTIONAL = ("nats", "psycopg", "psycopg_pool", "bcrypt")
+OPTIONAL = ("nats", "psycopg", "psycopg_pool", "bcrypt", "opentelemetry.sdk", "prometheus_client")
 
 
 def lowest_versions(requirements: list[str]) -> list[str]:
@@ -70,9 +70,10 @@ def base_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def runtime_requirements(project: dict[str, Any]) -> list[str]:
-    """The base dependencies and the drivers' extras: what a distributed deployment installs."""
+    """The base dependencies, the drivers' extras and the metrics': what a distributed
+    deployment installs."""
     extras = project["optional-dependencies"]
-    return [*project["dependencies"], *extras["postgres"], *extras["nats"]]
+    return [*project["dependencies"], *extras["postgres"], *extras["nats"], *extras["metrics"]]
 
 
 #: What the lowest-versions run covers: the engines' drivers where they are used, and the CLI.
@@ -82,6 +83,7 @@ LOWEST_SUITE = (
     "tests/conformance/test_jetstream.py",
     "tests/unit/test_cli.py",
     "tests/unit/test_cli_acl.py",
+    "tests/unit/test_cli_metrics.py",
     "tests/unit/test_codec.py",
 )
 
