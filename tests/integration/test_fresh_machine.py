@@ -24,13 +24,16 @@ OPTIONAL = ("nats", "psycopg", "psycopg_pool", "bcrypt", "opentelemetry.sdk", "p
 
 
 def lowest_versions(requirements: list[str]) -> list[str]:
-    """``name==X`` for every ``name>=X`` (extras dropped: a constraint names a distribution)."""
-    pins = []
+    """``name==X`` for every ``name>=X`` (extras dropped: a constraint names a distribution); of
+    a distribution bounded twice (the base and an extra that needs more of it), the higher."""
+    pins: dict[str, str] = {}
     for requirement in requirements:
         found = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*>=\s*([0-9][^,;\s]*)\s*", requirement)
         assert found, f"{requirement!r}: every dependency needs a lower bound (name>=version)"
-        pins.append(f"{found[1]}=={found[2]}")
-    return pins
+        name, version = found[1].lower().replace("_", "-"), found[2]
+        if name not in pins or Version(version) > Version(pins[name]):
+            pins[name] = version
+    return [f"{name}=={version}" for name, version in pins.items()]
 
 
 _NOT_PASSED = frozenset({"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PIP_CONSTRAINT"})
