@@ -1,13 +1,17 @@
 """What metrics read of the ports, asserted on every backend: a feed's head by partition and
-the dead letters' grouped counts (``Feed.head``, ``GroupState.dead_letter_counts``)."""
+the dead letters' grouped counts (``Feed.head``, ``GroupState.dead_letter_counts``), and what
+the monitor samples from them (``runtime/monitoring.py``)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime
 
 from tidings.app import App
 from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.ports import DeadLetter
+from tidings.runtime.context import Context
+from tidings.runtime.retries import Retry
 from tidings.testing.conformance.events import Ping, unique
 from tidings.testing.eventually import eventually
 
@@ -73,3 +77,46 @@ async def test_dead_letter_counts_are_grouped_by_group_reason_and_state(store_ur
     }
     assert all(isinstance(reason, DeadLetterReason) for _, reason, _ in counts)
     assert all(isinstance(state, DeadLetterState) for _, _, state in counts)
+
+
+async def test_the_monitor_samples_lag_dead_letters_and_parked_keys(store_url: str) -> None:
+    """What the metrics report, sampled from a running App (``App.running(monitoring=...)``):
+    a held handler's partition lags (in positions and in seconds) and catches up to 0; a poison
+    event is counted as a dead letter, and the later event of its key as a parked one."""
+    app = App("sampled", store=store_url)
+    group, release = unique("sampled"), asyncio.Event()
+
+    @app.subscribe("conformance.bus.ping", group=group, retry=Retry(attempts=1), ordered=True)
+    async def handle(event: Ping, ctx: Context) -> None:
+        if event.n < 0:
+            raise RuntimeError("poison")
+        await release.wait()
+
+    async with app, app.running(**RUN, monitoring=0.05):
+        monitor = app.monitor
+        assert monitor is not None
+        key = unique("held")
+        partition = app.feed.partition_of(key)
+        for n in range(3):
+            await app.publish(Ping(key=key, n=n), key=key)
+        labels = (("group", group), ("pattern", "conformance.bus.ping"), ("partition", partition))
+        await eventually(lambda: monitor.sample.lag.get(labels, 0) > 0)
+        await eventually(lambda: monitor.sample.lag_seconds.get(labels, 0.0) >= 0.3)
+        release.set()
+        await eventually(
+            lambda: monitor.sample.lag.get(labels) == 0 and monitor.sample.lag_seconds[labels] == 0
+        )
+
+        poisoned = unique("poisoned")
+        await app.publish(Ping(key=poisoned, n=-1), key=poisoned)
+        await app.publish(Ping(key=poisoned, n=1), key=poisoned)  # parked behind it
+        failed = (("group", group), ("reason", "failed"))
+        await eventually(lambda: monitor.sample.dead_letters.get((*failed, ("state", "dead"))) == 1)
+        await eventually(lambda: monitor.sample.parked_keys.get((("group", group),)) == 1)
+        assert monitor.sample.dead_letters_created[failed] == 1
+        assert set(monitor.sample.lag.values()) == {0}  # a dead letter is past the checkpoint too
+        if app.bus_url is not None:  # the relay caught up with every partition it holds
+            await eventually(lambda: bool(monitor.sample.relay_lag))
+            await eventually(lambda: set(monitor.sample.relay_lag.values()) == {0})
+        assert await monitor.unready() == []
+        assert monitor.unhealthy() == []
