@@ -34,16 +34,16 @@ import logging
 import time
 from collections.abc import Awaitable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Final
-
-from opentelemetry import metrics
-from opentelemetry.metrics import CallbackOptions, Observation
+from typing import TYPE_CHECKING, Final
 
 from tidings.ports import Feed
 from tidings.runtime.consuming import GroupConsumer
 from tidings.runtime.leasing import PartitionMember
 from tidings.runtime.outbox import Relay
 from tidings.runtime.services import Services
+
+if TYPE_CHECKING:  # imported when the first sampler starts: the API takes a tenth of a second to import
+    from opentelemetry.metrics import CallbackOptions, CallbackT, Observation
 
 log = logging.getLogger("tidings.monitoring")
 
@@ -233,6 +233,10 @@ class _Instruments:
     Monitor's last sample."""
 
     def __init__(self) -> None:
+        from opentelemetry import metrics
+        from opentelemetry.metrics import Observation as observation
+
+        self.observation = observation
         self.monitors: set[Monitor] = set()
         meter = metrics.get_meter("tidings")
         gauges: tuple[tuple[str, str, str, str], ...] = (
@@ -274,28 +278,28 @@ class _Instruments:
             "tidings.lease.changes", unit="{partition}", description="Partitions claimed or released"
         )
 
-    def _observer(self, attribute: str) -> metrics.CallbackT:
+    def _observer(self, attribute: str) -> CallbackT:
         def observe(_options: CallbackOptions) -> Iterable[Observation]:
             for monitor in self.monitors:
                 values: dict[Labels, float] = getattr(monitor.sample, attribute)
                 for labels, value in values.items():
-                    yield Observation(value, dict(labels))
+                    yield self.observation(value, dict(labels))
 
         return observe
 
     def _timers_overdue(self, _options: CallbackOptions) -> Iterable[Observation]:
         for monitor in self.monitors:
             if monitor.sample.timers_overdue is not None:
-                yield Observation(monitor.sample.timers_overdue)
+                yield self.observation(monitor.sample.timers_overdue)
 
     def _held(self, _options: CallbackOptions) -> Iterable[Observation]:
         for monitor in self.monitors:
             for member in monitor.members:
-                yield Observation(len(member.held), {"group": member.group})
+                yield self.observation(len(member.held), {"group": member.group})
 
     def _loop_lag(self, _options: CallbackOptions) -> Iterable[Observation]:
         if self.monitors:
-            yield Observation(next(iter(self.monitors)).loop.lag())
+            yield self.observation(next(iter(self.monitors)).loop.lag())
 
 
 _made: list[_Instruments] = []
