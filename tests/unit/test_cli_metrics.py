@@ -231,3 +231,22 @@ def test_the_base_import_leaves_the_sdk_and_the_prometheus_client_alone() -> Non
         [sys.executable, "-c", program], env=environment(), capture_output=True, text=True, timeout=60
     )
     assert ran.returncode == 0, ran.stderr
+
+
+def test_each_worker_of_several_serves_its_own_port(tmp_path: Path) -> None:
+    url, port = f"sqlite:///{tmp_path / 'gated.db'}", free_port()
+    runner = start(tmp_path, url, port, "--workers", "2")
+
+    def held() -> list[float]:
+        return [scrape(p)["tidings_partitions_held"][(("group", "gated"),)] for p in (port, port + 1)]
+
+    async def scenario() -> None:
+        await wait_until_serving(port, runner)
+        await wait_until_serving(port + 1, runner)
+        # Two members of one group share its 8 partitions: each process tells its own share.
+        await eventually(lambda: held() == [4, 4], within=30)
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        stop(runner, tmp_path)
