@@ -38,6 +38,7 @@ _REASONS: Final = {
     405: "Method Not Allowed",
     408: "Request Timeout",
     431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
@@ -152,4 +153,8 @@ async def _answer(reader: asyncio.StreamReader, served: dict[str, Route]) -> tup
         return method, (404, TEXT, b"not found: try /metrics, /healthz or /readyz\n")
     if method not in ("GET", "HEAD"):
         return method, (405, TEXT, b"only GET\n")
-    return method, await route()
+    try:
+        return method, await route()
+    except Exception:
+        log.exception("endpoints: %s failed", target)
+        return method, (500, TEXT, b"failed: see the log\n")

@@ -17,7 +17,11 @@ async def _ok() -> Answer:
     return 200, "text/plain", b"fine\n"
 
 
-ROUTES: dict[str, Route] = {"/fine": _ok}
+async def _broken() -> Answer:
+    raise RuntimeError("a route that fails")
+
+
+ROUTES: dict[str, Route] = {"/fine": _ok, "/broken": _broken}
 
 
 async def _exchange(port: int, request: bytes) -> bytes:
@@ -42,6 +46,7 @@ async def test_it_routes_get_and_head_and_refuses_the_rest() -> None:
         refused = await _exchange(port, b"DELETE /fine HTTP/1.1\r\n\r\n")
         assert refused.startswith(b"HTTP/1.1 405 ") and b"Allow: GET, HEAD\r\n" in refused
         assert (await _exchange(port, b"nonsense\r\n\r\n")).startswith(b"HTTP/1.1 400 ")
+        assert (await _exchange(port, b"GET /broken HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 500 ")
 
 
 async def test_a_client_that_sends_no_whole_request_is_answered_in_time(
