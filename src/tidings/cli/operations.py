@@ -102,7 +102,7 @@ def run(
             envvar="TIDINGS_METRICS_PORT",
             min=0,
             max=65535,
-            help="Serve /metrics, /healthz and /readyz on this port (worker i of --workers: port + i).",
+            help="Serve /metrics, /healthz and /readyz on this port (worker i: port + i; 0: any free port).",
         ),
     ] = None,
     metrics_host: Annotated[
@@ -165,7 +165,7 @@ def run(
     env.update({name: url for name, url in (("TIDINGS_STORE", store), ("TIDINGS_BUS", bus)) if url})
     served = [
         [
-            f"--metrics-port={metrics_port + i}",
+            f"--metrics-port={metrics_port + i if metrics_port else 0}",
             f"--metrics-host={metrics_host}",
             f"--metrics-interval={metrics_interval}",
         ]
