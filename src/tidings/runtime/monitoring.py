@@ -126,12 +126,18 @@ class Monitor:
         """Sample every ``interval`` until cancelled; a failed round (the store away) keeps the
         last values and tries again at the next."""
         _instruments().monitors.add(self)
+        task = asyncio.current_task()
         try:
             while True:
                 try:
                     await self.sample_once()
                 except Exception as exc:
                     log.warning("monitoring: sampling failed (%s); again in %.1f s", exc, self.interval)
+                # A cancel that arrives during a query may be absorbed by the driver (seen with
+                # psycopg after the server restarted: the round ended normally, and the task
+                # sampled on for ever, holding up the workers' shutdown): honour it here.
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError
                 await asyncio.sleep(self.interval)
         finally:
             _instruments().monitors.discard(self)
