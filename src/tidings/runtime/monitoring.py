@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Final
 
@@ -215,23 +215,34 @@ class Monitor:
     async def unready(self) -> list[str]:
         """Why the App should get no traffic now (empty: ready), each probe bounded in time:
         the store or the bus unreachable, a worker stopped, the relay stalled."""
-        probes: list[tuple[str, Awaitable[int]]] = [("store", self.services.store.head_position())]
+        probes: dict[str, asyncio.Future[int]] = {
+            "store": asyncio.ensure_future(self.services.store.head_position())
+        }
         if self.bus:
-            probes.append(("bus", self.services.feed.head(0)))
-        results = await asyncio.gather(
-            *(asyncio.wait_for(probe, PROBE_TIMEOUT) for _, probe in probes), return_exceptions=True
-        )
-        problems = [
-            f"{name} unreachable ({type(result).__name__})"
-            for (name, _), result in zip(probes, results, strict=True)
-            if isinstance(result, BaseException)
-        ]
+            probes["bus"] = asyncio.ensure_future(self.services.feed.head(0))
+        _, late = await asyncio.wait(probes.values(), timeout=PROBE_TIMEOUT)
+        problems = []
+        for name, probe in probes.items():
+            if probe in late:
+                # Cancelled, not awaited: a driver that holds on to a cancelled call (waiting for
+                # its own timeout) must not hold the answer up.
+                probe.cancel()
+                probe.add_done_callback(_forget)
+                problems.append(f"{name} unreachable (no answer within {PROBE_TIMEOUT:g} s)")
+            elif (error := probe.exception()) is not None:
+                problems.append(f"{name} unreachable ({type(error).__name__})")
         for member, task in zip(self._members, self._tasks, strict=False):
             if task.done():
                 problems.append(f"group {member.group} stopped")
         if self._stalled:
             problems.append(f"relay stalled on partition(s) {', '.join(map(str, self._stalled))}")
         return problems
+
+
+def _forget(probe: asyncio.Future[int]) -> None:
+    """Retrieve a late probe's outcome, so that its error is not reported as never retrieved."""
+    if not probe.cancelled():
+        probe.exception()
 
 
 class _Instruments:
