@@ -124,7 +124,7 @@ class App:
         self._repository: Repository | None = None
         self._services: Services | None = None  # what workers use, once open (``services``)
         self._members: list[PartitionMember] = []  # the workers running now (``running``)
-        self.monitor: Monitor | None = None  # what metrics and probes read (``running``)
+        self.monitor: Monitor | None = None  # samples what metrics report: running(monitoring=seconds)
         #: Appends seen in this process, and the idle readers (consumers, relay) that wait for them.
         self.wakeups = Wakeups()
 
@@ -444,9 +444,8 @@ class App:
     async def running(
         self, *, lease_ttl: float = 10.0, poll: float = 1.0, monitoring: float = 0
     ) -> AsyncIterator[App]:
-        """Run every group's consumer in the background for the duration of the block; with
-        ``monitoring`` (seconds), ``monitor`` samples what the metrics report that often. Appends
-        by any process wake consumers at once; ``poll`` is the fallback for an idle partition."""
+        """Run every group's consumer in the background for the duration of the block; appends
+        wake them at once (``poll``: an idle partition's fallback); ``monitoring``: ``monitor``."""
         await self.open()
         self.monitor = Monitor(self.services, bus=self._bus is not None, interval=monitoring)
         if not self.subscriptions and self._bus is None:  # nothing to run
@@ -461,11 +460,12 @@ class App:
             lease_ttl=lease_ttl,
             poll=poll,
             monitor=self.monitor if monitoring else None,
-        ) as self._members:
+        ) as members:
+            self._members += members  # nested blocks each add, and take away, their own
             try:
                 yield self
             finally:
-                self._members = []
+                self._members = [m for m in self._members if m not in members]
 
     async def run(self, *, lease_ttl: float = 10.0, poll: float = 1.0) -> None:
         """Run the consumers until SIGTERM or SIGINT; then finish the events in hand, release

@@ -71,8 +71,9 @@ class KeyWrites(Protocol):
 
 
 class GroupWrites(Protocol):
-    """The consumer groups' part of a store transaction: a handler's effects, its inbox record,
-    its dead letters and the group's checkpoint (``set_checkpoint``) commit together."""
+    """The consumer groups' part of a store transaction: a handler's effects, its inbox record and
+    its dead letters commit together, with the group's checkpoint (the transaction's
+    ``set_checkpoint``)."""
 
     async def holds_lease(self, group: str, partition: int, member: str) -> bool:
         """Whether ``member`` still holds the partition: checked before a checkpoint commits,
@@ -93,13 +94,15 @@ class GroupWrites(Protocol):
 
 class StoreTransaction(Protocol):
     """One transaction on the store: appends, documents, checkpoints and timers commit together,
-    and with them what its two parts write (``groups``: inbox and dead letters; ``keys``)."""
+    and with them what its ``groups`` part writes (inbox records, dead letters). Its
+    ``key_store`` part makes and uses the keys that its appends seal with (those writes may
+    commit at once: see ``KeyWrites``)."""
 
     @property
     def groups(self) -> GroupWrites: ...
 
     @property
-    def keys(self) -> KeyWrites: ...
+    def key_store(self) -> KeyWrites: ...
 
     async def append(
         self,
@@ -258,7 +261,7 @@ class GroupState(Protocol):
 
 class KeyStore(Protocol):
     """The stored data keys, outside transactions: listing, rewrapping, retiring and shredding
-    (making and using keys is the transaction's part, ``StoreTransaction.keys``)."""
+    (making and using keys is the transaction's part, ``StoreTransaction.key_store``)."""
 
     async def data_keys(self, scopes: Sequence[str]) -> list[DataKeyRecord]:
         """Every version of the scopes' data keys."""
@@ -284,9 +287,9 @@ class Bus(Protocol):
 
     url: str
 
-    async def open(self, log: Feed) -> None:
-        """Connect, and create the broker's streams for the store's partitions (``log``, the
-        store's feed) if missing; refuse streams made for another log."""
+    async def open(self, store_feed: Feed) -> None:
+        """Connect, and create the broker's streams for the store's partitions (``store_feed``)
+        if missing; refuse streams made for another log."""
 
     async def close(self) -> None: ...
 
@@ -307,8 +310,8 @@ class Bus(Protocol):
 
     def feed(self, *, topic_of: TopicOf | None = None, max_event_size: int = DEFAULT_MAX_SIZE) -> Feed:
         """The feed that consumer groups read (once open): partitions from the broker, the
-        store's partitions; their leases, inbox, checkpoints and dead letters stay in the store
-        (``GroupState``), so that effects commit with them.
+        store's partitions; their leases, inbox and dead letters stay in the store's
+        ``GroupState`` and their checkpoints in the store, so that effects commit with them.
         ``topic_of`` gives the topic of an event from another producer that carries none;
         ``max_event_size`` is the App's limit, which what it reads is held to, as what it writes."""
 
@@ -333,7 +336,7 @@ class EventStore(Protocol):
     def groups(self) -> GroupState: ...
 
     @property
-    def keys(self) -> KeyStore: ...
+    def key_store(self) -> KeyStore: ...
 
     async def open(self) -> None:
         """Connect and create the schema if missing. Idempotent."""

@@ -12,11 +12,13 @@ import contextlib
 import logging
 from dataclasses import dataclass, replace
 
-from tidings.adapters.registry import open_bus, open_store
+from tidings.adapters.registry import examine_bus, examine_store, open_bus, open_store
 from tidings.domain.envelope import DEFAULT_MAX_SIZE
+from tidings.domain.findings import Finding
 from tidings.ports import Bus, EventStore, Feed
 from tidings.runtime.access import Guard
 from tidings.runtime.codec import Codec
+from tidings.runtime.doctor import examine_encryption, examine_master_key
 from tidings.runtime.encryption import Encryption
 from tidings.runtime.key_check import check_master_key
 from tidings.runtime.keyring import KeyRing
@@ -63,7 +65,7 @@ async def wire_store(raw: EventStore, encryption: Encryption | None, *, check_ke
 
 async def wire_bus(
     url: str,
-    log: Feed,
+    store_feed: Feed,
     *,
     name: str,
     codec: Codec,
@@ -71,7 +73,7 @@ async def wire_bus(
     principal: str,
     keys: KeyRing | None,
 ) -> tuple[Bus, Feed]:
-    """The bus at ``url``, open and fed from the store's feed (``log``), and the feed that the App
+    """The bus at ``url``, open and fed from ``store_feed``, and the feed that the App
     ``name``'s consumer groups read from it (sealed like the store when ``keys`` are given).
 
     With a ``guard``, the bus reads for ``principal`` only what the policy lets it subscribe to."""
@@ -80,7 +82,7 @@ async def wire_bus(
         readers = {name: p.subscribe for name, p in guard.policy.principals.items()}
         bus.read_as(principal, readers, relay=guard.relay)
     try:
-        await bus.open(log)
+        await bus.open(store_feed)
         say_bus_limit(name, codec, bus)
         feed = bus.feed(topic_of=codec.registry.topic_of, max_event_size=codec.max_size)
     except BaseException:
@@ -119,7 +121,7 @@ async def connect(
         if bus_url:
             bus, feed = await wire_bus(
                 bus_url,
-                wired.store.feed,
+                wired.raw.feed,  # what the bus checks against: no key needed to compare ids
                 name=name,
                 codec=codec,
                 guard=guard,
@@ -135,3 +137,20 @@ async def connect(
     if encryption is not None and wired.keys is not None:
         codec.use_keys(wired.keys, accept_plaintext=encryption.accept_plaintext)
     return wired
+
+
+async def examine(store_url: str, bus_url: str | None, *, master_key: bool) -> list[Finding]:
+    """What the durability doctor finds in the store at ``store_url`` (opened read-only, never
+    created: one that cannot be opened raises), on the bus at ``bus_url``, and in the encryption
+    of an App given a master key or not (``master_key``)."""
+    store = store_at(store_url, create=False)
+    await store.open()
+    try:
+        findings = await examine_store(store_url)
+        findings += examine_master_key()
+        findings += await examine_encryption(store, master_key=master_key)
+        if bus_url:
+            findings += await examine_bus(bus_url, store.feed.partitions)
+    finally:
+        await store.close()
+    return findings

@@ -30,12 +30,12 @@ class Tally:
         return self.lost == self.duplicated == self.out_of_order == 0
 
 
-async def partitions_of(log: Feed) -> dict[str, tuple[int, int]]:
+async def partitions_of(feed: Feed) -> dict[str, tuple[int, int]]:
     """Every event id the log holds: its partition and its place in it."""
     found: dict[str, tuple[int, int]] = {}
-    for partition in range(log.partitions):
+    for partition in range(feed.partitions):
         after, index = 0, 0
-        while records := await log.read_partition(partition, after=after, limit=1000):
+        while records := await feed.read_partition(partition, after=after, limit=1000):
             for record in records:
                 found[record.envelope.id] = (partition, index)
                 index += 1
@@ -43,9 +43,9 @@ async def partitions_of(log: Feed) -> dict[str, tuple[int, int]]:
     return found
 
 
-async def tally(scenario: str, log: Feed, handled: list[str], *, expected: int, recovery: float) -> Tally:
+async def tally(scenario: str, feed: Feed, handled: list[str], *, expected: int, recovery: float) -> Tally:
     """``handled``: the ids of the events whose effects committed, in commit order."""
-    stored = await partitions_of(log)
+    stored = await partitions_of(feed)
     assert len(stored) == expected, f"the store holds {len(stored)} events, not {expected}"
     counts = Counter(handled)
     last: dict[int, int] = defaultdict(lambda: -1)

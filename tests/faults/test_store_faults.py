@@ -257,12 +257,12 @@ async def _refuses_nul(url: str) -> None:
     await store.open()
     try:
         with pytest.raises(InvalidArgument, match="cannot store a value"):
-            await store.keys.data_keys(["scope\x00"])
+            await store.key_store.data_keys(["scope\x00"])
         with pytest.raises(InvalidArgument, match="cannot store a value"):
             await store.read_stream("stream\x00")
         with pytest.raises(InvalidArgument, match="cannot store a value"):
             async with store.transaction() as tx:
-                await tx.keys.newest_data_key("scope\x00")
+                await tx.key_store.newest_data_key("scope\x00")
         stream = unique("after")
         await store.append(stream, items("x", 1))  # the store is as usable as before
         assert len(await store.read_stream(stream)) == 1

@@ -189,7 +189,7 @@ async def _add_key(url: str) -> None:
             created=datetime.now(UTC),
         )
         async with store.transaction() as tx:
-            await tx.keys.add_data_key(record)
+            await tx.key_store.add_data_key(record)
     finally:
         await store.close()
 

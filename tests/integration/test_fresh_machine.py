@@ -82,6 +82,8 @@ def runtime_requirements(project: dict[str, Any]) -> list[str]:
 #: What the lowest-versions run covers: the engines' drivers where they are used, and the CLI.
 LOWEST_SUITE = (
     "tests/conformance/test_store.py",
+    "tests/conformance/test_feed.py",
+    "tests/conformance/test_group_state.py",
     "tests/conformance/test_bus.py",
     "tests/conformance/test_jetstream.py",
     "tests/unit/test_cli.py",

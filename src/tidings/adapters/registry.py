@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 from urllib.parse import urlsplit
 
 from tidings.adapters.urls import redact_url
 from tidings.domain.envelope import DEFAULT_MAX_SIZE
+from tidings.domain.findings import Finding
 from tidings.errors import ConfigurationError
 from tidings.ports import Bus, EventStore
 
@@ -55,3 +57,34 @@ def open_bus(url: str) -> Bus:
     raise ConfigurationError(
         f"unknown bus URL scheme {scheme!r} in {redact_url(url)!r}; expected nats:// or tls://"
     )
+
+
+async def examine_store(url: str) -> list[Finding]:
+    """What the durability doctor finds in the engine of the store at ``url`` (which opened)."""
+    scheme = urlsplit(url).scheme
+    if scheme == "sqlite":
+        from tidings.adapters.sqlite import SqliteSettings
+        from tidings.adapters.sqlite.doctor import examine_sqlite
+
+        return await asyncio.to_thread(examine_sqlite, SqliteSettings.from_url(url, create=False))
+    if scheme in ("postgresql", "postgres"):
+        from tidings.adapters.postgres import PostgresSettings
+        from tidings.adapters.postgres.doctor import examine_postgres
+
+        return await examine_postgres(PostgresSettings.from_url(url, create=False))
+    return []
+
+
+async def examine_bus(url: str, partitions: int) -> list[Finding]:
+    """What the durability doctor finds on the bus at ``url``, which carries the log of a store
+    with ``partitions`` partitions."""
+    if urlsplit(url).scheme not in ("nats", "tls"):
+        open_bus(url)  # refuses the scheme, in the words of opening it
+    try:
+        from tidings.adapters.nats.doctor import examine_jetstream
+        from tidings.adapters.nats.settings import NatsSettings
+    except ImportError as exc:
+        raise ConfigurationError(
+            f"the NATS bus needs its client ({exc.name} is missing): pip install 'tidings[nats]'"
+        ) from None
+    return await examine_jetstream(NatsSettings.from_url(url), partitions)

@@ -132,7 +132,7 @@ def keys_shred(
         raise typer.Exit(1)
 
     async def work(opened: EventStore) -> int:
-        return await opened.keys.shred_data_keys(stored)
+        return await opened.key_store.shred_data_keys(stored)
 
     destroyed = run_with_store(store, work, writable=True)
     if not destroyed:
@@ -155,7 +155,7 @@ def keys_list(
         after = (prefix, 0)
         # Pages come in scope order, so the scopes with the prefix are one run from ``prefix`` on.
         # One more than shown: whether the last one shown has a newer version (then it is retired).
-        while len(found) <= limit and (page := await opened.keys.data_key_page(after, 500)):
+        while len(found) <= limit and (page := await opened.key_store.data_key_page(after, 500)):
             found += [r for r in page if r.scope.startswith(prefix) and r.scope != CHECK_SCOPE]
             if not page[-1].scope.startswith(prefix):
                 break

@@ -35,6 +35,7 @@ from tidings.cli.common import (
     run_with_store,
     stdout,
 )
+from tidings.cli.doctor import doctor
 from tidings.cli.keys import keys_app
 from tidings.cli.operations import demo, dlq_app, run, trace
 from tidings.cli.render import (
@@ -74,6 +75,7 @@ app.add_typer(acl_app, name="acl")
 app.command("run")(run)
 app.command("trace")(trace)
 app.command("demo")(demo)
+app.command("doctor")(doctor)
 
 
 def _package_version() -> str:

@@ -18,6 +18,7 @@ from tidings.domain.envelope import (
     DEFAULT_MAX_SIZE,
     JSON,
     MSGPACK,
+    SHALLOW_JSON,
     SPEC_VERSION,
     Envelope,
     RecordedEvent,
@@ -68,6 +69,9 @@ class Codec:
         #: In distributed mode, how much data the bus carries in the message of an envelope
         #: (``Bus.room_for``): an event the relay could not publish is refused where it is made.
         self.bus_room: Callable[[str, Envelope, int], int] | None = None
+        #: The subject ``encode`` last found printable (strings are immutable: the same object
+        #: is printable still).
+        self._printable_subject: str | None = None
 
     def use_keys(self, keys: KeyRing | None, *, accept_plaintext: bool = True) -> None:
         """Open sealed data with ``keys`` from now on (they come with the store, so an App sets
@@ -100,13 +104,20 @@ class Codec:
             raise MalformedEvent(f"cannot encode {event.__event_type__}: {exc}") from None
         except RecursionError:  # the stack ran out before the limit could be measured
             raise MalformedEvent(too_deep(f"cannot encode {event.__event_type__}: data")) from None
-        # Every reader must be able to decode it, in any thread and deep in its own stack.
-        check_depth(data, f"cannot encode {event.__event_type__}: data")
+        # Every reader must be able to decode it, in any thread and deep in its own stack
+        # (data too short to nest that deep is not measured: see SHALLOW_JSON).
+        if len(data) > SHALLOW_JSON:
+            check_depth(data, f"cannot encode {event.__event_type__}: data")
         if self._has_floats(type(event)):
             self._check_finite(event, data)
-        check_size(data, self.max_size, f"payload of {event.__event_type__}")
-        if subject is not None and not subject.isprintable():
-            subject = subject_of(subject)  # the stream name, valid as CloudEvents text
+        if len(data) > self.max_size:
+            check_size(data, self.max_size, f"payload of {event.__event_type__}")
+        if subject is not None and subject is not self._printable_subject:
+            # The events of an append share their stream's name, one string: it is looked at once.
+            if subject.isprintable():
+                self._printable_subject = subject
+            else:
+                subject = subject_of(subject)  # the stream name, valid as CloudEvents text
         # Positional, in Envelope's field order: keywords cost several times more in msgspec.
         return Envelope(
             event_id or uuid7(),
@@ -134,6 +145,8 @@ class Codec:
         top of what ``encode`` measured), as a timer that fires and a reader of the bus check it;
         in distributed mode, the message that will carry it must fit the bus (its headers come on
         top), or the relay could never publish it."""
+        if self.keys is None and self.bus_room is None:
+            return  # nothing to add to what encode measured (it runs for every event appended)
         size, relayed, what = len(envelope.data), envelope, f"payload of {envelope.type}"
         if self.keys is not None and envelope.datacontenttype != SEALED:
             size = self.keys.sealed_size(stream, envelope)

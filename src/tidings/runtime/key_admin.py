@@ -33,7 +33,7 @@ async def rotate_keys(store: EventStore, keys: KeyRing) -> Rotation:
 
 async def shred_keys(store: EventStore, keys: KeyRing, scope: str) -> int:
     """Destroy the stored ``scope``'s data keys, and forget them in this process at once."""
-    destroyed = await store.keys.shred_data_keys(scope)
+    destroyed = await store.key_store.shred_data_keys(scope)
     keys.forget(scope)
     return destroyed
 
@@ -52,7 +52,7 @@ async def rotate(store: EventStore, master: MasterKey) -> Rotation:
     target = master.current_version
     rewrapped = current = shredded = 0
     after = ("", 0)
-    while page := await store.keys.data_key_page(after, _PAGE):
+    while page := await store.key_store.data_key_page(after, _PAGE):
         for record in page:
             if record.scope == CHECK_SCOPE:
                 continue  # each check stays wrapped by its own version
@@ -64,9 +64,9 @@ async def rotate(store: EventStore, master: MasterKey) -> Rotation:
                 context = key_context(record.scope, record.version)
                 key = await master.unwrap(record.master_version, record.wrapped, context)
                 version, wrapped = await master.wrap(key, context)
-                if await store.keys.rewrap_data_key(record, version, wrapped):
+                if await store.key_store.rewrap_data_key(record, version, wrapped):
                     rewrapped += 1
                 else:  # rewrapped or shredded meanwhile by someone else
                     current += 1
         after = (page[-1].scope, page[-1].version)
-    return Rotation(target, rewrapped, current, shredded, await store.keys.retire_data_keys())
+    return Rotation(target, rewrapped, current, shredded, await store.key_store.retire_data_keys())

@@ -67,7 +67,7 @@ async def check_master_key(store: EventStore, master: MasterKey) -> None:
     passed."""
     #: Per master version that wraps them now: the records' own numbers and wrapped keys.
     records: dict[int, list[tuple[int, bytes]]] = {}
-    for record in await store.keys.data_keys([CHECK_SCOPE]):
+    for record in await store.key_store.data_keys([CHECK_SCOPE]):
         if record.wrapped is not None:
             records.setdefault(record.master_version, []).append((record.version, record.wrapped))
     held = _held_versions(master)
@@ -136,7 +136,7 @@ async def _evidence(
     tried: Counter[int] = Counter()
     after = ("", 0)
     for _ in range(pages):
-        page = await store.keys.data_key_page(after, size)
+        page = await store.key_store.data_key_page(after, size)
         for record in page:
             version, wrapped = record.master_version, record.wrapped
             if record.scope == CHECK_SCOPE or wrapped is None or version not in versions:
@@ -174,7 +174,7 @@ async def _record(store: EventStore, master: MasterKey) -> None:
             created=datetime.now(UTC),
         )
         async with store.transaction() as tx:
-            stored = await tx.keys.add_data_key(record)
+            stored = await tx.key_store.add_data_key(record)
     except Exception as exc:  # any refusal to write: logged, and harmless
         step = "store" if record is not None else "wrap"
         log.warning(

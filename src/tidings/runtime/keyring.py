@@ -217,7 +217,7 @@ class KeyRing:
         known = staged.get(scope) or self._reserved.get(scope)
         if known is not None and known.remaining >= count and self._usable(known, count) is None:
             # Trusted too long: still the scope's live key? (another process may have shredded it)
-            newest = await tx.keys.newest_data_key(scope)
+            newest = await tx.key_store.newest_data_key(scope)
             live = newest is not None and newest.wrapped is not None and newest.uses <= self._rotate_after
             if live and newest is not None and newest.version == known.version:
                 known.at = time.monotonic()  # else shredded, retired by a rotation, or superseded
@@ -235,9 +235,9 @@ class KeyRing:
 
     async def _reserve_in(self, tx: StoreTransaction, scope: str, count: int) -> Reserved:
         block = max(self._reserve, count)
-        newest = await tx.keys.newest_data_key(scope)
+        newest = await tx.key_store.newest_data_key(scope)
         if newest is not None and newest.wrapped is not None and newest.uses + block <= self._rotate_after:
-            total = await tx.keys.reserve_data_key_uses(scope, newest.version, block, self._rotate_after)
+            total = await tx.key_store.reserve_data_key_uses(scope, newest.version, block, self._rotate_after)
             if total is not None:
                 return Reserved(newest.version, await self._cipher_of(newest), block, time.monotonic())
         version = newest.version + 1 if newest is not None else 1
@@ -251,7 +251,7 @@ class KeyRing:
             uses=block,
             created=self._now(),
         )
-        stored = await tx.keys.add_data_key(record)
+        stored = await tx.key_store.add_data_key(record)
         if stored.wrapped != wrapped:  # another process made this version first: use theirs
             return await self._reserve_in(tx, scope, count)
         # Not cached until the transaction commits (``adopt``): on SQLite the key is written in
@@ -342,7 +342,7 @@ class KeyRing:
     async def reload(self, scopes: Iterable[str]) -> None:
         wanted = sorted(set(scopes))
         now = time.monotonic()
-        for record in await self._store.keys.data_keys(wanted):
+        for record in await self._store.key_store.data_keys(wanted):
             versions = self._ciphers.setdefault(record.scope, {})
             if record.wrapped is None:
                 versions[record.version] = None

@@ -23,7 +23,17 @@ import msgspec
 
 from tidings.domain.envelope import Envelope, RecordedEvent
 from tidings.errors import Undecryptable
-from tidings.ports import ANY, EventStore, ExpectedVersion, Feed, Sealer, Snapshot, StoreTransaction
+from tidings.ports import (
+    ANY,
+    EventStore,
+    ExpectedVersion,
+    Feed,
+    GroupState,
+    Sealer,
+    Snapshot,
+    StoreTransaction,
+    Trace,
+)
 from tidings.runtime.crypto import SEALED
 from tidings.runtime.keyring import KeyRing, Reserved
 
@@ -66,17 +76,39 @@ class SealedFeed:
         return await self._inner.head(partition)
 
 
+class SealedGroups:
+    """Group state whose traces' events have their keys loaded as read (the rest holds no event
+    data that is decoded: a dead letter's envelope is opened where it is redriven)."""
+
+    def __init__(self, inner: GroupState, keys: KeyRing) -> None:
+        self._inner = inner
+        self._keys = keys
+        self.lease = inner.lease
+        self.release = inner.release
+        self.handled = inner.handled
+        self.dead_letters = inner.dead_letters
+        self.dead_letter_counts = inner.dead_letter_counts
+        self.set_dead_letter_state = inner.set_dead_letter_state
+        self.blocked_keys = inner.blocked_keys
+        self.unpark = inner.unpark
+        self.release_parked = inner.release_parked
+
+    async def trace(self, correlation_id: str, *, limit: int = 1000) -> Trace:
+        found = await self._inner.trace(correlation_id, limit=limit)
+        await load_keys(self._keys, found.events)
+        return found
+
+
 class SealedStore:
-    """The event store with sealing on the way in and key loading on the way out, its feed
-    too. Group state (``groups``) and the keyring (``keys``) are the store's own: a trace's
-    events are opened by whoever shows them (``load_keys``)."""
+    """The event store with sealing on the way in and key loading on the way out, its feed and
+    its traces too. The stored data keys (``key_store``) are the keyring's to use."""
 
     def __init__(self, inner: EventStore, keys: KeyRing) -> None:
         self._inner = inner
         self._keys = keys
         self.feed = SealedFeed(inner.feed, keys)
-        self.groups = inner.groups
-        self.keys = inner.keys
+        self.groups = SealedGroups(inner.groups, keys)
+        self.key_store = inner.key_store
         self.url = inner.url
         self.open = inner.open
         self.close = inner.close
@@ -197,7 +229,7 @@ class SealingTransaction:
         self._keys = keys
         self._staged = staged
         self.groups = inner.groups
-        self.keys = inner.keys
+        self.key_store = inner.key_store
         self.get_document = inner.get_document
         self.put_document = inner.put_document
         self.delete_document = inner.delete_document

@@ -6,6 +6,8 @@ PostgreSQL server), and ``store`` the same, opened. A module that overrides ``ba
 ``BUS_BACKENDS`` also runs on ``nats``: PostgreSQL as the store and a fresh JetStream stream on
 the session's nats-server as the bus (``TIDINGS_BUS`` is set for the test, so every App of the
 test uses it); with ``SEALED``, on SQLite with a master key in the environment (encryption on).
+``feed_under_test`` is what the Feed suite reads on that backend: the store's own feed, or on
+``nats`` JetStream's, fed by a relay (``tidings.testing.feeds``).
 With ``CI`` set, a server that cannot be had is an error; elsewhere its tests are
 skipped with the reason.
 """
@@ -26,6 +28,8 @@ import pytest_asyncio
 
 from tidings.adapters.registry import open_store
 from tidings.ports import EventStore
+from tidings.testing.conformance.feed import FeedUnderTest
+from tidings.testing.feeds import RelayedFeed, StoreFeed
 from tidings.testing.nats import nats_servers
 from tidings.testing.servers import postgres_server
 
@@ -143,3 +147,17 @@ async def store(store_url: str) -> AsyncIterator[EventStore]:
         yield opened
     finally:
         await opened.close()
+
+
+@pytest_asyncio.fixture
+async def feed_under_test(
+    backend: str, store_url: str, request: pytest.FixtureRequest
+) -> AsyncIterator[FeedUnderTest]:
+    """The feed of the engine under test, over a fresh log, and a way to fill that log."""
+    if backend == "nats":
+        bus_url = fresh_bus_url(request.getfixturevalue("nats_url"))
+        async with RelayedFeed.opened(store_url, bus_url) as relayed:
+            yield relayed
+        return
+    async with StoreFeed.opened(store_url) as own:
+        yield own

@@ -115,7 +115,7 @@ class NatsBus:
         self.partitions = 0
         self.log_id = ""
         #: The store's feed, which confirms (or denies) what a message on a stream claims to be.
-        self._store_log: Feed | None = None
+        self._store_feed: Feed | None = None
         self._client: Client | None = None
         self._inbox: Inbox | None = None
         #: Per partition, its stream's last sequence as this bus last saw it (unknown after a
@@ -151,10 +151,11 @@ class NatsBus:
             )
         return name
 
-    async def open(self, log: Feed) -> None:
+    async def open(self, store_feed: Feed) -> None:
         if self._client is not None:
             return
-        self.partitions, self.log_id, self._store_log = log.partitions, log.log_id, log
+        self.partitions, self.log_id = store_feed.partitions, store_feed.log_id
+        self._store_feed = store_feed
         # The client reconnects forever once connected; the first connection has a deadline (a
         # server it cannot talk to, such as one that wants TLS, would be retried forever), and
         # the errors the client met say why it failed.
@@ -291,12 +292,12 @@ class NatsBus:
         """The store position of the partition's last event on the bus (0: none yet): of the
         last message there whose position and event id the store confirms (anyone may publish)."""
         client, _ = self._connected()
-        store_log = self._store_log
-        if store_log is None:
+        store_feed = self._store_feed
+        if store_feed is None:
             raise BackendUnavailable(f"bus {self.url} is not open (call open() first)")
 
         async def holds(position: int, message_id: str) -> bool:
-            found = await store_log.read_partition(partition, after=position - 1, limit=1)
+            found = await store_feed.read_partition(partition, after=position - 1, limit=1)
             return (
                 bool(found)
                 and found[0].position == position
@@ -416,6 +417,6 @@ class NatsBus:
                     await subscription.unsubscribe()
 
     def feed(self, *, topic_of: TopicOf | None = None, max_event_size: int = DEFAULT_MAX_SIZE) -> Feed:
-        if self._store_log is None:
+        if self._store_feed is None:
             raise BackendUnavailable(f"bus {self.url} is not open (call open() first)")
-        return JetStreamFeed(self, self._store_log, topic_of, max_event_size)
+        return JetStreamFeed(self, self._store_feed, topic_of, max_event_size)

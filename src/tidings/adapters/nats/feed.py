@@ -1,7 +1,7 @@
 """The feed that consumer groups read in distributed mode: partitions from JetStream. The rest
-(leases, inbox, checkpoints, dead letters, traces) is the store's ``GroupState``, whatever the
-feed, so that a handler's effects, its inbox record and the group's checkpoint still commit in one
-store transaction."""
+is the store's whatever the feed (leases, inbox, dead letters and traces its ``GroupState``, the
+checkpoints its own), so that a handler's effects, its inbox record and the group's checkpoint
+still commit in one store transaction."""
 
 from __future__ import annotations
 
@@ -14,9 +14,9 @@ from tidings.ports import Feed
 
 
 class PartitionStreams(Protocol):
-    """What the log needs of the bus (``NatsBus``): where each partition is read, its messages
-    after a stream sequence, and the doorbell. Named here, not imported: the bus builds the log,
-    and the log importing the bus back would make the two modules a circle."""
+    """What the feed needs of the bus (``NatsBus``): where each partition is read, its messages
+    after a stream sequence, and the doorbell. Named here, not imported: the bus builds the feed,
+    and the feed importing the bus back would make the two modules a circle."""
 
     @property
     def settings(self) -> NatsSettings: ...

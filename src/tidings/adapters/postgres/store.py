@@ -220,7 +220,7 @@ class PostgresStore:
         return self._groups
 
     @property
-    def keys(self) -> PostgresKeys:
+    def key_store(self) -> PostgresKeys:
         return self._keys
 
     @asynccontextmanager
@@ -255,7 +255,7 @@ class PostgresTransaction:
         self._connection = connection
         self._store = store
         self.groups = PostgresGroupWrites(connection)
-        self.keys = store._key_writes
+        self.key_store = store._key_writes
 
     async def append(
         self,

@@ -17,7 +17,7 @@ from typing import Any, Final, NamedTuple
 import msgspec
 
 from tidings.domain.attributes import ExtensionValue
-from tidings.domain.envelope import JSON, SPEC_VERSION, Envelope, RecordedEvent, validate_envelope
+from tidings.domain.envelope import JSON, SPEC_VERSION, Envelope, RecordedEvent, validate_envelopes
 from tidings.domain.integrity import GENESIS, chain_hash
 from tidings.errors import IntegrityError, InvalidArgument
 from tidings.ports import Sealer
@@ -61,22 +61,23 @@ _canonical = msgspec.msgpack.Encoder()
 
 
 def pack_meta(envelope: Envelope) -> bytes:
+    # Positional, in Meta's field order: keywords cost several times more in msgspec.
     return _meta_encoder.encode(
         Meta(
-            type=envelope.type,
-            time=envelope.time.astimezone(UTC),
-            source=envelope.source,
-            subject=envelope.subject,
-            schemaversion=envelope.schemaversion,
-            correlationid=envelope.correlationid,
-            causationid=envelope.causationid,
-            datacontenttype=envelope.datacontenttype,
-            dataschema=envelope.dataschema,
-            traceparent=envelope.traceparent,
-            tracestate=envelope.tracestate,
-            expirytime=envelope.expirytime.astimezone(UTC) if envelope.expirytime else None,
-            partitionkey=envelope.partitionkey,
-            extensions=envelope.extensions,
+            envelope.type,
+            envelope.time.astimezone(UTC),
+            envelope.source,
+            envelope.subject,
+            envelope.schemaversion,
+            envelope.correlationid,
+            envelope.causationid,
+            envelope.datacontenttype,
+            envelope.dataschema,
+            envelope.traceparent,
+            envelope.tracestate,
+            envelope.expirytime.astimezone(UTC) if envelope.expirytime else None,
+            envelope.partitionkey,
+            envelope.extensions,
         )
     )
 
@@ -85,7 +86,11 @@ def unpack_meta(meta: bytes, position: int) -> Meta:
     try:
         return _meta_decoder.decode(meta)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise IntegrityError(f"stored event at position {position} is damaged: {exc}") from None
+        raise _damaged(position, exc) from None
+
+
+def _damaged(position: int, exc: Exception) -> IntegrityError:
+    return IntegrityError(f"stored event at position {position} is damaged: {exc}")
 
 
 #: Columns in the order rows are written.
@@ -137,22 +142,34 @@ def plan_rows(
     """Check, number, seal (if asked) and chain new envelopes after the stream's head."""
     version, previous = head if head is not None else (0, GENESIS)
     rows: list[NewRow] = []
+    validate_envelopes(envelopes, max_size)
+    # The events of an append nearly always share one time (one object) and the stream's
+    # partition: each is worked out once, not once an event.
+    stream_partition: int | None = None
+    last_time, time_us = None, 0
     for given in envelopes:
-        validate_envelope(given, max_size)
         version += 1
         envelope = given if seal is None else seal(stream, version, given)
         meta = pack_meta(envelope)
         content = (stream, version, envelope.id, envelope.topic, meta, envelope.data)
         previous = chain_hash(previous, _canonical.encode(content))
+        if envelope.partitionkey:
+            partition = partition_of(envelope.partitionkey)
+        else:
+            if stream_partition is None:
+                stream_partition = partition_of(stream)
+            partition = stream_partition
+        if envelope.time is not last_time:  # datetimes are immutable: the same object, the same time
+            last_time, time_us = envelope.time, to_micros(envelope.time)
         rows.append(
             NewRow(
                 stream,
                 version,
-                partition_of(envelope.partitionkey or stream),
+                partition,
                 envelope.id,
                 envelope.topic,
                 envelope.correlationid or envelope.id,
-                to_micros(envelope.time),
+                time_us,
                 meta,
                 envelope.data,
                 previous,
@@ -169,8 +186,12 @@ def record_of(row: Sequence[Any]) -> RecordedEvent:
 def records_of(rows: Iterable[Sequence[Any]]) -> list[RecordedEvent]:
     """``RecordedEvent``s from rows selected with ``LOG_COLUMNS`` or ``SELECT_COLUMNS``."""
     records: list[RecordedEvent] = []
+    decode = _meta_decoder.decode  # unpack_meta, inlined: a call a row is a tenth of the read
     for row in rows:
-        meta = unpack_meta(row[5], row[0])
+        try:
+            meta = decode(row[5])
+        except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+            raise _damaged(row[0], exc) from None
         # Positional: the field order of Envelope (see its definition); keywords cost 6x more.
         envelope = Envelope(
             row[3],  # id

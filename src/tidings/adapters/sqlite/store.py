@@ -244,7 +244,7 @@ class SqliteStore:
         return self._groups
 
     @property
-    def keys(self) -> SqliteKeys:
+    def key_store(self) -> SqliteKeys:
         return self._keys
 
     # -- timers ----------------------------------------------------------------------------
@@ -281,7 +281,7 @@ class SqliteTransaction:
         self._store = store
         self._write = store._connections.write  # inside the transaction that the store began
         self.groups = SqliteGroupWrites(store._connections)
-        self.keys = SqliteKeyWrites(store._connections)
+        self.key_store = SqliteKeyWrites(store._connections)
 
     async def append(
         self,

@@ -125,6 +125,17 @@ async def _letters(app: App, count: int, group: str = "refusers") -> bool:
     return len(await app.dead_letters(group)) >= count
 
 
+async def test_a_trace_read_by_another_process_decodes_its_events(store_url: str) -> None:
+    """A trace's events come back sealed as stored; another App (a fresh keyring, nothing
+    cached) must be able to decode them, as ``tidings trace`` and the shop's report do."""
+    correlation = unique("corr")
+    async with sealed_app(store_url, 1) as writer:
+        await writer.publish(Secret(owner="ann", text="traced"), correlation_id=correlation)
+    async with sealed_app(store_url, 1) as reader:
+        found = await reader.groups.trace(correlation)
+        assert [reader.codec.stored(r).event for r in found.events] == [Secret(owner="ann", text="traced")]
+
+
 async def test_a_sealed_dead_letter_is_redriven(store_url: str) -> None:
     app = sealed_app(store_url)
     got: list[str] = []

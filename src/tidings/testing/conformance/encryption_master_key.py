@@ -134,11 +134,11 @@ async def test_a_check_record_rewrapped_by_an_older_binary_still_checks(
     async with sealed_app(store_url, 1) as app:
         await app.append(stream, [Secret(owner="ann", text="before")])
     keys = master(1, 2)
-    (check,) = await store.keys.data_keys([CHECK_SCOPE])
+    (check,) = await store.key_store.data_keys([CHECK_SCOPE])
     assert check.wrapped is not None
     context = key_context(CHECK_SCOPE, check.version)
     version, wrapped = await keys.wrap(await keys.unwrap(1, check.wrapped, context), context)
-    assert await store.keys.rewrap_data_key(check, version, wrapped)  # as the older rotation did
+    assert await store.key_store.rewrap_data_key(check, version, wrapped)  # as the older rotation did
     with pytest.raises(ConfigurationError, match=refused(2)):
         await app_with(store_url, {1: master_key_of(1), 2: os.urandom(32)}).open()
     async with sealed_app(store_url, 1, 2) as reader:
@@ -215,14 +215,14 @@ class _CountingStore:
     """A store whose keyring counts the rows read through ``data_key_page``."""
 
     def __init__(self, store: EventStore) -> None:
-        self.store, self.keys = store, _CountingKeys(store.keys)
+        self.store, self.key_store = store, _CountingKeys(store.key_store)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.store, name)
 
     @property
     def rows(self) -> int:
-        return self.keys.rows
+        return self.key_store.rows
 
 
 async def test_an_old_version_never_recorded_costs_a_few_rows_per_open(
@@ -244,7 +244,7 @@ async def test_an_old_version_never_recorded_costs_a_few_rows_per_open(
                 uses=1,
                 created=now,
             )
-            await tx.keys.add_data_key(key)
+            await tx.key_store.add_data_key(key)
     counting = _CountingStore(store)
     for _ in range(2):
         await check_master_key(cast(EventStore, counting), master(1, 2))

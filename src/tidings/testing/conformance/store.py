@@ -8,11 +8,9 @@ from datetime import UTC, datetime, timedelta
 import msgspec
 import pytest
 
-from tidings.adapters.registry import open_store
-from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import Envelope, RecordedEvent
-from tidings.errors import ConcurrencyError, InvalidArgument, MalformedEvent
-from tidings.ports import ANY, NO_STREAM, DeadLetter, EventStore, ExpectedVersion, Snapshot
+from tidings.errors import ConcurrencyError, MalformedEvent
+from tidings.ports import ANY, NO_STREAM, EventStore, ExpectedVersion, Snapshot
 from tidings.testing.conformance.events import CartCheckedOut, ItemAdded, codec, items, unique
 
 
@@ -329,53 +327,6 @@ async def test_a_transaction_commits_appends_documents_and_checkpoints_together(
     assert await store.get_checkpoint("never-set") == 0
 
 
-async def test_a_redrive_settles_only_a_letter_queued_for_redrive(store: EventStore) -> None:
-    """``settle_dead_letter`` is a compare-and-set out of ``redrive``: a run that ends after
-    another run settled the letter (as redriven) cannot put it back to dead."""
-    group = unique("settling")
-    letter = DeadLetter(group=group, reason=DeadLetterReason.FAILED, error="boom", dead_at=datetime.now(UTC))
-    async with store.transaction() as tx:
-        entry = await tx.groups.dead_letter(letter)
-    async with store.transaction() as tx:
-        assert (
-            await tx.groups.settle_dead_letter(entry, DeadLetterState.REDRIVEN) is False
-        )  # not queued: stays dead
-    assert await store.groups.set_dead_letter_state([entry], DeadLetterState.REDRIVE) == 1
-    async with store.transaction() as tx:
-        assert await tx.groups.settle_dead_letter(entry, DeadLetterState.REDRIVEN) is True
-    async with store.transaction() as tx:
-        assert await tx.groups.settle_dead_letter(entry, DeadLetterState.DEAD) is False
-    assert [x.state for x in await store.groups.dead_letters(group, state=None)] == ["redriven"]
-
-
-async def test_letters_read_back_in_the_vocabulary(store: EventStore) -> None:
-    """Every store hands a letter's reason and state back as the enums, a reason written by
-    another version of tidings as itself (never an error that would stop the queue), and
-    refuses a state that does not exist."""
-    group = unique("vocabulary")
-    now = datetime.now(UTC)
-    for reason in (DeadLetterReason.PARKED, DeadLetterReason("quarantined")):
-        async with store.transaction() as tx:
-            await tx.groups.dead_letter(DeadLetter(group=group, reason=reason, error="e", dead_at=now))
-    read = await store.groups.dead_letters(group, state=None)
-    assert [(x.reason, x.state) for x in read] == [("parked", "dead"), ("quarantined", "dead")]
-    assert all(isinstance(x.reason, DeadLetterReason) and x.state is DeadLetterState.DEAD for x in read)
-    with pytest.raises(InvalidArgument, match="dead letter state must be one of"):
-        await store.groups.set_dead_letter_state([read[0].id], "deed")  # type: ignore[arg-type]
-
-
-async def test_the_log_names_the_partition_of_a_key(store: EventStore) -> None:
-    """``Feed.partition_of``: the partition where the store puts the events of a key (the
-    member that holds it redrives the key's dead letters)."""
-    for n in range(5):
-        stream = unique(f"placed-{n}")
-        (record,) = await store.append(stream, items(stream, 1))
-        found = await store.feed.read_partition(
-            store.feed.partition_of(stream), after=record.position - 1, limit=1
-        )
-        assert [r.envelope.id for r in found] == [record.envelope.id]
-
-
 async def test_list_streams(store: EventStore) -> None:
     prefix = unique("listed")
     for n in range(3):
@@ -393,18 +344,3 @@ async def test_verify_on_a_sound_store(store: EventStore) -> None:
         await store.append(stream, items(stream, 1))
     report = await store.verify()
     assert report.ok and report.streams == 3 and report.events == 15
-
-
-async def test_a_store_keeps_its_log_id_and_no_other_store_shares_it(
-    store: EventStore, store_url: str
-) -> None:
-    """A bus stream records the log it carries by this id: it must survive reopening and tell
-    stores apart."""
-
-    assert len(store.feed.log_id) >= 16
-    again = open_store(store_url)
-    await again.open()
-    try:
-        assert again.feed.log_id == store.feed.log_id
-    finally:
-        await again.close()

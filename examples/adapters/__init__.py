@@ -1,0 +1,1 @@
+"""Adapters written outside tidings, as a third party would: see docs/adapters.md."""
