@@ -65,6 +65,10 @@ class MemoryFeed:
         start = bisect_right(events, after, key=lambda record: record.position)
         return events[start : start + limit]
 
+    async def head(self, partition: int) -> int:
+        events = self._log.by_partition[partition]
+        return events[-1].position if events else 0
+
     async def watch(self, wake: Callable[[], None]) -> None:
         self._log.watchers.add(wake)
         try:

@@ -34,6 +34,7 @@ from tidings.runtime.key_admin import Rotation, rotate_keys, shred_keys
 from tidings.runtime.keyring import KeyRing, stored_scope
 from tidings.runtime.leasing import PartitionMember
 from tidings.runtime.log_context import log_fields
+from tidings.runtime.monitoring import Monitor
 from tidings.runtime.projection import Projection, reset_projection, run_projection
 from tidings.runtime.publishing import (
     Lineage,
@@ -123,6 +124,7 @@ class App:
         self._repository: Repository | None = None
         self._services: Services | None = None  # what workers use, once open (``services``)
         self._members: list[PartitionMember] = []  # the workers running now (``running``)
+        self.monitor: Monitor | None = None  # samples what metrics report: running(monitoring=seconds)
         #: Appends seen in this process, and the idle readers (consumers, relay) that wait for them.
         self.wakeups = Wakeups()
 
@@ -439,12 +441,13 @@ class App:
     # -- running consumers -------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
-    async def running(self, *, lease_ttl: float = 10.0, poll: float = 1.0) -> AsyncIterator[App]:
-        """Run every group's consumer in the background for the duration of the block.
-
-        Appends by any process wake the consumers at once (``Feed.watch``); ``poll`` is only the
-        fallback interval at which an idle partition looks again."""
+    async def running(
+        self, *, lease_ttl: float = 10.0, poll: float = 1.0, monitoring: float = 0
+    ) -> AsyncIterator[App]:
+        """Run every group's consumer in the background for the duration of the block; appends
+        wake them at once (``poll``: an idle partition's fallback); ``monitoring``: ``monitor``."""
         await self.open()
+        self.monitor = Monitor(self.services, bus=self._bus is not None, interval=monitoring)
         if not self.subscriptions and self._bus is None:  # nothing to run
             yield self
             return
@@ -456,6 +459,7 @@ class App:
             relay_from=relay_from,
             lease_ttl=lease_ttl,
             poll=poll,
+            monitor=self.monitor if monitoring else None,
         ) as members:
             self._members += members  # nested blocks each add, and take away, their own
             try:

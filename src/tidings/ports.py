@@ -202,6 +202,10 @@ class Feed(Protocol):
     async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
         """Events of one partition after a position, in log order."""
 
+    async def head(self, partition: int) -> int:
+        """The position of the partition's last event (0: none yet), found by the partition's
+        index, never by reading its events: how far a group's checkpoint is behind (metrics)."""
+
     async def watch(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` soon after any process appends, until cancelled (LISTEN/NOTIFY on
         PostgreSQL, a low-latency poll of the file's change counter on SQLite)."""
@@ -235,6 +239,10 @@ class GroupState(Protocol):
 
     async def set_dead_letter_state(self, entries: Sequence[int], state: DeadLetterState) -> int:
         """Ask for redrive or purge; returns how many entries changed."""
+
+    async def dead_letter_counts(self) -> dict[tuple[str, DeadLetterReason, DeadLetterState], int]:
+        """How many dead letters each group holds, by reason and state, in one grouped count
+        (metrics: the depth of each queue, and, summed over states, how many were ever made)."""
 
     async def blocked_keys(self, group: str) -> set[str]:
         """Keys with unresolved dead letters in the group: an ordered group parks their events."""

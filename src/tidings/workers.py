@@ -15,6 +15,7 @@ from tidings.ports import Bus, Feed
 from tidings.runtime.consuming import GroupConsumer, Subscription
 from tidings.runtime.leasing import PartitionMember
 from tidings.runtime.log_context import log_fields
+from tidings.runtime.monitoring import Monitor
 from tidings.runtime.outbox import Relay
 from tidings.runtime.services import Services
 from tidings.runtime.timers import TimerWorker
@@ -29,13 +30,15 @@ async def workers_running(
     relay_from: Feed | None,
     lease_ttl: float,
     poll: float,
+    monitor: Monitor | None = None,
 ) -> AsyncIterator[list[PartitionMember]]:
     """Run a consumer for each of ``subscriptions`` and, given ``relay_from``, a relay from that
     feed (the store's) to ``bus``, until the block ends; then let them finish the events in hand and stop.
     The block is given the members started (the consumers and the relay).
 
     Appends by any process wake the consumers at once (``Feed.watch``); ``poll`` is only the
-    fallback interval at which an idle partition looks again."""
+    fallback interval at which an idle partition looks again. A ``monitor`` is shown the workers
+    and samples what the metrics report of them, beside them."""
     # Wake-ups: the store's change signal (new events for a relay, or for consumers of the
     # store's log) and, in distributed mode, the bus's doorbell (new events on the bus).
     watched = [services.store.feed] if subscriptions or bus else []
@@ -55,6 +58,9 @@ async def workers_running(
         tasks = [asyncio.create_task(member.run()) for member in members]
         if timers is not None:
             watchers.append(asyncio.create_task(timers.run()))
+        if monitor is not None:
+            monitor.watch(members, tasks, relay_from if bus is not None else None)
+            watchers.append(asyncio.create_task(monitor.run()))
     try:
         yield members
     finally:

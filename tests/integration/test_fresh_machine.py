@@ -20,17 +20,20 @@ from packaging.version import Version
 from tidings.testing.servers import server_account
 
 ROOT = Path(__file__).resolve().parents[2]
-OPTIONAL = ("nats", "psycopg", "psycopg_pool", "bcrypt")
+OPTIONAL = ("nats", "psycopg", "psycopg_pool", "bcrypt", "opentelemetry.sdk", "prometheus_client")
 
 
 def lowest_versions(requirements: list[str]) -> list[str]:
-    """``name==X`` for every ``name>=X`` (extras dropped: a constraint names a distribution)."""
-    pins = []
+    """``name==X`` for every ``name>=X`` (extras dropped: a constraint names a distribution); of
+    a distribution bounded twice (the base and an extra that needs more of it), the higher."""
+    pins: dict[str, str] = {}
     for requirement in requirements:
         found = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)(?:\[[^\]]*\])?\s*>=\s*([0-9][^,;\s]*)\s*", requirement)
         assert found, f"{requirement!r}: every dependency needs a lower bound (name>=version)"
-        pins.append(f"{found[1]}=={found[2]}")
-    return pins
+        name, version = found[1].lower().replace("_", "-"), found[2]
+        if name not in pins or Version(version) > Version(pins[name]):
+            pins[name] = version
+    return [f"{name}=={version}" for name, version in pins.items()]
 
 
 _NOT_PASSED = frozenset({"PYTHONPATH", "PYTHONHOME", "PYTHONSTARTUP", "VIRTUAL_ENV", "PIP_CONSTRAINT"})
@@ -70,9 +73,10 @@ def base_install(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def runtime_requirements(project: dict[str, Any]) -> list[str]:
-    """The base dependencies and the drivers' extras: what a distributed deployment installs."""
+    """The base dependencies, the drivers' extras and the metrics': what a distributed
+    deployment installs."""
     extras = project["optional-dependencies"]
-    return [*project["dependencies"], *extras["postgres"], *extras["nats"]]
+    return [*project["dependencies"], *extras["postgres"], *extras["nats"], *extras["metrics"]]
 
 
 #: What the lowest-versions run covers: the engines' drivers where they are used, and the CLI.
@@ -84,6 +88,7 @@ LOWEST_SUITE = (
     "tests/conformance/test_jetstream.py",
     "tests/unit/test_cli.py",
     "tests/unit/test_cli_acl.py",
+    "tests/unit/test_cli_metrics.py",
     "tests/unit/test_codec.py",
 )
 

@@ -19,6 +19,8 @@ ALLOWED = {
     "runtime": {"tidings.domain", "tidings.ports", "tidings.runtime"},
     # Starts the runtime's workers for the App: the runtime's room, one floor up.
     "workers": {"tidings.domain", "tidings.ports", "tidings.runtime"},
+    # Serves a running App's metrics and probes over HTTP: the runtime's monitor, one floor up.
+    "endpoints": {"tidings.runtime"},
     "errors": set(),
 }
 # The edges, which may use everything: the package's face, the CLI, the test kit, and the

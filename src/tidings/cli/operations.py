@@ -12,7 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Final
+from typing import Annotated, Final, NamedTuple
 
 import typer
 from rich.table import Table
@@ -36,9 +36,13 @@ from tidings.cli.logs import FORMATS, LEVELS, configure_logging
 from tidings.cli.render import current_keys, data_text
 from tidings.domain.dead_letters import DeadLetterState
 from tidings.domain.envelope import RecordedEvent, format_time, from_structured
+from tidings.endpoints import probed, prometheus_exposition
 from tidings.errors import ConfigurationError, TidingsError
 from tidings.ports import DeadLetter, EventStore, Trace
 from tidings.runtime.crypto import SEALED
+from tidings.runtime.log_context import log_fields
+from tidings.runtime.monitoring import SAMPLE_INTERVAL
+from tidings.workers import until_signalled
 
 dlq_app = typer.Typer(help="The dead letter queues of consumer groups.", no_args_is_help=True)
 
@@ -91,6 +95,23 @@ def run(
     log_format: Annotated[
         str, typer.Option("--log-format", metavar="FORMAT", help="text, or json: one object per line.")
     ] = "text",
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            envvar="TIDINGS_METRICS_PORT",
+            min=0,
+            max=65535,
+            help="Serve /metrics, /healthz and /readyz on this port (worker i: port + i; 0: any free port).",
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option("--metrics-host", metavar="HOST", help="The address --metrics-port binds.")
+    ] = "127.0.0.1",
+    metrics_interval: Annotated[
+        float,
+        typer.Option("--metrics-interval", min=0.1, help="Seconds between samples of the store's metrics."),
+    ] = SAMPLE_INTERVAL,
 ) -> None:
     """Run an App's consumer groups until SIGTERM or SIGINT (then finish in-flight work).
 
@@ -103,12 +124,24 @@ def run(
     if log_format not in FORMATS:
         fail(f"--log-format must be one of {', '.join(FORMATS)}, not {log_format!r}")
     configure_logging(level, log_format)  # before the import: the module's own lines are formatted too
+    exposition = None
+    if metrics_port is not None:
+        try:  # before the App's import: a missing extra is told at once, in one line
+            exposition = prometheus_exposition()
+        except ConfigurationError as exc:
+            fail(str(exc))
     if workers == 1:
         app = load_app(target, store=store, bus=bus)
         groups = ", ".join(app.subscriptions) or "(none)"
         run_log.info("running %s: groups %s", app.name, groups, extra={"app": app.name})
         try:
-            asyncio.run(app.run(lease_ttl=lease_ttl))
+            if exposition is None or metrics_port is None:
+                asyncio.run(app.run(lease_ttl=lease_ttl))
+            else:
+                probes = Probes(metrics_host, metrics_port, metrics_interval, exposition)
+                asyncio.run(_run_probed(app, lease_ttl, probes))
+        except OSError as exc:  # the metrics port is taken, or the host is not this machine's
+            fail(f"cannot serve metrics on {metrics_host}:{metrics_port}: {exc.strerror or exc}")
         except TidingsError as exc:  # a bad URL, an unreachable server, a refused policy
             message = scrub(str(exc) or type(exc).__name__, app.store_url)
             fail(scrub(message, app.bus_url) if app.bus_url else message)
@@ -130,7 +163,17 @@ def run(
     # own), not their command lines, which every user of the machine can list with a password.
     env = dict(os.environ)
     env.update({name: url for name, url in (("TIDINGS_STORE", store), ("TIDINGS_BUS", bus)) if url})
-    children = [subprocess.Popen(command, env=env) for _ in range(workers)]  # noqa: S603 - our own command
+    served = [
+        [
+            f"--metrics-port={metrics_port + i if metrics_port else 0}",
+            f"--metrics-host={metrics_host}",
+            f"--metrics-interval={metrics_interval}",
+        ]
+        if metrics_port is not None
+        else []
+        for i in range(workers)
+    ]
+    children = [subprocess.Popen(command + more, env=env) for more in served]  # noqa: S603 - our own command
 
     def forward(signum: int, _frame: object) -> None:
         for child in children:
@@ -141,6 +184,25 @@ def run(
     signal.signal(signal.SIGINT, forward)
     codes = [child.wait() for child in children]
     raise typer.Exit(max(codes, default=0) if any(codes) else EXIT_OK)
+
+
+class Probes(NamedTuple):
+    """Where and how ``tidings run --metrics-port`` serves its metrics and probes."""
+
+    host: str
+    port: int
+    interval: float  # seconds between two samples of the store
+    exposition: Callable[[], bytes]
+
+
+async def _run_probed(app: App, lease_ttl: float, probes: Probes) -> None:
+    """``App.run`` with its metrics sampled and its endpoints served (``tidings.endpoints``)."""
+    with log_fields(app=app.name):
+        async with app, app.running(lease_ttl=lease_ttl, monitoring=probes.interval):
+            if app.monitor is None:  # made by ``running``; the check tells the type checker so
+                raise ConfigurationError(f"App {app.name!r} runs without its monitor")
+            async with probed(probes.host, probes.port, app.monitor, probes.exposition):
+                await until_signalled()
 
 
 @dlq_app.command("list")

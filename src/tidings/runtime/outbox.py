@@ -57,13 +57,16 @@ class Relay(PartitionMember):
         self.batch_size = batch_size
         self.poll = poll
         self._stopped = asyncio.Event()
+        #: Per partition held, the log position the bus holds up to, as this relay last knew it
+        #: (what the relay lag metric is measured from).
+        self.relayed: dict[int, int] = {}
 
     def on_stop(self) -> None:
         self._stopped.set()
         self.wakeups.wake()
 
     async def work(self, partition: int) -> None:
-        after = await self.bus.published(partition)
+        after = self.relayed[partition] = await self.bus.published(partition)
         pause = 0.0
         while not self.stopping:
             seen = self.wakeups.count
@@ -82,8 +85,8 @@ class Relay(PartitionMember):
                 log.warning(RESYNCING, partition, exc, pause)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopped.wait(), pause)
-                after = await self.bus.published(partition)
+                after = self.relayed[partition] = await self.bus.published(partition)
                 continue
             pause = 0.0
-            after = batch[-1].position
+            after = self.relayed[partition] = batch[-1].position
             log.debug(PUBLISHED, partition, after)

@@ -68,6 +68,9 @@ class SealedFeed:
         await load_keys(self._keys, records)
         return records
 
+    async def head(self, partition: int) -> int:
+        return await self._inner.head(partition)
+
 
 class SealedGroups:
     """Group state whose traces' events have their keys loaded as read (the rest holds no event
@@ -80,6 +83,7 @@ class SealedGroups:
         self.release = inner.release
         self.handled = inner.handled
         self.dead_letters = inner.dead_letters
+        self.dead_letter_counts = inner.dead_letter_counts
         self.set_dead_letter_state = inner.set_dead_letter_state
         self.blocked_keys = inner.blocked_keys
         self.unpark = inner.unpark

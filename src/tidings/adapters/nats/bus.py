@@ -379,6 +379,16 @@ class NatsBus:
         prefix = self.settings.prefix
         return [record_of(message, prefix, max_size, topic_of=topic_of) for message in found]
 
+    async def head(self, partition: int) -> int:
+        """The last sequence of the stream this App reads the partition from: the stream's info
+        (its state), which the server keeps without reading any message."""
+        client, _ = self._connected()
+        try:
+            info = await client.jetstream().stream_info(self.read_stream_of(partition))
+        except DRIVER_ERRORS as exc:
+            raise BackendUnavailable(f"NATS at {self.url}: {describe(exc)}") from None
+        return int(info.state.last_seq)
+
     async def watch(self, wake: Callable[[], None]) -> None:
         """Call ``wake`` on every doorbell, until cancelled."""
 

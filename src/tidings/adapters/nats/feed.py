@@ -27,6 +27,8 @@ class PartitionStreams(Protocol):
         self, partition: int, *, after: int, limit: int, topic_of: TopicOf | None, max_size: int
     ) -> list[RecordedEvent]: ...
 
+    async def head(self, partition: int) -> int: ...
+
     async def watch(self, wake: Callable[[], None]) -> None: ...
 
 
@@ -60,6 +62,9 @@ class JetStreamFeed:
         return await self.bus.read_partition(
             partition, after=after, limit=limit, topic_of=self.topic_of, max_size=self.max_event_size
         )
+
+    async def head(self, partition: int) -> int:
+        return await self.bus.head(partition)
 
     async def watch(self, wake: Callable[[], None]) -> None:
         await self.bus.watch(wake)

@@ -26,12 +26,14 @@ from tidings.adapters.sql.consumers import (
     lease_statements,
     release_statements,
 )
+from tidings.adapters.sql.counts import DEAD_LETTER_COUNTS, dead_letter_counts_of, partition_head
 from tidings.adapters.sql.rows import records_of, to_micros
-from tidings.domain.dead_letters import DeadLetterState
+from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import RecordedEvent
 from tidings.ports import DeadLetter, Trace
 
 CONSUMERS = ConsumerSql.dialect("%s", row_lock=" FOR UPDATE")
+PARTITION_HEAD = partition_head("%s")
 log = logging.getLogger("tidings.postgres")
 
 
@@ -47,6 +49,12 @@ class PostgresFeed(LogShape):
         async with self._connections.connection() as connection, connection.cursor(binary=True) as cursor:
             await cursor.execute(CONSUMERS.read_partition, (partition, after, limit))
             return records_of(await cursor.fetchall())
+
+    async def head(self, partition: int) -> int:
+        async with self._connections.connection() as connection:
+            cursor = await connection.execute(PARTITION_HEAD, (partition,))
+            row = await cursor.fetchone()
+        return int(row[0]) if row else 0
 
     async def watch(self, wake: Callable[[], None]) -> None:
         while True:
@@ -119,6 +127,11 @@ class PostgresGroups:
                 cursor = await connection.execute(CONSUMERS.set_dead_letter_state, (state, entry))
                 changed += cursor.rowcount
         return changed
+
+    async def dead_letter_counts(self) -> dict[tuple[str, DeadLetterReason, DeadLetterState], int]:
+        async with self._connections.connection() as connection:
+            cursor = await connection.execute(DEAD_LETTER_COUNTS)
+            return dead_letter_counts_of(await cursor.fetchall())
 
     async def blocked_keys(self, group: str) -> set[str]:
         async with self._connections.connection() as connection:

@@ -13,13 +13,15 @@ from typing import Any
 
 from tidings.adapters.sql.common import Partitioner
 from tidings.adapters.sql.consumers import LogShape, check_dead_letter_state
+from tidings.adapters.sql.counts import DEAD_LETTER_COUNTS, dead_letter_counts_of, partition_head
 from tidings.adapters.sqlite import steps
 from tidings.adapters.sqlite.connections import SqliteConnections
-from tidings.domain.dead_letters import DeadLetterState
+from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import RecordedEvent
 from tidings.ports import DeadLetter, Trace
 
 WATCH_INTERVAL = 0.005  # seconds between looks at the file's change counter
+PARTITION_HEAD = partition_head("?")
 
 
 class SqliteFeed(LogShape):
@@ -31,6 +33,11 @@ class SqliteFeed(LogShape):
 
     async def read_partition(self, partition: int, *, after: int, limit: int) -> list[RecordedEvent]:
         return await self._connections.read(steps.read_partition, partition, after, limit)
+
+    async def head(self, partition: int) -> int:
+        return await self._connections.read(
+            lambda c: int(c.execute(PARTITION_HEAD, (partition,)).fetchone()[0])
+        )
 
     async def watch(self, wake: Callable[[], None]) -> None:
         # PRAGMA data_version changes whenever another connection (in this process or another)
@@ -79,6 +86,9 @@ class SqliteGroups:
     async def set_dead_letter_state(self, entries: Sequence[int], state: DeadLetterState) -> int:
         check_dead_letter_state(state)
         return int(await self._write(steps.set_dead_letter_state, list(entries), state))
+
+    async def dead_letter_counts(self) -> dict[tuple[str, DeadLetterReason, DeadLetterState], int]:
+        return await self._connections.read(lambda c: dead_letter_counts_of(c.execute(DEAD_LETTER_COUNTS)))
 
     async def blocked_keys(self, group: str) -> set[str]:
         return await self._connections.read(steps.blocked_keys, group)
