@@ -218,6 +218,23 @@ async def test_after_excludes_and_limit_bounds(feed_under_test: FeedUnderTest) -
     assert await read(full[-1].position + 1000, _PAGE) == []
 
 
+async def test_head_is_each_partitions_last_position(feed_under_test: FeedUnderTest) -> None:
+    """``head`` (what a group's lag is measured against) is the position of a partition's last
+    event as the feed reads it, 0 while it has none, and moves with its own partition only."""
+    feed = feed_under_test.feed
+    before = await tails(feed)
+    assert [await feed.head(p) for p in range(feed.partitions)] == before
+    stream = unique("headed")
+    await feed_under_test.fill(stream, items(stream, 3))
+    partition = feed.partition_of(stream)
+    after = await tails(feed)
+    assert after[partition] > before[partition]
+    assert [await feed.head(p) for p in range(feed.partitions)] == after
+    assert [a for p, a in enumerate(after) if p != partition] == [
+        b for p, b in enumerate(before) if p != partition
+    ]
+
+
 async def test_checkpoint_names_differ_per_group_and_partition(feed_under_test: FeedUnderTest) -> None:
     feed = feed_under_test.feed
     groups = [unique("group"), unique("group")]
