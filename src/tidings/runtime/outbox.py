@@ -19,6 +19,7 @@ import logging
 from tidings.errors import BackendUnavailable
 from tidings.ports import Bus, Feed, GroupState
 from tidings.runtime.leasing import PartitionMember
+from tidings.runtime.telemetry import NO_TRACE, bus_system, scrubbed, sending
 from tidings.runtime.wakeups import Wakeups
 
 log = logging.getLogger("tidings.outbox")
@@ -57,6 +58,9 @@ class Relay(PartitionMember):
         self.batch_size = batch_size
         self.poll = poll
         self._stopped = asyncio.Event()
+        #: ``messaging.system`` of the bus, for the relay's spans (a stand-in bus of a test may
+        #: have no URL: it spans as "unknown").
+        self.system = bus_system(getattr(bus, "url", "unknown"))
 
     def on_stop(self) -> None:
         self._stopped.set()
@@ -72,8 +76,18 @@ class Relay(PartitionMember):
                 await self.wakeups.wait(self.poll, seen)
                 continue
             log.debug(PUBLISHING, partition, batch[0].position, batch[-1].position)
+            # A malformed trace context (written behind tidings' back) is not passed on.
+            batch = [scrubbed(record) for record in batch]
             try:
-                await self.bus.publish(partition, batch)
+                # The publish is a ``send`` span of its own, linked to each event's.
+                with sending(
+                    [record.envelope.topic for record in batch],
+                    parent=NO_TRACE,
+                    system=self.system,
+                    attributes={"tidings.partition": partition},
+                    links=[(r.envelope.traceparent, r.envelope.tracestate) for r in batch],
+                ):
+                    await self.bus.publish(partition, batch)
             except BackendUnavailable as exc:
                 # The stream moved on under the relay (junk on its subjects, a relay that lost
                 # its lease unawares) or the bus is away. Asking at once, again and again, would
