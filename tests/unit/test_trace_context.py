@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -114,3 +117,23 @@ def test_json_logs_carry_the_recorded_span_ids() -> None:
     context = span.get_span_context()
     assert line["trace_id"] == f"{context.trace_id:032x}"
     assert line["span_id"] == f"{context.span_id:016x}"
+
+
+def test_tidings_never_imports_the_sdk(tmp_path: Path) -> None:
+    """A base install has the API only: publishing and handling import nothing of the SDK."""
+    script = f"""
+import asyncio, sys
+from tidings.app import App
+from tidings.testing.conformance.events import Ping
+
+async def main() -> None:
+    app = App("no-sdk", store="sqlite:///{tmp_path / "store.db"}")
+    async with app:
+        await app.publish(Ping(key="k", n=1))
+    print(sorted(name for name in sys.modules if name.startswith("opentelemetry.sdk")))
+
+asyncio.run(main())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
