@@ -35,7 +35,7 @@ from tidings.runtime.log_context import log_fields
 from tidings.runtime.retries import Retry
 from tidings.runtime.services import Services
 from tidings.runtime.settling import Batch, SharedCommitFailed, Target
-from tidings.runtime.telemetry import processing, record_error, settling
+from tidings.runtime.telemetry import consumed, processing, record_error, settling
 
 log = logging.getLogger("tidings.consumer")
 
@@ -75,6 +75,7 @@ class GroupConsumer(PartitionMember):
         self._parked = ParkedKeys(self.groups, self.group)  # keys with unresolved dead letters (ordered)
         self._dispatcher = Dispatcher(services, self.group, subscription, self._parked)
         self._batch = Batch(services, self.group, self)
+        self._pattern = subscription.pattern.text  # messaging.destination.template
 
     def checkpoint_name(self, partition: int) -> str:
         return self.feed.checkpoint_name(self.group, partition)
@@ -109,6 +110,8 @@ class GroupConsumer(PartitionMember):
                 await self.services.wakeups.wait(self.poll, seen)
                 continue
             mine = [r for r in batch if self.subscription.pattern.matches(r.envelope.topic)]
+            system = self.services.messaging_system
+            consumed(len(mine), group=self.group, pattern=self._pattern, system=system)
             # One look at the inbox for the whole batch (redeliveries after a crash or handover).
             duplicates = await self.groups.handled(self.group, [r.envelope.id for r in mine])
             try:
@@ -149,7 +152,7 @@ class GroupConsumer(PartitionMember):
             processing(
                 record,
                 group=self.group,
-                pattern=self.subscription.pattern.text,
+                pattern=self._pattern,
                 system=services.messaging_system,
                 parent=services.trace_parent,
                 partition=at if isinstance(at, int) else at.partition,

@@ -21,7 +21,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Final, Literal
+from typing import Final, Generic, Literal, TypeVar
 
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
@@ -34,6 +34,7 @@ from tidings.domain.trace_context import checked
 #: What a consumer's ``process`` span descends from: the producer's span (its parent), or
 #: nothing (a new trace, linked to the producer's span).
 TraceParent = Literal["producer", "link"]
+T = TypeVar("T")
 #: ``messaging.system`` of tidings' embedded log (the store is the bus).
 EMBEDDED: Final = "tidings"
 #: The ``traceparent`` and ``tracestate`` to write into an envelope (``None`` for none).
@@ -72,6 +73,33 @@ def bus_system(url: str) -> str:
     """``messaging.system`` of a bus by its URL: ``nats`` (``tls://`` is NATS too), ``kafka``."""
     scheme = url.partition("://")[0].lower()
     return "nats" if scheme in ("nats", "tls") else scheme
+
+
+# Whether an SDK's provider is set, as last seen. The API's getters read the environment on every
+# call (a few microseconds each): without an SDK, the check is made again at most once a
+# second; once a provider is set, it stays (OpenTelemetry sets its global providers once).
+_on = False
+_checked_at = -1.0
+
+
+def enabled() -> bool:
+    """Whether anything records spans or metrics (an SDK's provider is set): if not, tidings
+    skips its telemetry altogether. A provider set later is seen within a second (``refresh``)."""
+    global _on, _checked_at
+    if _on:
+        return True
+    now = time.monotonic()
+    if now - _checked_at < 1.0:
+        return False
+    _checked_at = now
+    _on = tracing() or metering()
+    return _on
+
+
+def refresh() -> None:
+    """Look for providers again at the next step (one was set just now: a test's)."""
+    global _checked_at
+    _checked_at = -1.0
 
 
 def tracing() -> bool:
@@ -158,7 +186,26 @@ def error_type(exc: BaseException) -> str:
     return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
 
-@contextlib.contextmanager
+class _Nothing(Generic[T]):
+    """What a span's context manager is without an SDK: a block that gives ``value``. A class,
+    not a generator: the consumer enters a few per event, and a generator costs ten calls."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def __enter__(self) -> T:
+        return self.value
+
+    def __exit__(self, *exc_info: object) -> None:
+        return None
+
+
+_NOTHING: Final = _Nothing(None)
+_NO_TRACE: Final = _Nothing(NO_TRACE)
+
+
 def sending(
     topics: Sequence[str],
     *,
@@ -166,11 +213,24 @@ def sending(
     system: str = EMBEDDED,
     attributes: dict[str, AttributeValue] | None = None,
     links: Sequence[TraceFields] = (),
-) -> Iterator[TraceFields]:
-    """A ``send`` span (PRODUCER) for events of ``topics`` made in it, as the current span; yields
+) -> contextlib.AbstractContextManager[TraceFields]:
+    """A ``send`` span (PRODUCER) for events of ``topics`` made in it, as the current span; gives
     the trace context to write into their envelopes. ``parent``: the context they are made in
     (a handler's ``process`` span), else the current one. Without an SDK: no span, and the
     envelopes carry the parent's context, so that a trace passes through an untraced process."""
+    if enabled():
+        return _sending(topics, parent, system, attributes, links)
+    return _Nothing(parent if parent is not None else current_fields())
+
+
+@contextlib.contextmanager
+def _sending(
+    topics: Sequence[str],
+    parent: TraceFields | None,
+    system: str,
+    attributes: dict[str, AttributeValue] | None,
+    links: Sequence[TraceFields],
+) -> Iterator[TraceFields]:
     if not tracing():
         yield parent if parent is not None else current_fields()
         if metering():
@@ -255,7 +315,6 @@ def set_attributes(attributes: dict[str, AttributeValue]) -> None:
         span.set_attributes(attributes)
 
 
-@contextlib.contextmanager
 def processing(
     record: RecordedEvent,
     *,
@@ -265,13 +324,26 @@ def processing(
     parent: TraceParent,
     partition: int | None,
     redriven: bool = False,
-) -> Iterator[TraceFields]:
+) -> contextlib.AbstractContextManager[TraceFields]:
     """A ``process`` span (CONSUMER) around one event's way through a group, as the current span;
-    yields the trace context of the events its handler makes. Its parent is the producer's
+    gives the trace context of the events its handler makes. Its parent is the producer's
     context (``parent="producer"``) or none (``"link"``), and it always links to it."""
+    if enabled():
+        return _processing(record, group, pattern, system, parent, partition, redriven)
+    return _NO_TRACE
+
+
+@contextlib.contextmanager
+def _processing(
+    record: RecordedEvent,
+    group: str,
+    pattern: str,
+    system: str,
+    parent: TraceParent,
+    partition: int | None,
+    redriven: bool,
+) -> Iterator[TraceFields]:
     metered = metering()
-    if metered:
-        _consumed.add(1, _metric_attributes("process", system, None, group, pattern))
     if not tracing():
         if not metered:
             yield NO_TRACE
@@ -317,6 +389,13 @@ def processing(
                 _measure_process(system, group, pattern, started, error)
 
 
+def consumed(count: int, *, group: str, pattern: str, system: str) -> None:
+    """Count the events a group's member read and hands to its handler: once per batch, not
+    per event (each measurement costs the SDK an attribute hash and a lookup)."""
+    if count and enabled() and metering():
+        _consumed.add(count, _metric_attributes("process", system, None, group, pattern))
+
+
 def _measure_process(system: str, group: str, pattern: str, started: float, error: str | None) -> None:
     attrs = _metric_attributes("process", system, None, group, pattern)
     if error is not None:
@@ -324,25 +403,42 @@ def _measure_process(system: str, group: str, pattern: str, started: float, erro
     _process_duration.record(time.perf_counter() - started, attrs)
 
 
-@contextlib.contextmanager
+Settlement = Literal["commit", "retry", "dead_letter"]
+
+
 def settling(
     topics: Sequence[str],
     *,
     group: str,
     system: str,
-    settlement: Literal["commit", "retry", "dead_letter"],
+    settlement: Settlement,
     links: Sequence[TraceFields] = (),
     error: str | None = None,
     attributes: dict[str, AttributeValue] | None = None,
     root: bool = False,
-) -> Iterator[None]:
+) -> contextlib.AbstractContextManager[None]:
     """A ``settle`` span (CLIENT) for a group's commit of a batch, a retry (``error``: the
     failure's type) or a dead letter (``error``: its reason), as a child of the current span,
     linked to the events' ``process`` spans (``links``); ``root``: a trace of its own."""
+    if not enabled():
+        return _NOTHING
     traced, metered = tracing(), metering()
-    if not (traced or metered):
-        yield
-        return
+    return _settling(topics, group, system, settlement, links, error, attributes, root, traced, metered)
+
+
+@contextlib.contextmanager
+def _settling(
+    topics: Sequence[str],
+    group: str,
+    system: str,
+    settlement: Settlement,
+    links: Sequence[TraceFields],
+    error: str | None,
+    attributes: dict[str, AttributeValue] | None,
+    root: bool,
+    traced: bool,
+    metered: bool,
+) -> Iterator[None]:
     name, destination = _name("settle", topics)
     started = time.perf_counter()
     failure = error

@@ -19,6 +19,8 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tidings.runtime.telemetry import refresh
+
 
 class _Gate(SimpleSpanProcessor):
     """Exports spans only while a test records (``Recording.on``): the global provider stays
@@ -73,6 +75,7 @@ def recording() -> Recording:
             trace.set_tracer_provider(provider)
             metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
             _recording = Recording(spans, reader)
+            refresh()
         return _recording
 
 
@@ -96,6 +99,7 @@ def export_to_file(path: Path) -> None:
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(JsonLinesSpanExporter(path)))
     trace.set_tracer_provider(provider)
+    refresh()
 
 
 def read_spans(path: Path) -> list[dict[str, object]]:
