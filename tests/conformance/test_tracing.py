@@ -13,27 +13,15 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.trace import SpanKind
 
 from tidings.app import App
-from tidings.domain.events import Event
+from tidings.domain.envelope import from_structured
 from tidings.runtime.context import Context
 from tidings.runtime.retries import Retry
 from tidings.testing.conformance.sagas import OrderPlaced, Shop, fulfilment
 from tidings.testing.eventually import eventually
-from tidings.testing.telemetry import Recording, recording
+from tidings.testing.telemetry import Recording, TracedA, TracedB, TracedC, recording
 
 RUN = {"lease_ttl": 2.0, "poll": 0.2}
 FAST = Retry(attempts=2, backoff=0.01, max_backoff=0.02)
-
-
-class TracedA(Event, topic="tracing.chain.a", type="tracing.A"):
-    n: int
-
-
-class TracedB(Event, topic="tracing.chain.b", type="tracing.B"):
-    n: int
-
-
-class TracedC(Event, topic="tracing.chain.c", type="tracing.C"):
-    n: int
 
 
 @pytest.fixture(params=("sqlite", "nats"))
@@ -244,13 +232,17 @@ async def test_a_malformed_traceparent_is_dropped_and_counted(
     store_url: str, recorded: Recording, backend: str
 ) -> None:
     """Written raw into the store (behind tidings' back): the event is handled all the same, in
-    a trace of its own, and the drop is counted."""
+    a trace of its own, and the drop is counted; a dead letter of it keeps none."""
     app = App("tracing", store=store_url)
     seen: list[str | None] = []
 
     @app.subscribe("tracing.chain.a", group="tolerant")
     async def tolerant(event: TracedA, ctx: Context) -> None:
         seen.append(ctx.envelope.traceparent)
+
+    @app.subscribe("tracing.chain.a", group="refusing", retry=Retry(attempts=1))
+    async def refusing(event: TracedA, ctx: Context) -> None:
+        raise RuntimeError("refused")
 
     def dropped() -> float:
         return sum(v for _, v in recorded.points("tidings.trace_context.dropped"))
@@ -262,9 +254,17 @@ async def test_a_malformed_traceparent_is_dropped_and_counted(
         await app.store.append(f"raw-{uuid.uuid4().hex[:8]}", [envelope])
         app.notify()
         await eventually(lambda: bool(seen), within=20)
-        await eventually(lambda: bool(_named(recorded, "process tracing.chain.a")), within=20)
-    (process,) = _named(recorded, "process tracing.chain.a")
-    assert process.parent is None and not process.links
+
+        async def dead_lettered() -> bool:
+            return bool(await app.dead_letters("refusing"))
+
+        await eventually(dead_lettered, within=20)
+        await eventually(lambda: len(_named(recorded, "process tracing.chain.a")) == 2, within=20)
+        (letter,) = await app.dead_letters("refusing")
+    assert letter.envelope is not None
+    assert from_structured(letter.envelope).traceparent is None
+    for process in _named(recorded, "process tracing.chain.a"):
+        assert process.parent is None and not process.links
     assert dropped() >= before + 1
     if backend == "nats":
         assert seen == [None]  # the relay did not pass it on

@@ -19,7 +19,22 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+from tidings.domain.events import Event
 from tidings.runtime.telemetry import refresh
+
+
+class TracedA(Event, topic="tracing.chain.a", type="tracing.A"):
+    """The first event of the chain that tracing tests follow (A -> B -> C)."""
+
+    n: int
+
+
+class TracedB(Event, topic="tracing.chain.b", type="tracing.B"):
+    n: int
+
+
+class TracedC(Event, topic="tracing.chain.c", type="tracing.C"):
+    n: int
 
 
 class _Gate(SimpleSpanProcessor):
