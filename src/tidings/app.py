@@ -365,11 +365,10 @@ class App:
         event first recorded.
         """
         lineage = Lineage(correlation_id, causation_id)
+        publication = Publication(event, key, ttl, expires_at, id)
         with sending([event.__event_topic__]):
             async with self._audited():
-                stream, envelope = publication_envelope(
-                    self.codec, Publication(event, key, ttl, expires_at, id), self.clock.now(), lineage
-                )
+                stream, envelope = publication_envelope(self.codec, publication, self.clock.now(), lineage)
             (record,) = await self.store.append(stream, [envelope])
         self.notify()
         return record
