@@ -23,6 +23,7 @@ import time
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Final, Generic, Literal, TypeVar
 
+import msgspec
 from opentelemetry import metrics, trace
 from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanContext, SpanKind, TraceFlags, TraceState
@@ -143,8 +144,6 @@ def scrubbed(record: RecordedEvent) -> RecordedEvent:
     fields = incoming(envelope)
     if fields == (envelope.traceparent, envelope.tracestate):
         return record
-    import msgspec  # only here: rare
-
     traceparent, tracestate = fields
     clean = msgspec.structs.replace(envelope, traceparent=traceparent, tracestate=tracestate)
     return msgspec.structs.replace(record, envelope=clean)
@@ -182,6 +181,7 @@ def _name(operation: str, topics: Iterable[str]) -> tuple[str, str | None]:
 
 
 def error_type(exc: BaseException) -> str:
+    """``error.type`` of an exception: its class, qualified by its module unless a builtin."""
     kind = type(exc)
     return kind.__qualname__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
 
@@ -216,8 +216,9 @@ def sending(
 ) -> contextlib.AbstractContextManager[TraceFields]:
     """A ``send`` span (PRODUCER) for events of ``topics`` made in it, as the current span; gives
     the trace context to write into their envelopes. ``parent``: the context they are made in
-    (a handler's ``process`` span), else the current one. Without an SDK: no span, and the
-    envelopes carry the parent's context, so that a trace passes through an untraced process."""
+    (a handler's ``process`` span), else the current one. Without an SDK: no span; the envelopes
+    carry the parent's context, if any (a caller's span context extracted from an HTTP request
+    by a propagator alone, say). A handler's events carry none then: its event was not traced."""
     if enabled():
         return _sending(topics, parent, system, attributes, links)
     return _Nothing(parent if parent is not None else current_fields())
