@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 
 import pytest
 from opentelemetry import trace
@@ -16,6 +17,7 @@ from tidings.app import App
 from tidings.domain.envelope import from_structured
 from tidings.runtime.context import Context
 from tidings.runtime.retries import Retry
+from tidings.testing.clock import ManualClock
 from tidings.testing.conformance.sagas import OrderPlaced, Shop, fulfilment
 from tidings.testing.eventually import eventually
 from tidings.testing.telemetry import Recording, TracedA, TracedB, TracedC, recording
@@ -268,3 +270,37 @@ async def test_a_malformed_traceparent_is_dropped_and_counted(
     assert dropped() >= before + 1
     if backend == "nats":
         assert seen == [None]  # the relay did not pass it on
+
+
+async def test_a_timer_fires_in_the_trace_of_the_handler_that_set_it(
+    store_url: str, recorded: Recording
+) -> None:
+    """A timer's envelope is made where it is set: the event it fires is processed as a child
+    of the send span of the handler that scheduled it."""
+    clock = ManualClock()
+    app = App("tracing", store=store_url, clock=clock)
+    fired: list[int] = []
+
+    @app.subscribe("tracing.chain.a", group="scheduler")
+    async def schedule(event: TracedA, ctx: Context) -> None:
+        async with ctx.unit_of_work() as uow:
+            uow.schedule(TracedB(n=event.n), at=clock.now() + timedelta(minutes=5), id=f"t-{uuid.uuid4()}")
+
+    @app.subscribe("tracing.chain.b", group="alarm")
+    async def ring(event: TracedB, ctx: Context) -> None:
+        fired.append(event.n)
+
+    async with app, app.running(**RUN):
+        with trace.get_tracer("test").start_as_current_span("caller") as root:
+            await app.publish(TracedA(n=5))
+
+        async def scheduled() -> bool:
+            return await app.store.next_timer_due() is not None
+
+        await eventually(scheduled, within=20)
+        clock.advance(timedelta(minutes=5))
+        await eventually(lambda: bool(_named(recorded, "process tracing.chain.b")), within=20)
+    spans = _in_trace(list(recorded.spans.get_finished_spans()), root.get_span_context().trace_id)
+    assert fired == [5]
+    assert _parent(spans["send tracing.chain.b"]) == _id(spans["process tracing.chain.a"])
+    assert _parent(spans["process tracing.chain.b"]) == _id(spans["send tracing.chain.b"])
