@@ -32,7 +32,7 @@ from tidings.runtime.leasing import LeaseLost
 from tidings.runtime.publishing import aggregate_envelopes_of, publisher_of, trial_of
 from tidings.runtime.repository import Appended, complete_saves
 from tidings.runtime.services import Services
-from tidings.runtime.telemetry import sending, settling
+from tidings.runtime.telemetry import enabled, sending, settling
 from tidings.runtime.unit_of_work import UnitOfWork, write_documents
 
 log = logging.getLogger("tidings.consumer")
@@ -180,7 +180,7 @@ class Batch:
         try:
             # A commit of handled events is a ``settle`` span, linked to their ``process`` spans
             # (ended by now); a checkpoint alone is none: most batches pass other groups' events.
-            with self._settling(handled) if handled else contextlib.nullcontext():
+            with self._settling(handled) if handled and enabled() else contextlib.nullcontext():
                 async with self.services.store.transaction() as tx:
                     await self.member.fence(tx, at if isinstance(at, int) else at.partition)
                     saved = await self._write(tx, handled)
