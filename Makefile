@@ -41,6 +41,7 @@ bench: $(VENV)/.installed-bench
 	$(BIN)/python -m benchmarks.backlog
 	$(BIN)/python -m benchmarks.sagas
 	$(BIN)/python -m benchmarks.poison
+	$(BIN)/python -m benchmarks.tracing
 
 clean:
 	rm -rf $(VENV) .tidings .pytest_cache .mypy_cache .ruff_cache

@@ -39,13 +39,16 @@ from tidings.runtime.projection import Projection, reset_projection, run_project
 from tidings.runtime.publishing import (
     Lineage,
     aggregate_envelopes,
+    append_publications,
     publication_envelope,
+    publications_of,
     stream_envelopes,
 )
 from tidings.runtime.repository import Repository
 from tidings.runtime.retries import Retry
 from tidings.runtime.services import Services
 from tidings.runtime.subscriptions import Subscriptions
+from tidings.runtime.telemetry import EMBEDDED, TraceParent, bus_system, sending
 from tidings.runtime.unit_of_work import Publication
 from tidings.runtime.verified_record import verify_store
 from tidings.runtime.wakeups import Wakeups
@@ -89,6 +92,7 @@ class App:
         encryption: Encryption | bool | None = None,
         policy: str | os.PathLike[str] | Policy | None = None,
         principal: str | None = None,
+        trace_parent: TraceParent = "producer",
     ) -> None:
         if not name:
             raise ConfigurationError("an App needs a name (it becomes the events' source)")
@@ -96,6 +100,7 @@ class App:
         self.store_url = os.environ.get("TIDINGS_STORE") or store or DEFAULT_STORE
         #: Distributed mode: the relay publishes the store's log to this bus (``TIDINGS_BUS``).
         self.bus_url = os.environ.get("TIDINGS_BUS") or bus
+        self.trace_parent: TraceParent = trace_parent
         #: Event data sealed at rest and on the bus; by default on when the environment holds a
         #: master key (``TIDINGS_MASTER_KEY`` or ``TIDINGS_MASTER_KEY_FILE``).
         self.encryption = Encryption.configured(encryption)
@@ -173,6 +178,8 @@ class App:
             record_denials=self.record_denials,
             load=self.repository.load,
             publish=self.publish,
+            messaging_system=bus_system(self.bus_url) if self.bus_url else EMBEDDED,
+            trace_parent=self.trace_parent,
         )
         await self.record_denials()  # those made before the App opened (at subscribe)
         return self
@@ -241,10 +248,11 @@ class App:
         """Append events to a stream, atomically, with optimistic concurrency if asked."""
         check_stream_name(stream)
         batch = [events] if isinstance(events, Event) else list(events)
-        lineage = Lineage(correlation_id, causation_id)
-        async with self._audited():
-            envelopes = stream_envelopes(self.codec, stream, batch, self.clock.now(), lineage)
-        records = await self.store.append(stream, envelopes, expected_version=expected_version)
+        lineage = Lineage(correlation_id, causation_id)  # sent in the current span: sending's
+        with sending([e.__event_topic__ for e in batch]):
+            async with self._audited():
+                envelopes = stream_envelopes(self.codec, stream, batch, self.clock.now(), lineage)
+            records = await self.store.append(stream, envelopes, expected_version=expected_version)
         self.notify()
         return records
 
@@ -259,12 +267,7 @@ class App:
         limit: int | None = None,
     ) -> list[Stored[Event]]:
         records = await self.store.read_stream(
-            stream,
-            from_version=from_version,
-            to_version=to_version,
-            at=at,
-            backwards=backwards,
-            limit=limit,
+            stream, from_version=from_version, to_version=to_version, at=at, backwards=backwards, limit=limit
         )
         return [self.codec.stored(record) for record in records]
 
@@ -291,8 +294,9 @@ class App:
 
     async def save(self, aggregate: Aggregate) -> list[RecordedEvent]:
         """Save an aggregate's new events; ``ConcurrencyError`` if someone saved it meanwhile."""
-        async with self._audited():
-            records = await self.repository.save(aggregate)
+        with sending([e.__event_topic__ for e in aggregate.pending]):
+            async with self._audited():
+                records = await self.repository.save(aggregate)
         self.notify()
         return records
 
@@ -358,25 +362,20 @@ class App:
         event first recorded.
         """
         lineage = Lineage(correlation_id, causation_id)
-        async with self._audited():
-            stream, envelope = publication_envelope(
-                self.codec, Publication(event, key, ttl, expires_at, id), self.clock.now(), lineage
-            )
-        (record,) = await self.store.append(stream, [envelope])
+        publication = Publication(event, key, ttl, expires_at, id)
+        with sending([event.__event_topic__]):
+            async with self._audited():
+                stream, envelope = publication_envelope(self.codec, publication, self.clock.now(), lineage)
+            (record,) = await self.store.append(stream, [envelope])
         self.notify()
         return record
 
     async def publish_all(self, events: Sequence[tuple[Event, str | None]]) -> list[RecordedEvent]:
         """Publish several ``(event, key)`` at once, in one transaction (all or none)."""
-        now, lineage = self.clock.now(), Lineage(None, None)
-        async with self._audited():
-            prepared = [
-                publication_envelope(self.codec, Publication(e, key), now, lineage) for e, key in events
-            ]
-        records: list[RecordedEvent] = []
-        async with self.store.transaction() as tx:
-            for stream, envelope in prepared:
-                records += await tx.append(stream, [envelope])
+        with sending([e.__event_topic__ for e, _ in events]):
+            async with self._audited():
+                prepared = publications_of(self.codec, events, self.clock.now())
+            records = await append_publications(self.store, prepared)
         self.notify()
         return records
 

@@ -15,6 +15,7 @@ from typing import Final
 
 from tidings.domain.attributes import escape_controls
 from tidings.runtime.log_context import FIELDS, LogContextFilter
+from tidings.runtime.telemetry import recording_span_ids
 
 LEVELS: Final = ("DEBUG", "INFO", "WARNING", "ERROR")
 FORMATS: Final = ("text", "json")
@@ -53,7 +54,8 @@ class TextFormatter(logging.Formatter):
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per record and line: ``time``, ``level``, ``logger``, ``message``, ``pid``,
-    the context fields that are set, and ``exception`` with the traceback, if any."""
+    the context fields that are set, ``trace_id`` and ``span_id`` (hex) of the span it was
+    written in if one is recorded, and ``exception`` with the traceback, if any."""
 
     def format(self, record: logging.LogRecord) -> str:
         document: dict[str, object] = {
@@ -64,6 +66,11 @@ class JsonFormatter(logging.Formatter):
             "pid": record.process,
             **_context(record),
         }
+        # The span the record was written in (the formatter runs in the task that logs), so
+        # that a log collector joins the record to its trace.
+        ids = recording_span_ids()
+        if ids is not None:
+            document["trace_id"], document["span_id"] = ids
         if record.exc_info:
             document["exception"] = self.formatException(record.exc_info)
         if record.stack_info:

@@ -90,7 +90,11 @@ class Codec:
         causation_id: str | None = None,
         expires_at: datetime | None = None,
         partition_key: str | None = None,
+        traceparent: str | None = None,
+        tracestate: str | None = None,
     ) -> Envelope:
+        """The envelope of ``event``. ``traceparent``/``tracestate``: the W3C trace context of the
+        span it is sent in (``runtime/telemetry.py``), made by tidings, never taken from outside."""
         if not isinstance(event, Event) or not hasattr(event, "__event_type__"):
             raise MalformedEvent(
                 f"{type(event).__name__} is not a declared event class "
@@ -133,8 +137,8 @@ class Codec:
             event.__event_version__,
             correlation_id,
             causation_id,
-            None,  # traceparent
-            None,  # tracestate
+            traceparent,
+            tracestate,
             expires_at,
             partition_key,
         )

@@ -35,6 +35,7 @@ from tidings.runtime.log_context import log_fields
 from tidings.runtime.retries import Retry
 from tidings.runtime.services import Services
 from tidings.runtime.settling import Batch, SharedCommitFailed, Target
+from tidings.runtime.telemetry import consumed, processing, record_error, settling
 
 log = logging.getLogger("tidings.consumer")
 
@@ -74,6 +75,7 @@ class GroupConsumer(PartitionMember):
         self._parked = ParkedKeys(self.groups, self.group)  # keys with unresolved dead letters (ordered)
         self._dispatcher = Dispatcher(services, self.group, subscription, self._parked)
         self._batch = Batch(services, self.group, self)
+        self._pattern = subscription.pattern.text  # messaging.destination.template
 
     def checkpoint_name(self, partition: int) -> str:
         return self.feed.checkpoint_name(self.group, partition)
@@ -108,6 +110,8 @@ class GroupConsumer(PartitionMember):
                 await self.services.wakeups.wait(self.poll, seen)
                 continue
             mine = [r for r in batch if self.subscription.pattern.matches(r.envelope.topic)]
+            system = self.services.messaging_system
+            consumed(len(mine), group=self.group, pattern=self._pattern, system=system)
             # One look at the inbox for the whole batch (redeliveries after a crash or handover).
             duplicates = await self.groups.handled(self.group, [r.envelope.id for r in mine])
             try:
@@ -141,9 +145,20 @@ class GroupConsumer(PartitionMember):
 
     async def _process(self, at: Target, record: RecordedEvent, duplicate: bool = False) -> bool:
         """Handle one event to its end (done, skipped or dead-lettered); True if it was handled."""
-        envelope = record.envelope
-        with log_fields(event_id=envelope.id, correlation_id=envelope.correlationid or envelope.id):
-            redrive = at if isinstance(at, Redrive) else None
+        envelope, services = record.envelope, self.services
+        redrive = at if isinstance(at, Redrive) else None
+        with (
+            log_fields(event_id=envelope.id, correlation_id=envelope.correlationid or envelope.id),
+            processing(
+                record,
+                group=self.group,
+                pattern=self._pattern,
+                system=services.messaging_system,
+                parent=services.trace_parent,
+                partition=at if isinstance(at, int) else at.partition,
+                redriven=redrive is not None,
+            ) as trace,
+        ):
 
             async def commit(context: Context) -> None:
                 await self._batch.commit(at, record, context)
@@ -154,6 +169,7 @@ class GroupConsumer(PartitionMember):
                 commit=commit,
                 redriven=redrive is not None,
                 duplicate=duplicate,
+                trace=trace,
             )
             match outcome:
                 case Done():
@@ -180,4 +196,14 @@ class GroupConsumer(PartitionMember):
         )
         dead = letter_of(self.group, record, letter, self.services.clock.now())
         redrive = at if isinstance(at, Redrive) else None
-        await self._batch.settle(at, record.position, extra=write_letter(dead, redrive))
+        reason = str(letter.reason)
+        record_error(reason)  # on the process span
+        with settling(
+            [record.envelope.topic],
+            group=self.group,
+            system=self.services.messaging_system,
+            settlement="dead_letter",
+            error=reason,
+            attributes={"tidings.dead_letter.reason": reason, "tidings.attempt": letter.attempts},
+        ):
+            await self._batch.settle(at, record.position, extra=write_letter(dead, redrive))

@@ -14,6 +14,7 @@ from tidings.domain.events import Event
 from tidings.domain.ids import publication_id
 from tidings.runtime.publishing import Lineage, trial_of
 from tidings.runtime.services import Services
+from tidings.runtime.telemetry import NO_TRACE, TraceFields
 from tidings.runtime.unit_of_work import UnitOfWork
 
 log = logging.getLogger("tidings.consumer")
@@ -32,6 +33,7 @@ class Context:
         record: RecordedEvent,
         attempt: int,
         new_unit: Callable[[], UnitOfWork] | None = None,
+        trace: TraceFields = NO_TRACE,
     ) -> None:
         self._services = services
         self.group = group
@@ -39,6 +41,9 @@ class Context:
         self.envelope = record.envelope
         self.attempt = attempt
         self.correlation_id = record.envelope.correlationid or record.envelope.id
+        #: The trace context of the handler's ``process`` span (``runtime/telemetry.py``): the
+        #: parent of the ``send`` span of the events it makes, which are made at commit.
+        self.trace = trace
         self._log: logging.LoggerAdapter[logging.Logger] | None = None
         self._unit: UnitOfWork | None = None
         self._publications = 0  # ids drawn by this run's publications (see ``publication_id``)
@@ -60,7 +65,7 @@ class Context:
     @property
     def lineage(self) -> Lineage:
         """Where the events a handler makes come from: the handled event, in its correlation."""
-        return Lineage(self.correlation_id, self.envelope.id)
+        return Lineage(self.correlation_id, self.envelope.id, self.trace)
 
     @property
     def log(self) -> logging.LoggerAdapter[logging.Logger]:

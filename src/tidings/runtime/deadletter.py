@@ -31,10 +31,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Protocol
 
+import msgspec
+
 from tidings.domain.attributes import escape_controls
 from tidings.domain.dead_letters import DeadLetterReason, DeadLetterState
 from tidings.domain.envelope import RecordedEvent, Undecodable, from_structured, to_structured
 from tidings.domain.topics import AnyOf, Pattern
+from tidings.domain.trace_context import checked
 from tidings.errors import ConcurrencyError, MalformedEvent, TidingsError
 from tidings.ports import DeadLetter, Feed, GroupState, StoreTransaction
 from tidings.runtime.crypto import SEALED
@@ -85,8 +88,12 @@ class Letter:
 
 def letter_of(group: str, record: RecordedEvent, letter: Letter, dead_at: datetime) -> DeadLetter:
     """The dead letter of ``record`` for ``group``: its envelope as a structured document (its
-    raw data if it has none), and why it died."""
+    raw data if it has none), and why it died. A malformed trace context is not kept (it was
+    dropped, and counted, as the event was read): tidings stores none again."""
     envelope = record.envelope
+    traceparent, tracestate, dropped = checked(envelope.traceparent, envelope.tracestate)
+    if dropped:
+        envelope = msgspec.structs.replace(envelope, traceparent=traceparent, tracestate=tracestate)
     document = None
     if not isinstance(record, Undecodable):
         with contextlib.suppress(MalformedEvent):

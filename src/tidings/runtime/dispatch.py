@@ -28,6 +28,7 @@ from tidings.runtime.deadlines import lateness
 from tidings.runtime.leasing import LeaseLost
 from tidings.runtime.retries import Retry
 from tidings.runtime.services import Services
+from tidings.runtime.telemetry import NO_TRACE, TraceFields, error_type, set_attributes, settling
 from tidings.runtime.unit_of_work import UnitOfWork
 
 log = logging.getLogger("tidings.consumer")
@@ -92,6 +93,7 @@ class Dispatcher:
         commit: Callable[[Context], Awaitable[None]],
         redriven: bool = False,
         duplicate: bool = False,
+        trace: TraceFields = NO_TRACE,
     ) -> Outcome:
         """The outcome of one event. ``new_unit`` makes the handler's unit of work; ``commit``
         commits (or queues) a handled event's effects, and its failure counts as the handler's.
@@ -120,7 +122,7 @@ class Dispatcher:
         if late is not None:
             error = f"expired {late.total_seconds():.3f} s before it could be handled"
             return Dead(Letter(DeadLetterReason.EXPIRED, error))
-        return await self._handle(record, event, new_unit, commit)
+        return await self._handle(record, event, new_unit, commit, trace)
 
     async def _handle(
         self,
@@ -128,12 +130,13 @@ class Dispatcher:
         event: object,
         new_unit: Callable[[], UnitOfWork],
         commit: Callable[[Context], Awaitable[None]],
+        trace: TraceFields,
     ) -> Outcome:
         """Run the handler, and commit, with the subscription's retries."""
         services, retry = self.services, self.subscription.retry
         first_failure: datetime | None = None
         for attempt in range(1, retry.attempts + 1):
-            context = Context(services, self.group, record, attempt, new_unit)
+            context = Context(services, self.group, record, attempt, new_unit, trace)
             try:
                 await self.subscription.handler(event, context)
                 await commit(context)
@@ -150,8 +153,9 @@ class Dispatcher:
                 denied = isinstance(exc, AccessDenied)
                 if attempt == retry.attempts or not retry.is_transient(exc):
                     reason = DeadLetterReason.DENIED if denied else DeadLetterReason.FAILED
-                    trace = traceback.format_exc()
-                    return Dead(Letter(reason, describe(exc), trace, attempt, first_failure))
+                    set_attributes({"tidings.attempt": attempt, "tidings.error": error_type(exc)})
+                    stack = traceback.format_exc()
+                    return Dead(Letter(reason, describe(exc), stack, attempt, first_failure))
                 # A stale expected version is contention, retried as a matter of course; other
                 # errors are worth a look even when a retry fixes them.
                 level = logging.DEBUG if isinstance(exc, ConcurrencyError) else logging.WARNING
@@ -164,7 +168,17 @@ class Dispatcher:
                     retry.attempts,
                     exc,
                 )
-                await services.clock.sleep(retry.delay(attempt))
+                with settling(
+                    [record.envelope.topic],
+                    group=self.group,
+                    system=services.messaging_system,
+                    settlement="retry",
+                    error=error_type(exc),
+                    attributes={"tidings.attempt": attempt},
+                ):
+                    await services.clock.sleep(retry.delay(attempt))
             else:
+                if attempt > 1:
+                    set_attributes({"tidings.attempt": attempt})
                 return Done()
         return Skipped()  # no attempts at all (a budget of none): as before, not handled

@@ -19,6 +19,7 @@ import logging
 from tidings.errors import BackendUnavailable
 from tidings.ports import Bus, Feed, GroupState
 from tidings.runtime.leasing import PartitionMember
+from tidings.runtime.telemetry import NO_TRACE, bus_system, scrubbed, sending
 from tidings.runtime.wakeups import Wakeups
 
 log = logging.getLogger("tidings.outbox")
@@ -60,6 +61,9 @@ class Relay(PartitionMember):
         #: Per partition held, the log position the bus holds up to, as this relay last knew it
         #: (what the relay lag metric is measured from).
         self.relayed: dict[int, int] = {}
+        #: ``messaging.system`` of the bus, for the relay's spans (a stand-in bus of a test may
+        #: have no URL: it spans as "unknown").
+        self.system = bus_system(getattr(bus, "url", "unknown"))
 
     def on_stop(self) -> None:
         self._stopped.set()
@@ -75,8 +79,18 @@ class Relay(PartitionMember):
                 await self.wakeups.wait(self.poll, seen)
                 continue
             log.debug(PUBLISHING, partition, batch[0].position, batch[-1].position)
+            # A malformed trace context (written behind tidings' back) is not passed on.
+            batch = [scrubbed(record) for record in batch]
             try:
-                await self.bus.publish(partition, batch)
+                # The publish is a ``send`` span of its own, linked to each event's.
+                with sending(
+                    [record.envelope.topic for record in batch],
+                    parent=NO_TRACE,
+                    system=self.system,
+                    attributes={"tidings.partition": partition},
+                    links=[(r.envelope.traceparent, r.envelope.tracestate) for r in batch],
+                ):
+                    await self.bus.publish(partition, batch)
             except BackendUnavailable as exc:
                 # The stream moved on under the relay (junk on its subjects, a relay that lost
                 # its lease unawares) or the bus is away. Asking at once, again and again, would

@@ -9,14 +9,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from tidings.domain.aggregate import Aggregate
-from tidings.domain.envelope import Envelope
+from tidings.domain.envelope import Envelope, RecordedEvent
 from tidings.domain.events import Event
 from tidings.domain.ids import uuid7
 from tidings.domain.names import check_name
 from tidings.errors import InvalidArgument
-from tidings.ports import Bus
+from tidings.ports import Bus, EventStore
 from tidings.runtime.codec import Codec
 from tidings.runtime.deadlines import Clock
+from tidings.runtime.telemetry import TraceFields, current_fields
 from tidings.runtime.unit_of_work import Publication
 
 log = logging.getLogger("tidings.app")
@@ -24,10 +25,16 @@ log = logging.getLogger("tidings.app")
 
 @dataclass(frozen=True, slots=True)
 class Lineage:
-    """Where new events come from: the correlation they join and the event that caused them."""
+    """Where new events come from: the correlation they join, the event that caused them, and
+    the trace context of the span they are sent in (``None``: the current span's, read when
+    they are made; a handler's events are made at commit, after its span, so it carries its own)."""
 
     correlation_id: str | None = None
     causation_id: str | None = None
+    trace: TraceFields | None = None
+
+    def trace_fields(self) -> TraceFields:
+        return self.trace if self.trace is not None else current_fields()
 
 
 def deadline(now: datetime, ttl: timedelta | None, expires_at: datetime | None) -> datetime | None:
@@ -55,6 +62,7 @@ def publication_envelope(
     if publication.key is not None:
         check_name("key", publication.key)
     stream = publication.key or event_id
+    traceparent, tracestate = lineage.trace_fields()
     envelope = codec.encode(
         publication.event,
         event_id=event_id,
@@ -64,9 +72,27 @@ def publication_envelope(
         causation_id=lineage.causation_id,
         expires_at=deadline(now, publication.ttl, publication.expires_at),
         partition_key=publication.key,
+        traceparent=traceparent,
+        tracestate=tracestate,
     )
     codec.check_fits(stream, envelope)
     return stream, envelope
+
+
+def publications_of(
+    codec: Codec, events: Sequence[tuple[Event, str | None]], now: datetime
+) -> list[tuple[str, Envelope]]:
+    """The streams and envelopes of ``(event, key)`` published together (``App.publish_all``)."""
+    return [publication_envelope(codec, Publication(event, key), now, Lineage()) for event, key in events]
+
+
+async def append_publications(store: EventStore, prepared: list[tuple[str, Envelope]]) -> list[RecordedEvent]:
+    """Append publications (``publications_of``) in one transaction: all or none."""
+    records: list[RecordedEvent] = []
+    async with store.transaction() as tx:
+        for stream, envelope in prepared:
+            records += await tx.append(stream, [envelope])
+    return records
 
 
 def stream_envelopes(
@@ -74,6 +100,7 @@ def stream_envelopes(
 ) -> list[Envelope]:
     """The envelopes of events appended together to one stream: one time (they happen, and
     commit, together), one lineage, each refused here if it could not be published whole."""
+    traceparent, tracestate = lineage.trace_fields()
     envelopes = [
         codec.encode(
             event,
@@ -81,6 +108,8 @@ def stream_envelopes(
             time=now,
             correlation_id=lineage.correlation_id,
             causation_id=lineage.causation_id,
+            traceparent=traceparent,
+            tracestate=tracestate,
         )
         for event in events
     ]

@@ -40,6 +40,7 @@ from tidings.domain.saga import (
 from tidings.domain.topics import AnyOf
 from tidings.errors import AggregateNotFound
 from tidings.runtime.outbox import RESERVED_GROUP_PREFIX
+from tidings.runtime.telemetry import set_attributes
 
 if TYPE_CHECKING:
     from tidings.runtime.context import Context
@@ -211,6 +212,8 @@ class SagaEngine:
         if builder is None:
             return
         command = builder(self.data(instance))
+        # On the handler's process span: which saga and step its commands (sent at commit) are.
+        set_attributes({"tidings.saga.name": self.saga.name, "tidings.saga.step": step.name})
         sent_id = command_id(instance.id, index, kind, attempt)
         uow.publish(command, key=instance.key, id=sent_id, ttl=step.deadline if kind == "do" else None)
         if not await_reply:

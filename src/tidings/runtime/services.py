@@ -19,6 +19,7 @@ from tidings.ports import EventStore, Feed, GroupState
 from tidings.runtime.codec import Codec
 from tidings.runtime.deadlines import Clock
 from tidings.runtime.keyring import KeyRing
+from tidings.runtime.telemetry import EMBEDDED, TraceParent
 from tidings.runtime.wakeups import Wakeups
 
 A = TypeVar("A", bound=Aggregate)
@@ -68,3 +69,8 @@ class Services:
     record_denials: Callable[[], Awaitable[int]]
     load: LoadAggregate
     publish: PublishEvent
+    #: ``messaging.system`` of the feed that groups read (``telemetry.EMBEDDED``: the store's).
+    messaging_system: str = EMBEDDED
+    #: What a handler's ``process`` span descends from (``App(trace_parent=...)``): the
+    #: producer's ``send`` span, or none ("link": a trace of its own, linked to it).
+    trace_parent: TraceParent = "producer"

@@ -17,9 +17,10 @@ its letter's partition, and moves no checkpoint.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from tidings.domain.dead_letters import DeadLetterReason
@@ -31,6 +32,7 @@ from tidings.runtime.leasing import LeaseLost
 from tidings.runtime.publishing import aggregate_envelopes_of, publisher_of, trial_of
 from tidings.runtime.repository import Appended, complete_saves
 from tidings.runtime.services import Services
+from tidings.runtime.telemetry import enabled, sending, settling
 from tidings.runtime.unit_of_work import UnitOfWork, write_documents
 
 log = logging.getLogger("tidings.consumer")
@@ -176,13 +178,16 @@ class Batch:
         handled = waiting + ([now] if now is not None else [])
         saved: list[Appended] = []
         try:
-            async with self.services.store.transaction() as tx:
-                await self.member.fence(tx, at if isinstance(at, int) else at.partition)
-                saved = await self._write(tx, handled)
-                if extra is not None:
-                    await extra(tx)
-                if partition is not None:
-                    await tx.set_checkpoint(self.member.checkpoint_name(partition), position)
+            # A commit of handled events is a ``settle`` span, linked to their ``process`` spans
+            # (ended by now); a checkpoint alone is none: most batches pass other groups' events.
+            with self._settling(handled) if handled and enabled() else contextlib.nullcontext():
+                async with self.services.store.transaction() as tx:
+                    await self.member.fence(tx, at if isinstance(at, int) else at.partition)
+                    saved = await self._write(tx, handled)
+                    if extra is not None:
+                        await extra(tx)
+                    if partition is not None:
+                        await tx.set_checkpoint(self.member.checkpoint_name(partition), position)
         except (LeaseLost, LetterSettled, asyncio.CancelledError):
             raise  # the waiting events were not committed: the partition's next holder gets them
         except Exception as exc:
@@ -203,6 +208,16 @@ class Batch:
         if any((unit := d.context.unit) and (unit.publications or unit.aggregates) for d in handled):
             self.services.wakeups.notify()
 
+    def _settling(self, handled: list[_Handled]) -> contextlib.AbstractContextManager[None]:
+        return settling(
+            [done.record.envelope.topic for done in handled],
+            group=self.group,
+            system=self.services.messaging_system,
+            settlement="commit",
+            links=[done.context.trace for done in handled],
+            root=True,
+        )
+
     async def _write(self, tx: StoreTransaction, handled: list[_Handled]) -> list[Appended]:
         """The inbox records and the units of work of ``handled``; the aggregates saved."""
         units: list[tuple[Context, UnitOfWork]] = []
@@ -212,13 +227,23 @@ class Batch:
             if fresh and done.context.unit is not None:
                 units.append((done.context, done.context.unit))
         codec, clock = self.services.codec, self.services.clock
-        publishers = [publisher_of(codec, clock, context.lineage) for context, _ in units]
-        for (_, unit), publish in zip(units, publishers, strict=True):  # timers first: see write_timers
-            await unit.write_timers(tx, publish)
         saved: list[Appended] = []
-        for (context, unit), publish in zip(units, publishers, strict=True):
-            envelopes_of = aggregate_envelopes_of(codec, clock, context.lineage)
-            saved += await unit.append_events(tx, envelopes_of, publish)
+        with contextlib.ExitStack() as spans:
+            # Each unit's events are sent in a ``send`` span of their own, child of the handler's
+            # ``process`` span (their lineage's trace), whose context their envelopes carry.
+            lineages = []
+            for context, unit in units:
+                lineage, topics = context.lineage, _topics(unit)
+                if topics:
+                    sent = spans.enter_context(sending(topics, parent=lineage.trace))
+                    lineage = replace(lineage, trace=sent)
+                lineages.append(lineage)
+            publishers = [publisher_of(codec, clock, lineage) for lineage in lineages]
+            for (_, unit), publish in zip(units, publishers, strict=True):  # timers first: see write_timers
+                await unit.write_timers(tx, publish)
+            for (_, unit), publish, lineage in zip(units, publishers, lineages, strict=True):
+                envelopes_of = aggregate_envelopes_of(codec, clock, lineage)
+                saved += await unit.append_events(tx, envelopes_of, publish)
         await write_documents(tx, [unit for _, unit in units])
         for context, unit in units:
             for error in unit.dead_letters:
@@ -226,3 +251,11 @@ class Batch:
                 letter = Letter(DeadLetterReason.STUCK, error, attempts=context.attempt)
                 await tx.groups.dead_letter(letter_of(self.group, context.record, letter, clock.now()))
         return saved
+
+
+def _topics(unit: UnitOfWork) -> list[str]:
+    """The topics of the events a unit of work sends: its publications (timers too: their
+    envelopes are made now) and its saved aggregates' new events."""
+    topics = [publication.event.__event_topic__ for publication in unit.publications]
+    topics += [event.__event_topic__ for aggregate in unit.aggregates for event in aggregate.pending]
+    return topics
