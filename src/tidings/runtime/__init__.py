@@ -25,6 +25,12 @@ How an event flows::
         │      groups); redrive beside the loop (aside), each run fenced and committed alone
         └─ TimerWorker (timers) ─ due timers appended (saga timeouts: saga_engine)
 
+Seen from outside (``telemetry.py``, ``monitoring.py``): a ``send`` span around each way in, its
+context stored in the envelope (``traceparent``); a ``process`` span per event in a group, its
+parent that context; ``settle`` spans for commits, retries and dead letters; and a sampler beside
+the workers for lag, dead letters and the relay (``tidings run --metrics-port``). Without an
+OpenTelemetry SDK all of it is the API's no-op.
+
 With encryption on, the store and the feeds are wrapped once where they are opened
 (``sealed_store.py``): appends seal, reads load the keys that the codec opens with; the keyring
 keeps its keys in the store's KeyStore part (``keyring.py``).
