@@ -137,3 +137,48 @@ asyncio.run(main())
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_providers_set_before_tidings_is_imported_are_used(tmp_path: Path) -> None:
+    """A program that sets up its OpenTelemetry SDK first and imports its App after (the usual
+    order in a service's main) gets tidings' spans and metrics as one that imports first."""
+    script = f"""
+import asyncio
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+reader, spans = InMemoryMetricReader(), InMemorySpanExporter()
+metrics.set_meter_provider(MeterProvider(metric_readers=[reader]))
+tracer_provider = TracerProvider()
+tracer_provider.add_span_processor(SimpleSpanProcessor(spans))
+trace.set_tracer_provider(tracer_provider)
+
+from tidings.app import App
+from tidings.testing.conformance.events import Ping
+
+async def main() -> None:
+    async with App("sdk-first", store="sqlite:///{tmp_path / "store.db"}") as app:
+        await app.publish(Ping(key="k", n=1))
+    data = reader.get_metrics_data()  # None when nothing was measured
+    scopes = [sm for rm in (data.resource_metrics if data else []) for sm in rm.scope_metrics]
+    names = {{m.name for sm in scopes for m in sm.metrics}}
+    print(sorted(s.name for s in spans.get_finished_spans()), "messaging.client.sent.messages" in names)
+
+asyncio.run(main())
+"""
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    spans, metered = done.stdout.rsplit(" ", 1)
+    assert "send" in spans and metered.strip() == "True", done.stdout
+
+
+def test_without_an_sdk_telemetry_is_off() -> None:
+    """No provider set: each step skips its telemetry (the zero-cost path), metrics included."""
+    script = "from tidings.runtime import telemetry as t; print(t.tracing(), t.metering(), t.enabled())"
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["False", "False", "False"]

@@ -65,9 +65,11 @@ _dropped = _meter.create_counter(
     "tidings.trace_context.dropped", "{message}", "Malformed traceparent/tracestate dropped on reading"
 )
 
-# The API's stand-ins until an SDK sets a provider (and its explicit no-op ones).
+# The API's stand-ins until an SDK sets a provider (and its explicit no-op ones). The API's
+# proxy meter provider has no public name: every provider the API package itself defines is one
+# of these (a provider of the SDK's, or anyone's, set before tidings was imported is not).
 _NO_TRACER: Final = (trace.ProxyTracerProvider, trace.NoOpTracerProvider)
-_NO_METER: Final = (metrics.NoOpMeterProvider, type(metrics.get_meter_provider()))
+_API_METRICS: Final = "opentelemetry.metrics"
 
 
 def bus_system(url: str) -> str:
@@ -110,7 +112,8 @@ def tracing() -> bool:
 
 def metering() -> bool:
     """Whether measurements go anywhere: an SDK's meter provider is set."""
-    return not isinstance(metrics.get_meter_provider(), _NO_METER)
+    module = type(metrics.get_meter_provider()).__module__
+    return module != _API_METRICS and not module.startswith(_API_METRICS + ".")
 
 
 def fields_of(context: SpanContext) -> TraceFields:
