@@ -104,4 +104,6 @@ async def test_every_order_ends_completed_or_compensated_through_kills(
         f"{failed}; states {dict(found.states)}; units {dict(found.units)}, shipped "
         f"{sum(found.shipped.values())}; dead letters {dict(found.letters)}"
     )
-    assert found.states["completed"] and found.states["compensated"]
+    assert found.states["completed"] and found.states["compensated"], (
+        f"states {dict(found.states)}; units {dict(found.units)}; dead letters {dict(found.letters)}"
+    )
